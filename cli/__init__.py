@@ -1,0 +1,1 @@
+"""The ``hrx`` command line. ``main.py`` only wires commands; one module per command."""

@@ -1,0 +1,40 @@
+"""Entry point of the ``hrx`` command: wires the command modules, nothing else."""
+from __future__ import annotations
+
+import typer
+
+from hrx import __version__
+from hrx.cli import models as _models
+from hrx.cli import new as _new
+
+app = typer.Typer(
+    name="hrx",
+    help="HARMONIC-RX: restoration / super-resolution from checkpoint to ONNX to engine to image.\n\n"
+         "Typical flow: hrx new or hrx train, then hrx export, hrx verify, optionally hrx calibrate (INT8) and hrx build (TensorRT), then hrx upscale.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("new")(_new.new)
+app.command("models")(_models.models)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hrx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

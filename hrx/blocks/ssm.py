@@ -1,0 +1,177 @@
+"""Selective scan (Mamba-2 / SSD style) and a 2-D SSM mixer over four scan orders.
+
+The recurrence, per head ``h`` with a learned scalar decay ``A_h < 0`` and input-dependent step
+``dt``, input matrix ``B`` and output matrix ``C``::
+
+    state_t = exp(dt_t * A) * state_{t-1} + dt_t * B_t (outer) x_t      # state: [N, P]
+    y_t     = C_t . state_t + D * x_t
+
+Shapes: ``x [b, L, H, P]``, ``dt [b, L, H]`` (positive), ``A [H]`` (negative), ``B, C [b, L, N]``,
+``D [H]`` -> ``y [b, L, H, P]``.
+
+Two implementations that tests hold equal: :func:`selective_scan_ref` (sequential, readable) and
+:func:`selective_scan_chunked` (chunked, all matmuls / cumsums / exps; exports to standard ONNX ops).
+The scan is always computed in float32.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hrx.blocks.norm import LayerNorm2d, fold_norm_into
+
+ScanFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def selective_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       D: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """Sequential reference: one step of the recurrence per position (slow; for tests)."""
+    b, L, H, P = x.shape
+    N = B.shape[-1]
+    state = x.new_zeros(b, H, N, P, dtype=torch.float32)
+    x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
+    ys = []
+    for t in range(L):
+        decay = torch.exp(dt[:, t] * A)  # [b, H]
+        inject = dt[:, t, :, None, None] * B[:, t, None, :, None] * x[:, t, :, None, :]  # [b, H, N, P]
+        state = state * decay[..., None, None] + inject
+        ys.append(torch.einsum("bn,bhnp->bhp", C[:, t], state) + D[None, :, None] * x[:, t])
+    return torch.stack(ys, dim=1)
+
+
+def _segsum(a: torch.Tensor) -> torch.Tensor:
+    """Stable segment sums: ``a [..., T] -> [..., T, T]`` with ``out[i, j] = sum(a[j+1 .. i])`` for
+    ``i >= j`` and ``-inf`` above the diagonal (so ``exp`` gives 0 there)."""
+    T = a.shape[-1]
+    lower_strict = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), -1)
+    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), 0)
+    x = a.unsqueeze(-1).expand(*a.shape, T)  # x[..., i, j] = a[i]
+    x = torch.where(lower_strict, x, torch.zeros_like(x))
+    x = torch.cumsum(x, dim=-2)
+    return torch.where(lower, x, torch.full_like(x, -math.inf))
+
+
+def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                           D: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """Chunked parallel scan (SSD): quadratic inside chunks of ``chunk`` positions, a
+    chunk-level recurrence (itself a small masked matmul) between chunks. O(L * chunk)."""
+    dtype = x.dtype
+    b, L, H, P = x.shape
+    N = B.shape[-1]
+    x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
+    pad = (-L) % chunk
+    if pad:  # trailing zeros: dt = 0 leaves the state untouched and the scan is causal
+        x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
+        B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
+    c = (L + pad) // chunk
+    xs = (x * dt.unsqueeze(-1)).view(b, c, chunk, H, P).permute(0, 3, 1, 2, 4)  # [b, H, c, T, P]
+    a = (dt * A).view(b, c, chunk, H).permute(0, 3, 1, 2)  # [b, H, c, T]
+    Bc = B.view(b, c, chunk, N)  # [b, c, T, N]
+    Cc = C.view(b, c, chunk, N)
+    a_cum = torch.cumsum(a, dim=-1)  # [b, H, c, T]
+
+    # 1) within chunks
+    decay = torch.exp(_segsum(a))  # [b, H, c, T, T]
+    cb = Cc @ Bc.transpose(-1, -2)  # [b, c, T, T]
+    y_diag = (cb.unsqueeze(1) * decay) @ xs  # [b, H, c, T, P]
+
+    # 2) state at the end of every chunk, from that chunk's inputs alone
+    to_end = decay[..., -1, :]  # [b, H, c, T]: exp(sum a[s+1 .. T-1])
+    states = Bc.unsqueeze(1).transpose(-1, -2) @ (xs * to_end.unsqueeze(-1))  # [b, H, c, N, P]
+
+    # 3) carry states across chunks
+    chunk_decay = F.pad(a_cum[..., -1], (1, 0))  # [b, H, c + 1]
+    carry = torch.exp(_segsum(chunk_decay))  # [b, H, c + 1, c + 1]
+    states = torch.cat([states.new_zeros(b, H, 1, N, P), states], dim=2).reshape(b, H, c + 1, N * P)
+    prev = (carry @ states)[:, :, :-1].reshape(b, H, c, N, P)  # state entering each chunk
+
+    # 4) contribution of the carried state to each position
+    y_off = (Cc.unsqueeze(1) @ prev) * torch.exp(a_cum).unsqueeze(-1)  # [b, H, c, T, P]
+
+    y = (y_diag + y_off).permute(0, 2, 3, 1, 4).reshape(b, c * chunk, H, P)[:, :L]
+    return (y + D.view(1, 1, H, 1) * x[:, :L]).to(dtype)
+
+
+_SCAN_IMPL: dict[str, ScanFn] = {"chunked": selective_scan_chunked, "reference": selective_scan_ref}
+_active_scan: list[str] = ["chunked"]
+
+
+def register_scan_impl(name: str, fn: ScanFn) -> None:
+    """Register another implementation (the exporter's custom-op variant, a Triton kernel)."""
+    _SCAN_IMPL[name] = fn
+
+
+@contextmanager
+def scan_impl(name: str) -> Iterator[None]:
+    """Temporarily route every :class:`SSMixer` through the named scan implementation."""
+    if name not in _SCAN_IMPL:
+        raise KeyError(f"unknown scan implementation {name!r}; known: {sorted(_SCAN_IMPL)}")
+    _active_scan.append(name)
+    try:
+        yield
+    finally:
+        _active_scan.pop()
+
+
+def selective_scan(x, dt, A, B, C, D, chunk: int = 32) -> torch.Tensor:
+    """Dispatch to the active implementation (default: chunked)."""
+    return _SCAN_IMPL[_active_scan[-1]](x, dt, A, B, C, D, chunk)
+
+
+class SSMixer(nn.Module):
+    """2-D selective-scan mixer (VMamba-style cross scan), including its input LayerNorm.
+
+    ``[B, C, H, W] -> [B, C, H, W]`` (residual added by the caller). The map is scanned in four
+    orders: row-major forward and reverse, column-major forward and reverse; each order has its
+    own ``dt, B, C`` projections, the four outputs are summed, gated by ``silu(z)`` and projected.
+    """
+
+    def __init__(self, channels: int, d_state: int = 8, expand: float = 1.0, head_dim: int = 16,
+                 chunk: int = 32) -> None:
+        super().__init__()
+        inner = int(channels * expand)
+        head_dim = min(head_dim, inner)
+        assert inner % head_dim == 0, "inner width must be divisible by head_dim"
+        self.inner, self.heads, self.head_dim, self.d_state, self.chunk = inner, inner // head_dim, head_dim, d_state, chunk
+        self.norm = LayerNorm2d(channels)
+        self.in_proj = nn.Conv2d(channels, inner * 2, 1)
+        self.dw = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
+        self.x_proj = nn.Conv2d(inner, 4 * (self.heads + 2 * d_state), 1)  # dt, B, C for 4 orders
+        dt_init = torch.exp(torch.rand(4 * self.heads) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
+        self.dt_bias = nn.Parameter(dt_init + torch.log(-torch.expm1(-dt_init)))  # softplus^-1
+        self.A_log = nn.Parameter(torch.log(torch.linspace(1.0, 4.0, self.heads)))
+        self.D = nn.Parameter(torch.ones(self.heads))
+        self.out_proj = nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        L, H, P, N = h * w, self.heads, self.head_dim, self.d_state
+        u, z = self.in_proj(self.norm(x)).chunk(2, dim=1)  # [B, inner, h, w]
+        u = F.silu(self.dw(u))
+        proj = self.x_proj(u).view(b, 4, H + 2 * N, h, w)
+        # sequences in 4 orders, stacked on the batch axis: [4B, ..., L]
+        col_u = u.transpose(2, 3).flatten(2)
+        seq_u = torch.cat([u.flatten(2), u.flatten(2).flip(-1), col_u, col_u.flip(-1)], 0)  # [4B, inner, L]
+        p = [proj[:, 0].flatten(2), proj[:, 1].flatten(2).flip(-1),
+             proj[:, 2].transpose(2, 3).flatten(2), proj[:, 3].transpose(2, 3).flatten(2).flip(-1)]
+        seq_p = torch.cat(p, 0)  # [4B, H + 2N, L]
+        dt_raw, Bm, Cm = seq_p.split([H, N, N], dim=1)
+        bias = self.dt_bias.view(4, 1, H, 1).expand(4, b, H, 1).reshape(4 * b, H, 1)
+        dt = F.softplus(dt_raw.float() + bias).transpose(1, 2)  # [4B, L, H]
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(seq_u.transpose(1, 2).reshape(4 * b, L, H, P), dt, A,
+                           Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(), self.chunk)
+        y = y.reshape(4, b, L, H * P).transpose(2, 3)  # [4, B, inner, L]
+        y_row = y[0] + y[1].flip(-1)
+        y_col = (y[2] + y[3].flip(-1)).view(b, -1, w, h).transpose(2, 3)
+        y = y_row.view(b, -1, h, w) + y_col  # [B, inner, h, w]
+        return self.out_proj(y.to(z.dtype) * F.silu(z))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        fold_norm_into(self.norm, self.in_proj)

@@ -1,0 +1,161 @@
+"""Checkpoints: architecture name + full config + weights, loadable without arbitrary pickle.
+
+Two formats, chosen by extension on save and by content on load:
+
+* ``*.safetensors``: weights as tensors, ``hrx_arch`` / ``hrx_config`` / ``hrx_version`` in the
+  header metadata.
+* anything else (``*.pt``): ``torch.save`` of a plain dict of tensors, strings and numbers, loaded
+  with ``torch.load(weights_only=True)``. A pickle that needs arbitrary code is refused.
+
+Bundled model names (``default-x2``, ...) resolve to files shipped in ``hrx/weights``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hrx.errors import CheckpointError
+
+FORMAT = "hrx-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names of the models shipped inside the package -> their files."""
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {p.name.split(".")[0]: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+
+
+def resolve_checkpoint(ref: str | os.PathLike) -> Path:
+    """A path, or the name of a bundled model. Raises :class:`CheckpointError` if neither."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    bundled = bundled_models()
+    if str(ref) in bundled:
+        return bundled[str(ref)]
+    if path.exists():
+        raise CheckpointError(f"{ref}: is a directory, not a checkpoint file")
+    hint = f" (bundled models: {', '.join(bundled)})" if bundled else ""
+    raise CheckpointError(f"{ref}: no such checkpoint file or bundled model{hint}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _version() -> str:
+    from hrx import __version__
+
+    return __version__
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (arch, config, weights) atomically to ``path``."""
+    from hrx.registry import model_config
+
+    path = Path(path)
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        raise CheckpointError("model has no registered architecture name; build it with hrx.create_model")
+    config = model_config(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"hrx_format": FORMAT, "hrx_arch": arch, "hrx_config": json.dumps(config), "hrx_version": _version(),
+            "hrx_extra": json.dumps(extra or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, tmp, metadata=meta)
+        else:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "config": config,
+                        "hrx_version": meta["hrx_version"], "extra": extra or {}, "state_dict": state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(ref: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """``(arch, config, state_dict, extra)`` from a checkpoint path or bundled name."""
+    path = resolve_checkpoint(ref)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 8:
+        raise CheckpointError(f"{path}: file is empty or truncated, not an HRX checkpoint")
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return _read_torch(path)
+    return _read_safetensors(path)
+
+
+def _read_torch(path: Path):
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"{path}: refused: loading it would run arbitrary pickle code; "
+                                  "re-save it with hrx.save_model") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({msg})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an HRX checkpoint (no '{FORMAT}' header); "
+                              "convert plain state dicts with hrx.save_model(model, path)")
+    return data["arch"], dict(data["config"]), data["state_dict"], dict(data.get("extra") or {})
+
+
+def _read_safetensors(path: Path):
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if meta.get("hrx_format") != FORMAT:
+        raise CheckpointError(f"{path}: safetensors file without HRX metadata (arch/config); not an HRX checkpoint")
+    return meta["hrx_arch"], json.loads(meta["hrx_config"]), state, json.loads(meta.get("hrx_extra", "{}"))
+
+
+def load_model(ref: str | os.PathLike, expect_arch: str | None = None) -> nn.Module:
+    """Rebuild the model recorded in a checkpoint (eval mode). ``expect_arch`` guards against
+    loading the wrong architecture."""
+    from hrx.registry import get_entry
+
+    arch, config, state, extra = read_checkpoint(ref)
+    if expect_arch is not None and arch != expect_arch:
+        raise CheckpointError(f"{ref}: checkpoint is architecture {arch!r}, expected {expect_arch!r}")
+    try:
+        entry = get_entry(arch)
+    except KeyError:
+        raise CheckpointError(f"{ref}: unknown architecture {arch!r} (this hrx knows: "
+                              f"{', '.join(__import__('hrx').list_models())})") from None
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    try:
+        model = entry.model_cls(entry.config_cls(**config))
+    except TypeError as e:
+        raise CheckpointError(f"{ref}: config does not fit architecture {arch!r}: {e}") from None
+    model.arch = arch
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{ref}: weights do not match architecture {arch!r} "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    model.checkpoint_extra = extra
+    return model.eval()

@@ -1,0 +1,153 @@
+"""HARMONIC-RX: hybrid restoration / super-resolution network (``shared/design/HARMONIC-RX.md``).
+
+Dataflow (H, W multiples of ``size_multiple`` = 4 * window)::
+
+    x [B, in, H, W]
+    stem:        conv3x3 -> PixelUnshuffle(2) -> conv3x3           # [B, C, H/2, W/2]
+    stage1:      HarmonicBlock x N1                                 # [B, C, H/2, W/2]  (skip)
+    freq split:  lf, hf = FreqSplit(f1)                             # both [B, C, H/2, W/2]
+    LF path:     Downsample(lf) -> HarmonicBlock x N2 -> bottleneck (SSM + WindowAttn + GatedFFN)
+                 -> Upsample                                        # [B, C, H/2, W/2]
+    HF path:     DetailMoE(hf) -> RepLK                             # [B, C, H/2, W/2]
+    fusion:      gated_fuse(x, hf_detail); gated_skip(x, f1)
+    stage3:      HarmonicBlock x N3
+    head:        conv + PixelShuffle(2), conv + PixelShuffle(scale), conv -> out
+    output:      head(x) + bicubic_upsample(input)                  # [B, out, H*s, W*s]
+
+The refine conv of the head starts at zero, so an untrained model returns bicubic upscaling.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hrx.blocks.freq import FreqSplit
+from hrx.blocks.gated_ffn import GatedFFN
+from hrx.blocks.harmonic import harmonic_stage
+from hrx.blocks.head import BicubicUpsample, ReconstructionHead
+from hrx.blocks.moe import DetailMoE
+from hrx.blocks.msg import Downsample, GatedFuse, Upsample
+from hrx.blocks.replk import RepLK
+from hrx.blocks.ssm import SSMixer
+from hrx.blocks.window_attention import WindowAttention
+
+
+def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Map an image ``[B, c, H, W]`` (c in 1, 3, 4) to ``channels`` for the global residual:
+    gray <-> colour by mean / repeat, alpha dropped or added as opaque."""
+    c = x.shape[1]
+    if c == channels:
+        return x
+    colour = x[:, :3] if c == 4 else (x.expand(-1, 3, -1, -1) if c == 1 else x)
+    if channels == 1:
+        return colour.mean(1, keepdim=True)
+    if channels == 3:
+        return colour
+    return torch.cat([colour, torch.ones_like(colour[:, :1])], 1)
+
+
+@dataclass
+class HarmonicRXConfig:
+    in_channels: int = 3
+    out_channels: int | None = None  # None: same as in_channels
+    scale: int = 4
+    dim: int = 32
+    depths: tuple[int, int, int] = (2, 2, 2)
+    heads: int = 2
+    window: int = 8
+    ssm_every: int = 2
+    d_state: int = 8
+    ssm_head_dim: int = 16
+    chunk: int = 32
+    ffn_expansion: float = 2.0
+    replk_kernel: int = 7
+    freq_mode: str = "haar"
+    head_dim: int = 16
+    moe_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.depths = tuple(self.depths)
+        if self.out_channels is None:
+            self.out_channels = self.in_channels
+        if self.scale not in (1, 2, 3, 4):
+            raise ValueError(f"scale must be 1, 2, 3 or 4, not {self.scale}")
+        if self.in_channels not in (1, 3, 4) or self.out_channels not in (1, 3, 4):
+            raise ValueError("in_channels and out_channels must be 1, 3 or 4")
+
+
+class HarmonicRX(nn.Module):
+    arch_family = "harmonic-rx"
+
+    def __init__(self, config: HarmonicRXConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        c, c2 = cfg.dim, cfg.dim * 2
+        blk = dict(ffn_expansion=cfg.ffn_expansion, d_state=cfg.d_state, ssm_head_dim=cfg.ssm_head_dim, chunk=cfg.chunk)
+        self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, c, 3, padding=1), nn.PixelUnshuffle(2),
+                                  nn.Conv2d(c * 4, c, 3, padding=1))
+        n1, n2, n3 = cfg.depths
+        self.stage1 = harmonic_stage(c, n1, cfg.heads, cfg.window, cfg.ssm_every, 0, **blk)
+        self.freq = FreqSplit(cfg.freq_mode)
+        self.down = Downsample(c, c2)
+        self.stage2 = harmonic_stage(c2, n2, cfg.heads, cfg.window, cfg.ssm_every, n1, **blk)
+        self.bottleneck_ssm = SSMixer(c2, d_state=cfg.d_state, head_dim=cfg.ssm_head_dim, chunk=cfg.chunk)
+        self.bottleneck_attn = WindowAttention(c2, cfg.heads, cfg.window, shift=True)
+        self.bottleneck_ffn = GatedFFN(c2, cfg.ffn_expansion)
+        self.up = Upsample(c2, c)
+        self.detail = DetailMoE(c, cfg.heads, cfg.window, cfg.replk_kernel, cfg.d_state, cfg.ssm_head_dim,
+                                cfg.chunk, jitter=cfg.moe_jitter)
+        self.detail_lk = RepLK(c, cfg.replk_kernel)
+        self.hf_fuse = GatedFuse(c)
+        self.skip_fuse = GatedFuse(c)
+        self.stage3 = harmonic_stage(c, n3, cfg.heads, cfg.window, cfg.ssm_every, n1 + n2, **blk)
+        self.head = ReconstructionHead(c, cfg.out_channels, cfg.scale, cfg.head_dim)
+        self.residual = BicubicUpsample(cfg.in_channels, cfg.scale)
+
+    # -- what the deploy tooling reads (spandrel-style descriptor) --
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @property
+    def in_channels(self) -> int:
+        return self.config.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.config.out_channels)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this: /2 stem, /2 down, then whole attention windows."""
+        return 4 * self.config.window
+
+    @property
+    def tile_overlap(self) -> int:
+        """Recommended overlap between tiles, in input pixels (covers the conv/window receptive field)."""
+        return max(16, self.size_multiple // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.size_multiple
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f"input sides {tuple(x.shape[-2:])} must be multiples of size_multiple={m}; pad first")
+        f0 = self.stem(x)  # [B, C, H/2, W/2]
+        f1 = self.stage1(f0)
+        lf, hf = self.freq(f1)
+        y = self.stage2(self.down(lf))  # [B, 2C, H/4, W/4]
+        y = y + self.bottleneck_ssm(y)
+        y = y + self.bottleneck_attn(y)
+        y = y + self.bottleneck_ffn(y)
+        y = self.up(y)  # [B, C, H/2, W/2]
+        hf = self.detail_lk(self.detail(hf))
+        y = self.hf_fuse(y, hf)
+        y = self.skip_fuse(y, f1)
+        y = self.stage3(y)
+        out = self.head(y)  # [B, out, H*s, W*s]
+        return out + match_channels(self.residual(x), out.shape[1])
+
+    def aux_loss(self) -> torch.Tensor:
+        """MoE load-balancing loss of the last training forward (0 in eval)."""
+        losses = [m.aux_loss for m in self.modules() if isinstance(m, DetailMoE) and m.aux_loss is not None]
+        return torch.stack(losses).sum() if losses else torch.zeros(())

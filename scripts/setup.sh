@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install hrx with the lean CPU stack. Sourced by the other scripts.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# torch is pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 -e ".[test]" 2>&1 \
+  | grep -v "is ignored: it is neither a file nor a directory" || true
