@@ -1,1 +1,1 @@
-X=4
+"""INT8 calibration (explicit Q/DQ) from a folder of images."""

@@ -1,1 +1,1 @@
-X=1
+"""ONNX export: fuse, freeze, export, check, simplify."""

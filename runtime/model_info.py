@@ -1,0 +1,64 @@
+"""What a deployed model says about itself: the ONNX ``metadata_props`` the exporter writes and
+the runtime, calibrator and TensorRT builder read. Nothing needs to be passed twice.
+
+Keys (all strings in the ONNX file): ``arch, scale, in_channels, out_channels, tile, batch, ops,
+size_multiple, tile_overlap, opset, hrx_version, checkpoint_sha256`` and optionally ``precision``
+(``fp32`` default, ``int8-qdq`` after ``hrx calibrate``), ``quant_target``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from hrx.errors import HRXError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    arch: str
+    scale: int
+    in_channels: int
+    out_channels: int
+    tile: int  # static input side: inputs are [batch, in_channels, tile, tile]
+    batch: int
+    size_multiple: int
+    tile_overlap: int
+    ops: str = "native"  # "native" (standard ONNX ops) or "plugin" (hrx:: custom ops)
+    opset: int = 0
+    hrx_version: str = ""
+    checkpoint_sha256: str = ""
+    precision: str = "fp32"
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    _INTS = ("scale", "in_channels", "out_channels", "tile", "batch", "size_multiple", "tile_overlap", "opset")
+
+    def to_props(self) -> dict[str, str]:
+        d = {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelInfo":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        required = {"arch", "scale", "in_channels", "out_channels", "tile", "batch", "size_multiple", "tile_overlap"}
+        missing = sorted(required - set(props))
+        if missing:
+            raise HRXError(f"{source}: not an HRX export (metadata lacks {', '.join(missing)}); export it with `hrx export`")
+        kw: dict = {k: props[k] for k in names if k in props}
+        for k in cls._INTS:
+            if k in kw:
+                kw[k] = int(kw[k])
+        extra = {k: v for k, v in props.items() if k not in names}
+        return cls(**kw, extra=extra)
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike) -> "ModelInfo":
+        """Read the metadata of an ONNX file without loading its weights."""
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+            raise HRXError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+        return cls.from_props({p.key: p.value for p in model.metadata_props}, str(path))
