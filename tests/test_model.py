@@ -1,0 +1,155 @@
+"""Whole-model checks for HARMONIC-RX presets: shapes, fusion, determinism, stability, checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hrx
+from conftest import randomize_params
+from hrx.blocks.moe import DetailMoE
+from hrx.errors import CheckpointError
+from hrx.deploy import count_convs
+
+
+@pytest.mark.parametrize("arch", ["hrx-t", "hrx-s", "hrx-m"])
+@pytest.mark.parametrize("scale", [1, 2, 3, 4])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_shapes(arch, scale, channels):
+    model = hrx.create_model(arch, scale=scale, in_channels=channels).eval()
+    assert 64 % model.size_multiple == 0 or arch == "hrx-m"
+    side = model.size_multiple
+    x = torch.rand(1, channels, side, side * 2)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, channels, side * scale, side * 2 * scale)
+
+
+def test_tiny_preset_is_small():
+    for scale in (1, 2, 3, 4):
+        n = sum(p.numel() for p in hrx.create_model("hrx-t", scale=scale).parameters())
+        assert n < 150_000, n
+
+
+def test_bad_input_size_is_refused():
+    model = hrx.create_model("hrx-t", scale=2).eval()
+    with pytest.raises(ValueError, match="size_multiple"):
+        model(torch.rand(1, 3, 20, 32))
+
+
+def test_untrained_model_is_bicubic():
+    model = hrx.create_model("hrx-t", scale=2).eval()
+    x = torch.rand(1, 3, 32, 32)
+    ref = torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        assert (model(x) - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("arch,scale", [("hrx-t", 1), ("hrx-t", 2), ("hrx-t", 3), ("hrx-t", 4), ("hrx-s", 2)])
+def test_fused_model_matches_unfused(arch, scale):
+    model = hrx.create_model(arch, scale=scale)
+    randomize_params(model, 0.05)
+    model.eval()
+    x = torch.rand(1, 3, model.size_multiple * 2, model.size_multiple * 2)
+    deploy = hrx.fuse(model)
+    with torch.no_grad():
+        ref, out = model(x), deploy(x)
+    assert (out - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
+    # the training model is untouched and fusion is idempotent
+    assert not getattr(model, "fused", False) and model.detail.top1 is False
+    with torch.no_grad():
+        assert torch.equal(hrx.fuse(deploy)(x), out)
+    n_train, n_deploy = count_convs(model), count_convs(deploy)
+    print(f"{arch} x{scale}: conv layers training={n_train} fused={n_deploy}")
+    assert n_deploy < n_train
+
+
+def test_eval_is_deterministic_and_top1_is_argmax():
+    model = hrx.create_model("hrx-t", scale=2)
+    randomize_params(model, 0.1)
+    model.eval()
+    x = torch.rand(2, 3, 32, 32)
+    seen = {}
+    moe = model.detail
+
+    def grab(module, inputs, output):  # returns None: a hook that returns a value replaces the output
+        seen.setdefault("x", inputs[0])
+
+    moe.register_forward_hook(grab)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert torch.equal(a, b)
+    with torch.no_grad():
+        logits = moe.router(seen["x"])
+        outs = moe.expert_outputs(seen["x"])
+        idx = logits.argmax(1, keepdim=True)
+        p = torch.softmax(logits, 1).gather(1, idx)
+        chosen = outs.gather(1, idx[:, :, None].expand(-1, -1, outs.shape[2], -1, -1))[:, 0]
+        expected = seen["x"] + p * chosen * moe.scale
+        assert torch.allclose(moe(seen["x"]), expected, atol=1e-6)
+    assert model.aux_loss().item() == 0.0
+
+
+def test_training_forward_exposes_balance_loss_and_backprops():
+    model = hrx.create_model("hrx-t", scale=2).train()
+    x = torch.rand(2, 3, 32, 32)
+    y = model(x)
+    aux = model.aux_loss()
+    assert aux.item() >= 1.0 - 1e-4
+    (y.mean() + 0.01 * aux).backward()
+    assert all(p.grad is not None for p in model.detail.router.parameters())
+
+
+@pytest.mark.parametrize("fill", ["zeros", "ones", "noise"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_no_nan_or_inf(fill, bf16):
+    model = hrx.create_model("hrx-t", scale=2)
+    randomize_params(model, 0.05)
+    model.eval()
+    shape = (1, 3, 32, 32)
+    x = {"zeros": torch.zeros(shape), "ones": torch.ones(shape),
+         "noise": (torch.rand(shape, generator=torch.Generator().manual_seed(5)) > 0.5).float()}[fill]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = model(x)
+    assert torch.isfinite(y.float()).all()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_checkpoint_round_trip(tmp_path, suffix):
+    model = hrx.create_model("hrx-t", scale=3, in_channels=4)
+    randomize_params(model)
+    path = hrx.save_model(model, tmp_path / f"m{suffix}")
+    loaded = hrx.load_model(path)
+    assert loaded.arch == "hrx-t" and loaded.scale == 3 and loaded.in_channels == 4
+    x = torch.rand(1, 4, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), loaded(x))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        hrx.load_model(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        hrx.load_model(junk)
+    plain = tmp_path / "plain.pt"
+    torch.save(hrx.create_model("hrx-t").state_dict(), plain)
+    with pytest.raises(CheckpointError, match="not an HRX checkpoint"):
+        hrx.load_model(plain)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "hrx-checkpoint", "obj": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="arbitrary pickle"):
+        hrx.load_model(evil)
+    good = hrx.save_model(hrx.create_model("hrx-t"), tmp_path / "good.pt")
+    with pytest.raises(CheckpointError, match="expected 'hrx-s'"):
+        hrx.load_model(good, expect_arch="hrx-s")
+
+
+def test_moe_is_in_model():
+    assert any(isinstance(m, DetailMoE) for m in hrx.create_model("hrx-t").modules())
