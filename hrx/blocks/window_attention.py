@@ -9,24 +9,35 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
+
 import torch
 from torch import nn
 
 from hrx.blocks.norm import LayerNorm2d, fold_norm_into
 
 
-@lru_cache(maxsize=64)
 def _shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
-    """Additive mask ``[nW, N, N]`` (0 or -100) for the shifted windows of an h x w map."""
-    img = torch.zeros(h, w)
+    """Additive mask ``[nW, N, N]`` (0 or -100) for the shifted windows of an h x w map.
+
+    A fresh tensor per call from a cached plain array: caching a tensor would leak fake tensors
+    from an export trace into eager runs."""
+    return torch.from_numpy(_shift_mask_array(h, w, window, shift))
+
+
+@lru_cache(maxsize=64)
+def _shift_mask_array(h: int, w: int, window: int, shift: int) -> np.ndarray:
+    # plain numpy: torch ops here would be traced (and cached) during export
+    img = np.zeros((h, w), dtype=np.float32)
     cnt = 0
     for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
         for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
             img[hs, ws] = cnt
             cnt += 1
-    win = img.view(h // window, window, w // window, window).permute(0, 2, 1, 3).reshape(-1, window * window)
-    diff = win[:, None, :] - win[:, :, None]
-    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
+    win = img.reshape(h // window, window, w // window, window).transpose(0, 2, 1, 3).reshape(-1, window * window)
+    mask = np.where(win[:, None, :] != win[:, :, None], np.float32(-100.0), np.float32(0.0))
+    mask.setflags(write=False)
+    return mask
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
