@@ -1,19 +1,28 @@
-"""DetailMoE: a mixture of detail experts with a texture-aware router.
+"""Sparse mixture-of-experts routing, shared by every HRX mixture, and DetailMoE (HARMONIC-RX).
 
-Experts: RepLK large-kernel conv, dilated conv, window attention, SSM mixer. The router sees the
-features plus two texture cues of the channel mean: Sobel gradient magnitude and 3x3 local
-variance; it emits per-pixel logits ``[B, E, H, W]``.
+:class:`SparseMoE` holds the routing logic once; a mixture is a list of experts plus a
+:class:`Router`. The router sees the features plus two texture cues of the channel mean (Sobel
+gradient magnitude and 3x3 local variance), optionally a conditioning vector (a degradation
+prompt), and emits per-pixel logits ``[B, E, H, W]``.
 
 * training: top-2 routing, the two gates are the softmax probabilities (not renormalised), plus
   optional Gaussian jitter on the logits; :attr:`aux_loss` holds the Switch-style load-balancing
   loss ``E * sum_e f_e * P_e`` of the last forward.
-* eval / fused: top-1, ``idx = argmax(logits)`` (ties go to the lowest index, like ``torch.argmax``)
-  and the output is ``p_idx * expert_idx(x)``. Deterministic.
+* eval / fused: top-1 through :func:`top1_combine` (the ``hrx::MoETop1`` op at export):
+  ``idx = argmax(logits)`` (ties go to the lowest index, like ``torch.argmax``) and the output is
+  ``p_idx * expert_idx(x)``. Deterministic.
 
 Every expert is evaluated densely and masked (static shapes for export); the deploy graph selects
-one expert per pixel. Contract: ``[B, C, H, W] -> [B, C, H, W]`` (residual included).
+one expert per pixel. Contract: ``[B, C, H, W] -> [B, C, H, W]`` (residual included):
+``x + scale * combine(router(x), experts(x))``.
+
+:class:`DetailMoE` (experts: RepLK large-kernel conv, dilated conv, window attention, SSM mixer) is
+HARMONIC-RX's detail enhancer; HydraFusionIR's MoE-X (:mod:`hrx.blocks.moe_x`) uses the same routing.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -63,22 +72,62 @@ def texture_cues(x: torch.Tensor) -> torch.Tensor:
 
 
 class Router(nn.Module):
-    def __init__(self, channels: int, num_experts: int) -> None:
+    """Per-pixel expert logits from features + texture cues (+ an optional conditioning vector).
+
+    ``x [B, C, H, W]``, ``cond [B, cond_dim]`` -> ``[B, E, H, W]``. With ``cond_dim > 0`` the
+    condition shifts the hidden layer; :meth:`freeze_cond` folds a fixed condition into the bias.
+    """
+
+    def __init__(self, channels: int, num_experts: int, cond_dim: int = 0) -> None:
         super().__init__()
         hidden = max(8, channels // 2)
         self.fc1 = nn.Conv2d(channels + 2, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, num_experts, 1)
+        self.cond: nn.Linear | None = nn.Linear(cond_dim, hidden) if cond_dim > 0 else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(torch.cat([x, texture_cues(x)], 1))))  # [B, E, H, W]
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.fc1(torch.cat([x, texture_cues(x)], 1))  # [B, hidden, H, W]
+        if self.cond is not None:
+            if cond is None:
+                raise ValueError("this router is conditioned: pass cond [B, cond_dim]")
+            h = h + self.cond(cond.to(h.dtype))[:, :, None, None]
+        return self.fc2(F.gelu(h))  # [B, E, H, W]
+
+    @torch.no_grad()
+    def freeze_cond(self, cond: torch.Tensor) -> None:
+        """Fold the fixed condition ``cond [cond_dim]`` into ``fc1``'s bias; later conds are ignored."""
+        if self.cond is None:
+            return
+        self.fc1.bias += self.cond(cond.reshape(1, -1).to(self.fc1.bias)).reshape(-1)
+        self.cond = None
+
+
+_combine_override: list = []
+
+
+@contextmanager
+def combine_impl(fn) -> Iterator[None]:
+    """Temporarily route :func:`top1_combine` through ``fn`` (the exporter's custom op)."""
+    _combine_override.append(fn)
+    try:
+        yield
+    finally:
+        _combine_override.pop()
 
 
 def top1_combine(logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     """Deploy-time routing. ``logits [B, E, H, W]``, ``experts [B, E, C, H, W]`` -> ``[B, C, H, W]``.
 
     ``sum_e onehot(argmax)_e * softmax(logits)_e * experts_e``. This is the computation the
-    ``hrx::MoETop1`` custom op stands for.
+    ``hrx::MoETop1`` custom op stands for; a plugin export swaps it via :func:`combine_impl`.
     """
+    if _combine_override:
+        return _combine_override[-1](logits, experts)
+    return top1_combine_reference(logits, experts)
+
+
+def top1_combine_reference(logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """The PyTorch implementation of :func:`top1_combine` (argmax ties go to the lowest index)."""
     probs = torch.softmax(logits.float(), dim=1)
     idx = torch.argmax(logits, dim=1, keepdim=True)  # [B, 1, H, W]
     e = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1, 1)
@@ -86,18 +135,14 @@ def top1_combine(logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     return (gate.unsqueeze(2) * experts.float()).sum(1).to(experts.dtype)
 
 
-class DetailMoE(nn.Module):
-    def __init__(self, channels: int, heads: int, window: int, kernel: int = 7, d_state: int = 8,
-                 head_dim: int = 16, chunk: int = 32, jitter: float = 0.0) -> None:
+class SparseMoE(nn.Module):
+    """The routing of every mixture: top-2 + balance loss in training, top-1 in eval / after fuse."""
+
+    def __init__(self, experts: list[nn.Module], router: Router, channels: int, jitter: float = 0.0) -> None:
         super().__init__()
-        self.experts = nn.ModuleList([
-            RepLKExpert(channels, kernel),
-            DilatedConvExpert(channels),
-            WindowAttention(channels, heads, window),
-            SSMixer(channels, d_state=d_state, head_dim=head_dim, chunk=chunk),
-        ])
+        self.experts = nn.ModuleList(experts)
         self.num_experts = len(self.experts)
-        self.router = Router(channels, self.num_experts)
+        self.router = router
         self.jitter = jitter
         self.scale = nn.Parameter(torch.full((1, channels, 1, 1), 0.1))
         self.aux_loss: torch.Tensor | None = None
@@ -106,9 +151,8 @@ class DetailMoE(nn.Module):
     def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, C, H, W]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.router(x)
-        outs = self.expert_outputs(x)
+    def combine(self, logits: torch.Tensor, outs: torch.Tensor) -> torch.Tensor:
+        """``logits [B, E, H, W]``, ``outs [B, E, C, H, W]`` -> routed ``[B, C, H, W]`` (sets aux_loss)."""
         if self.training and not self.top1:
             if self.jitter > 0:
                 logits = logits + torch.randn_like(logits) * self.jitter
@@ -122,9 +166,26 @@ class DetailMoE(nn.Module):
         else:
             y = top1_combine(logits, outs)
             self.aux_loss = None
-        return x + y * self.scale
+        return y
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.router(x, cond)
+        outs = self.expert_outputs(x)
+        return x + self.combine(logits, outs) * self.scale
 
     @torch.no_grad()
     def fuse(self) -> None:
         self.top1 = True
         self.jitter = 0.0
+
+
+class DetailMoE(SparseMoE):
+    def __init__(self, channels: int, heads: int, window: int, kernel: int = 7, d_state: int = 8,
+                 head_dim: int = 16, chunk: int = 32, jitter: float = 0.0) -> None:
+        experts = [
+            RepLKExpert(channels, kernel),
+            DilatedConvExpert(channels),
+            WindowAttention(channels, heads, window),
+            SSMixer(channels, d_state=d_state, head_dim=head_dim, chunk=chunk),
+        ]
+        super().__init__(experts, Router(channels, len(experts)), channels, jitter)

@@ -51,9 +51,9 @@ def _segsum(a: torch.Tensor) -> torch.Tensor:
     lower_strict = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), -1)
     lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), 0)
     x = a.unsqueeze(-1).expand(*a.shape, T)  # x[..., i, j] = a[i]
-    x = torch.where(lower_strict, x, torch.zeros_like(x))
+    x = torch.where(lower_strict, x, 0.0)  # scalars, not full-size tensors: keeps exported graphs small
     x = torch.cumsum(x, dim=-2)
-    return torch.where(lower, x, torch.full_like(x, -math.inf))
+    return torch.where(lower, x, -math.inf)
 
 
 def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

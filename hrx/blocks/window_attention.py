@@ -22,7 +22,7 @@ def _shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
 
     A fresh tensor per call from a cached plain array: caching a tensor would leak fake tensors
     from an export trace into eager runs."""
-    return torch.from_numpy(_shift_mask_array(h, w, window, shift))
+    return torch.tensor(_shift_mask_array(h, w, window, shift))
 
 
 @lru_cache(maxsize=64)

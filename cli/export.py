@@ -1,0 +1,38 @@
+"""``hrx export``: checkpoint -> fused, static-shape, simplified ONNX."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hrx.cli.common import Checkpoint, handle_errors
+
+
+class OpsMode(str, Enum):
+    native = "native"
+    plugin = "plugin"
+
+
+@handle_errors
+def export(
+    checkpoint: Checkpoint,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="ONNX file to write [default: CHECKPOINT stem + .onnx].")] = None,
+    tile: Annotated[int, typer.Option("--tile", help="Static input side in pixels; a multiple of the model's size_multiple.")] = 256,
+    batch: Annotated[int, typer.Option("--batch", help="Static batch size (tiles per inference).")] = 1,
+    ops: Annotated[OpsMode, typer.Option("--ops", help="native: standard ONNX ops only. plugin: hrx::SelectiveScan / "
+                                                     "hrx::MoETop1 nodes for TensorRT plugins (still runs on ONNX Runtime).")] = OpsMode.native,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (18 or newer).")] = 18,
+    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim/onnxslim.")] = False,
+) -> None:
+    """Fuse a checkpoint's re-parameterizable branches, freeze it to static shapes with top-1
+    routing, export to ONNX, check and simplify it. Writes the model's metadata (scale, tile,
+    overlap, ...) into the file so `hrx upscale` needs nothing else."""
+    from hrx.export.onnx_export import export_onnx
+
+    if output is None:
+        output = Path(Path(checkpoint).name.split(".")[0] + ".onnx")
+    result = export_onnx(checkpoint, output, tile=tile, batch=batch, ops=ops.value, opset=opset,
+                         simplify_graph=not no_simplify)
+    typer.echo(result.summary())

@@ -1,0 +1,233 @@
+"""Checkpoint -> fused, frozen, static-shape ONNX.
+
+Pipeline: load -> ``hrx.fuse`` -> trace at ``[batch, C, tile, tile]`` -> ``torch.onnx.export``
+(the current ``dynamo=True`` exporter; the legacy TorchScript exporter is deprecated) ->
+hrx local functions attached (plugin mode) -> ``onnx.checker`` (full) + shape inference ->
+onnxsim (onnxslim when onnxsim cannot take the graph) -> metadata -> atomic save.
+
+``ops="native"`` lowers the selective scan (chunked SSD: MatMul / CumSum / Exp / Where) and the
+top-1 MoE (dense masked: ArgMax / Equal / Mul / ReduceSum) to standard ONNX ops.
+``ops="plugin"`` keeps them as ``hrx::SelectiveScan`` / ``hrx::MoETop1`` nodes (see
+:mod:`hrx.export.functions`).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from hrx.errors import HRXError
+from hrx.runtime.model_info import ModelInfo
+
+DEFAULT_OPSET = 18
+OPS_MODES = ("native", "plugin")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    info: ModelInfo
+    simplifier: str  # "onnxsim", "onnxslim" or "none"
+    node_counts: Counter = field(default_factory=Counter)
+    parameters: int = 0
+    macs_per_tile: int = 0
+    file_size: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        top = ", ".join(f"{op} {n}" for op, n in self.node_counts.most_common(12))
+        i = self.info
+        return (f"wrote {self.path} ({self.file_size / 1e6:.2f} MB) in {self.seconds:.1f}s\n"
+                f"  model: {i.arch} x{i.scale}, {i.in_channels}->{i.out_channels} channels, ops={i.ops}, opset {i.opset}\n"
+                f"  input: [{i.batch}, {i.in_channels}, {i.tile}, {i.tile}] -> output "
+                f"[{i.batch}, {i.out_channels}, {i.tile * i.scale}, {i.tile * i.scale}], tile overlap {i.tile_overlap}\n"
+                f"  parameters (fused): {self.parameters:,}; MACs per tile: {self.macs_per_tile / 1e9:.2f} G\n"
+                f"  simplified with: {self.simplifier}\n"
+                f"  nodes ({sum(self.node_counts.values())}): {top}")
+
+
+def check_tile(tile: int, size_multiple: int) -> None:
+    if tile <= 0 or tile % size_multiple:
+        lo = max(size_multiple, tile // size_multiple * size_multiple)
+        hi = lo + size_multiple if lo >= tile else lo
+        near = sorted({lo, hi})
+        raise HRXError(f"tile {tile} is not a multiple of the model's size_multiple {size_multiple}; "
+                       f"nearest valid tiles: {' or '.join(map(str, near))}")
+
+
+def _load(checkpoint: str | os.PathLike | nn.Module) -> tuple[nn.Module, str]:
+    import hrx
+    from hrx.checkpoint import file_sha256, resolve_checkpoint
+
+    if isinstance(checkpoint, nn.Module):
+        return checkpoint, ""
+    path = resolve_checkpoint(checkpoint)
+    return hrx.load_model(path), file_sha256(path)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter prints progress and warns about torchvision; keep the CLI output ours."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration",
+                                              "torch._export", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int) -> onnx.ModelProto:
+    """Export a fused eval model to an (unsimplified) ONNX ModelProto."""
+    table = None
+    ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if ops == "plugin":
+        import onnxscript
+
+        from hrx.export import custom_ops
+        from hrx.export.functions import DOMAIN, DOMAIN_VERSION, register_schemas
+
+        register_schemas()
+        custom_ops._register()
+        hrx_ops = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
+        attrs = dict(plugin_version=custom_ops.PLUGIN_VERSION, plugin_namespace=custom_ops.PLUGIN_NAMESPACE)
+
+        def scan_to_onnx(x, dt, A, B, C, D, chunk: int):
+            return hrx_ops.SelectiveScan(x, dt, A, B, C, D, chunk=chunk, **attrs)
+
+        def moe_to_onnx(logits, experts):
+            return hrx_ops.MoETop1(logits, experts, **attrs)
+
+        table = {torch.ops.hrx.selective_scan.default: scan_to_onnx, torch.ops.hrx.moe_top1.default: moe_to_onnx}
+        ctx = custom_ops.plugin_ops()
+    with ctx, _quiet_exporter(), torch.no_grad():
+        try:
+            program = torch.onnx.export(deploy, (example,), dynamo=True, opset_version=opset, input_names=["input"],
+                                        output_names=["output"], custom_translation_table=table, optimize=True,
+                                        verbose=False)
+        except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HRXError(f"ONNX export failed: {first}") from e
+    model = program.model_proto
+    if ops == "plugin":
+        from hrx.export.functions import attach_functions
+
+        attach_functions(model)
+    return model
+
+
+def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """onnxsim first; onnxslim where onnxsim fails or is missing. Returns (model, which ran)."""
+    try:
+        import onnxsim
+
+        with _quiet_exporter():
+            simplified, ok = onnxsim.simplify(model)
+        if ok:
+            return simplified, "onnxsim"
+    except Exception:  # noqa: BLE001 - fall through to onnxslim
+        pass
+    try:
+        import onnxslim
+
+        with _quiet_exporter():
+            return onnxslim.slim(model), "onnxslim"
+    except Exception:  # noqa: BLE001
+        return model, "none"
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of Conv and MatMul nodes, from inferred static shapes."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    inits = {t.name: list(t.dims) for t in inferred.graph.initializer}
+    shapes.update(inits)
+    macs = 0
+    for n in inferred.graph.node:
+        if n.op_type == "Conv" and n.output[0] in shapes and n.input[1] in shapes:
+            w = shapes[n.input[1]]
+            macs += int(np.prod(shapes[n.output[0]])) * int(np.prod(w[1:]))
+        elif n.op_type == "MatMul" and n.input[0] in shapes and n.output[0] in shapes:
+            a = shapes[n.input[0]]
+            if a:
+                macs += int(np.prod(shapes[n.output[0]])) * a[-1]
+    return macs
+
+
+def _atomic_save(model: onnx.ModelProto, output: Path) -> None:
+    out_dir = output.parent if str(output.parent) else Path(".")
+    if not out_dir.is_dir():
+        raise HRXError(f"{output}: output folder {out_dir} does not exist")
+    if not os.access(out_dir, os.W_OK):
+        raise HRXError(f"{output}: output folder {out_dir} is not writable")
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=out_dir)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.PathLike, tile: int = 256, batch: int = 1,
+                ops: str = "native", opset: int = DEFAULT_OPSET, simplify_graph: bool = True) -> ExportResult:
+    """Export a checkpoint (path, bundled name or model) to a static-shape ONNX file."""
+    import hrx
+
+    start = time.perf_counter()
+    if ops not in OPS_MODES:
+        raise HRXError(f"--ops must be one of {', '.join(OPS_MODES)}, not {ops!r}")
+    if opset < 18:
+        raise HRXError(f"opset {opset} is too old: the exporter needs opset 18 or newer")
+    if batch < 1:
+        raise HRXError(f"batch must be at least 1, not {batch}")
+    output = Path(output)
+    model, sha = _load(checkpoint)
+    check_tile(tile, model.size_multiple)
+    deploy = hrx.fuse(model)
+    example = torch.rand(batch, model.in_channels, tile, tile, generator=torch.Generator().manual_seed(0))
+    proto = trace_to_onnx(deploy, example, ops, opset)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise HRXError(f"exported graph failed onnx.checker: {str(e).splitlines()[0]}") from e
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    simplifier = "none"
+    if simplify_graph:
+        proto, simplifier = simplify(proto)
+        onnx.checker.check_model(proto, full_check=True)
+    info = ModelInfo(arch=getattr(model, "arch", type(model).__name__), scale=model.scale, in_channels=model.in_channels,
+                     out_channels=model.out_channels, tile=tile, batch=batch, size_multiple=model.size_multiple,
+                     tile_overlap=model.tile_overlap, ops=ops, opset=opset, hrx_version=hrx.__version__,
+                     checkpoint_sha256=sha)
+    del proto.metadata_props[:]
+    for k, v in info.to_props().items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.producer_name, proto.producer_version = "hrx", hrx.__version__
+    _atomic_save(proto, output)
+    params = sum(p.numel() for p in deploy.parameters())
+    return ExportResult(path=output, info=info, simplifier=simplifier,
+                        node_counts=Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in proto.graph.node),
+                        parameters=params, macs_per_tile=count_macs(proto), file_size=output.stat().st_size,
+                        seconds=time.perf_counter() - start)
