@@ -4,8 +4,10 @@ from __future__ import annotations
 import typer
 
 from hrx import __version__
+from hrx.cli import export as _export
 from hrx.cli import models as _models
 from hrx.cli import new as _new
+from hrx.cli import verify as _verify
 
 app = typer.Typer(
     name="hrx",
@@ -18,6 +20,8 @@ app = typer.Typer(
 
 app.command("new")(_new.new)
 app.command("models")(_models.models)
+app.command("export")(_export.export)
+app.command("verify")(_verify.verify)
 
 
 def _version(value: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -60,9 +61,8 @@ class ExportResult:
 
 def check_tile(tile: int, size_multiple: int) -> None:
     if tile <= 0 or tile % size_multiple:
-        lo = max(size_multiple, tile // size_multiple * size_multiple)
-        hi = lo + size_multiple if lo >= tile else lo
-        near = sorted({lo, hi})
+        lo = tile // size_multiple * size_multiple
+        near = [v for v in (lo, lo + size_multiple) if v > 0]
         raise HRXError(f"tile {tile} is not a multiple of the model's size_multiple {size_multiple}; "
                        f"nearest valid tiles: {' or '.join(map(str, near))}")
 
@@ -131,6 +131,26 @@ def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int
 
         attach_functions(model)
     return model
+
+
+def module_output_map(model: onnx.ModelProto) -> dict[str, str]:
+    """``{module path: tensor name}``: for every PyTorch module scope the exporter recorded on the
+    nodes, the first output of the scope's last node (its return value). Used by ``--bisect``."""
+    import ast
+
+    last: dict[str, str] = {}
+    for node in model.graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        scopes = props.get("pkg.torch.onnx.name_scopes")
+        if not scopes or not node.output:
+            continue
+        try:
+            names = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            continue
+        for scope in names[1:-1]:  # '' is the root; the last entry is the fx node itself
+            last[scope] = node.output[0]
+    return last
 
 
 def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -213,10 +233,13 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     except onnx.checker.ValidationError as e:
         raise HRXError(f"exported graph failed onnx.checker: {str(e).splitlines()[0]}") from e
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    scopes = module_output_map(proto)
     simplifier = "none"
     if simplify_graph:
         proto, simplifier = simplify(proto)
         onnx.checker.check_model(proto, full_check=True)
+    produced = {o for n in proto.graph.node for o in n.output}
+    scopes = {k: v for k, v in scopes.items() if v in produced}
     info = ModelInfo(arch=getattr(model, "arch", type(model).__name__), scale=model.scale, in_channels=model.in_channels,
                      out_channels=model.out_channels, tile=tile, batch=batch, size_multiple=model.size_multiple,
                      tile_overlap=model.tile_overlap, ops=ops, opset=opset, hrx_version=hrx.__version__,
@@ -224,6 +247,7 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     del proto.metadata_props[:]
     for k, v in info.to_props().items():
         proto.metadata_props.add(key=k, value=v)
+    proto.metadata_props.add(key="hrx_bisect_map", value=json.dumps(scopes, sort_keys=True))
     proto.producer_name, proto.producer_version = "hrx", hrx.__version__
     _atomic_save(proto, output)
     params = sum(p.numel() for p in deploy.parameters())

@@ -1,0 +1,45 @@
+"""``hrx verify``: compare deployed forms against the PyTorch training model (Polygraphy)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hrx.cli.common import handle_errors
+
+
+@handle_errors
+def verify(
+    model: Annotated[Path, typer.Argument(help="ONNX file from `hrx export` (or `hrx calibrate`).", show_default=False)],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Checkpoint (or bundled name) the model was exported from.",
+                                            show_default=False)],
+    backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: onnxrt, trt. Default: onnxrt, plus trt when TensorRT is installed.")] = None,
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance.")] = 1e-3,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder of images: real tiles are compared too.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the random inputs and crops.")] = 0,
+    bisect: Annotated[bool, typer.Option("--bisect", help="On failure, name the first module/node that diverges.")] = False,
+) -> None:
+    """Run the ONNX model on ONNX Runtime (and TensorRT) and the unfused PyTorch model on the same
+    inputs; print max abs/rel error and PSNR per backend, PASS/FAIL; exit 1 on FAIL."""
+    from hrx.export.verify import verify as run_verify
+
+    if backends is None:
+        from hrx.runtime.trt.env import tensorrt_problem
+
+        chosen = ["onnxrt"] + (["trt"] if tensorrt_problem() is None else [])
+    else:
+        chosen = [b.strip() for b in backends.split(",") if b.strip()]
+    report = run_verify(model, checkpoint, chosen, atol=atol, rtol=rtol, images=images, seed=seed, bisect=bisect)
+    typer.echo(f"verify {model} against {checkpoint} (unfused PyTorch), {report.inputs} input batches, "
+               f"atol={atol:g} rtol={rtol:g}")
+    for r in report.reports:
+        typer.echo("  " + r.line())
+    if report.bisect:
+        typer.echo(f"  bisect: {report.bisect}")
+    if not report.passed:
+        failed = ", ".join(r.backend for r in report.reports if not r.passed)
+        typer.echo(f"error: FAIL: output 'output' of {model} differs from PyTorch on {failed}", err=True)
+        raise typer.Exit(1)
+    typer.echo("PASS")

@@ -1,0 +1,257 @@
+"""``hrx verify``: prove that deployed forms match the PyTorch training model, with Polygraphy.
+
+Runners: a PyTorch runner (the *unfused* training model in eval mode; Polygraphy's own PytRunner
+only runs on CUDA, so :class:`TorchRunner` is a CPU-capable one on Polygraphy's BaseRunner),
+ONNX Runtime (CPU, and CUDA when its provider is present) and TensorRT (when installed).
+Polygraphy's ``Comparator`` runs them on the same inputs (seeded random tiles, plus real image
+tiles with ``--images``) and ``CompareFunc.simple`` gives the verdict; we add max abs / max rel
+error and PSNR per backend.
+
+``--bisect``: the exporter records, for each PyTorch module, which tensor of the ONNX graph holds
+that module's output (metadata ``hrx_bisect_map``). Bisect marks those tensors as outputs, runs
+ONNX Runtime and the fused PyTorch model with hooks, and names the first module / node (in
+execution order) whose output differs beyond tolerance.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from hrx.errors import HRXError, MissingDependencyError
+from hrx.runtime.model_info import ModelInfo
+
+
+@dataclass
+class BackendReport:
+    backend: str
+    max_abs: float
+    max_rel: float
+    psnr: float
+    passed: bool
+    output: str = "output"
+
+    def line(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"{self.backend:14s} {verdict}  max_abs={self.max_abs:.3e}  max_rel={self.max_rel:.3e}  "
+                f"PSNR={self.psnr:.2f} dB  (output '{self.output}')")
+
+
+@dataclass
+class VerifyReport:
+    model: Path
+    reports: list[BackendReport] = field(default_factory=list)
+    inputs: int = 0
+    bisect: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.reports) and all(r.passed for r in self.reports)
+
+
+def _torch_runner_cls():
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class TorchRunner(BaseRunner):
+        """Runs an HRX torch model on the CPU (or CUDA) for Polygraphy's Comparator."""
+
+        def __init__(self, model, info: ModelInfo, name: str = "pytorch") -> None:
+            super().__init__(name=name, prefix="pytorch-runner")
+            self._model, self._info = model, info
+
+        def activate_impl(self) -> None:
+            self.model = self._model.eval()
+
+        def get_input_metadata_impl(self):
+            i = self._info
+            return TensorMetadata().add("input", np.float32, (i.batch, i.in_channels, i.tile, i.tile))
+
+        def infer_impl(self, feed_dict):
+            import torch
+
+            with torch.no_grad():
+                start = time.perf_counter()
+                out = self.model(torch.from_numpy(np.ascontiguousarray(feed_dict["input"])))
+                self.inference_time = time.perf_counter() - start
+            return OrderedDict(output=out.float().numpy())
+
+        def deactivate_impl(self) -> None:
+            del self.model
+
+    return TorchRunner
+
+
+def _ort_runners(path: Path) -> list:
+    import onnxruntime as ort
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    runners = [OnnxrtRunner(SessionFromOnnx(str(path), providers=["CPUExecutionProvider"]), name="onnxrt-cpu")]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        runners.append(OnnxrtRunner(SessionFromOnnx(str(path), providers=["CUDAExecutionProvider"]), name="onnxrt-cuda"))
+    return runners
+
+
+def _trt_runner(path: Path, info: ModelInfo):
+    from hrx.runtime import trt
+
+    return trt.polygraphy_runner(path, info.precision)
+
+
+def image_tiles(folder: Path, info: ModelInfo, count: int, seed: int) -> list[np.ndarray]:
+    """Random ``tile``-sized crops (reflect-padded when smaller) from the images in ``folder``."""
+    from PIL import Image, ImageOps
+
+    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts)
+    if not files:
+        raise HRXError(f"{folder}: no images found (PNG, JPEG, WebP, BMP, TIFF)")
+    rng = np.random.default_rng(seed)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[info.in_channels]
+    tiles = []
+    for k in range(count):
+        path = files[k % len(files)]
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(ImageOps.exif_transpose(im).convert(mode), dtype=np.float32) / 255.0
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds
+            raise HRXError(f"{path}: cannot read image ({type(e).__name__})") from None
+        arr = arr.reshape(arr.shape[0], arr.shape[1], -1).transpose(2, 0, 1)
+        t = info.tile
+        ph, pw = max(0, t - arr.shape[1]), max(0, t - arr.shape[2])
+        if ph or pw:
+            arr = np.pad(arr, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(arr.shape[1:]) > 1 else "edge")
+        y = int(rng.integers(0, arr.shape[1] - t + 1))
+        x = int(rng.integers(0, arr.shape[2] - t + 1))
+        tiles.append(arr[:, y:y + t, x:x + t])
+    return tiles
+
+
+def make_inputs(info: ModelInfo, seed: int, random_count: int = 2, images: Path | None = None) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    shape = (info.batch, info.in_channels, info.tile, info.tile)
+    feeds = [{"input": rng.random(shape, dtype=np.float32)} for _ in range(random_count)]
+    if images is not None:
+        tiles = image_tiles(images, info, 2 * info.batch, seed)
+        for i in range(0, len(tiles), info.batch):
+            feeds.append({"input": np.stack(tiles[i:i + info.batch]).astype(np.float32)})
+    return feeds
+
+
+def _metrics(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
+    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    max_abs = float(diff.max())
+    max_rel = float((diff / np.maximum(np.abs(ref), 1e-6)).max())
+    mse = float((diff**2).mean())
+    psnr = float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+    return max_abs, max_rel, psnr
+
+
+def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backends: Iterable[str] = ("onnxrt",),
+           atol: float = 1e-4, rtol: float = 1e-3, images: Path | None = None, seed: int = 0,
+           bisect: bool = False) -> VerifyReport:
+    import hrx
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise HRXError(f"{model_path}: no such model file")
+    info = ModelInfo.from_onnx(model_path)
+    torch_model = hrx.load_model(checkpoint)
+    if (torch_model.scale, torch_model.in_channels) != (info.scale, info.in_channels):
+        raise HRXError(f"{checkpoint}: checkpoint is x{torch_model.scale}/{torch_model.in_channels}ch but {model_path} "
+                       f"is x{info.scale}/{info.in_channels}ch; pass the checkpoint it was exported from")
+    runners = [_torch_runner_cls()(torch_model, info)]
+    for b in backends:
+        if b == "onnxrt":
+            runners += _ort_runners(model_path)
+        elif b == "trt":
+            runners.append(_trt_runner(model_path, info))
+        else:
+            raise HRXError(f"unknown backend {b!r}; choose from onnxrt, trt")
+    feeds = make_inputs(info, seed, images=images)
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL  # our own report below says what failed
+    results = Comparator.run(runners, data_loader=feeds)
+    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise"))
+    report = VerifyReport(model=model_path, inputs=len(feeds))
+    ref_name, ref_iters = results[0]
+    for (name, iters) in list(results)[1:]:
+        worst = (0.0, 0.0, float("inf"))
+        for ref_it, it in zip(ref_iters, iters):
+            a, r, p = _metrics(ref_it["output"], it["output"])
+            worst = (max(worst[0], a), max(worst[1], r), min(worst[2], p))
+        passed = all(bool(iteration[out]) for result in accuracy for pair, iterations in result.items()
+                     if name in pair for iteration in iterations for out in iteration)
+        # our own tolerance check too, so the verdict never hinges on one library's default
+        passed = passed and worst[0] <= atol + rtol * max(float(np.abs(ref_iters[0]["output"]).max()), 1.0)
+        report.reports.append(BackendReport(name.split("-N")[0] if "-N" in name else name, *worst, passed))
+    if bisect and not report.passed:
+        report.bisect = bisect_divergence(model_path, checkpoint, feeds[0]["input"], atol, rtol)
+    return report
+
+
+def _mark_all_outputs(proto) -> list[str]:
+    """Make every node output a graph output (Polygraphy's MARK_ALL, done on the proto)."""
+    existing = {o.name for o in proto.graph.output}
+    names = []
+    for node in proto.graph.node:
+        for name in node.output:
+            if name and name not in existing:
+                proto.graph.output.add(name=name)
+                existing.add(name)
+            names.append(name)
+    return names
+
+
+def bisect_divergence(model_path: Path, checkpoint, x: np.ndarray, atol: float, rtol: float) -> str:
+    """Name the first node of ``model_path`` whose output differs from a fresh, verified export of
+    ``checkpoint``. A fresh export of the same checkpoint and settings has the same graph (exports
+    are reproducible), so every intermediate tensor has a trusted counterpart."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from hrx.export.onnx_export import export_onnx
+
+    info = ModelInfo.from_onnx(model_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        ref_path = Path(tmp) / "reference.onnx"
+        export_onnx(checkpoint, ref_path, tile=info.tile, batch=info.batch, ops=info.ops, opset=info.opset or 18)
+        ref_proto, bad_proto = onnx.load(str(ref_path)), onnx.load(str(model_path))
+    ref_nodes = {o: (n.op_type, n.name) for n in ref_proto.graph.node for o in n.output}
+    bad_nodes = [(n, o) for n in bad_proto.graph.node for o in n.output]
+    common = [o for n, o in bad_nodes if o in ref_nodes and ref_nodes[o][0] == n.op_type]
+    if len(common) < 0.9 * len(bad_nodes):
+        return (f"{model_path} does not have the graph this hrx exports for the checkpoint "
+                f"({len(common)}/{len(bad_nodes)} tensors in common); re-export it to bisect")
+    _mark_all_outputs(ref_proto)
+    _mark_all_outputs(bad_proto)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    results = []
+    for proto in (ref_proto, bad_proto):
+        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        results.append(dict(zip(names, sess.run(None, {"input": x}))))
+    ref, bad = results
+    scopes = {v: k for k, v in json.loads({p.key: p.value for p in bad_proto.metadata_props}.get("hrx_bisect_map", "{}")).items()}
+    for node, name in bad_nodes:
+        if name not in ref or name not in bad or ref[name].shape != bad[name].shape or ref[name].dtype.kind != "f":
+            continue
+        r, b = ref[name].astype(np.float64), bad[name].astype(np.float64)
+        with np.errstate(invalid="ignore"):  # equal infinities (masked scan entries) count as equal
+            err = float(np.where(r == b, 0.0, np.abs(r - b)).max())
+        if err > atol + rtol * max(float(np.abs(r).max()), 1.0):
+            weights = [i for i in node.input if i in {t.name for t in bad_proto.graph.initializer}]
+            where = f" in module '{scopes[name]}'" if name in scopes else ""
+            uses = f", weights {', '.join(weights)}" if weights else ""
+            return f"first divergence at node '{node.name}' ({node.op_type}{uses}){where}: max_abs={err:.3e}"
+    return "no intermediate tensor diverges from a fresh export; the difference is in the PyTorch comparison itself"

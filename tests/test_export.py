@@ -1,0 +1,175 @@
+"""hrx export / hrx verify: ONNX Runtime vs the unfused PyTorch model, both ops modes, CLI errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import hrx
+from conftest import randomize_params
+from hrx.cli.main import app
+from hrx.export.onnx_export import export_onnx
+from hrx.runtime.model_info import ModelInfo
+
+ATOL = 1e-4
+runner = CliRunner()
+
+
+def _checkpoint(tmp: Path, arch: str, scale: int, channels: int = 3, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = hrx.create_model(arch, scale=scale, in_channels=channels)
+    randomize_params(model, 0.05)
+    return hrx.save_model(model, tmp / f"{arch}-x{scale}-c{channels}.pt")
+
+
+def _ort(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+@pytest.fixture(scope="module")
+def tmp_module(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.mark.parametrize("ops", ["native", "plugin"])
+@pytest.mark.parametrize("arch,scale", [("hrx-t", 1), ("hrx-t", 2), ("hrx-t", 4), ("hrx-s", 1), ("hrx-s", 2), ("hrx-s", 4)])
+def test_onnxruntime_matches_unfused_pytorch(tmp_module, arch, scale, ops):
+    ckpt = _checkpoint(tmp_module, arch, scale)
+    model = hrx.load_model(ckpt)
+    tile = 2 * model.size_multiple
+    out = tmp_module / f"{arch}-x{scale}-{ops}.onnx"
+    result = export_onnx(ckpt, out, tile=tile, ops=ops)
+    x = np.random.default_rng(1).random((1, 3, tile, tile), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = _ort(out, x)
+    assert got.shape == (1, 3, tile * scale, tile * scale)
+    err = float(np.abs(got - ref).max())
+    assert err <= ATOL, f"{arch} x{scale} {ops}: max abs error {err:.2e}"
+    info = ModelInfo.from_onnx(out)
+    assert (info.arch, info.scale, info.tile, info.ops, info.size_multiple) == (arch, scale, tile, ops, model.size_multiple)
+    assert len(info.checkpoint_sha256) == 64 and info.tile_overlap > 0
+    proto = onnx.load(str(out))
+    custom = {n.op_type for n in proto.graph.node if n.domain == "hrx"}
+    if ops == "native":
+        assert not custom and not proto.functions
+        assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+    else:
+        assert custom == {"SelectiveScan", "MoETop1"}
+        assert {f.name for f in proto.functions} == custom
+    assert result.simplifier in ("onnxsim", "onnxslim")
+
+
+def test_plugin_nodes_carry_trt_attributes(tmp_module):
+    ckpt = _checkpoint(tmp_module, "hrx-t", 2)
+    out = tmp_module / "attrs.onnx"
+    export_onnx(ckpt, out, tile=32, ops="plugin")
+    proto = onnx.load(str(out))
+    for node in (n for n in proto.graph.node if n.domain == "hrx"):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"hrx"
+        if node.op_type == "SelectiveScan":
+            assert attrs["chunk"] > 0 and len(node.input) == 6
+
+
+def test_simplified_equals_unsimplified_and_export_is_reproducible(tmp_module):
+    ckpt = _checkpoint(tmp_module, "hrx-t", 2, seed=3)
+    a, b, raw = tmp_module / "a.onnx", tmp_module / "b.onnx", tmp_module / "raw.onnx"
+    export_onnx(ckpt, a, tile=32)
+    export_onnx(ckpt, b, tile=32)
+    export_onnx(ckpt, raw, tile=32, simplify_graph=False)
+    ga, gb = onnx.load(str(a)).graph, onnx.load(str(b)).graph
+    assert ga.SerializeToString() == gb.SerializeToString()
+    x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
+    assert np.abs(_ort(a, x) - _ort(raw, x)).max() <= 1e-5
+    assert len(ga.node) < len(onnx.load(str(raw)).graph.node)
+
+
+def test_batch_and_channels(tmp_module):
+    ckpt = _checkpoint(tmp_module, "hrx-t", 2, channels=4)
+    out = tmp_module / "b2.onnx"
+    export_onnx(ckpt, out, tile=32, batch=2)
+    x = np.random.default_rng(3).random((2, 4, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        ref = hrx.load_model(ckpt)(torch.from_numpy(x)).numpy()
+    assert np.abs(_ort(out, x) - ref).max() <= ATOL
+
+
+def test_cli_export_and_verify_pass_then_fail_on_corrupted_weight(tmp_module):
+    ckpt = _checkpoint(tmp_module, "hrx-t", 2, seed=4)
+    out = tmp_module / "cli.onnx"
+    res = runner.invoke(app, ["export", str(ckpt), "-o", str(out), "--tile", "32"])
+    assert res.exit_code == 0, res.output
+    assert "MACs per tile" in res.output and "onnxsim" in res.output
+    res = runner.invoke(app, ["verify", str(out), "--checkpoint", str(ckpt), "--backends", "onnxrt"])
+    assert res.exit_code == 0, res.output
+    assert "PASS" in res.output and "PSNR" in res.output
+
+    proto = onnx.load(str(out))
+    target = next(t for t in proto.graph.initializer if t.name.startswith("stage3") and len(t.dims) == 4)
+    arr = onnx.numpy_helper.to_array(target) * 1.5
+    target.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), target.name))
+    bad = tmp_module / "bad.onnx"
+    onnx.save(proto, str(bad))
+    res = runner.invoke(app, ["verify", str(bad), "--checkpoint", str(ckpt), "--backends", "onnxrt", "--bisect"])
+    assert res.exit_code == 1
+    assert "FAIL" in res.output and "output 'output'" in res.output
+    assert target.name in res.output  # bisect names the corrupted node's weight
+
+
+def test_verify_with_image_tiles(tmp_module):
+    from PIL import Image
+
+    ckpt = _checkpoint(tmp_module, "hrx-t", 2, seed=5)
+    out = tmp_module / "img.onnx"
+    export_onnx(ckpt, out, tile=32)
+    folder = tmp_module / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(folder / "a.png")
+    Image.fromarray((rng.random((20, 24)) * 255).astype(np.uint8)).save(folder / "small.png")  # smaller than a tile
+    res = runner.invoke(app, ["verify", str(out), "--checkpoint", str(ckpt), "--backends", "onnxrt", "--images", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert "4 input batches" in res.output
+
+
+def _one_line_error(res) -> str:
+    lines = [l for l in (res.output or "").strip().splitlines() if l.strip()]
+    assert res.exit_code != 0
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    return lines[0]
+
+
+def test_export_bad_inputs(tmp_path):  # one line each, non-zero exit, nothing left behind
+    out = tmp_path / "o.onnx"
+    line = _one_line_error(runner.invoke(app, ["export", str(tmp_path / "missing.pt"), "-o", str(out)]))
+    assert "missing.pt" in line
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello, not a checkpoint")
+    assert "junk.pt" in _one_line_error(runner.invoke(app, ["export", str(junk), "-o", str(out)]))
+    ckpt = _checkpoint(tmp_path, "hrx-t", 2)
+    line = _one_line_error(runner.invoke(app, ["export", str(ckpt), "-o", str(out), "--tile", "40"]))
+    assert "size_multiple 16" in line and "32 or 48" in line
+    line = _one_line_error(runner.invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "nodir" / "o.onnx"), "--tile", "32"]))
+    assert "does not exist" in line
+    # an unwritable folder (simulated: this suite may run as root, which ignores permissions)
+    import hrx.export.onnx_export as ex
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = ex.os.access
+    ex.os.access = lambda p, mode: False if Path(p) == ro else real_access(p, mode)
+    try:
+        line = _one_line_error(runner.invoke(app, ["export", str(ckpt), "-o", str(ro / "o.onnx"), "--tile", "32"]))
+    finally:
+        ex.os.access = real_access
+    assert "not writable" in line and not list(ro.iterdir())
+    assert not out.exists() and not list(tmp_path.rglob("*.tmp"))
