@@ -21,7 +21,7 @@ def fuse(model: nn.Module) -> nn.Module:
         deploy.fuse()
     for p in deploy.parameters():
         p.requires_grad_(False)
-    deploy.fused = True
+    deploy.hrx_fused = True  # not "fused": blocks have a child module of that name
     return deploy
 
 

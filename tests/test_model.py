@@ -55,7 +55,7 @@ def test_fused_model_matches_unfused(arch, scale):
         ref, out = model(x), deploy(x)
     assert (out - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
     # the training model is untouched and fusion is idempotent
-    assert not getattr(model, "fused", False) and model.detail.top1 is False
+    assert not getattr(model, "hrx_fused", False) and model.detail.top1 is False
     with torch.no_grad():
         assert torch.equal(hrx.fuse(deploy)(x), out)
     n_train, n_deploy = count_convs(model), count_convs(deploy)
