@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from hrx import __version__
+from hrx.cli import build as _build
 from hrx.cli import export as _export
 from hrx.cli import models as _models
 from hrx.cli import new as _new
@@ -22,6 +23,7 @@ app.command("new")(_new.new)
 app.command("models")(_models.models)
 app.command("export")(_export.export)
 app.command("verify")(_verify.verify)
+app.command("build")(_build.build)
 
 
 def _version(value: bool) -> None:

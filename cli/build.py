@@ -1,0 +1,72 @@
+"""``hrx build``: a TensorRT engine from an exported ONNX model."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hrx.cli.common import handle_errors
+
+
+class PluginImpl(str, Enum):
+    jit = "jit"
+    aot = "aot"
+
+
+@handle_errors
+def build(
+    model: Annotated[Path, typer.Argument(help="ONNX file from `hrx export` (or a Q/DQ model from `hrx calibrate`).",
+                                          show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="Engine file to write \\[default: MODEL.engine beside the ONNX file]. "
+                               "Its build record goes beside it as ENGINE.json.", show_default=False)] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Allow FP16 kernels; layers that overflow in FP16 "
+                                                      "(softmax inputs, norm statistics, the scan's exponentials) "
+                                                      "stay FP32 and are listed.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 with the explicit scales of a Q/DQ model from "
+                                                      "`hrx calibrate` (FP16 elsewhere). A Q/DQ model builds as "
+                                                      "INT8 even without this flag.")] = False,
+    best: Annotated[bool, typer.Option("--best", help="Let TensorRT choose among FP32, FP16, BF16 (and INT8 "
+                                                      "for Q/DQ models) per layer, fastest first.")] = False,
+    workspace: Annotated[Optional[float], typer.Option(
+        "--workspace", metavar="GB", min=0.0, help="Limit the builder's scratch memory to GB gibibytes "
+                                                   "\\[default: TensorRT's, up to the whole GPU].",
+        show_default=False)] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option(
+        "--timing-cache", metavar="PATH", help="Reuse kernel timings from PATH and write them back: "
+                                               "rebuilds on the same GPU get much faster.",
+        show_default=False)] = None,
+    plugins: Annotated[Optional[bool], typer.Option(
+        "--plugins/--no-plugins", help="For `hrx export --ops plugin` models: run hrx::SelectiveScan and "
+                                       "hrx::MoETop1 as TensorRT plugins (Triton kernels, the default) or build "
+                                       "their standard-op decomposition.", show_default=False)] = None,
+    plugin_impl: Annotated[PluginImpl, typer.Option(
+        "--plugin-impl", help="jit: plugin kernels run through Python and Triton at inference time; "
+                              "aot: compiled to PTX inside the engine (TensorRT >= 10.9, no Python needed "
+                              "to run it).")] = PluginImpl.jit,
+    pin_fp32: Annotated[bool, typer.Option("--pin-fp32/--no-pin-fp32",
+                                           help="Keep overflow-prone layers in FP32 when FP16 is allowed.")] = True,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorRT's warnings.")] = False,
+) -> None:
+    """Build a TensorRT engine from an exported ONNX model.
+
+    Needs TensorRT (pip install 'hrx\\[tensorrt]') and an NVIDIA GPU.
+
+    Writes ENGINE and its build record ENGINE.json (ONNX sha256, TensorRT version, GPU, precision, shapes).
+
+    `hrx upscale --engine ENGINE` checks the record and says how to rebuild on a mismatch.
+
+    Prints the layer precision counts and the build time.
+    """
+    from hrx.runtime.trt.builder import BuildOptions, build_engine
+
+    def say(message: str) -> None:
+        typer.echo(message, err=True)
+
+    options = BuildOptions(fp16=fp16, int8=int8, best=best, workspace_gb=workspace, timing_cache=timing_cache,
+                           plugins=plugins, plugin_impl=plugin_impl.value, pin_fp32=pin_fp32, verbose=verbose)
+    report = build_engine(model, output, options, log=say)
+    for line in report.summary_lines():
+        typer.echo(line)
