@@ -8,6 +8,7 @@ from hrx.cli import build as _build
 from hrx.cli import export as _export
 from hrx.cli import models as _models
 from hrx.cli import new as _new
+from hrx.cli import upscale as _upscale
 from hrx.cli import verify as _verify
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 
 app.command("new")(_new.new)
 app.command("models")(_models.models)
+app.command("upscale")(_upscale.upscale)
 app.command("export")(_export.export)
 app.command("verify")(_verify.verify)
 app.command("build")(_build.build)

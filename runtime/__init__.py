@@ -1,4 +1,44 @@
 """Tiled inference over images of any size on ONNX Runtime, TensorRT or PyTorch.
 
+Public API (imported lazily: ``import hrx.runtime`` loads neither onnxruntime, torch nor tensorrt)::
+
+    create_session(path, providers=None)          # the one onnxruntime.InferenceSession factory
+    open_backend(BackendRequest(engine=..., model=..., backend="auto"))  # -> Backend
+    TileSpec(tile, overlap, scale, size_multiple, batch, merge) / upscale_tiled(image, backend.infer, spec)
+    read_image(path) -> Picture / write_image(path, picture, fmt)
+    plan_jobs(inputs, out_dir, fmt, recursive) / run_batch(backend, jobs, spec, options) -> BatchReport
+
 Heavy backends (onnxruntime, tensorrt, torch) are imported inside the functions that need them.
 """
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "Backend": "hrx.runtime.backend",
+    "ModelInfo": "hrx.runtime.model_info",
+    "create_session": "hrx.runtime.onnxrt",
+    "OnnxRuntimeBackend": "hrx.runtime.onnxrt",
+    "TorchBackend": "hrx.runtime.torch_backend",
+    "BackendRequest": "hrx.runtime.factory",
+    "open_backend": "hrx.runtime.factory",
+    "TileSpec": "hrx.runtime.tiling",
+    "upscale_tiled": "hrx.runtime.tiling",
+    "Picture": "hrx.runtime.images",
+    "read_image": "hrx.runtime.images",
+    "write_image": "hrx.runtime.images",
+    "BatchOptions": "hrx.runtime.pipeline",
+    "BatchReport": "hrx.runtime.pipeline",
+    "plan_jobs": "hrx.runtime.pipeline",
+    "run_batch": "hrx.runtime.pipeline",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hrx.runtime' has no attribute {name!r}")

@@ -1,0 +1,152 @@
+"""``hrx upscale``: upscale files and folders of images with an ONNX / TensorRT engine or a checkpoint."""
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hrx.cli.common import fail, handle_errors, is_interactive
+
+
+class BackendChoice(str, enum.Enum):
+    auto = "auto"
+    onnxrt_cpu = "onnxrt-cpu"
+    onnxrt_cuda = "onnxrt-cuda"
+    trt = "trt"
+    torch = "torch"
+
+
+class FormatChoice(str, enum.Enum):
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+    tiff = "tiff"
+    bmp = "bmp"
+
+
+class MergeChoice(str, enum.Enum):
+    blend = "blend"
+    crop = "crop"
+
+
+class AlphaChoice(str, enum.Enum):
+    bicubic = "bicubic"
+    model = "model"
+
+
+@handle_errors
+def upscale(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (PNG, JPEG, WebP, BMP, TIFF).",
+                                                 show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder; relative paths and stems are kept.",
+                                         show_default=False)],
+    engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Exported model: .onnx, or a TensorRT .engine / .plan.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint (.pt / .safetensors) or bundled model name, run with PyTorch.")] = None,
+    backend: Annotated[BackendChoice, typer.Option("--backend", "-b", help="Inference backend; auto picks the fastest available for the model and prints it. trt with an .onnx builds a cached TensorRT engine on first use.")] = BackendChoice.auto,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also upscale images in sub-folders.")] = False,
+    fmt: Annotated[FormatChoice, typer.Option("--format", "-f", help="Output format.")] = FormatChoice.png,
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG / WebP quality.")] = 95,
+    tile: Annotated[Optional[int], typer.Option("--tile", min=1, help="Tile side for --model (rounded up to the model's size multiple) (default 256); engines have a static tile.")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles per inference call for --model (default 1); engines have a static batch.")] = None,
+    overlap: Annotated[Optional[int], typer.Option("--overlap", min=0, help="Overlap between tiles in input pixels (default: the model's tile_overlap).")] = None,
+    merge: Annotated[MergeChoice, typer.Option("--merge", help="Join overlapping tiles with a smooth cross-fade (blend) or keep each tile's centre (crop).")] = MergeChoice.blend,
+    alpha: Annotated[AlphaChoice, typer.Option("--alpha", help="Alpha channel with a model that has none: bicubic, or through the model as gray (twice the work).")] = AlphaChoice.bicubic,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip images whose output already exists (resume a batch).")] = False,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels than this (decompression bombs, memory).")] = 50_000_000,
+    threads: Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime intra-op threads (0: one per core).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, backend line or summary; errors only.")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report here ('-': stdout).")] = None,
+) -> None:
+    """Upscale images with tiled inference: ONNX Runtime (CPU / CUDA), TensorRT or PyTorch.
+
+    Example: hrx upscale photos/ -r -o out/ --engine model.onnx
+    """
+    from hrx.runtime.factory import BackendRequest, open_backend
+    from hrx.runtime.images import configure_pillow
+    from hrx.runtime.pipeline import BatchOptions, plan_jobs, run_batch
+    from hrx.runtime.tiling import TileSpec
+
+    jobs = plan_jobs(inputs, output, fmt.value, recursive)
+    configure_pillow(max_pixels)
+    log = None if quiet else (lambda line: typer.echo(line, err=True))
+    runner = open_backend(BackendRequest(engine, model, backend.value, tile, batch, threads, log))
+    try:
+        info = runner.info
+        spec = TileSpec(tile=info.tile, overlap=info.tile_overlap if overlap is None else overlap, scale=info.scale,
+                        size_multiple=info.size_multiple, batch=info.batch, merge=merge.value)
+        source = engine if engine is not None else model
+        if not quiet:
+            typer.echo(f"backend: {runner.name} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
+                       f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge})", err=True)
+        options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value)
+        with _Progress(len(jobs), enabled=not quiet and is_interactive()) as progress:
+            report = run_batch(runner, jobs, spec, options, progress)
+    finally:
+        runner.close()
+    summary = report.to_dict()
+    summary.update(model=str(source), tile=spec.tile, overlap=spec.tile - spec.stride, merge=spec.merge)
+    if json_path is not None:
+        _write_json(json_path, summary)
+    if not quiet:
+        typer.echo(f"{summary['done']} done, {summary['failed']} failed, {summary['skipped']} skipped in "
+                   f"{report.seconds:.1f} s: {summary['input_megapixels_per_second']:.3f} MP/s in, "
+                   f"{report.output_megapixels / max(report.seconds, 1e-9):.2f} MP/s out, backend {runner.name}",
+                   err=True)
+    if summary["failed"]:
+        raise fail(f"{summary['failed']} of {len(jobs)} images failed")
+
+
+class _Progress:
+    """Files and tiles bars on stderr (rich); errors printed above the bars, one line each."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        self.files = self.bars.add_task("images", total=total)
+        self.tiles = self.bars.add_task("tiles", total=1)
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bars.stop()
+
+    def start_image(self, job, tiles: int) -> None:
+        if self.enabled:
+            self.bars.reset(self.tiles, total=tiles, description=f"tiles of {job.source.name}")
+
+    def advance_tiles(self, n: int) -> None:
+        if self.enabled:
+            self.bars.advance(self.tiles, n)
+
+    def finish_image(self, result) -> None:
+        if result.status == "failed":
+            if self.enabled:
+                self.bars.console.print(f"error: {result.reason}", markup=False, highlight=False)
+            else:
+                typer.echo(f"error: {result.reason}", err=True)
+        if self.enabled:
+            self.bars.advance(self.files)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
+    from hrx.runtime.images import atomic_write
+
+    atomic_write(path, lambda f: f.write(text.encode()))

@@ -1,0 +1,343 @@
+"""Upscale a batch of image files: plan the outputs, then decode, infer and encode with the three overlapping.
+
+Decoding of the next file and encoding of the previous one run on two worker threads while the backend
+works on the current image on the calling thread, so the engine does not wait on the disk. At most three
+images are alive at once (next decoded, current, previous being written): memory is bounded by the image
+sizes, not by the folder.
+
+Channels (``in_channels`` of the model vs the image):
+
+* same count: straight through; a gray image and an RGB model: replicated to RGB, averaged back to gray;
+* RGB image and a gray model: luma through the model, chroma bicubic (BT.601 YCbCr);
+* alpha and a model without alpha: ``alpha="bicubic"`` (default; cheap, and a model trained on photos
+  rings and invents texture on masks) or ``alpha="model"`` (alpha through the model as gray, twice the
+  work); a 4-channel model takes RGBA directly.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from hrx.errors import HRXError
+from hrx.runtime.backend import Backend
+from hrx.runtime.images import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_SUFFIXES, Picture, read_image, write_image
+from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled, upscale_whole
+
+ALPHA_MODES = ("bicubic", "model")
+RunFn = Callable[[np.ndarray], np.ndarray]  # float32 [C, H, W] -> [Co, H*s, W*s]
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    output: Path
+    error: str | None = None  # set when the input itself is unusable (missing path, ...)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    fmt: str = "png"
+    quality: int = 95
+    skip_existing: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    alpha: str = "bicubic"
+
+
+@dataclass
+class ImageResult:
+    source: str
+    output: str
+    status: str  # "done", "failed", "skipped"
+    reason: str = ""
+    width: int = 0
+    height: int = 0
+    out_width: int = 0
+    out_height: int = 0
+    tiles: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchReport:
+    backend: str
+    results: list[ImageResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def input_megapixels(self) -> float:
+        return sum(r.width * r.height for r in self.results if r.status == "done") / 1e6
+
+    @property
+    def output_megapixels(self) -> float:
+        return sum(r.out_width * r.out_height for r in self.results if r.status == "done") / 1e6
+
+    def to_dict(self) -> dict:
+        rate = self.seconds and self.input_megapixels / self.seconds
+        return {"backend": self.backend, "done": self.count("done"), "failed": self.count("failed"),
+                "skipped": self.count("skipped"), "seconds": round(self.seconds, 3),
+                "input_megapixels": round(self.input_megapixels, 4),
+                "output_megapixels": round(self.output_megapixels, 4),
+                "input_megapixels_per_second": round(rate, 4),
+                "images": [asdict(r) for r in self.results]}
+
+
+class Progress(Protocol):
+    def start_image(self, job: Job, tiles: int) -> None: ...
+
+    def advance_tiles(self, n: int) -> None: ...
+
+    def finish_image(self, result: ImageResult) -> None: ...
+
+
+class NoProgress:
+    def start_image(self, job: Job, tiles: int) -> None:
+        pass
+
+    def advance_tiles(self, n: int) -> None:
+        pass
+
+    def finish_image(self, result: ImageResult) -> None:
+        pass
+
+
+# -- planning ---------------------------------------------------------------------------------------
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[Path]:
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if recursive and not d.startswith(".")
+                         and (exclude is None or (here / d).resolve() != exclude))
+        found.extend(here / f for f in sorted(files) if _is_image(here / f))
+    return found
+
+
+def _file_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def plan_jobs(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, fmt: str = "png",
+              recursive: bool = False) -> list[Job]:
+    """One job per input image: files as given, folders' images (``recursive``: and sub-folders').
+    Outputs go to ``out_dir`` keeping paths relative to each folder and the stems.
+
+    Raises :class:`HRXError` before anything runs when two inputs would write the same output, when an
+    output would overwrite an input, or when there is nothing to do."""
+    if fmt not in FORMATS:
+        raise HRXError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HRXError(f"{out_dir}: output exists and is not a folder")
+    suffix = FORMATS[fmt][1]
+    exclude = out_dir.resolve()
+    jobs: list[Job] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            for src in _folder_images(given, recursive, exclude):
+                rel = src.relative_to(given)
+                jobs.append(Job(src, out_dir / rel.parent / (rel.stem + suffix)))
+        elif given.is_file():
+            jobs.append(Job(given, out_dir / (given.stem + suffix)))
+        else:
+            jobs.append(Job(given, out_dir / (given.stem + suffix), "no such file or folder"))
+    unique: dict[Path, Job] = {}
+    for job in jobs:  # the same file named twice (or a file and its folder) runs once
+        unique.setdefault(job.source.resolve(), job)
+    jobs = list(unique.values())
+    if not jobs:
+        raise HRXError(f"no images found in {', '.join(map(str, inputs))} "
+                       f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}{'' if recursive else '; --recursive for sub-folders'})")
+    _check_outputs(jobs)
+    return jobs
+
+
+def _check_outputs(jobs: list[Job]) -> None:
+    seen: dict[Path, Path] = {}
+    sources = {p.resolve() for p in (j.source for j in jobs)}
+    keys = {k for k in (_file_key(j.source) for j in jobs) if k is not None}
+    for job in jobs:
+        target = job.output.resolve()
+        if target in seen:
+            raise HRXError(f"{seen[target]} and {job.source} would both be written to {job.output}; "
+                           "rename one or upscale them separately")
+        seen[target] = job.source
+        if target in sources or (_file_key(job.output) in keys):
+            raise HRXError(f"{job.output}: refusing to write over an input file; choose another -o folder or --format")
+
+
+# -- one image --------------------------------------------------------------------------------------
+
+def _bicubic(planes: np.ndarray, scale: int) -> np.ndarray:
+    """``[C, H, W] -> [C, H*s, W*s]`` bicubic (Pillow, float)."""
+    from PIL import Image
+
+    c, h, w = planes.shape
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32))
+                                .resize((w * scale, h * scale), Image.Resampling.BICUBIC)) for p in planes])
+
+
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32)
+
+
+def _rgb_to_ycc(rgb: np.ndarray) -> np.ndarray:  # [3, H, W] -> [3, H, W], Cb/Cr centred on 0
+    return np.tensordot(_YCC, rgb, axes=1)
+
+
+def _ycc_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    return np.tensordot(np.linalg.inv(_YCC).astype(np.float32), ycc, axes=1)
+
+
+def _as_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """``[c, H, W]`` colour (c = 1 or 3) -> ``channels`` (1 or 3): replicate gray or average colour."""
+    if x.shape[0] == channels:
+        return x
+    return np.repeat(x, 3, axis=0) if channels == 3 else x.mean(0, keepdims=True)
+
+
+def upscale_picture(picture: Picture, run: RunFn, in_channels: int, scale: int, alpha: str = "bicubic") -> Picture:
+    """Upscale ``picture`` with ``run`` (a tiled model), mapping its channels to the model's (see module doc)."""
+    if alpha not in ALPHA_MODES:
+        raise HRXError(f"alpha must be one of {', '.join(ALPHA_MODES)}, not {alpha!r}")
+    color = picture.color.transpose(2, 0, 1)  # [c, H, W]
+    c = color.shape[0]
+    out_alpha = None
+    if in_channels == 4:
+        a = picture.alpha if picture.alpha is not None else np.ones(color.shape[1:], np.float32)
+        y = run(np.concatenate([_as_channels(color, 3), a[None]]))  # [Co, Hs, Ws]
+        if y.shape[0] == 4 and picture.alpha is not None:
+            out_alpha = y[3]
+        out_color = _as_channels(y[:3] if y.shape[0] == 4 else y, c)
+    elif in_channels == 1 and c == 3:
+        ycc = _rgb_to_ycc(color)
+        luma = _as_channels(run(ycc[:1])[:3], 1)
+        out_color = _ycc_to_rgb(np.concatenate([luma, _bicubic(ycc[1:], scale)]))
+    else:
+        y = run(_as_channels(color, in_channels))
+        out_color = _as_channels(y[:3] if y.shape[0] == 4 else y, c)
+    if picture.alpha is not None and out_alpha is None:
+        if alpha == "model":
+            out_alpha = _as_channels(run(_as_channels(picture.alpha[None], min(in_channels, 3)))[:3], 1)[0]
+        else:
+            out_alpha = _bicubic(picture.alpha[None], scale)[0]
+    if out_alpha is not None:
+        out_alpha = np.clip(out_alpha, 0.0, 1.0)
+    return Picture(out_color.transpose(1, 2, 0), out_alpha, picture.bits, picture.icc, picture.exif)
+
+
+def model_passes(picture: Picture, in_channels: int, alpha: str) -> int:
+    """How many times the tiled model runs over ``picture`` (alpha through the model is a second pass)."""
+    return 2 if picture.alpha is not None and in_channels != 4 and alpha == "model" else 1
+
+
+# -- the batch --------------------------------------------------------------------------------------
+
+def _decode(job: Job, options: BatchOptions) -> Picture:
+    if job.error:
+        raise HRXError(f"{job.source}: {job.error}")
+    return read_image(job.source, options.max_pixels)
+
+
+def _encode(picture: Picture, job: Job, options: BatchOptions) -> None:
+    try:
+        write_image(job.output, picture, options.fmt, options.quality)
+    except HRXError:
+        raise
+    except OSError as e:
+        raise HRXError(f"{job.output}: cannot write ({e.strerror or e})") from None
+
+
+def run_batch(backend: Backend, jobs: Sequence[Job], spec: TileSpec, options: BatchOptions = BatchOptions(),
+              progress: Progress | None = None) -> BatchReport:
+    """Upscale every job; a failing image is recorded (``status="failed"``) and the batch goes on.
+
+    Interrupting (Ctrl-C) lets the image being written finish or vanish, never a partial file."""
+    progress = progress or NoProgress()
+    report = BatchReport(backend.name)
+    started = time.perf_counter()
+    todo: list[Job] = []
+    for job in jobs:
+        if options.skip_existing and job.output.exists():
+            _finish(report, progress, ImageResult(str(job.source), str(job.output), "skipped", "output exists"))
+        else:
+            todo.append(job)
+    with ThreadPoolExecutor(1, thread_name_prefix="hrx-decode") as decoder, \
+            ThreadPoolExecutor(1, thread_name_prefix="hrx-encode") as encoder:
+        next_picture: Future | None = decoder.submit(_decode, todo[0], options) if todo else None
+        writing: tuple[Future, ImageResult] | None = None
+        for k, job in enumerate(todo):
+            current, next_picture = next_picture, (decoder.submit(_decode, todo[k + 1], options)
+                                                   if k + 1 < len(todo) else None)
+            result = ImageResult(str(job.source), str(job.output), "failed")
+            t0 = time.perf_counter()
+            try:
+                picture, current = current.result(), None  # the future must not keep the picture alive
+                upscaled = _upscale_one(backend, picture, spec, options, job, result, progress)
+                del picture
+            except (HRXError, MemoryError) as e:
+                result.reason = str(e) if isinstance(e, HRXError) else f"{job.source}: out of memory"
+                _finish(report, progress, result)
+                continue
+            result.seconds = time.perf_counter() - t0
+            if writing is not None:
+                _collect(report, progress, *writing)
+            writing = (encoder.submit(_encode, upscaled, job, options), result)
+            del upscaled
+        if writing is not None:
+            _collect(report, progress, *writing)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _upscale_one(backend: Backend, picture: Picture, spec: TileSpec, options: BatchOptions, job: Job,
+                 result: ImageResult, progress: Progress) -> Picture:
+    info = backend.info
+    # a backend that takes any size (PyTorch) runs an image that fits in one tile whole, unpadded to the tile
+    whole = getattr(backend, "any_tile", False) and max(picture.height, picture.width) <= spec.tile
+    passes = model_passes(picture, info.in_channels, options.alpha)
+    result.width, result.height = picture.width, picture.height
+    result.tiles = passes * (1 if whole else tile_count(picture.height, picture.width, spec))
+    progress.start_image(job, result.tiles)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if whole:
+            out = upscale_whole(x, backend.infer, spec)
+            progress.advance_tiles(1)
+            return out
+        return upscale_tiled(x, backend.infer, spec, progress.advance_tiles, getattr(backend, "infer_many", None))
+
+    upscaled = upscale_picture(picture, run, info.in_channels, info.scale, options.alpha)
+    result.out_width, result.out_height = upscaled.width, upscaled.height
+    return upscaled
+
+
+def _collect(report: BatchReport, progress: Progress, future: Future, result: ImageResult) -> None:
+    t0 = time.perf_counter()
+    try:
+        future.result()
+        result.status = "done"
+    except HRXError as e:
+        result.reason = str(e)
+    result.seconds += time.perf_counter() - t0
+    _finish(report, progress, result)
+
+
+def _finish(report: BatchReport, progress: Progress, result: ImageResult) -> None:
+    report.results.append(result)
+    progress.finish_image(result)

@@ -1,0 +1,162 @@
+"""Image decode / encode: modes, 16-bit, EXIF orientation, ICC, broken files, atomic writes."""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from hrx.errors import HRXError
+from hrx.runtime.images import FORMATS, Picture, atomic_write, read_image, to_pil, write_image
+
+RNG = np.random.default_rng(0)
+
+
+def _rgb(h: int = 6, w: int = 9) -> np.ndarray:
+    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("mode,channels,has_alpha,bits", [
+    ("RGB", 3, False, 8), ("RGBA", 3, True, 8), ("L", 1, False, 8), ("LA", 1, True, 8), ("1", 1, False, 8),
+    ("P", 3, False, 8), ("CMYK", 3, False, 8), ("I;16", 1, False, 16),
+])
+def test_modes(tmp_path, mode, channels, has_alpha, bits):
+    base = Image.fromarray(_rgb())
+    im = Image.fromarray((np.arange(54, dtype=np.uint16).reshape(6, 9) * 1200)) if mode == "I;16" else base.convert(mode)
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    im.save(path)
+    pic = read_image(path)
+    assert pic.color.shape == (6, 9, channels) and pic.color.dtype == np.float32
+    assert (pic.alpha is not None) == has_alpha and pic.bits == bits
+    assert 0.0 <= pic.color.min() and pic.color.max() <= 1.0
+    if mode == "I;16":
+        np.testing.assert_allclose(pic.color[..., 0] * 65535, np.asarray(im), atol=1e-2)
+
+
+def test_palette_with_transparency_keeps_alpha(tmp_path):
+    im = Image.fromarray(_rgb()).convert("P")
+    im.info["transparency"] = 0
+    im.save(tmp_path / "p.png", transparency=0)
+    assert read_image(tmp_path / "p.png").alpha is not None
+
+
+def test_sixteen_bit_round_trip(tmp_path):
+    values = (np.arange(20, dtype=np.uint16).reshape(4, 5) * 3001 + 7)
+    Image.fromarray(values).save(tmp_path / "in.png")
+    pic = read_image(tmp_path / "in.png")
+    for fmt in ("png", "tiff"):
+        out = write_image(tmp_path / f"out{FORMATS[fmt][1]}", pic, fmt)
+        with Image.open(out) as back:
+            assert back.mode.startswith("I;16")
+            np.testing.assert_array_equal(np.asarray(back), values)
+    with Image.open(write_image(tmp_path / "out.jpg", pic, "jpeg")) as back:  # no 16-bit JPEG: 8-bit L
+        assert back.mode == "L"
+
+
+def test_exif_orientation_applied_and_tag_removed(tmp_path):
+    arr = _rgb(4, 10)
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    exif[0x010F] = "HRX test camera"
+    im.save(tmp_path / "o.png", exif=exif.tobytes())
+    pic = read_image(tmp_path / "o.png")
+    assert pic.color.shape == (10, 4, 3)
+    np.testing.assert_allclose(pic.color * 255, np.rot90(arr, k=-1), atol=1e-3)
+    out = write_image(tmp_path / "out.png", pic)
+    with Image.open(out) as back:
+        assert back.getexif().get(0x0112) is None and back.getexif().get(0x010F) == "HRX test camera"
+
+
+def test_icc_profile_carried(tmp_path):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(_rgb()).save(tmp_path / "c.png", icc_profile=icc)
+    pic = read_image(tmp_path / "c.png")
+    assert pic.icc == icc
+    for fmt in ("png", "jpeg", "webp", "tiff"):
+        with Image.open(write_image(tmp_path / f"out{FORMATS[fmt][1]}", pic, fmt)) as back:
+            assert back.info.get("icc_profile") == icc, fmt
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("channels,alpha", [(3, True), (1, True), (1, False)])
+def test_every_format_writes(tmp_path, fmt, channels, alpha):
+    pic = Picture(RNG.random((5, 7, channels), dtype=np.float32), RNG.random((5, 7), dtype=np.float32) if alpha else None)
+    with Image.open(write_image(tmp_path / f"o{FORMATS[fmt][1]}", pic, fmt)) as back:
+        assert back.size == (7, 5)
+        assert ("A" in back.mode) == (alpha and fmt not in ("jpeg", "bmp"))
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG file whose header claims ``width x height`` (a decompression bomb's shape)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_broken_files(tmp_path):
+    Image.fromarray(_rgb(64, 64)).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(_rgb(64, 64)).save(tmp_path / "ok.jpg")
+    (tmp_path / "truncated.jpg").write_bytes((tmp_path / "ok.jpg").read_bytes()[:300])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image\n")
+    (tmp_path / "bomb.png").write_bytes(_png_claiming(60000, 60000))  # over Pillow's own limit too
+    (tmp_path / "bomb2.png").write_bytes(_png_claiming(8000, 8000))  # under Pillow's, over ours
+    (tmp_path / "folder.png").mkdir()
+    expected = {"truncated.png": "truncated", "truncated.jpg": "truncated", "empty.png": "empty file",
+                "text.jpg": "not an image", "bomb.png": "pixel limit", "bomb2.png": "pixel limit", "folder.png": "directory",
+                "missing.png": "no such file"}
+    for name, reason in expected.items():
+        with pytest.raises(HRXError) as e:
+            read_image(tmp_path / name)
+        message = str(e.value)
+        assert message.startswith(str(tmp_path / name)) and reason in message and "\n" not in message, message
+    with pytest.raises(HRXError, match="over the pixel limit of 1,000"):
+        read_image(tmp_path / "ok.png", max_pixels=1000)
+
+
+def test_float_images_are_refused_by_name(tmp_path):
+    Image.new("F", (4, 3)).save(tmp_path / "f.tif")
+    with pytest.raises(HRXError, match=r"f\.tif: unsupported image mode F$"):
+        read_image(tmp_path / "f.tif")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads unreadable files")
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "locked.png"
+    Image.fromarray(_rgb()).save(path)
+    path.chmod(0)
+    with pytest.raises(HRXError, match="permission denied"):
+        read_image(path)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.png"
+
+    def half_then_crash(f):
+        f.write(b"\x89PNG partial")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, half_then_crash)
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, lambda f: (f.write(b"new"), (_ for _ in ()).throw(KeyboardInterrupt())))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"] and target.read_bytes() == b"old"
+    atomic_write(target, lambda f: f.write(b"new"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"] and target.read_bytes() == b"new"
+
+
+def test_to_pil_strided_input():
+    """Outputs arrive as transposed views ([C, H, W] -> [H, W, C]); encoding must not care."""
+    chw = RNG.random((3, 4, 6), dtype=np.float32)
+    im = to_pil(Picture(chw.transpose(1, 2, 0)), "png")
+    np.testing.assert_array_equal(np.asarray(im), (chw.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8))
