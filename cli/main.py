@@ -5,10 +5,12 @@ import typer
 
 from hrx import __version__
 from hrx.cli import build as _build
+from hrx.cli import calibrate as _calibrate
 from hrx.cli import export as _export
 from hrx.cli import models as _models
 from hrx.cli import new as _new
 from hrx.cli import upscale as _upscale
+from hrx.cli import train as _train
 from hrx.cli import verify as _verify
 
 app = typer.Typer(
@@ -23,9 +25,11 @@ app = typer.Typer(
 app.command("new")(_new.new)
 app.command("models")(_models.models)
 app.command("upscale")(_upscale.upscale)
+app.command("build")(_build.build)
 app.command("export")(_export.export)
 app.command("verify")(_verify.verify)
-app.command("build")(_build.build)
+app.command("calibrate")(_calibrate.calibrate)
+app.command("train")(_train.train)
 
 
 def _version(value: bool) -> None:

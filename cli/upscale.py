@@ -44,7 +44,7 @@ def upscale(
                                                  show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder; relative paths and stems are kept.",
                                          show_default=False)],
-    engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Exported model: .onnx, or a TensorRT .engine / .plan.")] = None,
+    engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Exported model: .onnx, or a TensorRT .engine / .plan. With neither --engine nor --model: the bundled default-x4 (exported to the user cache on first use).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint (.pt / .safetensors) or bundled model name, run with PyTorch.")] = None,
     backend: Annotated[BackendChoice, typer.Option("--backend", "-b", help="Inference backend; auto picks the fastest available for the model and prints it. trt with an .onnx builds a cached TensorRT engine on first use.")] = BackendChoice.auto,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also upscale images in sub-folders.")] = False,
@@ -65,7 +65,7 @@ def upscale(
 
     Example: hrx upscale photos/ -r -o out/ --engine model.onnx
     """
-    from hrx.runtime.factory import BackendRequest, open_backend
+    from hrx.runtime.factory import DEFAULT_MODEL, BackendRequest, open_backend
     from hrx.runtime.images import configure_pillow
     from hrx.runtime.pipeline import BatchOptions, plan_jobs, run_batch
     from hrx.runtime.tiling import TileSpec
@@ -78,7 +78,7 @@ def upscale(
         info = runner.info
         spec = TileSpec(tile=info.tile, overlap=info.tile_overlap if overlap is None else overlap, scale=info.scale,
                         size_multiple=info.size_multiple, batch=info.batch, merge=merge.value)
-        source = engine if engine is not None else model
+        source = engine or model or f"bundled {DEFAULT_MODEL}"
         if not quiet:
             typer.echo(f"backend: {runner.name} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
                        f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge})", err=True)

@@ -8,6 +8,7 @@ available).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,10 @@ def open_backend(request: BackendRequest) -> Backend:
     if request.backend not in BACKENDS:
         raise HRXError(f"unknown backend {request.backend!r}; choose from {', '.join(BACKENDS)}")
     if request.engine is None and request.model is None:
-        raise HRXError("no model given: pass --engine MODEL.onnx or --model CHECKPOINT")
+        if request.backend == "torch":
+            request = dataclasses.replace(request, model=DEFAULT_MODEL)
+        else:
+            request = dataclasses.replace(request, engine=default_engine(DEFAULT_MODEL, log=request.log))
     if request.engine is not None and request.model is not None:
         raise HRXError("pass either --engine or --model, not both")
     if request.model is not None:
@@ -56,6 +60,29 @@ def open_backend(request: BackendRequest) -> Backend:
             raise HRXError(f"{engine}: a TensorRT engine runs only with --backend trt (or auto)")
         return _open_tensorrt(engine)
     raise HRXError(f"{engine}: unknown engine type {suffix or '(no suffix)'}; expected .onnx, .engine or .plan")
+
+
+DEFAULT_MODEL = "default-x4"
+DEFAULT_TILE_CPU = 128  # small tiles keep CPU memory low; the overlap cost at 128 is measured in the README
+
+
+def default_engine(name: str = DEFAULT_MODEL, tile: int = DEFAULT_TILE_CPU,
+                   log: Callable[[str], None] | None = None) -> Path:
+    """The ONNX export of a bundled model, made on first use and cached in the user cache folder,
+    keyed by the checkpoint's sha256 (a new hrx with retrained weights re-exports)."""
+    from hrx.checkpoint import file_sha256, resolve_checkpoint
+    from hrx.paths import cache_root
+
+    ckpt = resolve_checkpoint(name)
+    path = cache_root() / "onnx" / f"{name}-{file_sha256(ckpt)[:16]}-t{tile}.onnx"
+    if not path.is_file():
+        from hrx.export.onnx_export import export_onnx
+
+        if log:
+            log(f"first use of bundled model {name}: exporting it to {path} (once)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(ckpt, path, tile=tile)
+    return path
 
 
 def _open_onnx(path: Path, request: BackendRequest) -> Backend:

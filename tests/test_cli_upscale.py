@@ -97,11 +97,8 @@ def test_refuses_to_overwrite_inputs(tmp_path):
     assert (tmp_path / "a.png").read_bytes() == before
 
 
-def test_no_model_and_missing_inputs(tmp_path):
+def test_missing_inputs(tmp_path):
     _photo(8, 8).save(tmp_path / "a.png")
-    result = runner.invoke(app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out")])
-    assert result.exit_code == 1
-    assert result.stderr.strip() == "error: no model given: pass --engine MODEL.onnx or --model CHECKPOINT"
     engine = write_toy(tmp_path / "toy.onnx")
     result = runner.invoke(app, ["upscale", str(tmp_path / "a.png"), str(tmp_path / "gone.png"),
                                  "-o", str(tmp_path / "out"), "-e", str(engine), "-q"])

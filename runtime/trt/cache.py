@@ -12,6 +12,8 @@ cannot run and the command that rebuilds it. :func:`cached_engine_for` names the
 """
 from __future__ import annotations
 
+from hrx.paths import cache_root  # noqa: F401 - part of this module's API
+
 import dataclasses
 import datetime
 import hashlib
@@ -191,14 +193,6 @@ def check_engine(engine_path: str | os.PathLike, *, env: RuntimeEnv | None = Non
         raise EngineMismatchError(f"{engine_path} cannot be used: {'; '.join(errors)}. Rebuild it: "
                                   f"{rebuild_command(source, record.precision, engine_path, record.plugin_impl)}")
     return record, [f"{engine_path}: {w}" for w in warnings]
-
-
-def cache_root() -> Path:
-    """``$HRX_CACHE_DIR``, else ``$XDG_CACHE_HOME/hrx``, else ``~/.cache/hrx``; engines go in ``engines/``."""
-    if os.environ.get("HRX_CACHE_DIR"):
-        return Path(os.environ["HRX_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "hrx"
 
 
 def normalize_precision(precision: str) -> str:

@@ -1,0 +1,182 @@
+"""Which nodes of an HRX export stay in floating point, and why: a read-only analysis of the FP32 graph.
+
+Kept float (reason -> nodes), found from the graph's structure, not from node names:
+
+* ``router``: the MoE router logits and everything only they use (the router's private subgraph:
+  its convs, activations and texture cues), ``ArgMax`` and the ``Softmax`` of the logits; in plugin
+  mode the subgraph feeding ``hrx::MoETop1``'s logits input.
+* ``scan``: the selective scan's ``Exp``, ``CumSum`` and ``Softplus`` (native mode).
+* ``matmul``: activation x activation ``MatMul`` (attention ``QK^T`` / ``AV`` and the scan's chunk
+  products), so the scan's decay matrices and the softmax probabilities stay float.
+* ``softmax``: attention ``Softmax`` nodes (their inputs come from float ``MatMul`` + bias / mask).
+* ``plugin``: ``hrx::SelectiveScan`` / ``hrx::MoETop1`` (custom domain; their ONNX local functions are
+  never touched).
+* ``output``: the last conv(s) before the model output, reached from the output without crossing
+  another conv: the head's final conv and the exact bicubic residual conv.
+
+:func:`fallback_nodes` adds the larger sets of the fallback ladder (see :mod:`hrx.calibration.quantize`).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import onnx
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+SCAN_OPS = ("Exp", "CumSum", "Softplus")
+# ops that only move or reshape data: a value passes through them unchanged
+MOVE_OPS = ("Reshape", "Transpose", "Split", "Slice", "Squeeze", "Unsqueeze", "Gather", "Concat", "Expand",
+            "Identity", "Flatten", "DepthToSpace", "SpaceToDepth", "Pad")
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+             "DynamicQuantizeLinear", "QGemm", "QLinearAdd", "QLinearMul")
+
+
+@dataclass
+class Graph:
+    """Producer / consumer maps of an ONNX graph (top level only; functions are opaque)."""
+
+    model: onnx.ModelProto
+    producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=lambda: defaultdict(list))
+    constants: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> "Graph":
+        g = cls(model)
+        for node in model.graph.node:
+            for o in node.output:
+                g.producer[o] = node
+            for i in node.input:
+                if i:
+                    g.consumers[i].append(node)
+            if node.op_type == "Constant":
+                g.constants.update(node.output)
+        g.constants.update(t.name for t in model.graph.initializer)
+        return g
+
+    @property
+    def nodes(self) -> list[onnx.NodeProto]:
+        return list(self.model.graph.node)
+
+    def is_const(self, name: str) -> bool:
+        return name in self.constants
+
+    def weight_name(self, node: onnx.NodeProto) -> str:
+        """The initializer a Conv / Gemm / MatMul multiplies by (``""`` when both inputs are activations)."""
+        return next((i for i in node.input[1:2] if self.is_const(i)), "")
+
+
+def label(g: Graph, node: onnx.NodeProto) -> str:
+    """``node name`` plus the module its weight came from, e.g. ``node_conv2d_60 (head.refine)``."""
+    w = g.weight_name(node)
+    for suffix in (".weight", ".kernel"):
+        if w.endswith(suffix) and not w.startswith(("val_", "_v_", "onnx::")):
+            return f"{node.name} ({w[:-len(suffix)].removesuffix('.fused')})"
+    return node.name
+
+
+def private_ancestors(g: Graph, seeds: list[onnx.NodeProto], start: list[str]) -> list[onnx.NodeProto]:
+    """Nodes upstream of the tensors ``start`` whose every output is used only by nodes already in the
+    set (``seeds`` included): the subgraph that exists only to compute ``start``."""
+    inside = {id(n) for n in seeds}
+    found: list[onnx.NodeProto] = []
+    todo = list(start)
+    while todo:
+        name = todo.pop()
+        node = g.producer.get(name)
+        if node is None or id(node) in inside:
+            continue
+        users = [c for o in node.output for c in g.consumers.get(o, [])]
+        if not all(id(c) in inside for c in users) or any(o in _outputs(g) for o in node.output):
+            continue
+        inside.add(id(node))
+        found.append(node)
+        todo.extend(i for i in node.input if i and not g.is_const(i))
+    return found
+
+
+def _outputs(g: Graph) -> set[str]:
+    return {o.name for o in g.model.graph.output}
+
+
+def router_nodes(g: Graph) -> list[onnx.NodeProto]:
+    """ArgMax, the logits' other users (Softmax) and the router's private subgraph; plugin: MoETop1's logits."""
+    found: list[onnx.NodeProto] = []
+    for node in g.nodes:
+        if node.op_type == "ArgMax":
+            logits = node.input[0]
+            users = g.consumers[logits]
+            found += [u for u in users if all(u is not f for f in found)]
+            found += private_ancestors(g, users, [logits])
+        elif node.op_type == "MoETop1" and node.domain:
+            found += private_ancestors(g, [node], [node.input[0]])
+    return found
+
+
+def output_convs(g: Graph) -> list[onnx.NodeProto]:
+    """Convs reached backwards from the graph outputs without crossing another compute op."""
+    found: list[onnx.NodeProto] = []
+    seen: set[str] = set()
+    todo = list(_outputs(g))
+    while todo:
+        name = todo.pop()
+        node = g.producer.get(name)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in COMPUTE_OPS:
+            if node.op_type in ("Conv", "ConvTranspose"):
+                found.append(node)
+            continue
+        todo.extend(i for i in node.input if i and not g.is_const(i))
+    return found
+
+
+def float_plan(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """``{reason: [node names]}`` of the nodes the default INT8 pass keeps in floating point."""
+    g = Graph.of(model)
+    plan: dict[str, list[str]] = {}
+    router = router_nodes(g)
+    router_ids = {id(n) for n in router}
+    plan["router"] = [n.name for n in router]
+    plan["scan"] = [n.name for n in g.nodes if n.op_type in SCAN_OPS and not n.domain]
+    plan["softmax"] = [n.name for n in g.nodes if n.op_type == "Softmax" and id(n) not in router_ids]
+    plan["matmul"] = [n.name for n in g.nodes if n.op_type == "MatMul" and not any(g.is_const(i) for i in n.input)]
+    plan["plugin"] = [n.name for n in g.nodes if n.domain not in ("", "ai.onnx")]
+    plan["output"] = [n.name for n in output_convs(g)]
+    return {k: v for k, v in plan.items() if v}
+
+
+def near_ends(g: Graph, depth: int) -> list[onnx.NodeProto]:
+    """Compute ops at most ``depth`` compute layers from the graph input or from the output (counting
+    the op itself). ``depth=2`` on an HRX model: ``stem.0``, ``stem.2``, ``head.upscale``, ``head.refine``
+    and the bicubic residual conv."""
+    found: dict[str, onnx.NodeProto] = {}
+    for forward in (True, False):
+        best: dict[str, int] = {}
+        todo = [(t.name, 0) for t in (g.model.graph.input if forward else g.model.graph.output)]
+        while todo:
+            name, crossed = todo.pop()
+            nodes = g.consumers.get(name, []) if forward else [g.producer[name]] if name in g.producer else []
+            for node in nodes:
+                c = crossed + (node.op_type in COMPUTE_OPS)
+                if c > depth or best.get(node.name, depth + 1) <= c:
+                    continue
+                best[node.name] = c
+                if node.op_type in COMPUTE_OPS:
+                    found[node.name] = node
+                nxt = node.output if forward else [i for i in node.input if i and not g.is_const(i)]
+                todo.extend((t, c) for t in nxt)
+    return [n for n in g.nodes if n.name in found]
+
+
+def is_quantized(model: onnx.ModelProto) -> str:
+    """A reason string when ``model`` already holds quantized ops or says so in its metadata, else ``""``."""
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get("precision", "fp32") not in ("fp32", ""):
+        return f"its metadata says precision={props['precision']}"
+    ops = sorted({n.op_type for n in model.graph.node if n.op_type in QUANT_OPS})
+    if ops:
+        return f"it already has {', '.join(ops)} nodes"
+    return ""

@@ -1,0 +1,230 @@
+"""``hrx calibrate`` end to end: FP32 ONNX + images (or the ranges cache) -> QDQ ONNX that passed the gate.
+
+1. check the model (an HRX FP32 export, not already quantized);
+2. ranges: from the cache next to the output when it matches (same model, method, images, samples,
+   seed), else tiles from ``--images`` (:mod:`hrx.calibration.data`) through ONNX Runtime's calibrator,
+   then cached (:mod:`hrx.calibration.cache`);
+3. for each rung of the fallback ladder (:data:`hrx.calibration.quantize.LADDER`; only the first with
+   ``fallback=False``): quantize, run FP32 and INT8 on the held-back tiles, stop at the first that passes;
+4. write the passing model (or, with ``force``, the one with the smallest drop) with its metadata.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+from hrx.calibration.cache import (CacheKey, RangesCache, cache_paths, file_sha256, heldout_for, images_sha256, load,
+                                   save)
+from hrx.calibration.quality import QualityReport, compare, run_model
+from hrx.calibration.quantize import LADDER, METHODS, TARGETS, QuantResult, quantize_qdq, trt_problems
+from hrx.errors import HRXError
+
+DEFAULT_METHOD = "percentile"
+DEFAULT_TARGET = "trt"
+PRECISION = "int8-qdq"
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class CalibrateOptions:
+    model: Path
+    output: Path | None = None
+    images: Path | None = None
+    method: str | None = None  # None: percentile, or the cached method when no images are given
+    target: str = DEFAULT_TARGET
+    samples: int = 32
+    eval_tiles: int = 16
+    max_drop: float = 0.3
+    force: bool = False
+    fallback: bool = True
+    seed: int = 0
+    ranges: Path | None = None  # ranges cache to read / write (default: next to the output)
+    threads: int = 0  # ONNX Runtime intra-op threads for the gate (0: its default)
+
+
+@dataclass
+class Attempt:
+    quant: QuantResult
+    quality: QualityReport
+    fp32_ms: float  # ONNX Runtime CPU, median ms per batch on the held-back tiles
+    int8_ms: float
+
+
+@dataclass
+class CalibrationReport:
+    model: Path
+    output: Path
+    info: object  # hrx.runtime.model_info.ModelInfo of the FP32 model
+    method: str
+    target: str
+    max_drop: float
+    cache: RangesCache
+    ranges_source: str  # "collected", "cache" (no images given) or "cache-same" (images and settings unchanged)
+    ranges_path: Path
+    attempts: list[Attempt] = field(default_factory=list)
+    chosen: Attempt | None = None
+    written: bool = False
+    trt_problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.chosen is not None and self.chosen.quality.passed(self.max_drop)
+
+
+def default_output(model: Path) -> Path:
+    stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
+    return model.with_name(stem + ".int8.onnx")
+
+
+def check_model(path: Path):
+    """Load ``path`` and its :class:`ModelInfo`; refuse quantized, non-HRX and non-float32 models."""
+    import onnx
+
+    from hrx.calibration.graph import is_quantized
+    from hrx.runtime.model_info import ModelInfo
+
+    if not path.is_file():
+        raise HRXError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise HRXError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    reason = is_quantized(model)
+    if reason:
+        raise HRXError(f"{path}: already quantized ({reason}); calibrate the FP32 export from `hrx export`")
+    info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+    elem = model.graph.input[0].type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        raise HRXError(f"{path}: input is {onnx.TensorProto.DataType.Name(elem)}; calibrate the float32 export")
+    return model, info
+
+
+def _ranges(opts: CalibrateOptions, info, model_sha: str, json_path: Path, npz_path: Path,
+            log: Log | None) -> tuple[RangesCache, str, str]:
+    """``(cache, method, source)``, source as :attr:`CalibrationReport.ranges_source`."""
+    from hrx.calibration.data import list_images, sample_tiles
+    from hrx.calibration.quantize import collect_ranges
+
+    if opts.images is None:
+        cache = load(json_path, npz_path)
+        if cache.key.model_sha256 != model_sha:
+            raise HRXError(f"{json_path}: the cached ranges belong to another model (sha256 {cache.key.model_sha256[:12]}); "
+                           "pass --images DIR to calibrate this one")
+        if opts.method is not None and opts.method != cache.key.method:
+            raise HRXError(f"{json_path}: the cache holds {cache.key.method} ranges; pass --method {cache.key.method}, "
+                           f"or --images DIR to calibrate with {opts.method}")
+        return cache, cache.key.method, "cache"
+    method = opts.method or DEFAULT_METHOD
+    files = list_images(opts.images)
+    key = CacheKey(model_sha, method, opts.samples, opts.seed, info.tile, opts.eval_tiles,
+                   images_sha256(files, Path(opts.images)))
+    if json_path.is_file() and npz_path.is_file():
+        try:
+            cached = load(json_path, npz_path)
+        except HRXError:
+            cached = None
+        if cached is not None and cached.key == key:
+            return cached, method, "cache-same"
+    if log:
+        log(f"collecting {method} ranges on {opts.samples} tiles of {info.tile}x{info.tile} from {opts.images} ...")
+    tiles = sample_tiles(opts.images, info.tile, info.scale, info.in_channels, opts.samples, opts.eval_tiles, opts.seed)
+    ranges = collect_ranges(opts.model, tiles.calib, info.batch, method)
+    cache = RangesCache(key, ranges, tiles.eval_lr, tiles.eval_hr, str(opts.images), tiles.calib_images,
+                        tiles.held_back_images, tiles.padded)
+    save(cache, json_path, npz_path)
+    return cache, method, "collected"
+
+
+def _metadata(info, report: CalibrationReport, attempt: Attempt, model_sha: str) -> dict[str, str]:
+    import onnxruntime
+
+    q, k = attempt.quant, report.cache.key
+    extra = dict(info.extra)
+    extra.update({
+        "quant_target": report.target,
+        "quant_format": q.target.short,
+        "quant_method": report.method,
+        "quant_tool": f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ)",
+        "quant_samples": str(k.samples),
+        "quant_seed": str(k.seed),
+        "quant_fallback": q.step.name,
+        "quant_quantized": json.dumps(dict(q.quantized_ops), sort_keys=True),
+        "quant_float": json.dumps({r: len(v) for r, v in q.kept.items()}),
+        "quant_float_nodes": json.dumps(q.kept),
+        "quant_psnr": json.dumps({"fp32": round(attempt.quality.psnr_fp32, 4), "int8": round(attempt.quality.psnr_int8, 4),
+                                  "drop": round(attempt.quality.drop, 4), "tiles": attempt.quality.tiles}),
+        "quant_source_sha256": model_sha,
+    })
+    stamped = dataclasses.replace(info, precision=PRECISION, opset=q.opset or info.opset, extra=extra)
+    return stamped.to_props()
+
+
+def _write(attempt: Attempt, output: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    from hrx.export.onnx_export import _atomic_save
+
+    model = onnx.load(str(attempt.quant.path))
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    _atomic_save(model, output)
+
+
+def calibrate(opts: CalibrateOptions, log: Log | None = None) -> CalibrationReport:
+    """Run ``hrx calibrate`` (see the module doc). Never leaves a model that failed the gate at
+    ``output`` unless ``opts.force``; the caller turns ``not report.passed`` into an exit code."""
+    if opts.method is not None and opts.method not in METHODS:
+        raise HRXError(f"--method must be one of {', '.join(METHODS)}, not {opts.method!r}")
+    if opts.target not in TARGETS:
+        raise HRXError(f"--target must be one of {', '.join(TARGETS)}, not {opts.target!r}")
+    if opts.eval_tiles < 1:
+        raise HRXError(f"--eval-tiles must be at least 1, not {opts.eval_tiles}")
+    if opts.max_drop < 0:
+        raise HRXError(f"--max-drop must be >= 0 dB, not {opts.max_drop}")
+    model_path = Path(opts.model)
+    _, info = check_model(model_path)
+    output = Path(opts.output) if opts.output is not None else default_output(model_path)
+    if output.resolve() == model_path.resolve():
+        raise HRXError(f"{output}: the output would overwrite the FP32 model; pick another -o")
+    out_dir = output.parent if str(output.parent) else Path(".")
+    if not out_dir.is_dir():
+        raise HRXError(f"{output}: output folder {out_dir} does not exist")
+    json_path, npz_path = heldout_for(Path(opts.ranges)) if opts.ranges else cache_paths(output)
+    model_sha = file_sha256(model_path)
+    cache, method, source_kind = _ranges(opts, info, model_sha, json_path, npz_path, log)
+    report = CalibrationReport(model_path, output, info, method, opts.target, opts.max_drop, cache, source_kind, json_path)
+    fp32, fp32_ms = run_model(model_path, cache.eval_lr, info.batch, opts.threads)
+    ladder = LADDER if opts.fallback else LADDER[:1]
+    tmp_paths = []
+    try:
+        for step in ladder:
+            tmp = out_dir / f".{output.name}.{step.name}.tmp.onnx"
+            tmp_paths.append(tmp)
+            if log and report.attempts:
+                log(f"drop {report.attempts[-1].quality.drop:+.3f} dB > {opts.max_drop:g} dB: trying fallback '{step.name}' ...")
+            quant = quantize_qdq(model_path, tmp, cache.ranges, opts.target, step, method)
+            int8, int8_ms = run_model(tmp, cache.eval_lr, info.batch, opts.threads)
+            report.attempts.append(Attempt(quant, compare(fp32, int8, cache.eval_hr, info.scale), fp32_ms, int8_ms))
+            if report.attempts[-1].quality.passed(opts.max_drop):
+                break
+        passed = [a for a in report.attempts if a.quality.passed(opts.max_drop)]
+        report.chosen = passed[0] if passed else min(report.attempts, key=lambda a: a.quality.drop)
+        if opts.target == "trt":
+            import onnx
+
+            report.trt_problems = trt_problems(onnx.load(str(report.chosen.quant.path), load_external_data=False))
+        if passed or opts.force:
+            _write(report.chosen, output, _metadata(info, report, report.chosen, model_sha))
+            report.written = True
+    finally:
+        for tmp in tmp_paths:
+            if tmp.exists():
+                os.unlink(tmp)
+    return report

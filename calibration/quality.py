@@ -1,0 +1,80 @@
+"""The quality gate: FP32 and INT8 on held-back tiles, PSNR against ground truth and against each other.
+
+Protocol (as :mod:`hrx.evaluate`): ground truth = HR crops; model input = their antialiased bicubic
+downscale (8-bit); outputs clamped and rounded to 8 bits; PSNR on Y (BT.601, [16, 235]) of the RGB
+channels (RGB and RGBA models), on the single channel of gray models; ``scale`` pixels cropped at every border. The PSNR is
+pooled over the tiles (mean squared error over all of them), so a flat tile cannot make it infinite.
+``drop = PSNR(FP32) - PSNR(INT8)``, both against the ground truth.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+Y_WEIGHTS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    tiles: int
+    psnr_fp32: float
+    psnr_int8: float
+    psnr_int8_vs_fp32: float
+
+    @property
+    def drop(self) -> float:
+        return self.psnr_fp32 - self.psnr_int8
+
+    def passed(self, max_drop: float) -> bool:
+        return self.drop <= max_drop
+
+    def line(self) -> str:
+        return (f"PSNR-Y on {self.tiles} held-back tiles: FP32 {self.psnr_fp32:.3f} dB, INT8 {self.psnr_int8:.3f} dB "
+                f"(drop {self.drop:+.3f} dB); INT8 vs FP32 {self.psnr_int8_vs_fp32:.2f} dB")
+
+
+def _luma(img: np.ndarray) -> np.ndarray:
+    """``[N, C, H, W]`` in [0, 1] -> 8-bit rounded luma (or the single channel) in float64 levels."""
+    q = np.round(np.clip(img.astype(np.float64), 0.0, 1.0) * 255.0) / 255.0
+    if q.shape[1] >= 3:  # RGB (and RGBA: the colour part)
+        return np.einsum("nchw,c->nhw", q[:, :3], Y_WEIGHTS) + 16.0
+    return q[:, 0] * 255.0
+
+
+def psnr(pred: np.ndarray, target: np.ndarray, border: int) -> float:
+    """Pooled PSNR (peak 255) between two ``[N, C, H, W]`` batches, ``border`` pixels cropped."""
+    a, b = _luma(pred), _luma(target)
+    if border:
+        a, b = a[:, border:-border, border:-border], b[:, border:-border, border:-border]
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def run_model(path: str | os.PathLike, tiles: np.ndarray, batch: int, threads: int = 0) -> tuple[np.ndarray, float]:
+    """Run an ONNX file on ONNX Runtime CPU over ``[N, C, t, t]`` tiles in its static batch.
+    Returns the outputs and the median milliseconds per batch (after one warm-up run)."""
+    from hrx.runtime.onnxrt import CPU, create_session
+
+    session = create_session(path, [CPU], threads=threads)
+    name = session.get_inputs()[0].name
+    batches = []
+    for i in range(0, len(tiles), batch):
+        x = tiles[i:i + batch]
+        if len(x) < batch:
+            x = np.concatenate([x, np.repeat(x[-1:], batch - len(x), axis=0)])
+        batches.append(np.ascontiguousarray(x, dtype=np.float32))
+    session.run(None, {name: batches[0]})  # warm-up: allocations, kernel selection
+    outs, times = [], []
+    for x in batches:
+        start = time.perf_counter()
+        outs.append(session.run(None, {name: x})[0])
+        times.append(time.perf_counter() - start)
+    return np.concatenate(outs)[:len(tiles)], float(np.median(times)) * 1e3
+
+
+def compare(fp32: np.ndarray, int8: np.ndarray, hr: np.ndarray, scale: int) -> QualityReport:
+    return QualityReport(len(hr), psnr(fp32, hr, scale), psnr(int8, hr, scale), psnr(int8, fp32, scale))

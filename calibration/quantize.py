@@ -1,0 +1,357 @@
+"""The QDQ pass: ONNX Runtime's static quantizer (``quantize_static``, QDQ format) driven with HRX's
+choices of target format, kept-float nodes and fallback ladder.
+
+Targets (``--target``):
+
+* ``trt``: signed INT8 activations and weights, both symmetric (zero point 0), per-channel weights,
+  float biases, Q/DQ only on the inputs of Conv / Gemm / MatMul (TensorRT fuses them; a quantized
+  output would force 8-bit into whatever follows), one Q/DQ pair per consumer. This is what
+  TensorRT 10's explicit quantization expects.
+* ``cpu``: unsigned asymmetric activations and signed symmetric per-channel weights (U8S8, the fast
+  path of ONNX Runtime's x86 kernels), int32 biases, quantized Conv outputs, so ONNX Runtime can fuse
+  ``DQ -> Conv -> Q`` into ``QLinearConv``.
+
+Only Conv / ConvTranspose / Gemm and MatMul with a constant operand are quantized (the QDQ
+quantizer ignores ``MatMulConstBOnly``: activation x activation MatMul are excluded by name, with the
+other nodes of :func:`hrx.calibration.graph.float_plan` and the ladder's extra sets). After the
+quantizer ran, :func:`guard_float_inputs` rewires any kept-float node that still read a Q/DQ'd
+tensor (a tensor shared with a quantized consumer) back to the float tensor.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from hrx.calibration.graph import COMPUTE_OPS, MOVE_OPS, Graph, float_plan, label, near_ends
+from hrx.errors import HRXError
+
+METHODS = ("entropy", "percentile", "minmax")
+TARGETS = ("trt", "cpu")
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CHUNK_PIXELS = 4 * 128 * 128  # input pixels per collect_data call (it holds every intermediate tensor)
+ENTROPY_BINS = 512  # KL search over (bins - 128) / 2 thresholds per tensor, in Python: 2048 is 7x slower
+
+
+@dataclass(frozen=True)
+class TargetFormat:
+    name: str
+    signed_activations: bool
+    symmetric_activations: bool
+    quantize_outputs: bool  # Q/DQ on Conv / Gemm / MatMul outputs (ORT's QLinearConv fusion needs it)
+    quantize_bias: bool
+    dedicated_pairs: bool
+    per_channel: bool = True
+
+    @property
+    def short(self) -> str:
+        acts = ("S8" if self.signed_activations else "U8") + ("sym" if self.symmetric_activations else "asym")
+        return f"{acts}-S8sym{'-per-channel' if self.per_channel else ''}"
+
+    def describe(self) -> str:
+        a = "signed" if self.signed_activations else "unsigned"
+        s = "symmetric" if self.symmetric_activations else "asymmetric"
+        return (f"{self.name}: {a} {s} INT8 activations, signed symmetric {'per-channel ' if self.per_channel else ''}"
+                f"INT8 weights, {'int32' if self.quantize_bias else 'float'} biases")
+
+
+TARGET_FORMATS = {
+    "trt": TargetFormat("trt", signed_activations=True, symmetric_activations=True, quantize_outputs=False,
+                        quantize_bias=False, dedicated_pairs=True),
+    "cpu": TargetFormat("cpu", signed_activations=False, symmetric_activations=False, quantize_outputs=True,
+                        quantize_bias=True, dedicated_pairs=False),
+}
+
+
+@dataclass(frozen=True)
+class LadderStep:
+    """One rung of the fallback ladder: a name and the extra nodes it keeps float (beyond the plan)."""
+
+    name: str
+    describe: str
+    extra: Callable[[Graph], list[onnx.NodeProto]]
+
+
+def _ends(g: Graph) -> list[onnx.NodeProto]:
+    return [n for n in near_ends(g, 2) if n.op_type in QUANTIZED_OPS]
+
+
+def _late(fraction: float) -> Callable[[Graph], list[onnx.NodeProto]]:
+    """The ends plus the last ``fraction`` of the quantizable ops in graph (topological) order: errors of
+    late layers reach the output with the least averaging (measured: they carry most of the drop)."""
+
+    def pick(g: Graph) -> list[onnx.NodeProto]:
+        ops = [n for n in g.nodes if n.op_type in QUANTIZED_OPS]
+        return _ends(g) + ops[len(ops) - int(round(fraction * len(ops))):]
+
+    return pick
+
+
+LADDER: tuple[LadderStep, ...] = (
+    LadderStep("default", "router, scan, softmax, attention / scan MatMul, plugins, output convs float", lambda g: []),
+    LadderStep("ends", "+ stem and head convs float", _ends),
+    LadderStep("late25", "+ the last quarter of the conv / Gemm layers float", _late(0.25)),
+    LadderStep("late50", "+ the last half of the conv / Gemm layers float", _late(0.5)),
+)
+
+
+@dataclass
+class QuantResult:
+    path: Path
+    target: TargetFormat
+    step: LadderStep
+    kept: dict[str, list[str]]  # reason -> labels of the nodes kept float
+    kept_ops: dict[str, Counter]  # reason -> op types of those nodes
+    quantized: list[str]  # labels of the compute nodes that run on INT8 inputs and weights
+    quantized_ops: Counter
+    qdq_nodes: int
+    rewired: int  # kept-float inputs moved back off a shared Q/DQ pair
+    opset: int
+
+
+@contextlib.contextmanager
+def quiet_ort() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs advice on the root logger and its calibrators print progress to
+    stdout; keep the CLI output ours."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    if method not in METHODS:
+        raise HRXError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+    return {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
+            "minmax": CalibrationMethod.MinMax}[method]
+
+
+class TileReader:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over ``[N, C, H, W]`` tiles, in model batches."""
+
+    def __init__(self, tiles: np.ndarray, batch: int, input_name: str = "input") -> None:
+        n = len(tiles)
+        pad = (-n) % batch
+        if pad:  # fill the last batch by repeating tiles: the ranges see nothing new
+            tiles = np.concatenate([tiles, tiles[:pad]])
+        self.batches = [np.ascontiguousarray(tiles[i:i + batch]) for i in range(0, len(tiles), batch)]
+        self.input_name = input_name
+        self._it = iter(self.batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {self.input_name: x}
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.batches[start_index:end_index])
+
+
+def collect_ranges(model_path: str | os.PathLike, tiles: np.ndarray, batch: int, method: str):
+    """Run the FP32 model on ``tiles`` with ONNX Runtime's calibrator for ``method``; returns its
+    ``TensorsData`` (per-tensor ranges of the inputs and outputs of the quantizable ops).
+    Ranges are collected without symmetrizing, so one set serves both targets."""
+    from onnxruntime.quantization.calibrate import TensorsData, create_calibrator
+
+    options: dict = {"symmetric": False}
+    if method == "entropy":  # ORT's default of 128 bins equals its 128 quantized bins: entropy would be min/max
+        options.update(num_bins=ENTROPY_BINS, num_quantized_bins=128)
+    with tempfile.TemporaryDirectory(prefix="hrx-calib-") as tmp, quiet_ort():
+        calibrator = create_calibrator(Path(model_path), list(QUANTIZED_OPS),
+                                       augmented_model_path=os.path.join(tmp, "augmented.onnx"),
+                                       calibrate_method=_ort_method(method), extra_options=options,
+                                       providers=["CPUExecutionProvider"])
+        reader = TileReader(tiles, batch)
+        step = max(1, CHUNK_PIXELS // (batch * tiles.shape[-1] * tiles.shape[-2]))
+        for start in range(0, len(reader), step):  # a few batches at a time: the calibrator keeps every
+            reader.set_range(start, start + step)  # intermediate tensor of a call in memory
+            calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+    if not isinstance(ranges, TensorsData) or not ranges.data:
+        raise HRXError(f"{model_path}: calibration collected no ranges (no Conv / Gemm / MatMul?)")
+    return ranges
+
+
+def exclusions(model: onnx.ModelProto, step: LadderStep) -> dict[str, list[onnx.NodeProto]]:
+    """``{reason: nodes}`` kept float by ``step``: the plan, plus the step's extra nodes under its name."""
+    g = Graph.of(model)
+    by_name = {n.name: n for n in g.nodes}
+    kept = {reason: [by_name[n] for n in names] for reason, names in float_plan(model).items()}
+    names = {n.name for nodes in kept.values() for n in nodes}
+    extra = [n for n in step.extra(g) if n.name not in names]
+    if extra:
+        kept[step.name] = extra
+    return kept
+
+
+def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target: str, step: LadderStep = LADDER[0],
+                 method: str = "percentile") -> QuantResult:
+    """Write the QDQ model of ``src`` to ``dst`` from ``ranges`` (``TensorsData`` of :func:`collect_ranges`,
+    made with ``method``). The HRX metadata is stamped by :mod:`hrx.calibration.pipeline`."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    if target not in TARGET_FORMATS:
+        raise HRXError(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
+    fmt = TARGET_FORMATS[target]
+    model = onnx.load(str(src))
+    for i, node in enumerate(model.graph.node):  # exclusions go by name: every node needs one
+        if not node.name:
+            node.name = f"hrx_unnamed_{i}_{node.op_type}"
+    g0 = Graph.of(model)
+    kept_nodes = exclusions(model, step)
+    excluded = {n.name for nodes in kept_nodes.values() for n in nodes}
+    compute = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+    extra_options = {
+        "ActivationSymmetric": fmt.symmetric_activations,
+        "WeightSymmetric": True,
+        "QuantizeBias": fmt.quantize_bias,
+        "DedicatedQDQPair": fmt.dedicated_pairs,
+        "OpTypesToExcludeOutputQuantization": [] if fmt.quantize_outputs else list(QUANTIZED_OPS),
+    }
+    ranges = TensorsData(_ort_method(method), dict(ranges.data))
+    with tempfile.TemporaryDirectory(prefix="hrx-qdq-") as tmp, quiet_ort():
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(ranges, cache)
+        out = Path(tmp) / "qdq.onnx"
+        quantize_static(model, str(out), None, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=fmt.per_channel, reduce_range=False,
+                        activation_type=QuantType.QInt8 if fmt.signed_activations else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=sorted(excluded),
+                        nodes_to_quantize=[n for n in compute if n not in excluded],
+                        calibrate_method=_ort_method(method), extra_options=extra_options,
+                        calibration_cache_path=str(cache))
+        qdq = onnx.load(str(out))
+    rewired = guard_float_inputs(qdq, excluded | _unquantized_compute(qdq))
+    g = Graph.of(qdq)
+    quantized = [n for n in g.nodes if _is_quantized(g, n)]
+    opset = next((o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx")), 0)
+    onnx.save(qdq, str(dst))
+    return QuantResult(
+        path=Path(dst), target=fmt, step=step,
+        kept={r: [label(g0, n) for n in nodes] for r, nodes in kept_nodes.items()},
+        kept_ops={r: Counter(_op(n) for n in nodes) for r, nodes in kept_nodes.items()},
+        quantized=[label(g, n) for n in quantized], quantized_ops=Counter(n.op_type for n in quantized),
+        qdq_nodes=sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in qdq.graph.node),
+        rewired=rewired, opset=opset)
+
+
+def _op(node: onnx.NodeProto) -> str:
+    return f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+
+
+def _is_quantized(g: Graph, node: onnx.NodeProto) -> bool:
+    """A compute op whose weight arrives through DequantizeLinear (the quantizer took it)."""
+    if node.op_type not in COMPUTE_OPS or len(node.input) < 2:
+        return False
+    p = g.producer.get(node.input[1])
+    return p is not None and p.op_type == "DequantizeLinear"
+
+
+def _unquantized_compute(model: onnx.ModelProto) -> set[str]:
+    """Compute ops the quantizer left float (activation x activation MatMul, excluded nodes)."""
+    g = Graph.of(model)
+    return {n.name for n in g.nodes if n.op_type in COMPUTE_OPS and not _is_quantized(g, n)}
+
+
+def guard_float_inputs(model: onnx.ModelProto, keep: set[str]) -> int:
+    """Make the kept-float nodes read float tensors: an input that reaches ``Q -> DQ`` of an activation,
+    directly or through data-movement ops only (Split, Reshape, Transpose, ...), is rewired to the
+    tensor before the ``Q``. Returns how many inputs were rewired; drops Q/DQ nodes left unused."""
+    g = Graph.of(model)
+    rewired = 0
+    for node in g.nodes:
+        if node.name not in keep:
+            continue
+        stack = [(node, i) for i, name in enumerate(node.input) if name and not g.is_const(name)]
+        seen: set[tuple[str, int]] = set()
+        while stack:
+            n, i = stack.pop()
+            if (n.name, i) in seen:
+                continue
+            seen.add((n.name, i))
+            p = g.producer.get(n.input[i])
+            if p is None:
+                continue
+            if p.op_type == "DequantizeLinear":
+                q = g.producer.get(p.input[0])
+                if q is not None and q.op_type == "QuantizeLinear":
+                    n.input[i] = q.input[0]
+                    rewired += 1
+            elif p.op_type in MOVE_OPS and p.name not in keep:
+                stack.extend((p, j) for j, name in enumerate(p.input) if name and not g.is_const(name))
+    if rewired:
+        _drop_unused_qdq(model)
+    return rewired
+
+
+def _drop_unused_qdq(model: onnx.ModelProto) -> None:
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            model.graph.node.remove(n)
+
+
+def qdq_on(model: onnx.ModelProto, node_names: Sequence[str]) -> list[str]:
+    """The named nodes that read a DequantizeLinear output or feed a QuantizeLinear (for tests and checks)."""
+    g = Graph.of(model)
+    by_name = {n.name: n for n in g.nodes}
+    bad = []
+    for name in node_names:
+        n = by_name.get(name)
+        if n is None:
+            continue
+        reads = any(g.producer.get(i) is not None and g.producer[i].op_type == "DequantizeLinear" for i in n.input)
+        feeds = any(c.op_type == "QuantizeLinear" for o in n.output for c in g.consumers.get(o, []))
+        if reads or feeds:
+            bad.append(name)
+    return bad
+
+
+def trt_problems(model: onnx.ModelProto) -> list[str]:
+    """What TensorRT's ONNX parser would refuse in a QDQ model, checked statically (no TensorRT needed):
+    unsupported ops / opset (:mod:`hrx.runtime.trt.ops`), non-zero or non-INT8 zero points, DequantizeLinear
+    of anything but INT8 (e.g. an int32 bias)."""
+    from onnx import numpy_helper
+
+    from hrx.runtime.trt.ops import opset_problems, unsupported_ops
+
+    problems = [f"unsupported op {op}" for op in unsupported_ops(model)] + opset_problems(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        x = inits.get(n.input[0])
+        if n.op_type == "DequantizeLinear" and x is not None and x.data_type != onnx.TensorProto.INT8:
+            problems.append(f"{n.name}: dequantizes {onnx.TensorProto.DataType.Name(x.data_type)} (TensorRT takes INT8)")
+        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is None:
+            continue
+        if zp.data_type != onnx.TensorProto.INT8:
+            problems.append(f"{n.name}: {onnx.TensorProto.DataType.Name(zp.data_type)} zero point (TensorRT needs INT8)")
+        elif np.any(numpy_helper.to_array(zp) != 0):
+            problems.append(f"{n.name}: non-zero zero point (TensorRT needs symmetric quantization)")
+    return problems

@@ -1,0 +1,342 @@
+"""``hrx train``: train a restoration / super-resolution model on image crops.
+
+One run = a :class:`TrainConfig`. The loop:
+
+* data: :mod:`hrx.data` (fixed by-image split, random crops, seeded degradation);
+* loss: L1 + ``fft_weight`` * FFT loss (+ ``ssim_weight`` * (1 - SSIM)) + ``moe_weight`` * MoE balance;
+* AdamW, linear warm-up then cosine decay to ``min_lr`` (a pure function of the step), gradient-norm
+  clipping;
+* every ``val_every`` steps: Y-PSNR / SSIM against bicubic on the held-out images
+  (:mod:`hrx.evaluate`); every ``ckpt_every`` steps: the model (``hrx.save_model``, atomic) and a
+  resume state next to it (``<output stem>.resume.pt``: weights, optimizer, step, RNG states).
+  ``resume=True`` continues from that state exactly: the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from hrx.data import DataSplit, Degradation, PatchSampler, list_images, load_image, split_images
+from hrx.errors import HRXError
+from hrx.evaluate import EvalRow, evaluate, summarize
+from hrx.losses import fft_loss, l1_loss, moe_balance_loss, ssim
+
+STATE_FORMAT = "hrx-train-state"
+STATE_VERSION = 1
+
+# Fields that shape the trajectory: a resumed run must have the same values.
+TRAJECTORY_FIELDS = ("arch", "scale", "data", "steps", "batch", "patch", "lr", "min_lr", "weight_decay", "warmup",
+                     "grad_clip", "fft_weight", "ssim_weight", "moe_weight", "seed", "val_fraction", "min_detail", "blur",
+                     "noise", "jpeg")
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "hrx-s"
+    scale: int = 2
+    data: str | None = None  # a folder of images; None: scikit-image's bundled photos
+    steps: int = 2000
+    batch: int = 8
+    patch: int = 128  # HR crop side; patch / scale must be a multiple of the model's size_multiple
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    grad_clip: float = 1.0
+    fft_weight: float = 0.05
+    ssim_weight: float = 0.0
+    moe_weight: float = 0.01
+    seed: int = 0
+    val_fraction: float = 0.25
+    min_detail: float = 4.0  # redraw crops flatter than this (mean neighbour difference, 8-bit levels)
+    blur: float = 0.0
+    noise: float = 0.0
+    jpeg: int = 0
+    val_every: int = 500
+    ckpt_every: int = 500
+    log_every: int = 50
+    output: str = "model.pt"
+    resume: bool = False
+    stop_after: int = 0  # stop (resumably) once this many steps are done; 0: run to `steps`
+    threads: int = 0  # torch CPU threads; 0: leave torch's default
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "patch", "val_every", "ckpt_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise HRXError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(self, name)}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise HRXError(f"learning rates must satisfy 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
+        if self.warmup < 0 or self.grad_clip < 0 or self.stop_after < 0 or self.threads < 0:
+            raise HRXError("--warmup, --grad-clip, --stop-after and --threads must be >= 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise HRXError(f"--device must be auto, cpu or cuda, not {self.device!r}")
+
+    @property
+    def resume_path(self) -> Path:
+        """The resume state written next to the output: ``model.pt`` -> ``model.resume.pt``."""
+        out = Path(self.output)
+        return out.with_name(out.name.split(".")[0] + ".resume.pt")
+
+    def trajectory(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in TRAJECTORY_FIELDS}
+
+    def command_line(self) -> str:
+        """The ``hrx train`` command that reproduces this run."""
+        defaults = TrainConfig()
+        parts = ["hrx train", f"--arch {self.arch}", f"--scale {self.scale}", f"--steps {self.steps}",
+                 f"--batch {self.batch}", f"--patch {self.patch}", f"--lr {self.lr:g}", f"--seed {self.seed}"]
+        if self.data is not None:
+            parts.append(f"--data {self.data}")
+        for k in TRAJECTORY_FIELDS:
+            if k in ("arch", "scale", "steps", "batch", "patch", "lr", "seed", "data"):
+                continue
+            if getattr(self, k) != getattr(defaults, k):
+                parts.append(f"--{k.replace('_', '-')} {getattr(self, k)}")
+        if self.threads:
+            parts.append(f"--threads {self.threads}")
+        parts.append(f"-o {self.output}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output: Path
+    steps_done: int
+    finished: bool
+    val_rows: list[EvalRow]
+    last_loss: float
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_lr``."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HRXError("--device cuda: no CUDA device is available to torch")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def training_loss(model: nn.Module, lr: torch.Tensor, hr: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward the batch and return the total loss and its parts."""
+    pred = model(lr)
+    parts: dict[str, torch.Tensor] = {"l1": l1_loss(pred, hr)}
+    if cfg.fft_weight:
+        parts["fft"] = cfg.fft_weight * fft_loss(pred, hr)
+    if cfg.ssim_weight:
+        parts["ssim"] = cfg.ssim_weight * (1.0 - ssim(pred, hr))
+    if cfg.moe_weight:
+        parts["moe"] = cfg.moe_weight * moe_balance_loss(model).to(pred.device)
+    total = torch.stack([p.float() for p in parts.values()]).sum()
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    if not path.is_file():
+        raise HRXError(f"{path}: no resume state to continue from (it is written every --ckpt-every steps)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
+        raise HRXError(f"{path}: not a readable resume state ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise HRXError(f"{path}: not an hrx training resume state")
+    saved = state["config"]
+    for k, v in cfg.trajectory().items():
+        if saved.get(k) != v:
+            raise HRXError(f"{path}: --resume with a different {k} ({v!r}; the run was started with {saved.get(k)!r})")
+    return state
+
+
+class _Reporter:
+    """A rich progress bar (loss, val PSNR) on a terminal; plain log lines otherwise."""
+
+    def __init__(self, cfg: TrainConfig, start: int, bar: bool, log: Callable[[str], None] | None) -> None:
+        self.cfg, self.log, self.bar = cfg, log, None
+        self.val = "-"
+        if bar:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}  val PSNR-Y {task.fields[val]}"),
+                                TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=cfg.steps, completed=start, loss="-", val="-")
+
+    def step(self, step: int, loss: float, sec_per_step: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", val=self.val)
+        elif self.log and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
+            self.log(f"step {step}/{self.cfg.steps}  loss {loss:.4f}  lr {lr_at(step - 1, self.cfg):.2e}  "
+                     f"{sec_per_step:.2f} s/step  val PSNR-Y {self.val}")
+
+    def validation(self, step: int, rows: list[EvalRow]) -> None:
+        s = summarize(rows)
+        self.val = f"{s.psnr_model:.2f} ({s.gain:+.2f} vs bicubic)"
+        if self.bar is not None:
+            self.bar.update(self.task, val=self.val)
+        if self.log and self.bar is None:
+            self.log(f"val step {step}: PSNR-Y {s.psnr_model:.3f} dB, bicubic {s.psnr_bicubic:.3f} dB, "
+                     f"gain {s.gain:+.3f} dB, SSIM-Y {s.ssim_model:.4f} (bicubic {s.ssim_bicubic:.4f})")
+        if self.log and step >= max(500, 2 * self.cfg.warmup) and abs(s.gain) < 0.005:
+            self.log(f"warning: at step {step} the model still equals bicubic (gain {s.gain:+.3f} dB); its head "
+                     "may have collapsed (dead activations), try a lower --lr")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _extra(cfg: TrainConfig, split: DataSplit, step: int, rows: list[EvalRow], history: list[list[float]],
+           seconds: float, skipped: list[str]) -> dict[str, Any]:
+    """Training metadata stored in the checkpoint (``hrx models`` reads ``val_psnr*``)."""
+    from hrx import __version__
+
+    s = summarize(rows) if rows else None
+    extra: dict[str, Any] = {
+        "arch": cfg.arch, "scale": cfg.scale, "steps": step, "total_steps": cfg.steps, "seed": cfg.seed,
+        "data": cfg.data or "skimage", "split": split.names(), "skipped_small_images": skipped,
+        "batch": cfg.batch, "patch": cfg.patch, "config": dataclasses.asdict(cfg),
+        "degradation": {"downscale": "bicubic antialias (torch), 8-bit", "blur": cfg.blur, "noise": cfg.noise, "jpeg": cfg.jpeg},
+        "command": cfg.command_line(), "train_seconds": round(seconds, 1), "hrx_version": __version__,
+        "history": history,
+    }
+    if s is not None:
+        extra.update(val_psnr=round(s.psnr_model, 4), val_psnr_bicubic=round(s.psnr_bicubic, 4),
+                     val_ssim=round(s.ssim_model, 5), val_ssim_bicubic=round(s.ssim_bicubic, 5),
+                     val_metric="PSNR/SSIM on Y (BT.601), border = scale, vs bicubic of the bicubic-downscaled input",
+                     val_rows=[r.as_dict() for r in rows])
+    return extra
+
+
+def train(cfg: TrainConfig, progress: bool | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Run (or continue, with ``cfg.resume``) a training. ``progress``: rich bar (default: when
+    stderr is a terminal); ``log``: where plain progress lines go when there is no bar."""
+    import hrx
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    try:
+        model = hrx.create_model(cfg.arch, scale=cfg.scale)
+    except (KeyError, ValueError, TypeError) as e:
+        raise HRXError(str(e).strip("'\"")) from None
+    lr_side = cfg.patch // cfg.scale
+    if cfg.patch % cfg.scale or lr_side % model.size_multiple:
+        raise HRXError(f"--patch {cfg.patch}: patch / scale must be a multiple of {model.size_multiple} for {cfg.arch} "
+                       f"(e.g. --patch {cfg.scale * model.size_multiple * max(1, round(lr_side / model.size_multiple))})")
+
+    records = list_images(cfg.data)
+    split = split_images(records, cfg.seed, cfg.val_fraction)
+    train_imgs = [(r.name, load_image(r.path)) for r in split.train]
+    val_imgs = [(r.name, load_image(r.path)) for r in split.val]
+    deg = Degradation(cfg.scale, cfg.blur, cfg.noise, cfg.jpeg)
+    sampler = PatchSampler(train_imgs, cfg.patch, deg, cfg.seed, min_detail=cfg.min_detail)
+
+    model.to(device)
+    decay = [p for p in model.parameters() if p.ndim > 1]  # conv / linear weights
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases, norms, scales
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+
+    step, seconds = 0, 0.0
+    history: list[list[float]] = []
+    rows: list[EvalRow] = []
+    if cfg.resume:
+        state = _load_state(cfg.resume_path, cfg)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sampler.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        step, history, seconds = int(state["step"]), list(state["history"]), float(state["seconds"])
+    if log:
+        where = "skimage bundled photos" if cfg.data is None else cfg.data
+        n = sum(p.numel() for p in model.parameters())
+        log(f"{cfg.arch} x{cfg.scale} ({n:,} parameters) on {device}; data {where}: "
+            f"{len(split.train)} train images, {len(split.val)} val ({', '.join(r.name for r in split.val)})"
+            + (f"; resuming at step {step}" if cfg.resume else ""))
+
+    def checkpoint(at: int, val_rows: list[EvalRow]) -> None:
+        hrx.save_model(model, cfg.output, extra=_extra(cfg, split, at, val_rows, history, seconds, sampler.skipped))
+        _save_state(cfg.resume_path, {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "step": at, "config": cfg.trajectory(),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(), "data_rng": sampler.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "history": history, "seconds": seconds})
+
+    def validate(at: int) -> list[EvalRow]:
+        # eval draws no random numbers, so validating does not change the training trajectory
+        val_rows = evaluate(model, val_imgs, cfg.scale)
+        s = summarize(val_rows)
+        history.append([at, round(loss_avg, 6), round(s.psnr_model, 4), round(s.psnr_bicubic, 4)])
+        reporter.validation(at, val_rows)
+        return val_rows
+
+    end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
+    reporter = _Reporter(cfg, step, sys.stderr.isatty() if progress is None else progress, log)
+    loss_avg, loss_sum, loss_n = float("nan"), 0.0, 0
+    try:  # Ctrl-C: --resume continues from the last checkpoint (every --ckpt-every steps)
+        while step < end:
+            t0 = time.perf_counter()
+            model.train()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            lr_b, hr_b = sampler.batch(cfg.batch)
+            loss, _ = training_loss(model, lr_b.to(device), hr_b.to(device), cfg)
+            if not torch.isfinite(loss):
+                raise HRXError(f"loss became {float(loss.detach())} at step {step + 1}; lower --lr or --grad-clip")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            dt = time.perf_counter() - t0
+            seconds += dt
+            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+            loss_avg = loss_sum / loss_n
+            reporter.step(step, loss_avg, dt)
+            if step % cfg.log_every == 0:
+                loss_sum, loss_n = 0.0, 0
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                rows = validate(step)
+            if step % cfg.ckpt_every == 0 or step == end:
+                checkpoint(step, rows)
+    finally:
+        reporter.close()
+    if step == cfg.steps and not rows:  # resumed a run that had finished: report its validation again
+        rows = evaluate(model, val_imgs, cfg.scale)
+    return TrainResult(Path(cfg.output), step, step == cfg.steps, rows, loss_avg)
