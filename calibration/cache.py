@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from hrx.errors import HRXError
+from hrx.paths import atomic_write, file_sha256
 
 FORMAT = "hrx-int8-ranges"
 VERSION = 1
@@ -63,31 +63,12 @@ def heldout_for(json_path: Path) -> tuple[Path, Path]:
     return json_path, json_path.with_name(stem + ".heldout.npz")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def images_sha256(files: list[Path], root: Path) -> str:
     """One digest over the images' relative names and contents."""
     h = hashlib.sha256()
     for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0" + file_sha256(p).encode())
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _to8(x: np.ndarray) -> np.ndarray:
@@ -100,13 +81,13 @@ def save(cache: RangesCache, json_path: Path, npz_path: Path) -> None:
     doc = {"format": FORMAT, "version": VERSION, **asdict(cache.key), "images": cache.images,
            "calib_images": cache.calib_images, "held_back_images": cache.held_back_images, "padded": cache.padded,
            "ort": cache.ranges.to_dict()}
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, cls=CalibrationCacheEncoder, indent=1)))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, cls=CalibrationCacheEncoder, indent=1)))
 
     def write_npz(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, lr=_to8(cache.eval_lr), hr=_to8(cache.eval_hr))
 
-    _atomic_write(npz_path, write_npz)
+    atomic_write(npz_path, write_npz)
 
 
 def load(json_path: Path, npz_path: Path) -> RangesCache:

@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from hrx.errors import HRXError
+from hrx.paths import atomic_write
 from hrx.runtime.model_info import ModelInfo
 
 DEFAULT_OPSET = 18
@@ -69,7 +69,8 @@ def check_tile(tile: int, size_multiple: int) -> None:
 
 def _load(checkpoint: str | os.PathLike | nn.Module) -> tuple[nn.Module, str]:
     import hrx
-    from hrx.checkpoint import file_sha256, resolve_checkpoint
+    from hrx.checkpoint import resolve_checkpoint
+    from hrx.paths import file_sha256
 
     if isinstance(checkpoint, nn.Module):
         return checkpoint, ""
@@ -200,14 +201,7 @@ def _atomic_save(model: onnx.ModelProto, output: Path) -> None:
         raise HRXError(f"{output}: output folder {out_dir} does not exist")
     if not os.access(out_dir, os.W_OK):
         raise HRXError(f"{output}: output folder {out_dir} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(output, lambda tmp: onnx.save(model, tmp))
 
 
 def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.PathLike, tile: int = 256, batch: int = 1,

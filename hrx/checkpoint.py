@@ -11,10 +11,8 @@ Bundled model names (``default-x2``, ...) resolve to files shipped in ``hrx/weig
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 from hrx.errors import CheckpointError
+from hrx.paths import atomic_write, file_sha256  # noqa: F401 - file_sha256 is part of this module's API
 
 FORMAT = "hrx-checkpoint"
 FORMAT_VERSION = 1
@@ -49,14 +48,6 @@ def resolve_checkpoint(ref: str | os.PathLike) -> Path:
     raise CheckpointError(f"{ref}: no such checkpoint file or bundled model{hint}")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _version() -> str:
     from hrx import __version__
 
@@ -76,9 +67,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] 
     meta = {"hrx_format": FORMAT, "hrx_arch": arch, "hrx_config": json.dumps(config), "hrx_version": _version(),
             "hrx_extra": json.dumps(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
@@ -86,11 +76,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] 
         else:
             torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "config": config,
                         "hrx_version": meta["hrx_version"], "extra": extra or {}, "state_dict": state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    return atomic_write(path, write)
 
 
 def read_checkpoint(ref: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch import nn
 
 from hrx.data import DataSplit, Degradation, PatchSampler, list_images, load_image, split_images
 from hrx.errors import HRXError
+from hrx.paths import atomic_write
 from hrx.evaluate import EvalRow, evaluate, summarize
 from hrx.losses import fft_loss, l1_loss, moe_balance_loss, ssim
 
@@ -151,14 +150,7 @@ def training_loss(model: nn.Module, lr: torch.Tensor, hr: torch.Tensor, cfg: Tra
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:

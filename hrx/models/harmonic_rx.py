@@ -32,6 +32,7 @@ from hrx.blocks.msg import Downsample, GatedFuse, Upsample
 from hrx.blocks.replk import RepLK
 from hrx.blocks.ssm import SSMixer
 from hrx.blocks.window_attention import WindowAttention
+from hrx.models.base import RestorationModel
 
 
 def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -77,7 +78,7 @@ class HarmonicRXConfig:
             raise ValueError("in_channels and out_channels must be 1, 3 or 4")
 
 
-class HarmonicRX(nn.Module):
+class HarmonicRX(RestorationModel):
     arch_family = "harmonic-rx"
 
     def __init__(self, config: HarmonicRXConfig) -> None:
@@ -107,18 +108,6 @@ class HarmonicRX(nn.Module):
 
     # -- what the deploy tooling reads (spandrel-style descriptor) --
     @property
-    def scale(self) -> int:
-        return self.config.scale
-
-    @property
-    def in_channels(self) -> int:
-        return self.config.in_channels
-
-    @property
-    def out_channels(self) -> int:
-        return int(self.config.out_channels)
-
-    @property
     def size_multiple(self) -> int:
         """Input sides must be multiples of this: /2 stem, /2 down, then whole attention windows."""
         return 4 * self.config.window
@@ -131,9 +120,7 @@ class HarmonicRX(nn.Module):
         return self.size_multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.size_multiple
-        if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(f"input sides {tuple(x.shape[-2:])} must be multiples of size_multiple={m}; pad first")
+        self.check_input(x)
         f0 = self.stem(x)  # [B, C, H/2, W/2]
         f1 = self.stage1(f0)
         lf, hf = self.freq(f1)
@@ -148,8 +135,3 @@ class HarmonicRX(nn.Module):
         y = self.stage3(y)
         out = self.head(y)  # [B, out, H*s, W*s]
         return out + match_channels(self.residual(x), out.shape[1])
-
-    def aux_loss(self) -> torch.Tensor:
-        """MoE load-balancing loss of the last training forward (0 in eval)."""
-        losses = [m.aux_loss for m in self.modules() if isinstance(m, DetailMoE) and m.aux_loss is not None]
-        return torch.stack(losses).sum() if losses else torch.zeros(())

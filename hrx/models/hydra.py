@@ -40,6 +40,7 @@ from hrx.blocks.msg import Downsample, GatedFuse, Upsample
 from hrx.blocks.noise import NoiseInjection
 from hrx.blocks.summary_tokens import GlobalSummaryTokens
 from hrx.blocks.upscale_head import UpscaleHead
+from hrx.models.base import RestorationModel
 from hrx.models.harmonic_rx import match_channels
 from hrx.registry import register_model
 
@@ -174,7 +175,7 @@ class HFRefiner(nn.Module):
         return self.blocks(self.context(hf, structure))
 
 
-class HydraFusionIR(nn.Module):
+class HydraFusionIR(RestorationModel):
     arch_family = "hydra-fusion-ir"
 
     def __init__(self, config: HydraConfig) -> None:
@@ -195,18 +196,6 @@ class HydraFusionIR(nn.Module):
         self.prompt_folded = False  # set by fuse(): the routers hold the prompt
 
     # -- what the deploy tooling reads (spandrel-style descriptor) --
-    @property
-    def scale(self) -> int:
-        return self.config.scale
-
-    @property
-    def in_channels(self) -> int:
-        return self.config.in_channels
-
-    @property
-    def out_channels(self) -> int:
-        return int(self.config.out_channels)
-
     @property
     def size_multiple(self) -> int:
         """Input sides must be multiples of this: whole attention windows at every attention scale,
@@ -258,9 +247,7 @@ class HydraFusionIR(nn.Module):
         return p.reshape(-1, self.config.prompt_dim).expand(x.shape[0], -1)
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
-        m = self.size_multiple
-        if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(f"input sides {tuple(x.shape[-2:])} must be multiples of size_multiple={m}; pad first")
+        self.check_input(x)
         p = self._condition(x, prompt)  # [B, P] or None
         f0 = self.stem(x)  # [B, C, H, W]
         lf, hf = self.freq_gate(f0)  # [B, C, H, W] each
@@ -276,11 +263,6 @@ class HydraFusionIR(nn.Module):
         z = self.band_fuse(y, hf)  # AdaptiveGate([LF, HF])
         out = self.head(z)  # [B, out, H*s, W*s]
         return out + match_channels(self.residual(x), out.shape[1])
-
-    def aux_loss(self) -> torch.Tensor:
-        """MoE load-balancing loss of the last training forward (0 in eval)."""
-        losses = [m.aux_loss for m in self.modules() if isinstance(m, SparseMoE) and m.aux_loss is not None]
-        return torch.stack(losses).sum() if losses else torch.zeros(())
 
     @torch.no_grad()
     def fuse(self) -> None:

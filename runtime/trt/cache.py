@@ -12,18 +12,15 @@ cannot run and the command that rebuilds it. :func:`cached_engine_for` names the
 """
 from __future__ import annotations
 
-from hrx.paths import cache_root  # noqa: F401 - part of this module's API
-
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hrx.errors import HRXError
+from hrx.paths import atomic_write, cache_root, file_sha256  # noqa: F401 - cache_root, file_sha256: this module's API
 from hrx.runtime.model_info import ModelInfo
 from hrx.runtime.trt.env import GpuInfo
 
@@ -102,14 +99,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
@@ -118,14 +107,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write through a temporary file in the same folder, so no half-written file is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_record(engine_path: str | os.PathLike, record: EngineRecord) -> Path:

@@ -1,0 +1,41 @@
+"""What every HRX architecture tells the deploy tooling (a spandrel-style descriptor), once.
+
+Subclasses hold a ``config`` dataclass with ``scale``, ``in_channels`` and ``out_channels`` and
+define ``size_multiple`` and ``tile_overlap`` from their own structure.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hrx.blocks.moe import SparseMoE
+
+
+class RestorationModel(nn.Module):
+    config: object
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @property
+    def in_channels(self) -> int:
+        return self.config.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.config.out_channels)
+
+    @property
+    def size_multiple(self) -> int:  # pragma: no cover - every architecture defines it
+        raise NotImplementedError
+
+    def check_input(self, x: torch.Tensor) -> None:
+        m = self.size_multiple
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f"input sides {tuple(x.shape[-2:])} must be multiples of size_multiple={m}; pad first")
+
+    def aux_loss(self) -> torch.Tensor:
+        """MoE load-balancing loss of the last training forward (0 in eval)."""
+        losses = [m.aux_loss for m in self.modules() if isinstance(m, SparseMoE) and m.aux_loss is not None]
+        return torch.stack(losses).sum() if losses else torch.zeros(())
