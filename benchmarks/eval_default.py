@@ -34,6 +34,20 @@ def validation_images(extra: dict) -> list[tuple[str, torch.Tensor]]:
     return [(n, load_image(by_name[n].path)) for n in names]
 
 
+def training_command(extra: dict) -> str | None:
+    """The ``hrx train`` command, rebuilt from the full config recorded in the checkpoint (the stored
+    ``command`` string leaves out options that had their default value at the time)."""
+    import dataclasses
+
+    from hrx.train import TrainConfig
+
+    config = extra.get("config")
+    if not isinstance(config, dict):
+        return extra.get("command")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in config.items() if k in fields}).command_line()
+
+
 def before_after(model: torch.nn.Module, name: str, hr: torch.Tensor, scale: int, path: Path, box: int = 128) -> None:
     """Save ``bicubic | HRX | original`` of the most detailed ``box`` x ``box`` crop, enlarged 2x (nearest)."""
     from PIL import Image, ImageDraw
@@ -80,8 +94,9 @@ def main() -> None:
         print(f"\n### {ref}: {arch} x{model.scale}, {n:,} parameters, {extra.get('steps', '?')} steps, "
               f"seed {extra.get('seed', '?')}, data {extra.get('data', '?')} ({time.perf_counter() - t:.1f} s)\n")
         print(format_table(rows))
-        if extra.get("command"):
-            print(f"\ntrained with: `{extra['command']}`")
+        command = training_command(extra)
+        if command:
+            print(f"\ntrained with: `{command}`")
         if i == 0 and args.figure is not None:
             chosen = [im for im in images if im[0] == args.figure_image] if args.figure_image else images
             if not chosen:

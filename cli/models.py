@@ -19,8 +19,8 @@ def models() -> None:
     bundled = bundled_models()
     typer.echo("bundled models:" if bundled else "bundled models: none")
     for name, path in bundled.items():
-        arch, config, state, extra = read_checkpoint(path)
-        n = sum(t.numel() for t in state.values())
+        arch, config, _, extra = read_checkpoint(path)
+        n = sum(p.numel() for p in hrx.load_model(path).parameters())  # parameters, not BN buffers
         val = extra.get("val_psnr")
         val_s = f", val PSNR {val:.2f} dB (bicubic {extra.get('val_psnr_bicubic', float('nan')):.2f})" if val else ""
         typer.echo(f"  {name:12s} {arch}, x{config['scale']}, {n:,} parameters{val_s}")
