@@ -87,14 +87,11 @@ def check_model(path: Path):
     import onnx
 
     from hrx.calibration.graph import is_quantized
-    from hrx.runtime.model_info import ModelInfo
+    from hrx.runtime.model_info import ModelInfo, load_onnx
 
     if not path.is_file():
         raise HRXError(f"{path}: no such ONNX file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
-        raise HRXError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    model = load_onnx(path)
     reason = is_quantized(model)
     if reason:
         raise HRXError(f"{path}: already quantized ({reason}); calibrate the FP32 export from `hrx export`")

@@ -55,10 +55,15 @@ class ModelInfo:
     @classmethod
     def from_onnx(cls, path: str | os.PathLike) -> "ModelInfo":
         """Read the metadata of an ONNX file without loading its weights."""
-        import onnx
-
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
-            raise HRXError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+        model = load_onnx(path, load_external_data=False)
         return cls.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+
+
+def load_onnx(path: str | os.PathLike, **kwargs):
+    """``onnx.load`` with a one-line :class:`HRXError` naming the file when it is not ONNX."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), **kwargs)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise HRXError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None

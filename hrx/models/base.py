@@ -11,6 +11,16 @@ from torch import nn
 from hrx.blocks.moe import SparseMoE
 
 
+def check_io_config(cfg) -> None:
+    """Shared config rules: out_channels defaults to in_channels; scale 1-4; channels 1, 3 or 4."""
+    if cfg.out_channels is None:
+        cfg.out_channels = cfg.in_channels
+    if cfg.scale not in (1, 2, 3, 4):
+        raise ValueError(f"scale must be 1, 2, 3 or 4, not {cfg.scale}")
+    if cfg.in_channels not in (1, 3, 4) or cfg.out_channels not in (1, 3, 4):
+        raise ValueError("in_channels and out_channels must be 1, 3 or 4")
+
+
 class RestorationModel(nn.Module):
     config: object
 

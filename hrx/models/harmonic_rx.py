@@ -32,7 +32,7 @@ from hrx.blocks.msg import Downsample, GatedFuse, Upsample
 from hrx.blocks.replk import RepLK
 from hrx.blocks.ssm import SSMixer
 from hrx.blocks.window_attention import WindowAttention
-from hrx.models.base import RestorationModel
+from hrx.models.base import RestorationModel, check_io_config
 
 
 def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -70,12 +70,7 @@ class HarmonicRXConfig:
 
     def __post_init__(self) -> None:
         self.depths = tuple(self.depths)
-        if self.out_channels is None:
-            self.out_channels = self.in_channels
-        if self.scale not in (1, 2, 3, 4):
-            raise ValueError(f"scale must be 1, 2, 3 or 4, not {self.scale}")
-        if self.in_channels not in (1, 3, 4) or self.out_channels not in (1, 3, 4):
-            raise ValueError("in_channels and out_channels must be 1, 3 or 4")
+        check_io_config(self)
 
 
 class HarmonicRX(RestorationModel):

@@ -40,7 +40,7 @@ from hrx.blocks.msg import Downsample, GatedFuse, Upsample
 from hrx.blocks.noise import NoiseInjection
 from hrx.blocks.summary_tokens import GlobalSummaryTokens
 from hrx.blocks.upscale_head import UpscaleHead
-from hrx.models.base import RestorationModel
+from hrx.models.base import RestorationModel, check_io_config
 from hrx.models.harmonic_rx import match_channels
 from hrx.registry import register_model
 
@@ -71,12 +71,7 @@ class HydraConfig:
     def __post_init__(self) -> None:
         for name in ("enc_depths", "dec_depths", "heads", "attention_stages", "moe_stages"):
             setattr(self, name, tuple(getattr(self, name)))
-        if self.out_channels is None:
-            self.out_channels = self.in_channels
-        if self.scale not in (1, 2, 3, 4):
-            raise ValueError(f"scale must be 1, 2, 3 or 4, not {self.scale}")
-        if self.in_channels not in (1, 3, 4) or self.out_channels not in (1, 3, 4):
-            raise ValueError("in_channels and out_channels must be 1, 3 or 4")
+        check_io_config(self)
         n = len(self.enc_depths)
         if n < 1 or len(self.dec_depths) != n or len(self.heads) != n:
             raise ValueError("enc_depths, dec_depths and heads need one entry per scale")

@@ -334,6 +334,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     import onnx
 
     from hrx import __version__
+    from hrx.runtime.model_info import load_onnx
     from hrx.runtime.trt import ops as trt_ops
     from hrx.runtime.trt.env import require_gpu, require_tensorrt
     from hrx.runtime.trt.plugins import plugin_nodes, register_plugins, strip_plugin_functions
@@ -349,10 +350,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
         raise HRXError(f"{out}: the engine would overwrite the ONNX file; choose another -o")
     if out.is_dir():
         raise HRXError(f"{out}: is a folder; give -o an engine file name")
-    try:
-        model = onnx.load(str(src))
-    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
-        raise HRXError(f"{src}: not a readable ONNX file ({type(e).__name__})") from None
+    model = load_onnx(src)
     qdq = is_qdq(model)
     precision, notes = resolve_precision(opts, qdq)
     hrx_nodes = {n.name: n.op_type for n in plugin_nodes(model)}
