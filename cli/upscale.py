@@ -1,6 +1,7 @@
 """``hrx upscale``: upscale files and folders of images with an ONNX / TensorRT engine or a checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import sys
@@ -57,7 +58,10 @@ def upscale(
     alpha: Annotated[AlphaChoice, typer.Option("--alpha", help="Alpha channel with a model that has none: bicubic, or through the model as gray (twice the work).")] = AlphaChoice.bicubic,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip images whose output already exists (resume a batch).")] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels than this (decompression bombs, memory).")] = 50_000_000,
-    threads: Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime intra-op threads (0: one per core).")] = 0,
+    device: Annotated[Optional[int], typer.Option("--device", min=0, help="CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch).")] = None,
+    devices: Annotated[Optional[str], typer.Option("--devices", help="Several CUDA devices, e.g. 0,1: one worker per device, all taking images from one queue.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="CPU: sessions working through the images at once; --threads is split between them.")] = 1,
+    threads: Annotated[int, typer.Option("--threads", min=0, help="CPU intra-op threads in all (0: every core this process may use).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, backend line or summary; errors only.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report here ('-': stdout).")] = None,
 ) -> None:
@@ -67,26 +71,41 @@ def upscale(
     """
     from hrx.runtime.factory import DEFAULT_MODEL, BackendRequest, open_backend
     from hrx.runtime.images import configure_pillow
-    from hrx.runtime.pipeline import BatchOptions, plan_jobs, run_batch
+    from hrx.runtime.pipeline import BatchOptions, check_inputs, plan_jobs
+    from hrx.runtime.pool import open_pool, parse_devices, plan_workers, run_pool
     from hrx.runtime.tiling import TileSpec
 
+    if device is not None and devices is not None:
+        raise fail("pass either --device or --devices, not both")
+    device_list = parse_devices(devices) if devices is not None else ([device] if device is not None else None)
+    pool = plan_workers(device_list, workers, threads)
     jobs = plan_jobs(inputs, output, fmt.value, recursive)
+    check_inputs(jobs, output)  # before any model work (a first run exports the bundled model: slow)
     configure_pillow(max_pixels)
     log = None if quiet else (lambda line: typer.echo(line, err=True))
-    runner = open_backend(BackendRequest(engine, model, backend.value, tile, batch, threads, log))
+    request = BackendRequest(engine, model, backend.value, tile, batch, 0, log)
+    runners = open_pool(lambda w: open_backend(dataclasses.replace(
+        request, device=w.device if w.kind == "cuda" else None, threads=w.threads)), pool)
+
+    def spec_for(runner) -> TileSpec:
+        i = runner.info
+        return TileSpec(tile=i.tile, overlap=i.tile_overlap if overlap is None else overlap, scale=i.scale,
+                        size_multiple=i.size_multiple, batch=i.batch, merge=merge.value)
+
     try:
-        info = runner.info
-        spec = TileSpec(tile=info.tile, overlap=info.tile_overlap if overlap is None else overlap, scale=info.scale,
-                        size_multiple=info.size_multiple, batch=info.batch, merge=merge.value)
+        info, spec = runners[0].info, spec_for(runners[0])
         source = engine or model or f"bundled {DEFAULT_MODEL}"
+        where = f", {len(pool)} workers ({', '.join(w.label for w in pool)})" if len(pool) > 1 else ""
         if not quiet:
-            typer.echo(f"backend: {runner.name} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
-                       f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge})", err=True)
+            typer.echo(f"backend: {runners[0].name} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
+                       f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge}{where})",
+                       err=True)
         options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value)
         with _Progress(len(jobs), enabled=not quiet and is_interactive()) as progress:
-            report = run_batch(runner, jobs, spec, options, progress)
+            report = run_pool(runners, pool, jobs, spec_for, options, progress)
     finally:
-        runner.close()
+        for runner in runners:
+            runner.close()
     summary = report.to_dict()
     summary.update(model=str(source), tile=spec.tile, overlap=spec.tile - spec.stride, merge=spec.merge)
     if json_path is not None:
@@ -94,7 +113,7 @@ def upscale(
     if not quiet:
         typer.echo(f"{summary['done']} done, {summary['failed']} failed, {summary['skipped']} skipped in "
                    f"{report.seconds:.1f} s: {summary['input_megapixels_per_second']:.3f} MP/s in, "
-                   f"{report.output_megapixels / max(report.seconds, 1e-9):.2f} MP/s out, backend {runner.name}",
+                   f"{report.output_megapixels / max(report.seconds, 1e-9):.2f} MP/s out, backend {report.backend}",
                    err=True)
     if summary["failed"]:
         raise fail(f"{summary['failed']} of {len(jobs)} images failed")

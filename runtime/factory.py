@@ -29,7 +29,8 @@ class BackendRequest:
     backend: str = "auto"
     tile: int | None = None  # PyTorch only: engines have a static tile
     batch: int | None = None  # PyTorch only
-    threads: int = 0  # ONNX Runtime intra-op threads (0: its default)
+    threads: int = 0  # CPU intra-op threads, ONNX Runtime and PyTorch (0: the library's default)
+    device: int | None = None  # CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch); None: the current one
     log: Callable[[str], None] | None = None  # progress lines of slow steps (TensorRT engine build)
 
 
@@ -46,6 +47,8 @@ def open_backend(request: BackendRequest) -> Backend:
         raise HRXError("pass either --engine or --model, not both")
     if request.model is not None:
         return _open_checkpoint(request)
+    if request.device is not None and request.backend == "onnxrt-cpu":
+        raise HRXError("--device/--devices choose CUDA devices; --backend onnxrt-cpu runs on the CPU (--workers, --threads)")
     engine = Path(request.engine)
     if not engine.is_file():
         raise HRXError(f"{engine}: no such engine file")
@@ -58,7 +61,7 @@ def open_backend(request: BackendRequest) -> Backend:
     if suffix in ENGINE_SUFFIXES:
         if request.backend not in ("auto", "trt"):
             raise HRXError(f"{engine}: a TensorRT engine runs only with --backend trt (or auto)")
-        return _open_tensorrt(engine)
+        return _open_tensorrt(engine, device=request.device)
     raise HRXError(f"{engine}: unknown engine type {suffix or '(no suffix)'}; expected .onnx, .engine or .plan")
 
 
@@ -91,18 +94,28 @@ def _open_onnx(path: Path, request: BackendRequest) -> Backend:
     if request.backend == "torch":
         raise HRXError(f"{path}: --backend torch cannot run an ONNX file; pass the checkpoint with --model")
     if request.backend == "trt":  # builds the engine into the user cache on first use (minutes), then reuses it
-        return _open_tensorrt(path, from_onnx=True, log=request.log)
+        return _open_tensorrt(path, from_onnx=True, log=request.log, device=request.device)
+    cuda_device = request.device or 0
     if request.backend == "onnxrt-cuda":
-        return OnnxRuntimeBackend(path, "cuda", request.threads)
+        return OnnxRuntimeBackend(path, "cuda", request.threads, cuda_device)
     if request.backend == "auto" and cuda_available():
         try:
-            return OnnxRuntimeBackend(path, "cuda", request.threads)
+            return OnnxRuntimeBackend(path, "cuda", request.threads, cuda_device)
         except MissingDependencyError:  # the CUDA provider is installed but cannot start: CPU it is
-            pass
+            if request.device is not None:
+                raise
+    if request.device is not None:
+        raise MissingDependencyError(f"--device {request.device}: this onnxruntime has no CUDA provider "
+                                     "(install onnxruntime-gpu); without --device it runs on the CPU")
     return OnnxRuntimeBackend(path, "cpu", request.threads)
 
 
-def _open_tensorrt(path: Path, from_onnx: bool = False, log: Callable[[str], None] | None = None) -> Backend:
+def _open_tensorrt(path: Path, from_onnx: bool = False, log: Callable[[str], None] | None = None,
+                   device: int | None = None) -> Backend:
+    if device is not None:  # TensorRTBackend runs on the calling thread's current CUDA device
+        from hrx.runtime.pool import bind_cuda_device
+
+        bind_cuda_device(device)
     try:
         from hrx.runtime.trt.backend import TensorRTBackend
     except ImportError as e:  # the backend raises MissingDependencyError itself when tensorrt is missing
@@ -122,5 +135,12 @@ def _open_checkpoint(request: BackendRequest) -> Backend:
     path = resolve_checkpoint(request.model)
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if request.device is not None:
+        if not torch.cuda.is_available():
+            raise MissingDependencyError(f"--device {request.device}: PyTorch has no CUDA device here")
+        device = f"cuda:{request.device}"
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and request.threads:
+            torch.set_num_threads(request.threads)  # process-wide: CPU workers share one pool of threads
     return TorchBackend(os.fspath(path), tile=request.tile or DEFAULT_TILE, batch=request.batch or 1, device=device)

@@ -55,7 +55,7 @@ def create_session(path: str | os.PathLike, providers: Sequence[Any] | None = No
 class OnnxRuntimeBackend:
     """Runs an HRX ONNX export (static input ``[batch, C, tile, tile]``) on ONNX Runtime."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0, device_id: int = 0) -> None:
         import onnxruntime as ort
 
         if device not in ("cpu", "cuda"):
@@ -65,7 +65,9 @@ class OnnxRuntimeBackend:
                                          "and a CUDA runtime), or use --backend onnxrt-cpu")
         self.path = Path(path)
         self.info = ModelInfo.from_onnx(self.path)
-        self.session = create_session(self.path, [CUDA, CPU] if device == "cuda" else [CPU], threads=threads)
+        providers = [(CUDA, {"device_id": device_id}), CPU] if device == "cuda" else [CPU]
+        self.session = create_session(self.path, providers, threads=threads)
+        self.device_id = device_id
         if device == "cuda" and self.session.get_providers()[0] != CUDA:
             raise MissingDependencyError(f"{self.path}: ONNX Runtime could not start CUDA (libraries missing?); "
                                          "use --backend onnxrt-cpu")
@@ -85,7 +87,8 @@ class OnnxRuntimeBackend:
         if device == "cuda":
             self._binding = self.session.io_binding()
             out_type = np.float16 if out.type == "tensor(float16)" else np.float32
-            self._device_out = ort.OrtValue.ortvalue_from_shape_and_type(self.output_shape, out_type, "cuda", 0)
+            self._device_out = ort.OrtValue.ortvalue_from_shape_and_type(self.output_shape, out_type, "cuda",
+                                                                         device_id)
             self._binding.bind_ortvalue_output(self._output, self._device_out)
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
@@ -97,7 +100,8 @@ class OnnxRuntimeBackend:
         else:
             import onnxruntime as ort
 
-            self._binding.bind_ortvalue_input(self._input, ort.OrtValue.ortvalue_from_numpy(tiles, "cuda", 0))
+            value = ort.OrtValue.ortvalue_from_numpy(tiles, "cuda", self.device_id)
+            self._binding.bind_ortvalue_input(self._input, value)
             self.session.run_with_iobinding(self._binding)
             out = self._device_out.numpy()
         return np.asarray(out, dtype=np.float32)

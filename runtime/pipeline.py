@@ -61,6 +61,7 @@ class ImageResult:
     out_height: int = 0
     tiles: int = 0
     seconds: float = 0.0
+    worker: str = ""  # which backend ran it, with several (``cuda:1``, ``cpu:0``)
 
 
 @dataclass
@@ -168,6 +169,22 @@ def plan_jobs(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, f
     return jobs
 
 
+def check_inputs(jobs: Sequence[Job], out_dir: str | os.PathLike) -> None:
+    """Fail before any model work when no input can be read, or the output folder cannot be made or
+    written (a few unusable inputs among good ones fail one by one in the batch instead)."""
+    bad = [j for j in jobs if j.error is not None]
+    if bad and len(bad) == len(jobs):
+        first = f"{bad[0].source}: {bad[0].error}"
+        raise HRXError(first if len(bad) == 1 else f"none of the {len(bad)} inputs exists ({first}, ...)")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HRXError(f"{out_dir}: cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise HRXError(f"{out_dir}: the output folder is not writable")
+
+
 def _check_outputs(jobs: list[Job]) -> None:
     seen: dict[Path, Path] = {}
     sources = {p.resolve() for p in (j.source for j in jobs)}
@@ -267,24 +284,44 @@ def run_batch(backend: Backend, jobs: Sequence[Job], spec: TileSpec, options: Ba
               progress: Progress | None = None) -> BatchReport:
     """Upscale every job; a failing image is recorded (``status="failed"``) and the batch goes on.
 
-    Interrupting (Ctrl-C) lets the image being written finish or vanish, never a partial file."""
+    Interrupting (Ctrl-C) lets the image being written finish or vanish, never a partial file.
+    Several backends (devices, CPU workers) sharing one queue: :func:`hrx.runtime.pool.run_pool`."""
     progress = progress or NoProgress()
     report = BatchReport(backend.name)
     started = time.perf_counter()
+    record = lambda result: _finish(report, progress, result)  # noqa: E731
+    todo = skip_existing(jobs, options, record)
+    pending = iter(todo)
+    run_stream(backend, lambda: next(pending, None), spec, options, progress, record)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def skip_existing(jobs: Sequence[Job], options: BatchOptions, record: Callable[[ImageResult], None]) -> list[Job]:
+    """The jobs to run; with ``options.skip_existing``, those whose output exists are recorded as skipped."""
     todo: list[Job] = []
     for job in jobs:
         if options.skip_existing and job.output.exists():
-            _finish(report, progress, ImageResult(str(job.source), str(job.output), "skipped", "output exists"))
+            record(ImageResult(str(job.source), str(job.output), "skipped", "output exists"))
         else:
             todo.append(job)
+    return todo
+
+
+def run_stream(backend: Backend, next_job: Callable[[], Job | None], spec: TileSpec, options: BatchOptions,
+               progress: Progress, record: Callable[[ImageResult], None], worker: str = "") -> None:
+    """Upscale jobs taken from ``next_job`` (``None``: no more) with ``backend`` until there are none left,
+    decoding the next and encoding the previous on two threads; every result goes to ``record``."""
     with ThreadPoolExecutor(1, thread_name_prefix="hrx-decode") as decoder, \
             ThreadPoolExecutor(1, thread_name_prefix="hrx-encode") as encoder:
-        next_picture: Future | None = decoder.submit(_decode, todo[0], options) if todo else None
+        job = next_job()
+        next_picture: Future | None = decoder.submit(_decode, job, options) if job is not None else None
         writing: tuple[Future, ImageResult] | None = None
-        for k, job in enumerate(todo):
-            current, next_picture = next_picture, (decoder.submit(_decode, todo[k + 1], options)
-                                                   if k + 1 < len(todo) else None)
-            result = ImageResult(str(job.source), str(job.output), "failed")
+        while job is not None:
+            following = next_job()
+            current, next_picture = next_picture, (decoder.submit(_decode, following, options)
+                                                   if following is not None else None)
+            result = ImageResult(str(job.source), str(job.output), "failed", worker=worker)
             t0 = time.perf_counter()
             try:
                 picture, current = current.result(), None  # the future must not keep the picture alive
@@ -292,17 +329,17 @@ def run_batch(backend: Backend, jobs: Sequence[Job], spec: TileSpec, options: Ba
                 del picture
             except (HRXError, MemoryError) as e:
                 result.reason = str(e) if isinstance(e, HRXError) else f"{job.source}: out of memory"
-                _finish(report, progress, result)
+                record(result)
+                job = following
                 continue
             result.seconds = time.perf_counter() - t0
             if writing is not None:
-                _collect(report, progress, *writing)
+                _collect(record, *writing)
             writing = (encoder.submit(_encode, upscaled, job, options), result)
             del upscaled
+            job = following
         if writing is not None:
-            _collect(report, progress, *writing)
-    report.seconds = time.perf_counter() - started
-    return report
+            _collect(record, *writing)
 
 
 def _upscale_one(backend: Backend, picture: Picture, spec: TileSpec, options: BatchOptions, job: Job,
@@ -327,7 +364,7 @@ def _upscale_one(backend: Backend, picture: Picture, spec: TileSpec, options: Ba
     return upscaled
 
 
-def _collect(report: BatchReport, progress: Progress, future: Future, result: ImageResult) -> None:
+def _collect(record: Callable[[ImageResult], None], future: Future, result: ImageResult) -> None:
     t0 = time.perf_counter()
     try:
         future.result()
@@ -335,7 +372,7 @@ def _collect(report: BatchReport, progress: Progress, future: Future, result: Im
     except HRXError as e:
         result.reason = str(e)
     result.seconds += time.perf_counter() - t0
-    _finish(report, progress, result)
+    record(result)
 
 
 def _finish(report: BatchReport, progress: Progress, result: ImageResult) -> None:

@@ -125,3 +125,21 @@ def test_cli_import_stays_light():
             "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'tensorrt', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_inputs_and_output_folder_are_checked_before_any_model_work(tmp_path, monkeypatch):
+    import hrx.runtime.factory as factory
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the backend was opened before the inputs were checked")
+
+    monkeypatch.setattr(factory, "open_backend", no_model)
+    monkeypatch.setattr(factory, "default_engine", no_model)
+    result = runner.invoke(app, ["upscale", str(tmp_path / "missing"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'}: no such file or folder"]
+    _photo(8, 8).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "file" / "out")])
+    assert result.exit_code == 1 and "cannot create the output folder" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -1,0 +1,181 @@
+"""Several backends working through one queue of images: one per CUDA device (``--devices 0,1``) or
+several CPU sessions (``--workers K``), each on its own thread, writing one report.
+
+Every worker is a :func:`hrx.runtime.pipeline.run_stream`: it takes the next job from the shared queue,
+so a fast device takes more images than a slow one and no image is taken twice. Backends are opened on
+the calling thread before any image work, so a device that cannot start fails the command at once.
+ONNX Runtime, TensorRT and PyTorch release the GIL while they compute, so threads are enough.
+
+CPU: ``threads`` intra-op threads in all (default: every core this process may use), split evenly
+between ``workers`` sessions; one session with all cores is best for latency, several for throughput on
+many small images (see the README's runtime benchmark).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from hrx.errors import HRXError
+from hrx.runtime.backend import Backend
+from hrx.runtime.pipeline import (BatchOptions, BatchReport, ImageResult, Job, NoProgress, Progress, run_stream,
+                                  skip_existing)
+from hrx.runtime.tiling import TileSpec
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One slot of the pool: ``device`` is a CUDA index (``kind="cuda"``) or the CPU worker's number."""
+
+    kind: str  # "cuda" or "cpu"
+    device: int
+    threads: int = 0  # CPU: intra-op threads of this worker's session (0: the backend's default)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.device}"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_devices(text: str) -> list[int]:
+    """``"0,1"`` -> ``[0, 1]``; raises :class:`HRXError` on anything else (negative, repeated, empty)."""
+    try:
+        devices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise HRXError(f"--devices {text!r}: expected CUDA device numbers separated by commas, e.g. 0,1") from None
+    if not devices or any(d < 0 for d in devices) or len(set(devices)) != len(devices):
+        raise HRXError(f"--devices {text!r}: expected distinct CUDA device numbers >= 0, e.g. 0,1")
+    return devices
+
+
+def plan_workers(devices: Sequence[int] | None, workers: int = 1, threads: int = 0) -> list[Worker]:
+    """The pool for the CLI flags: one worker per CUDA device when ``devices`` is given, else ``workers``
+    CPU workers sharing ``threads`` intra-op threads (0: all cores), at least one each."""
+    if workers < 1:
+        raise HRXError(f"--workers must be >= 1, not {workers}")
+    if devices:
+        if workers != 1:
+            raise HRXError("--workers applies to the CPU; with --device/--devices there is one worker per device")
+        return [Worker("cuda", d) for d in devices]
+    total = max(threads or available_cores(), workers)  # at least one thread per worker
+    share = [total // workers + (k < total % workers) for k in range(workers)]
+    return [Worker("cpu", k, share[k]) for k in range(workers)]
+
+
+def bind_cuda_device(device: int) -> None:
+    """Make ``device`` the current CUDA device of the calling thread (TensorRT and PyTorch use it)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device)
+
+
+class _LockedProgress:
+    """Progress calls from several workers, one at a time."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner, self.lock = inner, threading.Lock()
+
+    def start_image(self, job, tiles: int) -> None:
+        with self.lock:
+            self.inner.start_image(job, tiles)
+
+    def advance_tiles(self, n: int) -> None:
+        with self.lock:
+            self.inner.advance_tiles(n)
+
+    def finish_image(self, result: ImageResult) -> None:
+        with self.lock:
+            self.inner.finish_image(result)
+
+
+def open_pool(open_one: Callable[[Worker], Backend], workers: Sequence[Worker]) -> list[Backend]:
+    """Open one backend per worker, in order, on this thread; closes the opened ones if one fails."""
+    backends: list[Backend] = []
+    try:
+        for w in workers:
+            if w.kind == "cuda":
+                bind_cuda_device(w.device)
+            backends.append(open_one(w))
+    except BaseException:
+        for b in backends:
+            b.close()
+        raise
+    return backends
+
+
+def run_pool(backends: Sequence[Backend], workers: Sequence[Worker], jobs: Sequence[Job],
+             spec_for: Callable[[Backend], TileSpec], options: BatchOptions = BatchOptions(),
+             progress: Progress | None = None) -> BatchReport:
+    """Upscale ``jobs`` with ``backends[k]`` on thread k (``workers[k]`` names it), all taking jobs from
+    one queue; one report, results in the jobs' order, each with the worker that ran it.
+
+    The first error that is not a per-image one (Ctrl-C, a backend crash) stops every worker after its
+    current image and is raised here."""
+    if len(backends) != len(workers) or not backends:
+        raise ValueError("run_pool needs one backend per worker, and at least one")
+    progress = _LockedProgress(progress or NoProgress())
+    names = sorted({b.name for b in backends})
+    label = names[0] if len(names) == 1 else "+".join(names)
+    report = BatchReport(label if len(backends) == 1 else f"{label} x{len(backends)} "
+                         f"({', '.join(w.label for w in workers)})")
+    started = time.perf_counter()
+    lock = threading.Lock()
+    results: list[ImageResult] = []
+
+    def record(result: ImageResult) -> None:
+        with lock:
+            results.append(result)
+        progress.finish_image(result)
+
+    todo = skip_existing(jobs, options, record)
+    pending = iter(todo)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def next_job() -> Job | None:
+        if stop.is_set():
+            return None
+        with lock:
+            return next(pending, None)
+
+    def work(backend: Backend, worker: Worker) -> None:
+        try:
+            if worker.kind == "cuda":
+                bind_cuda_device(worker.device)
+            run_stream(backend, next_job, spec_for(backend), options, progress, record, worker.label)
+        except BaseException as e:  # noqa: BLE001 - handed to the calling thread below
+            stop.set()
+            with lock:
+                failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(b, w), name=f"hrx-{w.label}", daemon=True)
+               for b, w in zip(backends, workers)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)  # a short join keeps Ctrl-C deliverable to this thread
+    except BaseException:
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
+    if failures:
+        raise failures[0]
+    order = {str(j.source): k for k, j in enumerate(jobs)}
+    report.results = sorted(results, key=lambda r: order.get(r.source, len(order)))
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,149 @@
+"""Worker pool: several backends (fake CUDA devices, CPU sessions) sharing one queue, one report."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import hrx.runtime.pipeline as pipeline
+from hrx.cli.main import app
+from hrx.errors import HRXError
+from hrx.runtime.model_info import ModelInfo
+from hrx.runtime.pipeline import plan_jobs, run_batch
+from hrx.runtime.pool import Worker, open_pool, parse_devices, plan_workers, run_pool
+from hrx.runtime.tiling import TileSpec
+from test_runtime_support import write_toy
+
+RNG = np.random.default_rng(0)
+
+
+class FakeDeviceBackend:
+    """A stand-in for one CUDA device: a fixed per-channel x2 model (not nearest: outputs differ by input)
+    whose first call waits until every device has started an image, so each one is sure to get work."""
+
+    name = "fake-cuda"
+
+    def __init__(self, device: int, started: threading.Barrier) -> None:
+        self.device, self.started, self.first = device, started, True
+        self.info = ModelInfo("fake", 2, 3, 3, 8, 2, 4, 4)
+        self.tiles = 0
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        if self.first:
+            self.first = False
+            self.started.wait(timeout=30)
+        self.tiles += len(tiles)
+        up = tiles.repeat(2, axis=2).repeat(2, axis=3)
+        return np.sqrt(up) * np.array([1.0, 0.9, 0.8], np.float32)[None, :, None, None]
+
+    def close(self) -> None:
+        pass
+
+
+def _spec(backend) -> TileSpec:
+    i = backend.info
+    return TileSpec(i.tile, i.tile_overlap, i.scale, i.size_multiple, i.batch, "blend")
+
+
+def _folder(root, n=9):
+    root.mkdir(parents=True)
+    for k in range(n):
+        Image.fromarray(RNG.integers(0, 256, (12 + k, 20, 3), dtype=np.uint8)).save(root / f"img{k}.png")
+    return root
+
+
+def test_two_devices_split_the_work_and_write_each_image_once(tmp_path, monkeypatch):
+    src = _folder(tmp_path / "in")
+    writes: dict[str, int] = {}
+    real_write = pipeline.write_image
+
+    def counting_write(path, *args, **kwargs):
+        writes[str(path)] = writes.get(str(path), 0) + 1
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_image", counting_write)
+    barrier = threading.Barrier(2)
+    workers = [Worker("cuda", 0), Worker("cuda", 1)]
+    backends = open_pool(lambda w: FakeDeviceBackend(w.device, barrier), workers)
+    jobs = plan_jobs([src], tmp_path / "pool")
+    report = run_pool(backends, workers, jobs, _spec)
+    assert report.count("done") == 9 and report.count("failed") == 0
+    assert [r.source for r in report.results] == [str(j.source) for j in jobs]  # one report, the jobs' order
+    by_worker = {w: sum(r.worker == w for r in report.results) for w in ("cuda:0", "cuda:1")}
+    assert by_worker["cuda:0"] >= 1 and by_worker["cuda:1"] >= 1 and sum(by_worker.values()) == 9
+    assert all(b.tiles > 0 for b in backends)
+    assert sorted(writes) == sorted(str(j.output) for j in jobs) and set(writes.values()) == {1}
+    assert "x2 (cuda:0, cuda:1)" in report.backend
+    # the same images on one backend: byte-identical files
+    single = run_batch(FakeDeviceBackend(0, threading.Barrier(1)), plan_jobs([src], tmp_path / "one"),
+                       _spec(backends[0]))
+    assert single.count("done") == 9
+    for job in jobs:
+        assert job.output.read_bytes() == (tmp_path / "one" / job.output.name).read_bytes()
+
+
+def test_a_worker_crash_stops_the_pool_and_is_raised(tmp_path):
+    src = _folder(tmp_path / "in", 6)
+
+    class Broken(FakeDeviceBackend):
+        def infer(self, tiles):
+            raise RuntimeError("device lost")
+
+    workers = [Worker("cuda", 0), Worker("cuda", 1)]
+    backends = [FakeDeviceBackend(0, threading.Barrier(1)), Broken(1, threading.Barrier(1))]
+    with pytest.raises(RuntimeError, match="device lost"):
+        run_pool(backends, workers, plan_jobs([src], tmp_path / "out"), _spec)
+    assert not list(tmp_path.rglob("*.tmp"))  # nothing half-written
+
+
+def test_open_pool_closes_what_it_opened_when_one_device_fails():
+    closed = []
+
+    class Closing(FakeDeviceBackend):
+        def close(self):
+            closed.append(self.device)
+
+    def open_one(w):
+        if w.device == 2:
+            raise HRXError("device 2: no such CUDA device")
+        return Closing(w.device, threading.Barrier(1))
+
+    with pytest.raises(HRXError, match="device 2"):
+        open_pool(open_one, [Worker("cuda", 0), Worker("cuda", 1), Worker("cuda", 2)])
+    assert closed == [0, 1]
+
+
+def test_worker_planning():
+    assert plan_workers([0, 1]) == [Worker("cuda", 0), Worker("cuda", 1)]
+    assert [w.threads for w in plan_workers(None, 3, 8)] == [3, 3, 2]
+    assert [w.threads for w in plan_workers(None, 4, 2)] == [1, 1, 1, 1]  # at least one thread each
+    assert plan_workers(None)[0].threads >= 1  # default: every core
+    assert parse_devices("0, 2") == [0, 2]
+    for bad in ("", "a", "0,0", "-1"):
+        with pytest.raises(HRXError, match="--devices"):
+            parse_devices(bad)
+    with pytest.raises(HRXError, match="one worker per device"):
+        plan_workers([0, 1], workers=2)
+
+
+def test_cli_cpu_workers_match_one_worker_and_devices_need_cuda(tmp_path):
+    src = _folder(tmp_path / "in", 5)
+    engine = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    runner = CliRunner()
+    one = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "one"), "--engine", str(engine),
+                              "--threads", "2"])
+    assert one.exit_code == 0, one.output
+    two = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "two"), "--engine", str(engine),
+                              "--workers", "2", "--threads", "2", "--json", str(tmp_path / "r.json")])
+    assert two.exit_code == 0, two.output
+    assert "2 workers (cpu:0, cpu:1)" in two.stderr
+    for path in sorted((tmp_path / "one").iterdir()):
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(tmp_path / "two" / path.name)))
+    cuda = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "x"), "--engine", str(engine),
+                               "--backend", "onnxrt-cpu", "--devices", "0,1"])
+    assert cuda.exit_code != 0 and "CUDA devices" in cuda.stderr
+    both = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "x"), "--device", "0", "--devices", "0,1"])
+    assert both.exit_code != 0 and "not both" in both.stderr
