@@ -1,45 +1,64 @@
 """Model registry: architecture names -> (model class, config class, preset kwargs).
 
-``create_model(arch, scale=4, in_channels=3, **overrides)`` is the single entry point; the
-architecture files register their presets with :func:`register_model`.
+``create_model(arch, scale=4, in_channels=3, **overrides)`` is the single entry point. Imports run
+one way: the registry imports no model module. The built-in presets are plain data
+(:mod:`hrx.models.presets`) naming their classes as ``"module:Name"``, imported when a model is
+built; other architectures (third-party loaders) add entries with :func:`register_model`.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from hrx.models.presets import PRESETS
+
+
+
+def _resolve(ref: Any) -> type:
+    if isinstance(ref, str):
+        module, _, name = ref.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return ref
+
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    model_cls: type[nn.Module]
-    config_cls: type
+    model_ref: Any  # class or "module:Name"
+    config_ref: Any
     preset: dict[str, Any]
     description: str
 
+    @property
+    def model_cls(self) -> type[nn.Module]:
+        return _resolve(self.model_ref)
 
-_REGISTRY: dict[str, ModelEntry] = {}
+    @property
+    def config_cls(self) -> type:
+        return _resolve(self.config_ref)
 
 
-def register_model(name: str, model_cls: type[nn.Module], config_cls: type, description: str = "", **preset: Any) -> None:
+_REGISTRY: dict[str, ModelEntry] = {
+    name: ModelEntry(name, p["classes"][0], p["classes"][1], dict(p["config"]), p["description"])
+    for name, p in PRESETS.items()
+}
+
+
+def register_model(name: str, model_cls: type[nn.Module] | str, config_cls: type | str, description: str = "",
+                   **preset: Any) -> None:
+    """Add (or replace) an architecture preset; classes may be given as ``"module:Name"``."""
     _REGISTRY[name] = ModelEntry(name, model_cls, config_cls, dict(preset), description)
 
 
-def _load_builtin() -> None:
-    # importing the architecture modules registers their presets
-    from hrx.models import presets  # noqa: F401
-
-
 def list_models() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def get_entry(arch: str) -> ModelEntry:
-    _load_builtin()
     if arch not in _REGISTRY:
         raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[arch]

@@ -21,6 +21,20 @@ def check_io_config(cfg) -> None:
         raise ValueError("in_channels and out_channels must be 1, 3 or 4")
 
 
+def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Map an image ``[B, c, H, W]`` (c in 1, 3, 4) to ``channels`` for the global residual:
+    gray <-> colour by mean / repeat, alpha dropped or added as opaque."""
+    c = x.shape[1]
+    if c == channels:
+        return x
+    colour = x[:, :3] if c == 4 else (x.expand(-1, 3, -1, -1) if c == 1 else x)
+    if channels == 1:
+        return colour.mean(1, keepdim=True)
+    if channels == 3:
+        return colour
+    return torch.cat([colour, torch.ones_like(colour[:, :1])], 1)
+
+
 class RestorationModel(nn.Module):
     config: object
 

@@ -32,21 +32,7 @@ from hrx.blocks.msg import Downsample, GatedFuse, Upsample
 from hrx.blocks.replk import RepLK
 from hrx.blocks.ssm import SSMixer
 from hrx.blocks.window_attention import WindowAttention
-from hrx.models.base import RestorationModel, check_io_config
-
-
-def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """Map an image ``[B, c, H, W]`` (c in 1, 3, 4) to ``channels`` for the global residual:
-    gray <-> colour by mean / repeat, alpha dropped or added as opaque."""
-    c = x.shape[1]
-    if c == channels:
-        return x
-    colour = x[:, :3] if c == 4 else (x.expand(-1, 3, -1, -1) if c == 1 else x)
-    if channels == 1:
-        return colour.mean(1, keepdim=True)
-    if channels == 3:
-        return colour
-    return torch.cat([colour, torch.ones_like(colour[:, :1])], 1)
+from hrx.models.base import RestorationModel, check_io_config, match_channels
 
 
 @dataclass

@@ -40,9 +40,7 @@ from hrx.blocks.msg import Downsample, GatedFuse, Upsample
 from hrx.blocks.noise import NoiseInjection
 from hrx.blocks.summary_tokens import GlobalSummaryTokens
 from hrx.blocks.upscale_head import UpscaleHead
-from hrx.models.base import RestorationModel, check_io_config
-from hrx.models.harmonic_rx import match_channels
-from hrx.registry import register_model
+from hrx.models.base import RestorationModel, check_io_config, match_channels
 
 
 @dataclass
@@ -269,11 +267,3 @@ class HydraFusionIR(RestorationModel):
                     m.router.freeze_cond(self.prompt)
             self.prompt_folded = True
 
-
-register_model("hydra-t", HydraFusionIR, HydraConfig, "HydraFusionIR tiny, for tests and CI",
-               dim=8, enc_depths=(1, 1, 1), dec_depths=(1, 1, 1), heads=(1, 2, 2), window=4, kernel=5,
-               ffn_expansion=1.0, summary_tokens=4, fsg_kernel=3, refiner_blocks=1, prompt_dim=4, head_dim=8)
-register_model("hydra-base", HydraFusionIR, HydraConfig, "HydraFusionIR baseline: 3 scales, MoE-X at stage 3 + bottleneck",
-               dim=32, enc_depths=(2, 3, 4), dec_depths=(4, 3, 2), heads=(1, 2, 4), attention_stages=(2, 3),
-               moe_stages=(3,), moe_bottleneck=True, window=8, kernel=7, ffn_expansion=2.0, summary_tokens=8,
-               fsg_kernel=5, refiner_blocks=2, prompt_dim=0, head_dim=32)
