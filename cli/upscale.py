@@ -5,6 +5,7 @@ import dataclasses
 import enum
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -56,6 +57,9 @@ def upscale(
     overlap: Annotated[Optional[int], typer.Option("--overlap", min=0, help="Overlap between tiles in input pixels (default: the model's tile_overlap).")] = None,
     merge: Annotated[MergeChoice, typer.Option("--merge", help="Join overlapping tiles with a smooth cross-fade (blend) or keep each tile's centre (crop).")] = MergeChoice.blend,
     alpha: Annotated[AlphaChoice, typer.Option("--alpha", help="Alpha channel with a model that has none: bicubic, or through the model as gray (twice the work).")] = AlphaChoice.bicubic,
+    outscale: Annotated[Optional[float], typer.Option("--outscale", "-s", help="Final scale (e.g. 1.5, 3): the model's scale, then Lanczos up or area down to it; at 1 or below the model is skipped.")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", min=1, help="Final width in pixels, height in proportion (with --height: fit inside both).")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", min=1, help="Final height in pixels, width in proportion.")] = None,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip images whose output already exists (resume a batch).")] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels than this (decompression bombs, memory).")] = 50_000_000,
     device: Annotated[Optional[int], typer.Option("--device", min=0, help="CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch).")] = None,
@@ -77,6 +81,17 @@ def upscale(
 
     if device is not None and devices is not None:
         raise fail("pass either --device or --devices, not both")
+    warned: set[str] = set()
+    warn_lock = threading.Lock()
+
+    def warn(line: str) -> None:  # once per run, from any worker
+        with warn_lock:
+            if line in warned:
+                return
+            warned.add(line)
+        typer.echo(f"warning: {line}", err=True)
+
+    options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value, outscale, width, height, warn)
     device_list = parse_devices(devices) if devices is not None else ([device] if device is not None else None)
     pool = plan_workers(device_list, workers, threads)
     jobs = plan_jobs(inputs, output, fmt.value, recursive)
@@ -100,14 +115,14 @@ def upscale(
             typer.echo(f"backend: {runners[0].name} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
                        f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge}{where})",
                        err=True)
-        options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value)
         with _Progress(len(jobs), enabled=not quiet and is_interactive()) as progress:
             report = run_pool(runners, pool, jobs, spec_for, options, progress)
     finally:
         for runner in runners:
             runner.close()
     summary = report.to_dict()
-    summary.update(model=str(source), tile=spec.tile, overlap=spec.tile - spec.stride, merge=spec.merge)
+    summary.update(model=str(source), model_scale=info.scale, tile=spec.tile, overlap=spec.tile - spec.stride,
+                   merge=spec.merge, outscale=outscale, width=width, height=height)
     if json_path is not None:
         _write_json(json_path, summary)
     if not quiet:

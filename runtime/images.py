@@ -4,8 +4,11 @@ Every decoded image becomes a :class:`Picture`: float32 colour ``[H, W, 1 | 3]``
 ``[H, W]``, both in ``[0, 1]``. Modes map as follows:
 
 * ``RGB``, ``L`` kept; ``RGBA`` / ``LA`` keep their alpha; ``1`` -> ``L``.
-* 16-bit grayscale (``I;16*``, ``I``) -> computed in float from ``/ 65535`` and written back 16-bit
-  (PNG, TIFF). Pillow has no 16-bit RGB mode: such files arrive as 8-bit RGB.
+* 16 bits per channel (PNG and TIFF; gray, gray + alpha, RGB, RGBA) -> decoded at full precision by
+  ``imagecodecs`` (PNG) and ``tifffile`` (TIFF), computed in float from ``/ 65535`` and written back at
+  16 bits to PNG and TIFF (Pillow has no 16-bit RGB mode: it would cut such files to 8 bits). JPEG,
+  WebP and BMP hold 8 bits: a 16-bit picture is rounded to 8 bits there (the pipeline warns once).
+  Other 16-bit gray files Pillow reads (``I;16*``, ``I``) keep 16 bits too.
 * alpha is dropped when writing JPEG or BMP (Pillow reads 32-bit BMP back without it).
 * palette -> ``RGB`` (``RGBA`` when it has transparency); ``CMYK`` -> ``RGB`` through its ICC profile when
   it has one (the CMYK profile is then dropped, the output is sRGB); ``YCbCr``, ``LAB``, ``HSV`` -> ``RGB``.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,6 +42,13 @@ FORMATS: dict[str, tuple[str, str]] = {  # --format name -> (Pillow format, file
 }
 _ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+EIGHT_BIT_FORMATS = ("jpeg", "webp", "bmp")  # --format values that hold 8 bits per channel only
+# TIFF tags that describe a TIFF file's own layout (sizes, strips, compression, samples, ICC): Pillow
+# lists them as EXIF of a TIFF input; they are not carried to the output
+_TIFF_LAYOUT_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 317,
+                               320, 322, 323, 324, 325, 338, 339, 340, 341, 34675})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _TO_RGB_MODES = ("RGBX", "YCbCr", "LAB", "HSV")
 
 
@@ -45,7 +56,7 @@ _TO_RGB_MODES = ("RGBX", "YCbCr", "LAB", "HSV")
 class Picture:
     color: np.ndarray  # float32 [H, W, 1 | 3] in [0, 1]
     alpha: np.ndarray | None = None  # float32 [H, W] in [0, 1]
-    bits: int = 8  # 16 only for single-channel images without alpha
+    bits: int = 8  # 8 or 16 bits per channel, colour and alpha alike
     icc: bytes | None = None
     exif: bytes | None = None
 
@@ -81,6 +92,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     try:
         if path.stat().st_size == 0:
             raise HRXError(f"{path}: empty file")
+        deep = _sixteen_bit_container(path)
+        if deep is not None:
+            return _read_sixteen(path, deep, max_pixels)
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
                 raise HRXError(f"{path}: {im.width}x{im.height} is over the pixel limit of {max_pixels:,} "
@@ -107,8 +121,9 @@ def _to_picture(im, path: Path) -> Picture:
     from PIL import ImageOps
 
     icc = im.info.get("icc_profile") or None
+    tiff = im.format == "TIFF"
     im = ImageOps.exif_transpose(im)  # loads the pixels; copies even when there is nothing to do
-    exif = _exif_without_orientation(im)
+    exif = _exif_without_orientation(im, tiff)
     mode = im.mode
     if mode == "CMYK":
         im, icc = _cmyk_to_rgb(im, icc), None
@@ -138,10 +153,128 @@ def _to_picture(im, path: Path) -> Picture:
     return Picture(arr, None, 8, icc, exif)
 
 
-def _exif_without_orientation(im) -> bytes | None:
+def _sixteen_bit_container(path: Path) -> str | None:
+    """``"png"`` / ``"tiff"`` when ``path`` holds 16-bit unsigned samples that need a 16-bit decoder,
+    from the file's header (not its suffix); ``None`` otherwise (Pillow reads it)."""
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) >= 26:
+        return "png" if head[24] == 16 else None
+    if head[:4] in _TIFF_MAGICS:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                return "tiff" if page.bitspersample == 16 and int(page.sampleformat) == 1 else None
+        except Exception:  # noqa: BLE001 - a TIFF tifffile cannot parse: Pillow reports it below
+            return None
+    return None
+
+
+def _read_sixteen(path: Path, container: str, max_pixels: int) -> Picture:
+    """A 16-bit PNG (imagecodecs) or TIFF (tifffile) at full precision, with EXIF orientation applied
+    and the ICC profile and EXIF kept. Channels: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA."""
+    decode = _decode_png16 if container == "png" else _decode_tiff16
+    arr, icc, exif, orientation = decode(path, max_pixels)
+    arr = _orient(arr, orientation)
+    values = arr.astype(np.float32) / 65535.0
+    if values.ndim == 2:
+        values = values[..., None]
+    channels = values.shape[-1]
+    if channels not in (1, 2, 3, 4):
+        raise HRXError(f"{path}: {channels} channels at 16 bits; expected gray, gray + alpha, RGB or RGBA")
+    has_alpha = channels in (2, 4)
+    color = np.ascontiguousarray(values[..., :-1] if has_alpha else values)
+    alpha = np.ascontiguousarray(values[..., -1]) if has_alpha else None
+    return Picture(color, alpha, 16, icc, exif)
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise HRXError(f"{path}: {width}x{height} is over the pixel limit of {max_pixels:,} "
+                       "(a decompression bomb?); raise it with --max-pixels")
+
+
+def _decode_png16(path: Path, max_pixels: int) -> tuple[np.ndarray, bytes | None, bytes | None, int]:
+    import imagecodecs
+    from PIL import Image
+
+    data = path.read_bytes()
+    _check_pixels(path, int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), max_pixels)
+    with Image.open(io.BytesIO(data)) as im:  # metadata only: Pillow parses the chunks, not the pixels
+        icc = im.info.get("icc_profile") or None
+        exif_tags = im.getexif()
+    try:
+        arr = imagecodecs.png_decode(data)
+    except Exception as e:  # noqa: BLE001 - imagecodecs raises its own PngError
+        raise HRXError(f"{path}: unreadable or truncated image ({str(e).strip() or type(e).__name__})") from None
+    orientation = int(exif_tags.pop(_ORIENTATION, 1) or 1)
+    return arr, icc, (exif_tags.tobytes() if len(exif_tags) else None), orientation
+
+
+def _decode_tiff16(path: Path, max_pixels: int) -> tuple[np.ndarray, bytes | None, bytes | None, int]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        _check_pixels(path, int(page.imagewidth), int(page.imagelength), max_pixels)
+        photometric = int(page.photometric)
+        if photometric not in (0, 1, 2):  # MINISWHITE, MINISBLACK, RGB
+            raise HRXError(f"{path}: 16-bit TIFF with photometric {page.photometric.name} is not supported "
+                           "(gray or RGB, with or without alpha)")
+        arr = page.asarray()
+        if page.planarconfig == 2 and arr.ndim == 3:  # SEPARATE: [S, H, W]
+            arr = np.moveaxis(arr, 0, -1)
+        if photometric == 0:
+            arr = 65535 - arr
+        extras = tuple(int(e) for e in page.extrasamples)
+        if extras and extras[0] == 1 and arr.ndim == 3:  # associated (premultiplied) alpha: un-premultiply
+            keep = arr.shape[-1] - len(extras) + 1
+            arr = arr[..., :keep].astype(np.float64)
+            a = arr[..., -1:]
+            arr[..., :-1] = np.where(a > 0, arr[..., :-1] * 65535.0 / np.maximum(a, 1), 0)
+            arr = np.clip(np.rint(arr), 0, 65535).astype(np.uint16)
+        elif extras and arr.ndim == 3:  # keep the first extra sample as alpha, drop the others
+            arr = arr[..., :arr.shape[-1] - len(extras) + 1]
+        tags = page.tags
+        icc = tags[34675].value if 34675 in tags else None
+        orientation = int(tags[274].value) if 274 in tags else 1
+    exif = None
+    try:  # EXIF as Pillow would carry it (Pillow reads 16-bit RGB / RGBA TIFF headers, not gray + alpha)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            exif = _exif_without_orientation(im)
+    except Exception:  # noqa: BLE001 - no EXIF then
+        pass
+    return arr, (bytes(icc) if icc else None), exif, orientation
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply the EXIF orientation (1-8) to ``[H, W, ...]`` pixels, as ``PIL.ImageOps.exif_transpose`` does."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return arr.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+def _exif_without_orientation(im, tiff: bool = False) -> bytes | None:
     exif = im.getexif()
-    if _ORIENTATION in exif:
-        del exif[_ORIENTATION]
+    drop = {_ORIENTATION} | (_TIFF_LAYOUT_TAGS if tiff or im.format == "TIFF" else set())
+    for tag in drop & set(exif):
+        del exif[tag]
     return exif.tobytes() if len(exif) else None
 
 
@@ -181,10 +314,20 @@ def to_pil(picture: Picture, fmt: str):
 
 
 def write_image(path: str | os.PathLike, picture: Picture, fmt: str = "png", quality: int = 95) -> Path:
-    """Encode ``picture`` to ``path`` atomically, with its ICC profile and EXIF where ``fmt`` holds them."""
+    """Encode ``picture`` to ``path`` atomically, with its ICC profile and EXIF where ``fmt`` holds them.
+    A 16-bit picture is written at 16 bits to PNG and TIFF, rounded to 8 bits for the other formats."""
     if fmt not in FORMATS:
         raise HRXError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
     pil_format = FORMATS[fmt][0]
+    if picture.bits == 16 and fmt == "png":
+        data = encode_png16(picture)
+        path = Path(path)
+        atomic_write(path, lambda f: f.write(data))
+        return path
+    if picture.bits == 16 and fmt == "tiff":
+        path = Path(path)
+        atomic_write(path, lambda f: write_tiff16(f, picture))
+        return path
     im = to_pil(picture, fmt)
     kwargs: dict = {}
     if picture.icc and pil_format != "BMP":
@@ -196,6 +339,46 @@ def write_image(path: str | os.PathLike, picture: Picture, fmt: str = "png", qua
     path = Path(path)
     atomic_write(path, lambda f: im.save(f, format=pil_format, **kwargs))
     return path
+
+
+def sixteen_bit_samples(picture: Picture) -> np.ndarray:
+    """``[H, W]`` (gray) or ``[H, W, C]`` uint16: colour then alpha."""
+    color = to_uint(picture.color, 16)
+    if picture.alpha is not None:
+        return np.concatenate([color, to_uint(picture.alpha, 16)[..., None]], axis=-1)
+    return np.ascontiguousarray(color[..., 0] if color.shape[-1] == 1 else color)
+
+
+def encode_png16(picture: Picture, level: int = 6) -> bytes:
+    """A 16-bit PNG (gray, gray + alpha, RGB or RGBA from the picture) with its ICC profile (iCCP) and
+    EXIF (eXIf) chunks, placed right after IHDR as the PNG specification asks (before the pixels)."""
+    import imagecodecs
+
+    data = bytes(imagecodecs.png_encode(sixteen_bit_samples(picture), level=level))
+    extra = b""
+    if picture.icc:
+        extra += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(picture.icc))
+    if picture.exif:
+        exif = picture.exif[6:] if picture.exif.startswith(b"Exif\x00\x00") else picture.exif
+        extra += _png_chunk(b"eXIf", exif)
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length/type, IHDR data, CRC
+    return data[:ihdr_end] + extra + data[ihdr_end:]
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def write_tiff16(file, picture: Picture) -> None:
+    """A 16-bit TIFF (deflate) with the ICC profile; alpha as an unassociated extra sample.
+    (tifffile writes no EXIF IFD: EXIF is kept in 16-bit PNG and in 8-bit outputs.)"""
+    import tifffile
+
+    samples = sixteen_bit_samples(picture)
+    rgb = picture.color.shape[-1] == 3
+    tifffile.imwrite(file, samples, photometric="rgb" if rgb else "minisblack",
+                     extrasamples=["unassalpha"] if picture.alpha is not None else None,
+                     compression="zlib", iccprofile=picture.icc or None, metadata=None)
 
 
 def temp_name(path: Path) -> Path:

@@ -15,6 +15,7 @@ Channels (``in_channels`` of the model vs the image):
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +27,8 @@ import numpy as np
 
 from hrx.errors import HRXError
 from hrx.runtime.backend import Backend
-from hrx.runtime.images import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_SUFFIXES, Picture, read_image, write_image
+from hrx.runtime.images import (DEFAULT_MAX_PIXELS, EIGHT_BIT_FORMATS, FORMATS, IMAGE_SUFFIXES, Picture, read_image,
+                                write_image)
 from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled, upscale_whole
 
 ALPHA_MODES = ("bicubic", "model")
@@ -47,6 +49,18 @@ class BatchOptions:
     skip_existing: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     alpha: str = "bicubic"
+    outscale: float | None = None  # final scale instead of the model's (model, then Lanczos / area)
+    width: int | None = None  # final width (height kept in proportion); with height: fit inside both
+    height: int | None = None
+    warn: Callable[[str], None] | None = None  # lossy choices the user made (16-bit to an 8-bit format)
+
+    def __post_init__(self) -> None:
+        if self.outscale is not None and (self.width or self.height):
+            raise HRXError("pass either --outscale or --width/--height, not both")
+        if self.outscale is not None and not (0 < self.outscale <= 64):
+            raise HRXError(f"--outscale must be in (0, 64], not {self.outscale}")
+        if any(v is not None and v < 1 for v in (self.width, self.height)):
+            raise HRXError("--width and --height must be >= 1")
 
 
 @dataclass
@@ -62,6 +76,10 @@ class ImageResult:
     tiles: int = 0
     seconds: float = 0.0
     worker: str = ""  # which backend ran it, with several (``cuda:1``, ``cpu:0``)
+    scale: float = 0.0  # the scale used: output width / input width
+    model_scale: int = 0  # the model's scale, 0 when the model was skipped (the result is not larger)
+    resample: str = ""  # after the model: "" (none), "lanczos" (up) or "area" (down)
+    bits: int = 0  # bits per channel written (8 or 16)
 
 
 @dataclass
@@ -263,6 +281,57 @@ def model_passes(picture: Picture, in_channels: int, alpha: str) -> int:
     return 2 if picture.alpha is not None and in_channels != 4 and alpha == "model" else 1
 
 
+# -- output size ------------------------------------------------------------------------------------
+
+def _round(x: float) -> int:
+    return max(1, math.floor(x + 0.5))
+
+
+def output_size(width: int, height: int, scale: int, options: BatchOptions) -> tuple[int, int]:
+    """``(width, height)`` of the output: the model's scale, or ``--outscale F`` (each side times F,
+    rounded half up), or ``--width`` / ``--height`` (the other side in proportion; both: the largest size
+    that fits inside them, aspect kept)."""
+    if options.width and options.height:
+        f = min(options.width / width, options.height / height)
+    elif options.width:
+        f = options.width / width
+    elif options.height:
+        f = options.height / height
+    elif options.outscale is not None:
+        f = options.outscale
+    else:
+        return width * scale, height * scale
+    return _round(width * f), _round(height * f)
+
+
+def resample_planes(planes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """``[C, H, W]`` float -> ``[C, h, w]`` (``size = (w, h)``): Lanczos when enlarging, area (box) when
+    shrinking; returns the filter's name ("" when the size is already right)."""
+    from PIL import Image
+
+    c, h, w = planes.shape
+    if (w, h) == tuple(size):
+        return planes, ""
+    shrink = size[0] * size[1] < w * h
+    method = Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS
+    out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32)).resize(size, method))
+                    for p in planes])
+    return out, "area" if shrink else "lanczos"
+
+
+def resample_picture(picture: Picture, size: tuple[int, int]) -> tuple[Picture, str]:
+    """``picture`` resampled to ``size = (w, h)`` (see :func:`resample_planes`), clipped to [0, 1] before and
+    after (Lanczos overshoots)."""
+    if (picture.width, picture.height) == tuple(size):
+        return picture, ""
+    # the written file holds [0, 1]: clip first, so that area / Lanczos average what the file would show
+    color, how = resample_planes(np.clip(picture.color, 0.0, 1.0).transpose(2, 0, 1), size)
+    alpha = None
+    if picture.alpha is not None:
+        alpha = np.clip(resample_planes(np.clip(picture.alpha, 0.0, 1.0)[None], size)[0][0], 0.0, 1.0)
+    return Picture(np.clip(color, 0.0, 1.0).transpose(1, 2, 0), alpha, picture.bits, picture.icc, picture.exif), how
+
+
 # -- the batch --------------------------------------------------------------------------------------
 
 def _decode(job: Job, options: BatchOptions) -> Picture:
@@ -345,10 +414,30 @@ def run_stream(backend: Backend, next_job: Callable[[], Job | None], spec: TileS
 def _upscale_one(backend: Backend, picture: Picture, spec: TileSpec, options: BatchOptions, job: Job,
                  result: ImageResult, progress: Progress) -> Picture:
     info = backend.info
+    size = output_size(picture.width, picture.height, info.scale, options)
+    result.width, result.height = picture.width, picture.height
+    result.bits = 8 if options.fmt in EIGHT_BIT_FORMATS else picture.bits
+    if picture.bits == 16 and result.bits == 8 and options.warn is not None:
+        options.warn(f"16-bit inputs are written with 8 bits per channel: --format {options.fmt} holds no more "
+                     "(png or tiff keep 16)")
+    if size[0] <= picture.width and size[1] <= picture.height:  # not larger: the model would only be undone
+        progress.start_image(job, 0)
+        upscaled, result.resample = resample_picture(picture, size)
+    else:
+        upscaled = _run_model(backend, picture, spec, options, job, result, progress)
+        result.model_scale = info.scale
+        upscaled, result.resample = resample_picture(upscaled, size)
+    result.out_width, result.out_height = upscaled.width, upscaled.height
+    result.scale = round(upscaled.width / picture.width, 6)
+    return upscaled
+
+
+def _run_model(backend: Backend, picture: Picture, spec: TileSpec, options: BatchOptions, job: Job,
+               result: ImageResult, progress: Progress) -> Picture:
+    info = backend.info
     # a backend that takes any size (PyTorch) runs an image that fits in one tile whole, unpadded to the tile
     whole = getattr(backend, "any_tile", False) and max(picture.height, picture.width) <= spec.tile
     passes = model_passes(picture, info.in_channels, options.alpha)
-    result.width, result.height = picture.width, picture.height
     result.tiles = passes * (1 if whole else tile_count(picture.height, picture.width, spec))
     progress.start_image(job, result.tiles)
 
@@ -359,9 +448,7 @@ def _upscale_one(backend: Backend, picture: Picture, spec: TileSpec, options: Ba
             return out
         return upscale_tiled(x, backend.infer, spec, progress.advance_tiles, getattr(backend, "infer_many", None))
 
-    upscaled = upscale_picture(picture, run, info.in_channels, info.scale, options.alpha)
-    result.out_width, result.out_height = upscaled.width, upscaled.height
-    return upscaled
+    return upscale_picture(picture, run, info.in_channels, info.scale, options.alpha)
 
 
 def _collect(record: Callable[[ImageResult], None], future: Future, result: ImageResult) -> None:

@@ -143,3 +143,104 @@ def test_inputs_and_output_folder_are_checked_before_any_model_work(tmp_path, mo
     result = runner.invoke(app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "file" / "out")])
     assert result.exit_code == 1 and "cannot create the output folder" in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def _gradient16(h: int, w: int) -> np.ndarray:
+    """A smooth 16-bit RGB gradient with a distinct value at every pixel (raster ramps, three directions)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    ramp = (y * w + x) / (h * w - 1)
+    rgb = np.stack([0.1 + 0.8 * ramp, 0.9 - 0.8 * ramp, 0.3 + 0.4 * ((x * h + y) / (h * w - 1))], -1)
+    return np.rint(rgb * 65535).astype(np.uint16)
+
+
+def test_sixteen_bit_png_round_trips_through_upscale_without_banding(tmp_path):
+    import imagecodecs
+
+    from test_runtime_support import toy_whole
+
+    src = _gradient16(40, 56)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "g.png").write_bytes(imagecodecs.png_encode(src))
+    engine = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    result = runner.invoke(app, ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-e", str(engine),
+                                 "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    out = imagecodecs.png_decode((tmp_path / "out" / "g.png").read_bytes())
+    assert out.dtype == np.uint16 and out.shape == (80, 112, 3)
+    levels = [len(np.unique(out[..., c])) for c in range(3)]
+    assert min(levels) > 2000, levels  # an 8-bit detour has at most 256 per channel
+    reference = toy_whole(src.transpose(2, 0, 1)[None].astype(np.float32) / 65535)[0].transpose(1, 2, 0)
+    error = np.abs(out / 65535.0 - np.clip(reference, 0, 1))
+    assert error.max() < 1 / 255 / 20 and error.mean() < 1e-5, (error.max(), error.mean())
+    eight_bit = np.abs(np.rint(np.clip(reference, 0, 1) * 255) / 255 - np.clip(reference, 0, 1)).mean()
+    assert error.mean() < eight_bit / 50  # far below what 8 bits could do
+    image = json.loads((tmp_path / "r.json").read_text())["images"][0]
+    assert image["bits"] == 16 and image["scale"] == 2 and image["model_scale"] == 2
+
+
+def test_sixteen_bit_to_jpeg_warns_once(tmp_path):
+    import imagecodecs
+
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "in" / f"{name}.png").write_bytes(imagecodecs.png_encode(_gradient16(12, 16)))
+    _photo(12, 16).save(tmp_path / "in" / "c.png")
+    engine = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    result = runner.invoke(app, ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-e", str(engine),
+                                 "--format", "jpeg", "-q", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("warning:")] == [
+        "warning: 16-bit inputs are written with 8 bits per channel: --format jpeg holds no more (png or tiff keep 16)"]
+    with Image.open(tmp_path / "out" / "a.jpg") as im:
+        assert im.mode == "RGB"
+    quiet = runner.invoke(app, ["upscale", str(tmp_path / "in" / "c.png"), "-o", str(tmp_path / "out8"),
+                                "-e", str(engine), "--format", "jpeg", "-q"])
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr  # 8-bit input: nothing lost, no warning
+    with Image.open(tmp_path / "out8" / "c.jpg") as im:
+        assert im.mode == "RGB"
+
+
+def test_outscale_width_height_exact_sizes(tmp_path):
+    _photo(20, 30).save(tmp_path / "a.png")  # 30 wide, 20 high
+    engine = write_toy(tmp_path / "toy4.onnx", tile=16, batch=1, scale=4)
+    cases = [  # flags -> (width, height), scale recorded, model scale (0: skipped), resample
+        (["--outscale", "1.5"], (45, 30), 1.5, 4, "area"),
+        (["--outscale", "3.5"], (105, 70), 3.5, 4, "area"),
+        (["--outscale", "5"], (150, 100), 5.0, 4, "lanczos"),
+        (["--outscale", "4"], (120, 80), 4.0, 4, ""),
+        (["--outscale", "0.5"], (15, 10), 0.5, 0, "area"),
+        (["--outscale", "1"], (30, 20), 1.0, 0, ""),
+        (["--width", "100"], (100, 67), 3.333333, 4, "area"),
+        (["--height", "50"], (75, 50), 2.5, 4, "area"),
+        (["--width", "100", "--height", "40"], (60, 40), 2.0, 4, "area"),
+    ]
+    for k, (flags, size, scale, model_scale, resample) in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        result = runner.invoke(app, ["upscale", str(tmp_path / "a.png"), "-o", str(out), "-e", str(engine), "-q",
+                                     "--json", str(tmp_path / f"r{k}.json")] + flags)
+        assert result.exit_code == 0, (flags, result.output)
+        with Image.open(out / "a.png") as im:
+            assert im.size == size, flags
+        image = json.loads((tmp_path / f"r{k}.json").read_text())["images"][0]
+        assert (image["scale"], image["model_scale"], image["resample"]) == (scale, model_scale, resample), flags
+    clash = runner.invoke(app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "x"), "-e", str(engine),
+                                "--outscale", "2", "--width", "10"])
+    assert clash.exit_code == 1 and "not both" in clash.stderr
+
+
+def test_outscale_resamples_the_model_output(tmp_path):
+    """--outscale 1.5 with an x4 model is the x4 output shrunk by area averaging (not a plain resize of the input)."""
+    from hrx.runtime.pipeline import resample_planes
+
+    arr = RNG.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    engine = write_toy(tmp_path / "toy4.onnx", tile=16, batch=1, scale=4)
+    for flags, name in (([], "x4"), (["--outscale", "1.5"], "x15")):
+        result = runner.invoke(app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / name), "-e", str(engine),
+                                     "-q"] + flags)
+        assert result.exit_code == 0, result.output
+    x4 = np.asarray(Image.open(tmp_path / "x4" / "a.png"), np.float32).transpose(2, 0, 1) / 255
+    expected, how = resample_planes(x4, (36, 24))
+    got = np.asarray(Image.open(tmp_path / "x15" / "a.png"), np.float32).transpose(2, 0, 1) / 255
+    assert how == "area" and got.shape == (3, 24, 36)
+    assert np.abs(got - np.clip(expected, 0, 1)).max() <= 1.5 / 255  # the x4 file was rounded to 8 bits first

@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageOps
 
 from hrx.errors import HRXError
 from hrx.runtime.images import FORMATS, Picture, atomic_write, read_image, to_pil, write_image
@@ -160,3 +160,98 @@ def test_to_pil_strided_input():
     chw = RNG.random((3, 4, 6), dtype=np.float32)
     im = to_pil(Picture(chw.transpose(1, 2, 0)), "png")
     np.testing.assert_array_equal(np.asarray(im), (chw.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8))
+
+
+# -- 16 bits per channel (imagecodecs PNG, tifffile TIFF) ----------------------------------------------
+
+LAYOUTS = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
+
+
+def _samples16(channels: int, h: int = 6, w: int = 9) -> np.ndarray:
+    a = RNG.integers(0, 65536, (h, w, channels), dtype=np.uint16)
+    a[0, 0] = 257 * 3 + 1  # never a multiple of 257: an 8-bit detour would change it
+    return a[..., 0] if channels == 1 else a
+
+
+def _write16(path, samples: np.ndarray, icc: bytes | None = None) -> None:
+    """An independent writer: imagecodecs for PNG, tifffile for TIFF (with the ICC profile)."""
+    import imagecodecs
+    import tifffile
+
+    if path.suffix == ".png":
+        path.write_bytes(imagecodecs.png_encode(samples))
+    else:
+        channels = 1 if samples.ndim == 2 else samples.shape[-1]
+        tifffile.imwrite(path, samples, photometric="rgb" if channels >= 3 else "minisblack",
+                         extrasamples=["unassalpha"] if channels in (2, 4) else None, iccprofile=icc)
+
+
+def _read16(path) -> np.ndarray:
+    import imagecodecs
+    import tifffile
+
+    return imagecodecs.png_decode(path.read_bytes()) if path.suffix == ".png" else tifffile.imread(path)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_sixteen_bit_every_layout_read_and_written_exactly(tmp_path, suffix, channels):
+    samples = _samples16(channels)
+    _write16(tmp_path / f"in{suffix}", samples)
+    pic = read_image(tmp_path / f"in{suffix}")
+    assert pic.bits == 16, LAYOUTS[channels]
+    assert pic.color.shape == (6, 9, 1 if channels <= 2 else 3) and (pic.alpha is not None) == (channels in (2, 4))
+    planes = np.dstack([pic.color] + ([pic.alpha[..., None]] if pic.alpha is not None else []))
+    np.testing.assert_array_equal(np.rint(planes * 65535).astype(np.uint16).reshape(samples.shape), samples)
+    fmt = "png" if suffix == ".png" else "tiff"
+    back = _read16(write_image(tmp_path / f"out{suffix}", pic, fmt))
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, samples)
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_sixteen_bit_keeps_icc_and_exif(tmp_path, fmt):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "HRX test camera"
+    pic = Picture(RNG.random((5, 7, 3), dtype=np.float32), RNG.random((5, 7), dtype=np.float32), 16, icc, exif.tobytes())
+    out = write_image(tmp_path / f"o{FORMATS[fmt][1]}", pic, fmt)
+    back = read_image(out)
+    assert back.bits == 16 and back.icc == icc
+    if fmt == "png":  # tifffile writes no EXIF IFD (README)
+        assert Image.open(out).getexif().get(0x010F) == "HRX test camera"
+        assert back.exif is not None
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_sixteen_bit_exif_orientation_matches_pillow(tmp_path, orientation):
+    arr = _rgb(4, 7)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(arr).save(tmp_path / "o.png", exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "o.png")))
+    deep = (arr.astype(np.uint16) * 257)
+    import imagecodecs
+
+    data = imagecodecs.png_encode(deep)  # the same pixels at 16 bits, with the same eXIf chunk
+    from hrx.runtime.images import _png_chunk
+
+    body = exif.tobytes()[6:]
+    data = data[:33] + _png_chunk(b"eXIf", body) + data[33:]
+    (tmp_path / "o16.png").write_bytes(data)
+    pic = read_image(tmp_path / "o16.png")
+    assert pic.bits == 16
+    np.testing.assert_array_equal(np.rint(pic.color * 255).astype(np.uint8), expected)
+    assert pic.exif is None  # the orientation tag was the only one, and it is applied
+
+
+def test_sixteen_bit_to_eight_bit_formats(tmp_path):
+    pic = Picture(RNG.random((5, 7, 3), dtype=np.float32), None, 16)
+    for fmt in ("jpeg", "webp", "bmp"):
+        with Image.open(write_image(tmp_path / f"o{FORMATS[fmt][1]}", pic, fmt)) as back:
+            assert back.mode == "RGB"
+    eight = Picture(RNG.random((5, 7, 3), dtype=np.float32), None, 8)  # 8-bit stays 8-bit
+    with Image.open(write_image(tmp_path / "e.png", eight, "png")) as back:
+        assert back.mode == "RGB"
+    with Image.open(write_image(tmp_path / "e.tif", eight, "tiff")) as back:
+        assert back.mode == "RGB"
