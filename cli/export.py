@@ -20,7 +20,9 @@ def export(
     checkpoint: Checkpoint,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="ONNX file to write [default: CHECKPOINT stem + .onnx].")] = None,
     tile: Annotated[int, typer.Option("--tile", help="Static input side in pixels; a multiple of the model's size_multiple.")] = 256,
-    batch: Annotated[int, typer.Option("--batch", help="Static batch size (tiles per inference).")] = 1,
+    batch: Annotated[str, typer.Option("--batch", help="Static batch size (tiles per inference), or 'dynamic': a "
+                                                       "symbolic batch axis (tile stays static) for Triton's "
+                                                       "dynamic batcher and `hrx triton-repo`.")] = "1",
     ops: Annotated[OpsMode, typer.Option("--ops", help="native: standard ONNX ops only. plugin: hrx::SelectiveScan / "
                                                      "hrx::MoETop1 nodes for TensorRT plugins (still runs on ONNX Runtime).")] = OpsMode.native,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (18 or newer).")] = 18,

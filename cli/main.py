@@ -11,6 +11,7 @@ from hrx.cli import models as _models
 from hrx.cli import new as _new
 from hrx.cli import upscale as _upscale
 from hrx.cli import train as _train
+from hrx.cli import triton_repo as _triton_repo
 from hrx.cli import verify as _verify
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.command("export")(_export.export)
 app.command("verify")(_verify.verify)
 app.command("calibrate")(_calibrate.calibrate)
 app.command("train")(_train.train)
+app.command("triton-repo")(_triton_repo.triton_repo)
 
 
 def _version(value: bool) -> None:

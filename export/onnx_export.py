@@ -34,6 +34,8 @@ from hrx.runtime.model_info import ModelInfo
 
 DEFAULT_OPSET = 18
 OPS_MODES = ("native", "plugin")
+DYNAMIC = "dynamic"  # ``batch="dynamic"``: a symbolic batch axis (Triton's dynamic batcher), static tile
+MAX_DYNAMIC_BATCH = 64  # the largest batch a dynamic export promises (metadata ``max_batch``)
 
 
 @dataclass
@@ -52,11 +54,37 @@ class ExportResult:
         i = self.info
         return (f"wrote {self.path} ({self.file_size / 1e6:.2f} MB) in {self.seconds:.1f}s\n"
                 f"  model: {i.arch} x{i.scale}, {i.in_channels}->{i.out_channels} channels, ops={i.ops}, opset {i.opset}\n"
-                f"  input: [{i.batch}, {i.in_channels}, {i.tile}, {i.tile}] -> output "
-                f"[{i.batch}, {i.out_channels}, {i.tile * i.scale}, {i.tile * i.scale}], tile overlap {i.tile_overlap}\n"
+                f"  input: [{batch_dim(i)}, {i.in_channels}, {i.tile}, {i.tile}] -> output "
+                f"[{batch_dim(i)}, {i.out_channels}, {i.tile * i.scale}, {i.tile * i.scale}], tile overlap {i.tile_overlap}\n"
                 f"  parameters (fused): {self.parameters:,}; MACs per tile: {self.macs_per_tile / 1e9:.2f} G\n"
                 f"  simplified with: {self.simplifier}\n"
                 f"  nodes ({sum(self.node_counts.values())}): {top}")
+
+
+def batch_dim(info: ModelInfo) -> str:
+    """``"batch"`` (1..max_batch) for a dynamic-batch export, else the static batch."""
+    if is_dynamic_batch(info):
+        return f"batch (1..{info.extra.get('max_batch', '?')})"
+    return str(info.batch)
+
+
+def is_dynamic_batch(info: ModelInfo) -> bool:
+    """Whether the model was exported with ``--batch dynamic`` (its ``batch`` is then the tiles per call
+    that a local run sends; the graph takes any batch up to the metadata's ``max_batch``)."""
+    return info.extra.get("batch_axis") == DYNAMIC
+
+
+def parse_batch(batch: int | str) -> int | str:
+    """``--batch``: a positive integer (static) or ``dynamic``."""
+    if isinstance(batch, str) and batch.strip().lower() == DYNAMIC:
+        return DYNAMIC
+    try:
+        value = int(batch)
+    except (TypeError, ValueError):
+        raise HRXError(f"batch must be a positive integer or 'dynamic', not {batch!r}") from None
+    if value < 1:
+        raise HRXError(f"batch must be at least 1, not {value}")
+    return value
 
 
 def check_tile(tile: int, size_multiple: int) -> None:
@@ -95,8 +123,10 @@ def _quiet_exporter():
             lg.setLevel(lv)
 
 
-def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int) -> onnx.ModelProto:
-    """Export a fused eval model to an (unsimplified) ONNX ModelProto."""
+def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int,
+                  dynamic_batch: bool = False) -> onnx.ModelProto:
+    """Export a fused eval model to an (unsimplified) ONNX ModelProto; ``dynamic_batch``: the first axis
+    of the input and output is symbolic (``batch``), every other dimension stays static."""
     table = None
     ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
     if ops == "plugin":
@@ -118,15 +148,19 @@ def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int
 
         table = {torch.ops.hrx.selective_scan.default: scan_to_onnx, torch.ops.hrx.moe_top1.default: moe_to_onnx}
         ctx = custom_ops.plugin_ops()
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)},) if dynamic_batch else None
     with ctx, _quiet_exporter(), torch.no_grad():
         try:
             program = torch.onnx.export(deploy, (example,), dynamo=True, opset_version=opset, input_names=["input"],
                                         output_names=["output"], custom_translation_table=table, optimize=True,
-                                        verbose=False)
+                                        verbose=False, dynamic_shapes=dynamic)
         except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise HRXError(f"ONNX export failed: {first}") from e
     model = program.model_proto
+    if dynamic_batch:  # the exporter names the symbol after the Dim, or s0; make it "batch" on both ends
+        for value in (model.graph.input[0], model.graph.output[0]):
+            value.type.tensor_type.shape.dim[0].dim_param = "batch"
     if ops == "plugin":
         from hrx.export.functions import attach_functions
 
@@ -179,7 +213,7 @@ def count_macs(model: onnx.ModelProto) -> int:
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes: dict[str, list[int]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        dims = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]  # a symbolic batch counts one tile
         shapes[vi.name] = dims
     inits = {t.name: list(t.dims) for t in inferred.graph.initializer}
     shapes.update(inits)
@@ -204,9 +238,11 @@ def _atomic_save(model: onnx.ModelProto, output: Path) -> None:
     atomic_write(output, lambda tmp: onnx.save(model, tmp))
 
 
-def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.PathLike, tile: int = 256, batch: int = 1,
-                ops: str = "native", opset: int = DEFAULT_OPSET, simplify_graph: bool = True) -> ExportResult:
-    """Export a checkpoint (path, bundled name or model) to a static-shape ONNX file."""
+def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.PathLike, tile: int = 256,
+                batch: int | str = 1, ops: str = "native", opset: int = DEFAULT_OPSET,
+                simplify_graph: bool = True) -> ExportResult:
+    """Export a checkpoint (path, bundled name or model) to a static-shape ONNX file; ``batch="dynamic"``
+    leaves the batch axis symbolic (1..``MAX_DYNAMIC_BATCH``) for servers that batch requests."""
     import hrx
 
     start = time.perf_counter()
@@ -214,14 +250,14 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
         raise HRXError(f"--ops must be one of {', '.join(OPS_MODES)}, not {ops!r}")
     if opset < 18:
         raise HRXError(f"opset {opset} is too old: the exporter needs opset 18 or newer")
-    if batch < 1:
-        raise HRXError(f"batch must be at least 1, not {batch}")
+    batch = parse_batch(batch)
+    dynamic_batch = batch == DYNAMIC
     output = Path(output)
     model, sha = _load(checkpoint)
     check_tile(tile, model.size_multiple)
     deploy = hrx.fuse(model)
-    example = torch.rand(batch, model.in_channels, tile, tile, generator=torch.Generator().manual_seed(0))
-    proto = trace_to_onnx(deploy, example, ops, opset)
+    example = torch.rand(2 if dynamic_batch else batch, model.in_channels, tile, tile, generator=torch.Generator().manual_seed(0))
+    proto = trace_to_onnx(deploy, example, ops, opset, dynamic_batch)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -235,9 +271,10 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     produced = {o for n in proto.graph.node for o in n.output}
     scopes = {k: v for k, v in scopes.items() if v in produced}
     info = ModelInfo(arch=getattr(model, "arch", type(model).__name__), scale=model.scale, in_channels=model.in_channels,
-                     out_channels=model.out_channels, tile=tile, batch=batch, size_multiple=model.size_multiple,
-                     tile_overlap=model.tile_overlap, ops=ops, opset=opset, hrx_version=hrx.__version__,
-                     checkpoint_sha256=sha)
+                     out_channels=model.out_channels, tile=tile, batch=1 if dynamic_batch else batch,
+                     size_multiple=model.size_multiple, tile_overlap=model.tile_overlap, ops=ops, opset=opset,
+                     hrx_version=hrx.__version__, checkpoint_sha256=sha,
+                     extra={"batch_axis": DYNAMIC, "max_batch": str(MAX_DYNAMIC_BATCH)} if dynamic_batch else {})
     del proto.metadata_props[:]
     for k, v in info.to_props().items():
         proto.metadata_props.add(key=k, value=v)

@@ -6,6 +6,7 @@ cd "$root"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
+# ray[data] and tritonclient (extras ray, triton) add ~1 minute here; their tests run in CI.
 # torch is pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 -e ".[test]" 2>&1 \
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 -e ".[test,ray,triton]" 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" || true
