@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import hrx
+from hrx import metrics
 from hrx.runtime.onnxrt import OnnxRuntimeBackend
 from hrx.runtime.tiling import TileSpec, axis_windows, plan_axis, tile_count, upscale_tiled
 
@@ -69,8 +70,7 @@ def torch_runner(model: torch.nn.Module):
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.clip(a, 0, 1) - np.clip(b, 0, 1)) ** 2))
-    return 10 * np.log10(1.0 / mse) if mse > 0 else float("inf")
+    return metrics.psnr(np.clip(a, 0, 1), np.clip(b, 0, 1))
 
 
 def seam_score(tiled: np.ndarray, whole: np.ndarray, spec: TileSpec, height: int, width: int) -> float:

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from hrx.errors import HRXError
+from hrx.metrics import BT601
+from hrx.paths import IMAGE_SUFFIXES, image_files
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 HELD_BACK_FRACTION = 0.25
 DETAIL_TRIES = 8
 
@@ -42,11 +43,7 @@ class TileSet:
 def list_images(folder: str | Path) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted). Raises when there is none."""
     folder = Path(folder)
-    if not folder.exists():
-        raise HRXError(f"{folder}: no such image folder")
-    if not folder.is_dir():
-        raise HRXError(f"{folder}: --images must be a folder of images")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         what = "is empty" if not any(folder.iterdir()) else "has no images"
         raise HRXError(f"{folder}: {what} ({', '.join(IMAGE_SUFFIXES)}); calibration needs a few photos like the ones you will upscale")
@@ -78,7 +75,7 @@ def load_rgb(path: Path, channels: int) -> np.ndarray:
     elif channels == 3 and color.shape[2] == 1:
         out = np.repeat(color, 3, axis=2)
     elif channels == 1 and color.shape[2] == 3:
-        out = color @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]
+        out = color @ np.array(BT601, dtype=np.float32)[:, None]
     else:
         raise HRXError(f"{path}: {color.shape[2]}-channel image for a {channels}-channel model")
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)

@@ -165,13 +165,13 @@ def _metadata(info, report: CalibrationReport, attempt: Attempt, model_sha: str)
 def _write(attempt: Attempt, output: Path, props: dict[str, str]) -> None:
     import onnx
 
-    from hrx.export.onnx_export import _atomic_save
+    from hrx.export.onnx_export import save_onnx
 
     model = onnx.load(str(attempt.quant.path))
     del model.metadata_props[:]
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
-    _atomic_save(model, output)
+    save_onnx(model, output)
 
 
 def calibrate(opts: CalibrateOptions, log: Log | None = None) -> CalibrationReport:

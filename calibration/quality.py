@@ -8,14 +8,14 @@ pooled over the tiles (mean squared error over all of them), so a flat tile cann
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-Y_WEIGHTS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
+from hrx.metrics import Y_OFFSET, Y_WEIGHTS, psnr_from_mse
+
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def _luma(img: np.ndarray) -> np.ndarray:
     """``[N, C, H, W]`` in [0, 1] -> 8-bit rounded luma (or the single channel) in float64 levels."""
     q = np.round(np.clip(img.astype(np.float64), 0.0, 1.0) * 255.0) / 255.0
     if q.shape[1] >= 3:  # RGB (and RGBA: the colour part)
-        return np.einsum("nchw,c->nhw", q[:, :3], Y_WEIGHTS) + 16.0
+        return np.einsum("nchw,c->nhw", q[:, :3], np.array(Y_WEIGHTS)) + Y_OFFSET
     return q[:, 0] * 255.0
 
 
@@ -51,7 +51,7 @@ def psnr(pred: np.ndarray, target: np.ndarray, border: int) -> float:
     if border:
         a, b = a[:, border:-border, border:-border], b[:, border:-border, border:-border]
     mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    return psnr_from_mse(mse, 255.0)
 
 
 def run_model(path: str | os.PathLike, tiles: np.ndarray, batch: int, threads: int = 0) -> tuple[np.ndarray, float]:

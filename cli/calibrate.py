@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import fail, handle_errors
+from hrx.cli.common import Seed, fail, handle_errors
 
 
 class Method(str, Enum):
@@ -36,7 +36,7 @@ def calibrate(
     force: Annotated[bool, typer.Option("--force", help="Write the model (the attempt with the smallest drop) even when it fails the gate.")] = False,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Do not retry with more layers in float when the gate fails.")] = False,
     ranges: Annotated[Optional[Path], typer.Option("--ranges", help="Ranges cache to read / write (default: OUTPUT stem + .ranges.json, next to it).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the crops and of the held-back split.")] = 0,
+    seed: Seed = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime intra-op threads for the gate (0: one per core).")] = 0,
 ) -> None:
     """Quantize an exported model to INT8 with explicit Q/DQ nodes, calibrated on real image tiles.

@@ -1,9 +1,10 @@
 """Shared CLI pieces: option types, and turning domain errors into one line + an exit code."""
 from __future__ import annotations
 
+import enum
 import functools
 import sys
-from typing import Annotated, Any, Callable, TypeVar
+from typing import Annotated, Any, Callable, Iterable, TypeVar
 
 import typer
 
@@ -11,7 +12,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 Checkpoint = Annotated[str, typer.Argument(help="Checkpoint file (.pt / .safetensors) or a bundled model name (see `hrx models`).",
                                            show_default=False)]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed of everything random in the command (initialisation, "
+                                                "data split, crops, test inputs): the same seed gives the same result.")]
+
+
+def choices(name: str, values: Iterable[str]) -> type[enum.Enum]:
+    """A typer choice type built from the library's own tuple of values, so the CLI and the code
+    that checks them never drift (``onnxrt-cpu`` is the member ``onnxrt_cpu``)."""
+    return enum.Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from hrx.cli.common import handle_errors
+from hrx.cli.common import Seed, handle_errors
 
 
 @handle_errors
@@ -15,7 +15,7 @@ def new(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the checkpoint (.pt or .safetensors).")] = Path("model.pt"),
     scale: Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor: 1 (restoration), 2, 3 or 4.")] = 4,
     in_channels: Annotated[int, typer.Option("--in-channels", "-c", help="Input channels: 1 (gray), 3 (RGB) or 4 (RGBA).")] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the random initialisation.")] = 0,
+    seed: Seed = 0,
 ) -> None:
     """Create a randomly initialised model checkpoint (an untrained model upscales like bicubic)."""
     import torch

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import handle_errors
+from hrx.cli.common import Seed, handle_errors
 
 
 class Device(str, Enum):
@@ -40,7 +40,7 @@ def train(
     fft_weight: Annotated[float, typer.Option("--fft-weight", help="Weight of the frequency (FFT) loss.")] = 0.05,
     ssim_weight: Annotated[float, typer.Option("--ssim-weight", help="Weight of the 1 - SSIM loss (0: off).")] = 0.0,
     moe_weight: Annotated[float, typer.Option("--moe-weight", help="Weight of the MoE load-balancing loss.")] = 0.01,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for initialisation, split, crops and degradations.")] = 0,
+    seed: Seed = 0,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of the images held out for validation.")] = 0.25,
     min_detail: Annotated[float, typer.Option("--min-detail", help="Redraw crops flatter than this (mean difference "
                           "between neighbouring pixels, in 8-bit levels; up to 10 tries). 0: keep every crop.")] = 4.0,

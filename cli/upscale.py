@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import sys
 import threading
@@ -11,33 +10,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import fail, handle_errors, is_interactive
+from hrx.cli.common import choices, fail, handle_errors, is_interactive
+from hrx.runtime.factory import BACKENDS  # the choices come from the runtime's tuples (light modules: numpy)
+from hrx.runtime.images import FORMATS
+from hrx.runtime.pipeline import ALPHA_MODES
+from hrx.runtime.tiling import MERGE_MODES
 
-
-class BackendChoice(str, enum.Enum):
-    auto = "auto"
-    onnxrt_cpu = "onnxrt-cpu"
-    onnxrt_cuda = "onnxrt-cuda"
-    trt = "trt"
-    torch = "torch"
-
-
-class FormatChoice(str, enum.Enum):
-    png = "png"
-    jpeg = "jpeg"
-    webp = "webp"
-    tiff = "tiff"
-    bmp = "bmp"
-
-
-class MergeChoice(str, enum.Enum):
-    blend = "blend"
-    crop = "crop"
-
-
-class AlphaChoice(str, enum.Enum):
-    bicubic = "bicubic"
-    model = "model"
+BackendChoice = choices("BackendChoice", BACKENDS)
+FormatChoice = choices("FormatChoice", FORMATS)
+MergeChoice = choices("MergeChoice", MERGE_MODES)
+AlphaChoice = choices("AlphaChoice", ALPHA_MODES)
 
 
 @handle_errors
@@ -181,6 +163,6 @@ def _write_json(path: Path, data: dict) -> None:
     if str(path) == "-":
         sys.stdout.write(text)
         return
-    from hrx.runtime.images import atomic_write
+    from hrx.paths import atomic_write_bytes
 
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write_bytes(path, text.encode())

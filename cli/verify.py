@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import handle_errors
+from hrx.cli.common import Seed, handle_errors
 
 
 @handle_errors
@@ -18,7 +18,7 @@ def verify(
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance.")] = 1e-3,
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of images: real tiles are compared too.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the random inputs and crops.")] = 0,
+    seed: Seed = 0,
     bisect: Annotated[bool, typer.Option("--bisect", help="On failure, name the first module/node that diverges.")] = False,
 ) -> None:
     """Run the ONNX model on ONNX Runtime (and TensorRT) and the unfused PyTorch model on the same

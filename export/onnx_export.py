@@ -229,7 +229,9 @@ def count_macs(model: onnx.ModelProto) -> int:
     return macs
 
 
-def _atomic_save(model: onnx.ModelProto, output: Path) -> None:
+def save_onnx(model: onnx.ModelProto, output: Path) -> None:
+    """Write ``model`` to ``output`` atomically (:func:`hrx.paths.atomic_write`); a missing or
+    read-only folder is a one-line error."""
     out_dir = output.parent if str(output.parent) else Path(".")
     if not out_dir.is_dir():
         raise HRXError(f"{output}: output folder {out_dir} does not exist")
@@ -280,7 +282,7 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
         proto.metadata_props.add(key=k, value=v)
     proto.metadata_props.add(key="hrx_bisect_map", value=json.dumps(scopes, sort_keys=True))
     proto.producer_name, proto.producer_version = "hrx", hrx.__version__
-    _atomic_save(proto, output)
+    save_onnx(proto, output)
     params = sum(p.numel() for p in deploy.parameters())
     return ExportResult(path=output, info=info, simplifier=simplifier,
                         node_counts=Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in proto.graph.node),

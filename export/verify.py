@@ -24,7 +24,8 @@ from typing import Iterable
 
 import numpy as np
 
-from hrx.errors import HRXError, MissingDependencyError
+from hrx.errors import HRXError
+from hrx.metrics import psnr_from_mse
 from hrx.runtime.model_info import ModelInfo
 
 
@@ -149,8 +150,7 @@ def _metrics(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
     max_abs = float(diff.max())
     max_rel = float((diff / np.maximum(np.abs(ref), 1e-6)).max())
     mse = float((diff**2).mean())
-    psnr = float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-    return max_abs, max_rel, psnr
+    return max_abs, max_rel, psnr_from_mse(mse)
 
 
 def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backends: Iterable[str] = ("onnxrt",),

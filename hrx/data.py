@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from hrx.errors import HRXError
+from hrx.paths import IMAGE_SUFFIXES, image_files
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # name -> file in skimage/data. Only photos that are shipped in the wheel (no download on demand).
 # motorcycle_right is left out: it is the stereo twin of motorcycle_left and would leak across
@@ -110,11 +110,7 @@ def skimage_photos() -> list[ImageRecord]:
 
 def folder_images(folder: Path) -> list[ImageRecord]:
     """Every image file under ``folder`` (recursive), named by its path relative to the folder."""
-    if not folder.exists():
-        raise HRXError(f"{folder}: no such data folder")
-    if not folder.is_dir():
-        raise HRXError(f"{folder}: --data must be a folder of images")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder, what="data", option="--data")
     if len(files) < 2:
         raise HRXError(f"{folder}: needs at least 2 images ({', '.join(IMAGE_SUFFIXES)}) for a train/val split, "
                        f"found {len(files)}")

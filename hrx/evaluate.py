@@ -14,7 +14,6 @@ Protocol (the usual SR one, and the quality bar of the bundled models):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 
 from hrx.data import Degradation, bicubic_downscale, bicubic_upscale, degrade, mod_crop, quantize
 from hrx.losses import ssim
+from hrx.metrics import Y_OFFSET, Y_WEIGHTS, psnr_from_mse
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class EvalSummary:
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
     """``[B, 3, H, W]`` RGB in [0, 1] -> ``[B, 1, H, W]`` BT.601 luma in [16, 235] (float64)."""
-    w = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64, device=img.device).view(1, 3, 1, 1)
-    return (img.double() * w).sum(1, keepdim=True) + 16.0
+    w = torch.tensor(Y_WEIGHTS, dtype=torch.float64, device=img.device).view(1, 3, 1, 1)
+    return (img.double() * w).sum(1, keepdim=True) + Y_OFFSET
 
 
 def _crop_border(img: torch.Tensor, border: int) -> torch.Tensor:
@@ -70,7 +70,7 @@ def psnr_y(pred: torch.Tensor, target: torch.Tensor, border: int) -> float:
     a = _crop_border(rgb_to_y(quantize(pred)), border)
     b = _crop_border(rgb_to_y(quantize(target)), border)
     mse = float((a - b).pow(2).mean())
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    return psnr_from_mse(mse, 255.0)
 
 
 def ssim_y(pred: torch.Tensor, target: torch.Tensor, border: int) -> float:

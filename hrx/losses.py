@@ -52,8 +52,3 @@ def moe_balance_loss(model: nn.Module) -> torch.Tensor:
     """The model's MoE load-balancing loss from its last training forward (0 if it has none)."""
     aux = getattr(model, "aux_loss", None)
     return aux() if callable(aux) else torch.zeros(())
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> float:
-    mse = F.mse_loss(pred.float(), target.float()).item()
-    return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(data_range**2 / mse)).item()

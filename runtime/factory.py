@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 from hrx.errors import HRXError, MissingDependencyError
+from hrx.paths import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from hrx.runtime.backend import Backend
 
 BACKENDS = ("auto", "onnxrt-cpu", "onnxrt-cuda", "trt", "torch")
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan")
 
 
 @dataclass(frozen=True)

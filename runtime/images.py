@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from hrx.errors import HRXError
+from hrx.paths import atomic_write, atomic_write_bytes
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 50_000_000  # a 50 MP photo; x4 output in float32 is then ~9.6 GB
 FORMATS: dict[str, tuple[str, str]] = {  # --format name -> (Pillow format, file suffix)
     "png": ("PNG", ".png"),
@@ -319,15 +317,12 @@ def write_image(path: str | os.PathLike, picture: Picture, fmt: str = "png", qua
     if fmt not in FORMATS:
         raise HRXError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
     pil_format = FORMATS[fmt][0]
+    path = Path(path)
     if picture.bits == 16 and fmt == "png":
-        data = encode_png16(picture)
-        path = Path(path)
-        atomic_write(path, lambda f: f.write(data))
-        return path
+        return atomic_write_bytes(path, encode_png16(picture))
+    path.parent.mkdir(parents=True, exist_ok=True)
     if picture.bits == 16 and fmt == "tiff":
-        path = Path(path)
-        atomic_write(path, lambda f: write_tiff16(f, picture))
-        return path
+        return atomic_write(path, lambda tmp: write_tiff16(tmp, picture))
     im = to_pil(picture, fmt)
     kwargs: dict = {}
     if picture.icc and pil_format != "BMP":
@@ -336,9 +331,7 @@ def write_image(path: str | os.PathLike, picture: Picture, fmt: str = "png", qua
         kwargs["exif"] = picture.exif
     if pil_format in ("JPEG", "WEBP"):
         kwargs["quality"] = quality
-    path = Path(path)
-    atomic_write(path, lambda f: im.save(f, format=pil_format, **kwargs))
-    return path
+    return atomic_write(path, lambda tmp: im.save(tmp, format=pil_format, **kwargs))
 
 
 def sixteen_bit_samples(picture: Picture) -> np.ndarray:
@@ -379,24 +372,3 @@ def write_tiff16(file, picture: Picture) -> None:
     tifffile.imwrite(file, samples, photometric="rgb" if rgb else "minisblack",
                      extrasamples=["unassalpha"] if picture.alpha is not None else None,
                      compression="zlib", iccprofile=picture.icc or None, metadata=None)
-
-
-def temp_name(path: Path) -> Path:
-    """A hidden, unique name beside ``path`` for writing it: ``.NAME.<random>.tmp``."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-
-
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call ``write`` on a new temporary file beside ``path``, flush it to disk, then rename it over
-    ``path``. On any error (KeyboardInterrupt included) the temporary file is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

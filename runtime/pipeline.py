@@ -26,9 +26,10 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from hrx.errors import HRXError
+from hrx.metrics import ycbcr_matrix
+from hrx.paths import IMAGE_SUFFIXES, is_image_file
 from hrx.runtime.backend import Backend
-from hrx.runtime.images import (DEFAULT_MAX_PIXELS, EIGHT_BIT_FORMATS, FORMATS, IMAGE_SUFFIXES, Picture, read_image,
-                                write_image)
+from hrx.runtime.images import DEFAULT_MAX_PIXELS, EIGHT_BIT_FORMATS, FORMATS, Picture, read_image, write_image
 from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled, upscale_whole
 
 ALPHA_MODES = ("bicubic", "model")
@@ -130,17 +131,13 @@ class NoProgress:
 
 # -- planning ---------------------------------------------------------------------------------------
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
 def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[Path]:
     found: list[Path] = []
     for root, dirs, files in os.walk(folder):
         here = Path(root)
         dirs[:] = sorted(d for d in dirs if recursive and not d.startswith(".")
                          and (exclude is None or (here / d).resolve() != exclude))
-        found.extend(here / f for f in sorted(files) if _is_image(here / f))
+        found.extend(here / f for f in sorted(files) if is_image_file(here / f))
     return found
 
 
@@ -228,7 +225,7 @@ def _bicubic(planes: np.ndarray, scale: int) -> np.ndarray:
                                 .resize((w * scale, h * scale), Image.Resampling.BICUBIC)) for p in planes])
 
 
-_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32)
+_YCC = ycbcr_matrix().astype(np.float32)
 
 
 def _rgb_to_ycc(rgb: np.ndarray) -> np.ndarray:  # [3, H, W] -> [3, H, W], Cb/Cr centred on 0

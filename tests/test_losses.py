@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import hrx
-from hrx.losses import fft_loss, l1_loss, moe_balance_loss, psnr, ssim
+from hrx.losses import fft_loss, l1_loss, moe_balance_loss, ssim
+from hrx.metrics import psnr
 
 
 def test_l1_known_value():

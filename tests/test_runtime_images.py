@@ -4,13 +4,15 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from hrx.errors import HRXError
-from hrx.runtime.images import FORMATS, Picture, atomic_write, read_image, to_pil, write_image
+from hrx.paths import atomic_write
+from hrx.runtime.images import FORMATS, Picture, read_image, to_pil, write_image
 
 RNG = np.random.default_rng(0)
 
@@ -140,19 +142,41 @@ def test_unreadable_file(tmp_path):
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.png"
 
-    def half_then_crash(f):
-        f.write(b"\x89PNG partial")
+    def half_then_crash(tmp):
+        Path(tmp).write_bytes(b"\x89PNG partial")
         raise RuntimeError("disk on fire")
+
+    def write_then_interrupt(tmp):
+        Path(tmp).write_bytes(b"new")
+        raise KeyboardInterrupt
 
     with pytest.raises(RuntimeError):
         atomic_write(target, half_then_crash)
     assert list(tmp_path.iterdir()) == []
     target.write_bytes(b"old")
     with pytest.raises(KeyboardInterrupt):
-        atomic_write(target, lambda f: (f.write(b"new"), (_ for _ in ()).throw(KeyboardInterrupt())))
+        atomic_write(target, write_then_interrupt)
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"] and target.read_bytes() == b"old"
-    atomic_write(target, lambda f: f.write(b"new"))
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"new"))
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"] and target.read_bytes() == b"new"
+
+
+def test_atomic_write_syncs_the_file_before_the_rename(tmp_path, monkeypatch):
+    """The crash guarantee: the data reaches the disk (fsync) before the new name points at it, and
+    the folder entry after; images, checkpoints, exports and engines all go through this one function."""
+    import stat
+
+    from hrx import paths
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(paths.os, "fsync", lambda fd: (events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode))),
+                                                       real_fsync(fd))[1])
+    monkeypatch.setattr(paths.os, "replace", lambda a, b: (events.append(("replace",)), real_replace(a, b))[1])
+    write_image(tmp_path / "x.png", Picture(np.zeros((4, 4, 3), np.float32)))
+    assert events[:2] == [("fsync", False), ("replace",)]
+    if os.name == "posix":
+        assert events[2:] == [("fsync", True)]
 
 
 def test_to_pil_strided_input():

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 import hrx
 from conftest import randomize_params
+from hrx import metrics
 from hrx.errors import HRXError, MissingDependencyError
 from hrx.runtime.onnxrt import OnnxRuntimeBackend, create_session, cuda_available
 from hrx.runtime.tiling import TileSpec, upscale_tiled
@@ -123,5 +124,5 @@ def test_real_export_tiles_like_pytorch(hrx_t_export):
     assert err < 1e-4, f"ONNX Runtime vs PyTorch, same tiles: max abs error {err:.2e}"
     with torch.inference_mode():
         whole = model(torch.from_numpy(img)[None]).numpy()[0]
-    psnr = 10 * np.log10(float(np.ptp(whole)) ** 2 / float(np.mean((tiled_ort - whole) ** 2)))
+    psnr = metrics.psnr(tiled_ort, whole, peak=float(np.ptp(whole)))
     assert psnr > 33.0, f"tiled ONNX Runtime vs whole-image PyTorch: {psnr:.2f} dB"

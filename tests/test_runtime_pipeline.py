@@ -169,8 +169,9 @@ def test_failure_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
     real_save = Image.Image.save
 
     def flaky_save(self, fp, *args, **kwargs):
-        if "b.png" in str(getattr(fp, "name", fp)):
-            fp.write(b"\x89PNG half an image")
+        if "b.png" in str(getattr(fp, "name", fp)):  # fp: the temporary file beside b.png
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG half an image")
             raise OSError(28, "No space left on device")
         return real_save(self, fp, *args, **kwargs)
 

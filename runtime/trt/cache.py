@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hrx.errors import HRXError
-from hrx.paths import atomic_write, cache_root, file_sha256  # noqa: F401 - cache_root, file_sha256: this module's API
+from hrx.paths import atomic_write_bytes, cache_root, file_sha256  # noqa: F401 - all three: this module's API
 from hrx.runtime.model_info import ModelInfo
 from hrx.runtime.trt.env import GpuInfo
 
@@ -101,13 +101,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write through a temporary file in the same folder, so no half-written file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_record(engine_path: str | os.PathLike, record: EngineRecord) -> Path:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hrx.errors import HRXError
+from hrx.paths import ENGINE_SUFFIXES
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def polygraphy_runner(engine_or_onnx_path: str | os.PathLike, precision: str = "fp16", *,
