@@ -9,6 +9,12 @@ import typer
 from hrx.cli.common import Seed, handle_errors
 
 
+def _trt_runners(path: Path, info) -> list:
+    from hrx.runtime.trt import polygraphy_runner
+
+    return [polygraphy_runner(path, info.precision)]
+
+
 @handle_errors
 def verify(
     model: Annotated[Path, typer.Argument(help="ONNX file from `hrx export` (or `hrx calibrate`).", show_default=False)],
@@ -31,7 +37,8 @@ def verify(
         chosen = ["onnxrt"] + (["trt"] if tensorrt_problem() is None else [])
     else:
         chosen = [b.strip() for b in backends.split(",") if b.strip()]
-    report = run_verify(model, checkpoint, chosen, atol=atol, rtol=rtol, images=images, seed=seed, bisect=bisect)
+    report = run_verify(model, checkpoint, chosen, atol=atol, rtol=rtol, images=images, seed=seed, bisect=bisect,
+                        runners={"trt": _trt_runners})
     typer.echo(f"verify {model} against {checkpoint} (unfused PyTorch), {report.inputs} input batches, "
                f"atol={atol:g} rtol={rtol:g}")
     for r in report.reports:

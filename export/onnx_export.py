@@ -30,7 +30,7 @@ from torch import nn
 
 from hrx.errors import HRXError
 from hrx.paths import atomic_write
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import ModelInfo
 
 DEFAULT_OPSET = 18
 OPS_MODES = ("native", "plugin")

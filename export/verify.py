@@ -20,13 +20,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from hrx.errors import HRXError
 from hrx.metrics import psnr_from_mse
-from hrx.runtime.model_info import ModelInfo
+from hrx.paths import image_files
+from hrx.interface import ModelInfo
 
 
 @dataclass
@@ -89,7 +90,11 @@ def _torch_runner_cls():
     return TorchRunner
 
 
-def _ort_runners(path: Path) -> list:
+RunnerFactory = Callable[[Path, ModelInfo], list]  # (model path, its ModelInfo) -> Polygraphy runners
+
+
+def ort_runners(path: Path, info: ModelInfo | None = None) -> list:
+    """ONNX Runtime CPU, and CUDA when its provider is present."""
     import onnxruntime as ort
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
@@ -99,18 +104,11 @@ def _ort_runners(path: Path) -> list:
     return runners
 
 
-def _trt_runner(path: Path, info: ModelInfo):
-    from hrx.runtime import trt
-
-    return trt.polygraphy_runner(path, info.precision)
-
-
 def image_tiles(folder: Path, info: ModelInfo, count: int, seed: int) -> list[np.ndarray]:
     """Random ``tile``-sized crops (reflect-padded when smaller) from the images in ``folder``."""
     from PIL import Image, ImageOps
 
-    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts)
+    files = image_files(folder)
     if not files:
         raise HRXError(f"{folder}: no images found (PNG, JPEG, WebP, BMP, TIFF)")
     rng = np.random.default_rng(seed)
@@ -155,7 +153,11 @@ def _metrics(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
 
 def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backends: Iterable[str] = ("onnxrt",),
            atol: float = 1e-4, rtol: float = 1e-3, images: Path | None = None, seed: int = 0,
-           bisect: bool = False) -> VerifyReport:
+           bisect: bool = False, runners: Mapping[str, RunnerFactory] | None = None) -> VerifyReport:
+    """Compare the unfused PyTorch model with each backend in ``backends`` on the same inputs.
+    ``runners`` maps backend names to runner factories: ``onnxrt`` is built in; the layers above add
+    theirs (``hrx verify`` adds ``trt`` from :func:`hrx.runtime.trt.polygraphy_runner`), so this
+    module imports nothing from the runtime."""
     import hrx
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
@@ -168,18 +170,21 @@ def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backend
     if (torch_model.scale, torch_model.in_channels) != (info.scale, info.in_channels):
         raise HRXError(f"{checkpoint}: checkpoint is x{torch_model.scale}/{torch_model.in_channels}ch but {model_path} "
                        f"is x{info.scale}/{info.in_channels}ch; pass the checkpoint it was exported from")
-    runners = [_torch_runner_cls()(torch_model, info)]
+    factories = {"onnxrt": ort_runners, **(runners or {})}
+    chosen = [_torch_runner_cls()(torch_model, info)]
     for b in backends:
-        if b == "onnxrt":
-            runners += _ort_runners(model_path)
-        elif b == "trt":
-            runners.append(_trt_runner(model_path, info))
-        else:
-            raise HRXError(f"unknown backend {b!r}; choose from onnxrt, trt")
+        if b not in factories:
+            raise HRXError(f"unknown backend {b!r}; choose from {', '.join(factories)}")
+        chosen += factories[b](model_path, info)
     feeds = make_inputs(info, seed, images=images)
+    severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL  # our own report below says what failed
-    results = Comparator.run(runners, data_loader=feeds)
-    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise"))
+    try:
+        results = Comparator.run(chosen, data_loader=feeds)
+        accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(
+            atol=atol, rtol=rtol, check_error_stat="elemwise"))
+    finally:
+        G_LOGGER.module_severity = severity
     report = VerifyReport(model=model_path, inputs=len(feeds))
     ref_name, ref_iters = results[0]
     for (name, iters) in list(results)[1:]:

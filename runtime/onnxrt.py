@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hrx.errors import HRXError, MissingDependencyError
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import Backend, ModelInfo
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -52,7 +52,7 @@ def create_session(path: str | os.PathLike, providers: Sequence[Any] | None = No
         raise HRXError(f"{path}: onnxruntime cannot load it ({reason[:300]})") from None
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     """Runs an HRX ONNX export (static input ``[batch, C, tile, tile]``) on ONNX Runtime."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0, device_id: int = 0) -> None:

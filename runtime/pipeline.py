@@ -433,7 +433,7 @@ def _run_model(backend: Backend, picture: Picture, spec: TileSpec, options: Batc
                result: ImageResult, progress: Progress) -> Picture:
     info = backend.info
     # a backend that takes any size (PyTorch) runs an image that fits in one tile whole, unpadded to the tile
-    whole = getattr(backend, "any_tile", False) and max(picture.height, picture.width) <= spec.tile
+    whole = backend.any_tile and max(picture.height, picture.width) <= spec.tile
     passes = model_passes(picture, info.in_channels, options.alpha)
     result.tiles = passes * (1 if whole else tile_count(picture.height, picture.width, spec))
     progress.start_image(job, result.tiles)
@@ -443,7 +443,7 @@ def _run_model(backend: Backend, picture: Picture, spec: TileSpec, options: Batc
             out = upscale_whole(x, backend.infer, spec)
             progress.advance_tiles(1)
             return out
-        return upscale_tiled(x, backend.infer, spec, progress.advance_tiles, getattr(backend, "infer_many", None))
+        return upscale_tiled(x, backend.infer, spec, progress.advance_tiles, backend.infer_many)
 
     return upscale_picture(picture, run, info.in_channels, info.scale, options.alpha)
 

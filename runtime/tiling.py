@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Generator, Iterable, Iterator
 
 import numpy as np
 
@@ -180,26 +180,30 @@ def upscale_tiled(image: np.ndarray, infer: InferFn, spec: TileSpec,
 
     results = infer_many(batches()) if infer_many is not None else map(infer, batches())
     out: np.ndarray | None = None
-    for group, result in zip(groups, results):
-        result = np.asarray(result)  # [batch, Co, T*s, T*s]
-        if result.shape[0] != spec.batch or result.shape[2:] != (t * s, t * s):
-            raise HRXError(f"backend returned shape {tuple(result.shape)} for {spec.batch} tiles of {t}x{t} "
-                           f"at scale {s}; expected [{spec.batch}, C, {t * s}, {t * s}]")
-        if out is None:
-            out = np.zeros((result.shape[1], h * s, w * s), dtype=np.float32)
-        for k, (i, j) in enumerate(group):
-            (y0, y1, wy), (x0, x1, wx) = row_win[i], col_win[j]
-            if y1 <= y0 or x1 <= x0:
-                continue
-            oy, ox = rows.starts[i] * s, cols.starts[j] * s
-            part = result[k, :, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
-            if wy is None and wx is None:
-                out[:, y0:y1, x0:x1] = part
-            else:
-                weight = np.outer(wy, wx).astype(np.float32)
-                out[:, y0:y1, x0:x1] += part * weight
-        if on_tiles is not None:
-            on_tiles(len(group))
+    try:
+        for group, result in zip(groups, results):
+            result = np.asarray(result)  # [batch, Co, T*s, T*s]
+            if result.shape[0] != spec.batch or result.shape[2:] != (t * s, t * s):
+                raise HRXError(f"backend returned shape {tuple(result.shape)} for {spec.batch} tiles of {t}x{t} "
+                               f"at scale {s}; expected [{spec.batch}, C, {t * s}, {t * s}]")
+            if out is None:
+                out = np.zeros((result.shape[1], h * s, w * s), dtype=np.float32)
+            for k, (i, j) in enumerate(group):
+                (y0, y1, wy), (x0, x1, wx) = row_win[i], col_win[j]
+                if y1 <= y0 or x1 <= x0:
+                    continue
+                oy, ox = rows.starts[i] * s, cols.starts[j] * s
+                part = result[k, :, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+                if wy is None and wx is None:
+                    out[:, y0:y1, x0:x1] = part
+                else:
+                    weight = np.outer(wy, wx).astype(np.float32)
+                    out[:, y0:y1, x0:x1] += part * weight
+            if on_tiles is not None:
+                on_tiles(len(group))
+    finally:  # a stream stopped early (bad result, Ctrl-C) frees the batches still in flight now
+        if isinstance(results, Generator):
+            results.close()
     assert out is not None  # at least one tile always exists
     if spec.merge == "blend":  # the windows sum to one except where three tiles overlap; normalise anyway
         out /= _weight_sums(row_win, h * s).astype(np.float32)[None, :, None]  # separable: no [Hs, Ws] array

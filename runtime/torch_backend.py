@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from hrx.errors import HRXError, MissingDependencyError
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import Backend, ModelInfo
 
 DEFAULT_TILE = 256
 
@@ -19,7 +19,7 @@ def round_tile(tile: int, size_multiple: int) -> int:
     return max(m, math.ceil(tile / m) * m)
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """Runs a checkpoint (path or bundled name) or an ``nn.Module`` with PyTorch. ``info.tile`` is the
     tile for large images; :meth:`infer` takes any batch and sides that are multiples of ``size_multiple``
     (``any_tile``), so images that fit in one tile run whole."""

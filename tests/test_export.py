@@ -135,9 +135,15 @@ def test_verify_with_image_tiles(tmp_module):
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(folder / "a.png")
     Image.fromarray((rng.random((20, 24)) * 255).astype(np.uint8)).save(folder / "small.png")  # smaller than a tile
+    from polygraphy.logger import G_LOGGER
+
+    before = G_LOGGER.module_severity.get()
     res = runner.invoke(app, ["verify", str(out), "--checkpoint", str(ckpt), "--backends", "onnxrt", "--images", str(folder)])
     assert res.exit_code == 0, res.output
     assert "4 input batches" in res.output
+    assert G_LOGGER.module_severity.get() == before  # verify quiets Polygraphy only while it runs
+    res = runner.invoke(app, ["verify", str(out), "--checkpoint", str(ckpt), "--backends", "onnxrt,nope"])
+    assert res.exit_code != 0 and "unknown backend 'nope'; choose from onnxrt, trt" in res.output
 
 
 def _one_line_error(res) -> str:

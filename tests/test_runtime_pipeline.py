@@ -8,7 +8,7 @@ from PIL import Image
 
 from hrx.errors import HRXError
 from hrx.runtime.images import Picture, read_image
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import Backend, ModelInfo
 from hrx.runtime.onnxrt import OnnxRuntimeBackend
 from hrx.runtime.pipeline import BatchOptions, plan_jobs, run_batch, upscale_picture
 from hrx.runtime.tiling import TileSpec
@@ -27,7 +27,7 @@ def _leftovers(root):
     return sorted(p.name for p in root.rglob("*.tmp"))
 
 
-class NearestBackend:
+class NearestBackend(Backend):
     """A stand-in backend: nearest-neighbour x2 upscaling of static 8x8 tiles."""
 
     name = "nearest"

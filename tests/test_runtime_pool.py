@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import hrx.runtime.pipeline as pipeline
 from hrx.cli.main import app
 from hrx.errors import HRXError
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import Backend, ModelInfo
 from hrx.runtime.pipeline import plan_jobs, run_batch
 from hrx.runtime.pool import Worker, open_pool, parse_devices, plan_workers, run_pool
 from hrx.runtime.tiling import TileSpec
@@ -20,7 +20,7 @@ from test_runtime_support import write_toy
 RNG = np.random.default_rng(0)
 
 
-class FakeDeviceBackend:
+class FakeDeviceBackend(Backend):
     """A stand-in for one CUDA device: a fixed per-channel x2 model (not nearest: outputs differ by input)
     whose first call waits until every device has started an image, so each one is sure to get work."""
 

@@ -6,7 +6,7 @@ import pytest
 
 from hrx.errors import HRXError
 from hrx.runtime.model_info import ModelInfo
-from hrx.runtime.trt.backend import check_tiles, expected_shapes
+from hrx.runtime.trt.backend import TensorRTBackend, _Slot, check_tiles, expected_shapes
 from hrx.runtime.trt.env import missing_for_tensorrt, triton_problem
 
 INFO = ModelInfo(arch="hrx-t", scale=2, in_channels=3, out_channels=3, tile=32, batch=2, size_multiple=16,
@@ -89,3 +89,90 @@ def test_engine_cache_builds_once(exported, tmp_path):
     stamp = first.stat().st_mtime_ns
     assert engine_for(exported["native"], "fp16", root=tmp_path) == first
     assert first.stat().st_mtime_ns == stamp, "the cached engine was rebuilt"
+
+
+# --- infer_many's slot bookkeeping, with the GPU work replaced by a host stand-in ------------------
+
+class _Event:
+    def synchronize(self) -> None:
+        pass
+
+
+class _Host:
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.array = np.zeros(shape, np.float32)
+
+    def numpy(self) -> np.ndarray:
+        return self.array
+
+
+class StandInTensorRT(TensorRTBackend):
+    """TensorRTBackend's own submit / collect / infer_many with two slots; only ``_enqueue`` (the
+    CUDA copies and the engine) is replaced by a nearest x2 upscale on the host."""
+
+    def __init__(self) -> None:  # no engine, no GPU
+        self.info = INFO
+        self.input_shape, self.output_shape = expected_shapes(INFO)
+        self._slots = [_Slot(_Host(self.input_shape), _Host(self.output_shape), None, None, _Event(), _Event(),
+                             _Event()) for _ in range(2)]
+        self._next = 0
+
+    def _enqueue(self, slot, tiles: np.ndarray) -> None:
+        slot.host_out.numpy()[...] = tiles.repeat(2, axis=2).repeat(2, axis=3)
+
+    def close(self) -> None:
+        pass
+
+
+def _tiles(k: int) -> np.ndarray:
+    return np.random.default_rng(k).random((2, 3, 32, 32), dtype=np.float32)
+
+
+def _assert_usable(backend: StandInTensorRT) -> None:
+    assert not any(s.busy for s in backend._slots)
+    np.testing.assert_array_equal(backend.infer(_tiles(9)), _tiles(9).repeat(2, axis=2).repeat(2, axis=3))
+
+
+def test_infer_many_frees_its_slots_when_the_stream_fails():
+    backend = StandInTensorRT()
+
+    def stream():
+        for k in range(3):
+            yield _tiles(k)
+        raise RuntimeError("tiling failed")
+
+    results = []
+    with pytest.raises(RuntimeError, match="tiling failed"):
+        for out in backend.infer_many(stream()):
+            results.append(out)
+    assert len(results) == 1  # two batches were still in flight when the stream failed
+    np.testing.assert_array_equal(results[0], _tiles(0).repeat(2, axis=2).repeat(2, axis=3))
+    _assert_usable(backend)
+
+
+def test_infer_many_frees_its_slots_when_the_consumer_stops():
+    backend = StandInTensorRT()
+    many = backend.infer_many(_tiles(k) for k in range(5))
+    next(many)
+    many.close()
+    _assert_usable(backend)
+
+
+def test_tiling_error_mid_image_leaves_the_backend_usable():
+    """hrx upscale: an error while an image is tiled (here Ctrl-C from the progress callback) must not
+    leave batches in flight, or every later image would fail with 'slot reused'."""
+    from hrx.runtime.tiling import TileSpec, upscale_tiled
+
+    backend = StandInTensorRT()
+    spec = TileSpec(tile=32, overlap=8, scale=2, size_multiple=16, batch=2, merge="blend")
+    img = np.random.default_rng(3).random((3, 100, 100), dtype=np.float32)
+
+    def interrupt(_n: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        upscale_tiled(img, backend.infer, spec, interrupt, backend.infer_many)
+    _assert_usable(backend)  # while the traceback (a caller's error report) still holds the tiling frame
+    assert caught.traceback
+    whole = upscale_tiled(img, backend.infer, spec, None, backend.infer_many)
+    np.testing.assert_allclose(whole, img.repeat(2, axis=1).repeat(2, axis=2), atol=1e-5)

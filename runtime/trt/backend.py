@@ -1,4 +1,4 @@
-"""The TensorRT implementation of :class:`hrx.runtime.backend.Backend`.
+"""The TensorRT implementation of :class:`hrx.interface.Backend`.
 
 Buffers: PyTorch CUDA tensors (device memory), pinned PyTorch CPU tensors (host staging) and
 ``torch.cuda.Stream``/``Event``. One library, and the one HRX already depends on: the plugin
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from hrx.errors import HRXError
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import Backend, ModelInfo
 
 
 @dataclass
@@ -52,7 +52,7 @@ def expected_shapes(info: ModelInfo) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (info.batch, info.in_channels, t, t), (info.batch, info.out_channels, t * info.scale, t * info.scale)
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     """Run an HRX engine: ``infer(float32 [batch, C, tile, tile]) -> float32 [batch, Co, tile*s, tile*s]``."""
 
     name = "tensorrt"
@@ -134,15 +134,21 @@ class TensorRTBackend:
     # -- the pipeline ------------------------------------------------------------------------------
     def _submit(self, tiles: np.ndarray) -> int:
         """Stage ``tiles`` and enqueue upload, inference and download; returns the slot index."""
-        import torch
-
         check_tiles(tiles, self.input_shape)
         index = self._next
-        self._next = (self._next + 1) % len(self._slots)
         slot = self._slots[index]
         if slot.busy:
             raise HRXError("internal: TensorRT backend slot reused before its result was collected")
         slot.downloaded.synchronize()  # host_out/host_in of this slot's previous batch are free
+        self._enqueue(slot, tiles)
+        self._next = (self._next + 1) % len(self._slots)
+        slot.busy = True
+        return index
+
+    def _enqueue(self, slot: _Slot, tiles: np.ndarray) -> None:
+        """Host copy into pinned memory, then upload, inference and download on the two streams."""
+        import torch
+
         slot.host_in.numpy()[...] = tiles  # host copy (and cast) into pinned memory
         with torch.cuda.stream(self._copy):
             self._copy.wait_event(slot.computed)  # the engine no longer reads dev_in
@@ -160,28 +166,36 @@ class TensorRTBackend:
             self._copy.wait_event(slot.computed)
             slot.host_out.copy_(slot.dev_out, non_blocking=True)
             slot.downloaded.record(self._copy)
-        slot.busy = True
-        return index
 
     def _collect(self, index: int) -> np.ndarray:
-        slot = self._slots[index]
-        slot.downloaded.synchronize()
-        slot.busy = False
-        return slot.host_out.numpy().astype(np.float32, copy=True)
+        self._release(index)
+        return self._slots[index].host_out.numpy().astype(np.float32, copy=True)
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
         """One batch, synchronously: float32 [batch, C, tile, tile] -> float32 [batch, Co, tile*s, tile*s]."""
         return self._collect(self._submit(tiles))
 
     def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Results of ``batches`` in order, with up to ``slots`` batches in flight (copies overlap compute)."""
+        """Results of ``batches`` in order, with up to ``slots`` batches in flight (copies overlap compute).
+        If the stream or the consumer stops early (an error while tiling, Ctrl-C, a closed generator),
+        the batches still in flight are waited for and their slots freed, so the next image can run."""
         pending: deque[int] = deque()
-        for tiles in batches:
-            if len(pending) == len(self._slots):
+        try:
+            for tiles in batches:
+                if len(pending) == len(self._slots):
+                    yield self._collect(pending.popleft())
+                pending.append(self._submit(tiles))
+            while pending:
                 yield self._collect(pending.popleft())
-            pending.append(self._submit(tiles))
-        while pending:
-            yield self._collect(pending.popleft())
+        finally:
+            while pending:
+                self._release(pending.popleft())
+
+    def _release(self, index: int) -> None:
+        """Wait for a submitted batch and free its slot, dropping the result."""
+        slot = self._slots[index]
+        slot.downloaded.synchronize()
+        slot.busy = False
 
     def close(self) -> None:
         if getattr(self, "_slots", None) is None:
@@ -193,12 +207,6 @@ class TensorRTBackend:
         self._context = None
         self._engine = None
         self._runtime = None
-
-    def __enter__(self) -> "TensorRTBackend":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @classmethod
     def from_onnx(cls, onnx_path: str | os.PathLike, precision: str = "fp16", *,

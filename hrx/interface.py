@@ -1,0 +1,111 @@
+"""The contracts between the layers, in one home below export, calibration and runtime:
+
+* :class:`ModelInfo` - what a deployed model says about itself: the ONNX ``metadata_props`` the
+  exporter writes and the runtime, calibrator and TensorRT builder read. Nothing is passed twice.
+  Keys (all strings in the ONNX file): ``arch, scale, in_channels, out_channels, tile, batch, ops,
+  size_multiple, tile_overlap, opset, hrx_version, checkpoint_sha256`` and optionally ``precision``
+  (``fp32`` default, ``int8-qdq`` after ``hrx calibrate``), ``quant_target``.
+* :class:`Backend` - what every inference backend (ONNX Runtime, TensorRT, PyTorch, ...) offers. A
+  backend runs a static batch of square tiles::
+
+      infer(tiles: float32 [batch, in_channels, tile, tile] in [0, 1])
+          -> float32 [batch, out_channels, tile * scale, tile * scale]
+
+  Callers pad the last batch to ``batch`` tiles; backends check shapes and raise ``HRXError`` with
+  a clear message on a mismatch. ``infer_many`` maps ``infer`` over a stream of batches (a backend
+  with several batches in flight, like TensorRT's, overrides it); ``any_tile`` says that ``infer``
+  also takes other sides (multiples of ``size_multiple``), so an image that fits in one tile runs
+  whole; ``close`` frees the backend's resources.
+
+Imports run one way: model -> export -> calibration / runtime -> cli; ``hrx.runtime.model_info``
+and ``hrx.runtime.backend`` re-export these names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from hrx.errors import HRXError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    arch: str
+    scale: int
+    in_channels: int
+    out_channels: int
+    tile: int  # static input side: inputs are [batch, in_channels, tile, tile]
+    batch: int
+    size_multiple: int
+    tile_overlap: int
+    ops: str = "native"  # "native" (standard ONNX ops) or "plugin" (hrx:: custom ops)
+    opset: int = 0
+    hrx_version: str = ""
+    checkpoint_sha256: str = ""
+    precision: str = "fp32"
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    _INTS = ("scale", "in_channels", "out_channels", "tile", "batch", "size_multiple", "tile_overlap", "opset")
+
+    def to_props(self) -> dict[str, str]:
+        d = {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelInfo":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        required = {"arch", "scale", "in_channels", "out_channels", "tile", "batch", "size_multiple", "tile_overlap"}
+        missing = sorted(required - set(props))
+        if missing:
+            raise HRXError(f"{source}: not an HRX export (metadata lacks {', '.join(missing)}); export it with `hrx export`")
+        kw: dict = {k: props[k] for k in names if k in props}
+        for k in cls._INTS:
+            if k in kw:
+                kw[k] = int(kw[k])
+        extra = {k: v for k, v in props.items() if k not in names}
+        return cls(**kw, extra=extra)
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike) -> "ModelInfo":
+        """Read the metadata of an ONNX file without loading its weights."""
+        model = load_onnx(path, load_external_data=False)
+        return cls.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+
+
+def load_onnx(path: str | os.PathLike, **kwargs):
+    """``onnx.load`` with a one-line :class:`HRXError` naming the file when it is not ONNX."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), **kwargs)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise HRXError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+
+
+class Backend:
+    """Base class of every inference backend (see the module doc)."""
+
+    name: str = "backend"  # "onnxrt-cpu", "onnxrt-cuda", "tensorrt", "torch"
+    info: ModelInfo  # tile, batch, scale, channels, overlap
+    any_tile: bool = False  # infer also takes sides other than info.tile (multiples of size_multiple)
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:  # pragma: no cover - every backend defines it
+        raise NotImplementedError(f"{type(self).__name__} does not implement infer")
+
+    def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Results of ``batches``, in order. This one runs them one at a time."""
+        return map(self.infer, batches)
+
+    def close(self) -> None:
+        """Free what the backend holds; idempotent."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
