@@ -2,7 +2,6 @@
 routing, noise injection, prompt freezing, checkpoints, CLI, ONNX Runtime parity."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -238,13 +237,10 @@ def test_cli_new(tmp_path):
     assert isinstance(model, HydraFusionIR) and model.scale == 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
 def test_onnx_runtime_matches_pytorch(tmp_path):
-    try:
-        from hrx.export import export_onnx
-    except ImportError as e:  # pragma: no cover - the exporter lands separately
-        pytest.skip(f"hrx.export.export_onnx unavailable: {e}")
     import onnxruntime as ort
+
+    from hrx.export import export_onnx
 
     model = _tiny(2)
     model.set_prompt([0.5, -1.0, 0.25, 2.0])

@@ -31,11 +31,8 @@ needs_trt = pytest.mark.skipif(_MISSING is not None, reason=f"needs TensorRT and
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    try:
-        from hrx.export import export_onnx
-    except ImportError:
-        pytest.skip("exporter not available")
     import hrx
+    from hrx.export import export_onnx
 
     out = tmp_path_factory.mktemp("trt")
     model = hrx.create_model("hrx-t", scale=2).eval()
