@@ -1,19 +1,63 @@
 """``hrx train``: train a super-resolution (x2, x3, x4) or restoration (x1) model."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
-from hrx.cli.common import Seed, handle_errors
+from hrx.cli.common import Seed, handle_errors, is_interactive
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+class TrainReporter:
+    """Draws a training run (:class:`hrx.train.TrainEvents`): a rich progress bar (loss, val PSNR)
+    on a terminal, plain log lines otherwise."""
+
+    def __init__(self, bar: bool, log: Callable[[str], None] | None = None) -> None:
+        self.use_bar, self.log, self.bar = bar, log, None
+        self.cfg = None
+        self.val = "-"
+
+    def started(self, cfg, summary: str, step: int) -> None:
+        self.cfg = cfg
+        if self.log:
+            self.log(summary)
+        if self.use_bar:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}  val PSNR-Y {task.fields[val]}"),
+                                TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=cfg.steps, completed=step, loss="-", val="-")
+
+    def stepped(self, step: int, loss: float, lr: float, seconds: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", val=self.val)
+        elif self.log and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
+            self.log(f"step {step}/{self.cfg.steps}  loss {loss:.4f}  lr {lr:.2e}  {seconds:.2f} s/step  "
+                     f"val PSNR-Y {self.val}")
+
+    def validated(self, step: int, rows) -> None:
+        from hrx.evaluate import summarize
+
+        s = summarize(rows)
+        self.val = f"{s.psnr_model:.2f} ({s.gain:+.2f} vs bicubic)"
+        if self.bar is not None:
+            self.bar.update(self.task, val=self.val)
+        elif self.log:
+            self.log(f"val step {step}: PSNR-Y {s.psnr_model:.3f} dB, bicubic {s.psnr_bicubic:.3f} dB, "
+                     f"gain {s.gain:+.3f} dB, SSIM-Y {s.ssim_model:.4f} (bicubic {s.ssim_bicubic:.4f})")
+
+    def warning(self, message: str) -> None:
+        if self.log:
+            self.log(f"warning: {message}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 @handle_errors
@@ -54,7 +98,7 @@ def train(
     stop_after: Annotated[int, typer.Option("--stop-after", help="Stop once N steps are done (the schedule still spans "
                           "--steps); continue later with --resume. 0: run to the end.")] = 0,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (0: torch's default).")] = 0,
-    device: Annotated[Device, typer.Option("--device", help="Where to train: auto uses CUDA when present.")] = Device.auto,
+    device: Annotated[str, typer.Option("--device", help="Where to train: auto (CUDA when present), cpu or cuda.")] = "auto",
 ) -> None:
     """Train a model on image crops: L1 + FFT (+ SSIM) + MoE balance loss, AdamW with a cosine schedule.
 
@@ -62,7 +106,7 @@ def train(
 
     Validation: PSNR and SSIM on the Y channel of the held-out images, against bicubic upscaling. The checkpoint records the split, seed, steps and these figures.
 
-    Example (how default-x2 is made): hrx train --arch hrx-s --scale 2 --steps 2000 --batch 8 --patch 128 --lr 1e-3 --seed 0 --threads 1 -o default-x2.safetensors
+    Example (how default-x2 is made): hrx train --arch hrx-s --scale 2 --steps 2000 --batch 8 --patch 128 --lr 2e-3 --seed 0 --threads 1 -o default-x2.safetensors
     """
     from hrx.train import TrainConfig
     from hrx.train import train as run_training
@@ -72,8 +116,8 @@ def train(
                       fft_weight=fft_weight, ssim_weight=ssim_weight, moe_weight=moe_weight, seed=seed,
                       val_fraction=val_fraction, min_detail=min_detail, blur=blur, noise=noise, jpeg=jpeg, val_every=val_every,
                       ckpt_every=ckpt_every, log_every=log_every, output=str(output), resume=resume, stop_after=stop_after,
-                      threads=threads, device=device.value)
-    result = run_training(cfg, log=lambda line: typer.echo(line, err=True))
+                      threads=threads, device=device)
+    result = run_training(cfg, TrainReporter(is_interactive(), log=lambda line: typer.echo(line, err=True)))
     if not result.finished:
         typer.echo(f"stopped at step {result.steps_done}/{cfg.steps}: wrote {result.output}; "
                    f"continue with the same command plus --resume")

@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from hrx.data import DataSplit, Degradation, PatchSampler, list_images, load_image, split_images
+from hrx.data import SKIMAGE_SOURCE, DataSplit, Degradation, PatchSampler, list_images, load_image, split_images
 from hrx.errors import HRXError
 from hrx.paths import atomic_write
 from hrx.evaluate import EvalRow, evaluate, summarize
 from hrx.losses import fft_loss, l1_loss, moe_balance_loss, ssim
 
+DEVICES = ("auto", "cpu", "cuda")
 STATE_FORMAT = "hrx-train-state"
 STATE_VERSION = 1
 
@@ -71,15 +71,17 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
+        if self.data == SKIMAGE_SOURCE:  # one spelling of the default data in configs and resume checks
+            self.data = None
         for name in ("steps", "batch", "patch", "val_every", "ckpt_every", "log_every"):
             if getattr(self, name) < 1:
-                raise HRXError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(self, name)}")
+                raise HRXError(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise HRXError(f"learning rates must satisfy 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
         if self.warmup < 0 or self.grad_clip < 0 or self.stop_after < 0 or self.threads < 0:
-            raise HRXError("--warmup, --grad-clip, --stop-after and --threads must be >= 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise HRXError(f"--device must be auto, cpu or cuda, not {self.device!r}")
+            raise HRXError("warmup, grad_clip, stop_after and threads must be >= 0")
+        if self.device not in DEVICES:
+            raise HRXError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
 
     @property
     def resume_path(self) -> Path:
@@ -91,17 +93,14 @@ class TrainConfig:
         return {k: getattr(self, k) for k in TRAJECTORY_FIELDS}
 
     def command_line(self) -> str:
-        """The ``hrx train`` command that reproduces this run."""
-        defaults = TrainConfig()
-        parts = ["hrx train", f"--arch {self.arch}", f"--scale {self.scale}", f"--steps {self.steps}",
-                 f"--batch {self.batch}", f"--patch {self.patch}", f"--lr {self.lr:g}", f"--seed {self.seed}"]
-        if self.data is not None:
-            parts.append(f"--data {self.data}")
+        """The ``hrx train`` command that reproduces this run: every field that shapes the trajectory
+        is written out, defaults included, so a later change of a default cannot change the result."""
+        parts = ["hrx train"]
         for k in TRAJECTORY_FIELDS:
-            if k in ("arch", "scale", "steps", "batch", "patch", "lr", "seed", "data"):
-                continue
-            if getattr(self, k) != getattr(defaults, k):
-                parts.append(f"--{k.replace('_', '-')} {getattr(self, k)}")
+            v = getattr(self, k)
+            if k == "data" and v is None:
+                v = "skimage"
+            parts.append(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}")
         if self.threads:
             parts.append(f"--threads {self.threads}")
         parts.append(f"-o {self.output}")
@@ -127,7 +126,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise HRXError("--device cuda: no CUDA device is available to torch")
+        raise HRXError("device cuda: no CUDA device is available to torch")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -155,7 +154,7 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 
 def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     if not path.is_file():
-        raise HRXError(f"{path}: no resume state to continue from (it is written every --ckpt-every steps)")
+        raise HRXError(f"{path}: no resume state to continue from (it is written every ckpt_every steps)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds here
@@ -165,47 +164,28 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     saved = state["config"]
     for k, v in cfg.trajectory().items():
         if saved.get(k) != v:
-            raise HRXError(f"{path}: --resume with a different {k} ({v!r}; the run was started with {saved.get(k)!r})")
+            raise HRXError(f"{path}: resume with a different {k} ({v!r}; the run was started with {saved.get(k)!r})")
     return state
 
 
-class _Reporter:
-    """A rich progress bar (loss, val PSNR) on a terminal; plain log lines otherwise."""
+class TrainEvents:
+    """What a run reports while it trains. This base ignores everything; ``hrx train`` (in
+    :mod:`hrx.cli.train`) draws a progress bar or prints log lines from it."""
 
-    def __init__(self, cfg: TrainConfig, start: int, bar: bool, log: Callable[[str], None] | None) -> None:
-        self.cfg, self.log, self.bar = cfg, log, None
-        self.val = "-"
-        if bar:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def started(self, cfg: TrainConfig, summary: str, step: int) -> None:
+        """Before the first step: ``summary`` names the model, device and data; ``step`` > 0 on resume."""
 
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}  val PSNR-Y {task.fields[val]}"),
-                                TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=cfg.steps, completed=start, loss="-", val="-")
+    def stepped(self, step: int, loss: float, lr: float, seconds: float) -> None:
+        """After optimizer step ``step`` (1-based): running mean loss, the step's lr and duration."""
 
-    def step(self, step: int, loss: float, sec_per_step: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", val=self.val)
-        elif self.log and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
-            self.log(f"step {step}/{self.cfg.steps}  loss {loss:.4f}  lr {lr_at(step - 1, self.cfg):.2e}  "
-                     f"{sec_per_step:.2f} s/step  val PSNR-Y {self.val}")
+    def validated(self, step: int, rows: list[EvalRow]) -> None:
+        """After validation at ``step``: one row per held-out image."""
 
-    def validation(self, step: int, rows: list[EvalRow]) -> None:
-        s = summarize(rows)
-        self.val = f"{s.psnr_model:.2f} ({s.gain:+.2f} vs bicubic)"
-        if self.bar is not None:
-            self.bar.update(self.task, val=self.val)
-        if self.log and self.bar is None:
-            self.log(f"val step {step}: PSNR-Y {s.psnr_model:.3f} dB, bicubic {s.psnr_bicubic:.3f} dB, "
-                     f"gain {s.gain:+.3f} dB, SSIM-Y {s.ssim_model:.4f} (bicubic {s.ssim_bicubic:.4f})")
-        if self.log and step >= max(500, 2 * self.cfg.warmup) and abs(s.gain) < 0.005:
-            self.log(f"warning: at step {step} the model still equals bicubic (gain {s.gain:+.3f} dB); its head "
-                     "may have collapsed (dead activations), try a lower --lr")
+    def warning(self, message: str) -> None:
+        """Something the user should act on (e.g. a model that still equals bicubic)."""
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        """The run ended (finished, stopped or failed)."""
 
 
 def _extra(cfg: TrainConfig, split: DataSplit, step: int, rows: list[EvalRow], history: list[list[float]],
@@ -230,14 +210,27 @@ def _extra(cfg: TrainConfig, split: DataSplit, step: int, rows: list[EvalRow], h
     return extra
 
 
-def train(cfg: TrainConfig, progress: bool | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Run (or continue, with ``cfg.resume``) a training. ``progress``: rich bar (default: when
-    stderr is a terminal); ``log``: where plain progress lines go when there is no bar."""
+@dataclass
+class _Run:
+    """Everything a run holds between steps."""
+
+    model: nn.Module
+    device: torch.device
+    opt: torch.optim.Optimizer
+    sampler: PatchSampler
+    split: DataSplit
+    val_imgs: list
+    step: int = 0
+    seconds: float = 0.0
+    history: list[list[float]] = dataclasses.field(default_factory=list)
+    rows: list[EvalRow] = dataclasses.field(default_factory=list)
+    loss_avg: float = float("nan")
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The seeded, untrained model; the patch must tile into its ``size_multiple``."""
     import hrx
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     try:
         model = hrx.create_model(cfg.arch, scale=cfg.scale)
@@ -245,90 +238,127 @@ def train(cfg: TrainConfig, progress: bool | None = None, log: Callable[[str], N
         raise HRXError(str(e).strip("'\"")) from None
     lr_side = cfg.patch // cfg.scale
     if cfg.patch % cfg.scale or lr_side % model.size_multiple:
-        raise HRXError(f"--patch {cfg.patch}: patch / scale must be a multiple of {model.size_multiple} for {cfg.arch} "
-                       f"(e.g. --patch {cfg.scale * model.size_multiple * max(1, round(lr_side / model.size_multiple))})")
+        good = cfg.scale * model.size_multiple * max(1, round(lr_side / model.size_multiple))
+        raise HRXError(f"patch {cfg.patch}: patch / scale must be a multiple of {model.size_multiple} for {cfg.arch} "
+                       f"(e.g. patch {good})")
+    return model
 
-    records = list_images(cfg.data)
-    split = split_images(records, cfg.seed, cfg.val_fraction)
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on conv / linear weights only (not on biases, norms, scales)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+
+
+def _prepare(cfg: TrainConfig) -> _Run:
+    """Model, data (split, sampler, validation images) and optimizer; restored from the resume
+    state when ``cfg.resume``."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    model = build_model(cfg)
+    split = split_images(list_images(cfg.data), cfg.seed, cfg.val_fraction)
     train_imgs = [(r.name, load_image(r.path)) for r in split.train]
     val_imgs = [(r.name, load_image(r.path)) for r in split.val]
-    deg = Degradation(cfg.scale, cfg.blur, cfg.noise, cfg.jpeg)
-    sampler = PatchSampler(train_imgs, cfg.patch, deg, cfg.seed, min_detail=cfg.min_detail)
-
+    sampler = PatchSampler(train_imgs, cfg.patch, Degradation(cfg.scale, cfg.blur, cfg.noise, cfg.jpeg), cfg.seed,
+                           min_detail=cfg.min_detail)
     model.to(device)
-    decay = [p for p in model.parameters() if p.ndim > 1]  # conv / linear weights
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases, norms, scales
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
-
-    step, seconds = 0, 0.0
-    history: list[list[float]] = []
-    rows: list[EvalRow] = []
+    run = _Run(model, device, make_optimizer(model, cfg), sampler, split, val_imgs)
     if cfg.resume:
-        state = _load_state(cfg.resume_path, cfg)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sampler.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        step, history, seconds = int(state["step"]), list(state["history"]), float(state["seconds"])
-    if log:
-        where = "skimage bundled photos" if cfg.data is None else cfg.data
-        n = sum(p.numel() for p in model.parameters())
-        log(f"{cfg.arch} x{cfg.scale} ({n:,} parameters) on {device}; data {where}: "
-            f"{len(split.train)} train images, {len(split.val)} val ({', '.join(r.name for r in split.val)})"
-            + (f"; resuming at step {step}" if cfg.resume else ""))
+        _restore(run, _load_state(cfg.resume_path, cfg))
+    return run
 
-    def checkpoint(at: int, val_rows: list[EvalRow]) -> None:
-        hrx.save_model(model, cfg.output, extra=_extra(cfg, split, at, val_rows, history, seconds, sampler.skipped))
-        _save_state(cfg.resume_path, {
-            "format": STATE_FORMAT, "version": STATE_VERSION, "step": at, "config": cfg.trajectory(),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(), "data_rng": sampler.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "history": history, "seconds": seconds})
 
-    def validate(at: int) -> list[EvalRow]:
-        # eval draws no random numbers, so validating does not change the training trajectory
-        val_rows = evaluate(model, val_imgs, cfg.scale)
-        s = summarize(val_rows)
-        history.append([at, round(loss_avg, 6), round(s.psnr_model, 4), round(s.psnr_bicubic, 4)])
-        reporter.validation(at, val_rows)
-        return val_rows
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sampler.set_state(state["data_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if run.device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+    run.step, run.history, run.seconds = int(state["step"]), list(state["history"]), float(state["seconds"])
 
+
+def _summary(cfg: TrainConfig, run: _Run) -> str:
+    where = "skimage bundled photos" if cfg.data is None else cfg.data
+    n = sum(p.numel() for p in run.model.parameters())
+    return (f"{cfg.arch} x{cfg.scale} ({n:,} parameters) on {run.device}; data {where}: {len(run.split.train)} train "
+            f"images, {len(run.split.val)} val ({', '.join(r.name for r in run.split.val)})"
+            + (f"; resuming at step {run.step}" if cfg.resume else ""))
+
+
+def _train_step(run: _Run, cfg: TrainConfig) -> float:
+    """One optimizer step on a fresh batch of crops; returns its loss."""
+    run.model.train()
+    lr = lr_at(run.step, cfg)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    lr_b, hr_b = run.sampler.batch(cfg.batch)
+    loss, _ = training_loss(run.model, lr_b.to(run.device), hr_b.to(run.device), cfg)
+    if not torch.isfinite(loss):
+        raise HRXError(f"loss became {float(loss.detach())} at step {run.step + 1}; lower lr or grad_clip")
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.opt.step()
+    run.step += 1
+    return float(loss.detach())
+
+
+def _validate(run: _Run, cfg: TrainConfig, events: TrainEvents) -> None:
+    """Y-PSNR / SSIM vs bicubic on the held-out images. Evaluation draws no random numbers, so
+    validating does not change the training trajectory."""
+    run.rows = evaluate(run.model, run.val_imgs, cfg.scale)
+    s = summarize(run.rows)
+    run.history.append([run.step, round(run.loss_avg, 6), round(s.psnr_model, 4), round(s.psnr_bicubic, 4)])
+    events.validated(run.step, run.rows)
+    if run.step >= max(500, 2 * cfg.warmup) and abs(s.gain) < 0.005:
+        events.warning(f"at step {run.step} the model still equals bicubic (gain {s.gain:+.3f} dB); its head may "
+                       "have collapsed (dead activations), try a lower lr")
+
+
+def _checkpoint(run: _Run, cfg: TrainConfig) -> None:
+    """The model (with its training metadata) and the resume state, both written atomically."""
+    import hrx
+
+    hrx.save_model(run.model, cfg.output, extra=_extra(cfg, run.split, run.step, run.rows, run.history, run.seconds,
+                                                       run.sampler.skipped))
+    _save_state(cfg.resume_path, {
+        "format": STATE_FORMAT, "version": STATE_VERSION, "step": run.step, "config": cfg.trajectory(),
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": run.opt.state_dict(), "data_rng": run.sampler.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+        "history": run.history, "seconds": run.seconds})
+
+
+def train(cfg: TrainConfig, events: TrainEvents | None = None) -> TrainResult:
+    """Run (or continue, with ``cfg.resume``) a training; ``events`` hears about its progress.
+    Ctrl-C: ``resume`` continues from the last checkpoint (every ``ckpt_every`` steps)."""
+    events = events or TrainEvents()
+    run = _prepare(cfg)
+    events.started(cfg, _summary(cfg, run), run.step)
     end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
-    reporter = _Reporter(cfg, step, sys.stderr.isatty() if progress is None else progress, log)
-    loss_avg, loss_sum, loss_n = float("nan"), 0.0, 0
-    try:  # Ctrl-C: --resume continues from the last checkpoint (every --ckpt-every steps)
-        while step < end:
+    loss_sum, loss_n = 0.0, 0
+    try:
+        while run.step < end:
             t0 = time.perf_counter()
-            model.train()
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            lr_b, hr_b = sampler.batch(cfg.batch)
-            loss, _ = training_loss(model, lr_b.to(device), hr_b.to(device), cfg)
-            if not torch.isfinite(loss):
-                raise HRXError(f"loss became {float(loss.detach())} at step {step + 1}; lower --lr or --grad-clip")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            step += 1
+            loss = _train_step(run, cfg)
             dt = time.perf_counter() - t0
-            seconds += dt
-            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
-            loss_avg = loss_sum / loss_n
-            reporter.step(step, loss_avg, dt)
-            if step % cfg.log_every == 0:
+            run.seconds += dt
+            loss_sum, loss_n = loss_sum + loss, loss_n + 1
+            run.loss_avg = loss_sum / loss_n
+            events.stepped(run.step, run.loss_avg, lr_at(run.step - 1, cfg), dt)
+            if run.step % cfg.log_every == 0:
                 loss_sum, loss_n = 0.0, 0
-            if step % cfg.val_every == 0 or step == cfg.steps:
-                rows = validate(step)
-            if step % cfg.ckpt_every == 0 or step == end:
-                checkpoint(step, rows)
+            if run.step % cfg.val_every == 0 or run.step == cfg.steps:
+                _validate(run, cfg, events)
+            if run.step % cfg.ckpt_every == 0 or run.step == end:
+                _checkpoint(run, cfg)
     finally:
-        reporter.close()
-    if step == cfg.steps and not rows:  # resumed a run that had finished: report its validation again
-        rows = evaluate(model, val_imgs, cfg.scale)
-    return TrainResult(Path(cfg.output), step, step == cfg.steps, rows, loss_avg)
+        events.close()
+    if run.step == cfg.steps and not run.rows:  # resumed a run that had finished: report its validation again
+        run.rows = evaluate(run.model, run.val_imgs, cfg.scale)
+    return TrainResult(Path(cfg.output), run.step, run.step == cfg.steps, run.rows, run.loss_avg)

@@ -15,6 +15,7 @@ from hrx.data import (Degradation, ImageRecord, PatchSampler, bicubic_downscale,
                       load_image, mod_crop, skimage_photos, split_images)
 from hrx.errors import HRXError
 from hrx.evaluate import evaluate, psnr_y, run_padded, summarize
+from hrx.cli.train import TrainReporter
 from hrx.train import TrainConfig, lr_at, train
 
 
@@ -162,7 +163,7 @@ def test_loss_decreases(image_dir: Path, tmp_path: Path):
     cfg = _cfg(image_dir, tmp_path / "m.pt", steps=40, batch=4, lr=3e-3, warmup=5, val_every=40, ckpt_every=40,
                log_every=10)
     lines: list[str] = []
-    res = train(cfg, progress=False, log=lines.append)
+    res = train(cfg, TrainReporter(bar=False, log=lines.append))
     losses = [float(l.split("loss ")[1].split()[0]) for l in lines if l.startswith("step ")]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.9 * losses[0], losses
@@ -175,11 +176,11 @@ def test_loss_decreases(image_dir: Path, tmp_path: Path):
 
 
 def test_resume_is_exact(image_dir: Path, tmp_path: Path):
-    straight = train(_cfg(image_dir, tmp_path / "a.pt", steps=6), progress=False)
-    part = train(_cfg(image_dir, tmp_path / "b.pt", steps=6, stop_after=3), progress=False)
+    straight = train(_cfg(image_dir, tmp_path / "a.pt", steps=6))
+    part = train(_cfg(image_dir, tmp_path / "b.pt", steps=6, stop_after=3))
     assert not part.finished and part.steps_done == 3
     assert (tmp_path / "b.resume.pt").is_file()
-    resumed = train(_cfg(image_dir, tmp_path / "b.pt", steps=6, resume=True), progress=False)
+    resumed = train(_cfg(image_dir, tmp_path / "b.pt", steps=6, resume=True))
     assert resumed.finished and resumed.steps_done == 6
     a = hrx.load_model(straight.output).state_dict()
     b = hrx.load_model(resumed.output).state_dict()
@@ -192,16 +193,16 @@ def test_resume_is_exact(image_dir: Path, tmp_path: Path):
 
 
 def test_resume_refuses_changed_options(image_dir: Path, tmp_path: Path):
-    train(_cfg(image_dir, tmp_path / "c.pt", steps=4, stop_after=2, ckpt_every=2), progress=False)
+    train(_cfg(image_dir, tmp_path / "c.pt", steps=4, stop_after=2, ckpt_every=2))
     with pytest.raises(HRXError, match="different lr"):
-        train(_cfg(image_dir, tmp_path / "c.pt", steps=4, lr=1e-4, resume=True), progress=False)
+        train(_cfg(image_dir, tmp_path / "c.pt", steps=4, lr=1e-4, resume=True))
     with pytest.raises(HRXError, match="no resume state"):
-        train(_cfg(image_dir, tmp_path / "none.pt", steps=4, resume=True), progress=False)
+        train(_cfg(image_dir, tmp_path / "none.pt", steps=4, resume=True))
 
 
 def test_bad_patch_is_a_one_line_error(image_dir: Path, tmp_path: Path):
     with pytest.raises(HRXError, match="multiple of 16"):
-        train(_cfg(image_dir, tmp_path / "d.pt", patch=40), progress=False)
+        train(_cfg(image_dir, tmp_path / "d.pt", patch=40))
 
 
 def test_cli_train(image_dir: Path, tmp_path: Path):
@@ -229,3 +230,15 @@ def test_bundled_models_load():
         extra = model.checkpoint_extra
         assert extra["val_psnr"] > extra["val_psnr_bicubic"]
         assert bundled[name].stat().st_size < 8 * 2**20
+
+
+def test_command_line_records_every_trajectory_field():
+    """Re-running the recorded command trains the same model even if a default changes later."""
+    from hrx.train import TRAJECTORY_FIELDS
+
+    cfg = TrainConfig(lr=2e-3, min_lr=1e-5, steps=7)
+    cmd = cfg.command_line()
+    for k in TRAJECTORY_FIELDS:
+        assert f" --{k.replace('_', '-')} " in cmd, k
+    assert "--lr 0.002 " in cmd and "--data skimage " in cmd and "--steps 7 " in cmd
+    assert TrainConfig(data="skimage").trajectory() == TrainConfig().trajectory()  # one spelling of the default
