@@ -14,7 +14,8 @@ Kept float (reason -> nodes), found from the graph's structure, not from node na
 * ``output``: the last conv(s) before the model output, reached from the output without crossing
   another conv: the head's final conv and the exact bicubic residual conv.
 
-:func:`fallback_nodes` adds the larger sets of the fallback ladder (see :mod:`hrx.calibration.quantize`).
+:func:`near_ends` gives the stem / head convs that the fallback ladder (:data:`hrx.calibration.quantize.LADDER`)
+keeps float in its later rungs, together with the last layers it adds there.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ MAX_DYNAMIC_BATCH = 64  # the largest batch a dynamic export promises (metadata 
 class ExportResult:
     path: Path
     info: ModelInfo
-    simplifier: str  # "onnxsim", "onnxslim" or "none"
+    simplifier: str  # "onnxsim", "onnxslim" or "none", with the reasons of any that failed
     node_counts: Counter = field(default_factory=Counter)
     parameters: int = 0
     macs_per_tile: int = 0
@@ -189,23 +189,37 @@ def module_output_map(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """onnxsim first; onnxslim where onnxsim fails or is missing. Returns (model, which ran)."""
-    try:
-        import onnxsim
+    """onnxsim first; onnxslim where onnxsim fails or is missing. Returns (model, which ran); a
+    simplifier that fails is reported in that string and logged on one line with its reason, e.g.
+    ``onnxslim (onnxsim failed: ...)``."""
+    failures = []
+    for name, run in (("onnxsim", _onnxsim), ("onnxslim", _onnxslim)):
+        try:
+            with _quiet_exporter():
+                simplified = run(model)
+            return simplified, name + (f" ({'; '.join(failures)})" if failures else "")
+        except Exception as e:  # noqa: BLE001 - simplifiers raise anything; the next one (or none) takes over
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            failures.append(f"{name} failed: {reason}")
+            logging.getLogger("hrx.export").warning("%s failed, graph %s: %s", name,
+                                                    "tried with onnxslim" if name == "onnxsim" else "left unsimplified",
+                                                    reason)
+    return model, f"none ({'; '.join(failures)})"
 
-        with _quiet_exporter():
-            simplified, ok = onnxsim.simplify(model)
-        if ok:
-            return simplified, "onnxsim"
-    except Exception:  # noqa: BLE001 - fall through to onnxslim
-        pass
-    try:
-        import onnxslim
 
-        with _quiet_exporter():
-            return onnxslim.slim(model), "onnxslim"
-    except Exception:  # noqa: BLE001
-        return model, "none"
+def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise HRXError("its check of the simplified graph against the original failed")
+    return simplified
+
+
+def _onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+
+    return onnxslim.slim(model)
 
 
 def count_macs(model: onnx.ModelProto) -> int:

@@ -7,10 +7,10 @@ Polygraphy's ``Comparator`` runs them on the same inputs (seeded random tiles, p
 tiles with ``--images``) and ``CompareFunc.simple`` gives the verdict; we add max abs / max rel
 error and PSNR per backend.
 
-``--bisect``: the exporter records, for each PyTorch module, which tensor of the ONNX graph holds
-that module's output (metadata ``hrx_bisect_map``). Bisect marks those tensors as outputs, runs
-ONNX Runtime and the fused PyTorch model with hooks, and names the first module / node (in
-execution order) whose output differs beyond tolerance.
+``--bisect``: re-export the checkpoint with the model's own settings (exports are reproducible, so
+the fresh graph has the same tensors), mark every node output of both graphs as an output, run both
+on ONNX Runtime with graph optimisations off, and name the first node (in graph order) whose output
+differs beyond tolerance, with the PyTorch module that produced it (metadata ``hrx_bisect_map``).
 """
 from __future__ import annotations
 

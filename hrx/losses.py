@@ -38,10 +38,6 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, wind
     return s.mean()
 
 
-def ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return 1.0 - ssim(pred, target)
-
-
 def fft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of the orthonormal 2-D FFTs (real and imaginary parts)."""
     d = torch.fft.rfft2(pred.float() - target.float(), norm="ortho")

@@ -124,7 +124,7 @@ def _to_picture(im, path: Path) -> Picture:
     exif = _exif_without_orientation(im, tiff)
     mode = im.mode
     if mode == "CMYK":
-        im, icc = _cmyk_to_rgb(im, icc), None
+        im, icc = _cmyk_to_rgb(im, icc, path), None
     elif mode in ("P", "PA"):
         im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
     elif mode in ("L", "RGB") and "transparency" in im.info:
@@ -276,17 +276,20 @@ def _exif_without_orientation(im, tiff: bool = False) -> bytes | None:
     return exif.tobytes() if len(exif) else None
 
 
-def _cmyk_to_rgb(im, icc: bytes | None):
-    """CMYK -> sRGB through the embedded profile when there is one, else Pillow's naive conversion."""
-    if icc:
-        try:
-            from PIL import ImageCms
+def _cmyk_to_rgb(im, icc: bytes | None, path: Path):
+    """CMYK -> sRGB through the embedded profile when there is one, else Pillow's naive conversion.
+    A profile that cannot be applied fails the image: the naive conversion would give wrong colours."""
+    if not icc:
+        return im.convert("RGB")
+    try:
+        from PIL import ImageCms
 
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
-        except Exception:  # noqa: BLE001 - a broken profile or no littlecms: fall back below
-            pass
-    return im.convert("RGB")
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except Exception as e:  # noqa: BLE001 - ImageCms raises PyCMSError, OSError, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HRXError(f"{path}: its CMYK ICC profile cannot be converted to sRGB ({reason}); the colours would "
+                       "come out wrong, so the image is not upscaled") from None
 
 
 def to_uint(values: np.ndarray, bits: int) -> np.ndarray:

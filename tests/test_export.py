@@ -64,7 +64,7 @@ def test_onnxruntime_matches_unfused_pytorch(tmp_module, arch, scale, ops):
     else:
         assert custom == {"SelectiveScan", "MoETop1"}
         assert {f.name for f in proto.functions} == custom
-    assert result.simplifier in ("onnxsim", "onnxslim")
+    assert result.simplifier in ("onnxsim", "onnxslim"), result.simplifier  # neither failed
 
 
 def test_plugin_nodes_carry_trt_attributes(tmp_module):
@@ -179,3 +179,31 @@ def test_export_bad_inputs(tmp_path):  # one line each, non-zero exit, nothing l
         ex.os.access = real_access
     assert "not writable" in line and not list(ro.iterdir())
     assert not out.exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_simplifier_failures_are_reported_with_their_reason(monkeypatch, caplog):
+    from onnx import helper
+
+    from hrx.export import onnx_export
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+
+    def fail(message):
+        def run(_model):
+            raise RuntimeError(message + "\nsecond line")
+        return run
+
+    monkeypatch.setattr(onnx_export, "_onnxsim", fail("onnxsim broke"))
+    out, which = onnx_export.simplify(model)
+    assert which.startswith("onnxslim (onnxsim failed: onnxsim broke)") and "second line" not in which
+    monkeypatch.setattr(onnx_export, "_onnxslim", fail("onnxslim broke"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hrx.export"):
+        out, which = onnx_export.simplify(model)
+    assert out is model and which == "none (onnxsim failed: onnxsim broke; onnxslim failed: onnxslim broke)"
+    assert [r.getMessage() for r in caplog.records] == [
+        "onnxsim failed, graph tried with onnxslim: onnxsim broke",
+        "onnxslim failed, graph left unsimplified: onnxslim broke"]

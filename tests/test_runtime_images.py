@@ -279,3 +279,11 @@ def test_sixteen_bit_to_eight_bit_formats(tmp_path):
         assert back.mode == "RGB"
     with Image.open(write_image(tmp_path / "e.tif", eight, "tiff")) as back:
         assert back.mode == "RGB"
+
+
+def test_cmyk_with_a_broken_profile_fails_that_image(tmp_path):
+    """A naive CMYK conversion would silently give wrong colours: the image fails with the reason."""
+    path = tmp_path / "cmyk.tif"
+    Image.fromarray(_rgb()).convert("CMYK").save(path, icc_profile=b"not an ICC profile at all")
+    with pytest.raises(HRXError, match=r"cmyk.tif: its CMYK ICC profile cannot be converted to sRGB \("):
+        read_image(path)

@@ -32,8 +32,6 @@ from hrx.blocks.replk import RepLK
 from hrx.blocks.ssm import SSMixer
 from hrx.blocks.window_attention import WindowAttention
 
-EXPERT_NAMES = ("replk", "dilated", "window_attention", "ssm")
-
 
 class DilatedConvExpert(nn.Module):
     """3x3 conv (dilation 2) -> GELU -> 3x3 conv (dilation 3): a wide, sparse receptive field."""

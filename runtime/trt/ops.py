@@ -102,27 +102,3 @@ def opset_problems(model) -> list[str]:
     lo, hi = supported_ops().opset_range
     versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
     return [f"opset {v} is outside TensorRT's supported range {lo}-{hi}" for v in versions if not lo <= v <= hi]
-
-
-def restrictions_for(ops: Iterable[str]) -> dict[str, str]:
-    """TensorRT's documented restrictions for the given (supported) ops, e.g. for a build summary."""
-    table = supported_ops().restrictions
-    return {op: table[op] for op in sorted(set(ops)) if op in table}
-
-
-def ops_used(model) -> list[str]:
-    """Sorted default-domain op types used anywhere in the model (graph, subgraphs, functions)."""
-    model = _load(model)
-    found: set[str] = set()
-
-    def visit(nodes) -> None:
-        for n in nodes:
-            if n.domain in _DEFAULT_DOMAINS:
-                found.add(n.op_type)
-            for g in _subgraphs(n):
-                visit(g.node)
-
-    visit(model.graph.node)
-    for f in model.functions:
-        visit(f.node)
-    return sorted(found)
