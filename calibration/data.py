@@ -25,6 +25,7 @@ from hrx.metrics import BT601
 from hrx.paths import IMAGE_SUFFIXES, image_files
 
 HELD_BACK_FRACTION = 0.25
+FEW_IMAGES = 4  # with fewer images the gate cannot see beyond them (see hrx.calibration.pipeline)
 DETAIL_TRIES = 8
 
 
@@ -121,6 +122,30 @@ def bicubic_down(hr: np.ndarray, scale: int) -> np.ndarray:
     from hrx.data import bicubic_downscale
 
     return bicubic_downscale(torch.from_numpy(hr), scale).numpy().astype(np.float32)
+
+
+def augment(tiles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Photometric and geometric variants of ``[N, C, H, W]`` tiles in [0, 1]: a flip / transpose, a
+    contrast stretch about the tile's mean and a brightness gain, and for colour tiles a saturation boost
+    and per-channel gains (which also tint gray photos); clipped to [0, 1]."""
+    out = np.empty_like(tiles, dtype=np.float32)
+    for k, t in enumerate(tiles.astype(np.float32)):
+        t = t[:, ::-1] if rng.random() < 0.5 else t
+        t = t[:, :, ::-1] if rng.random() < 0.5 else t
+        t = t.transpose(0, 2, 1) if rng.random() < 0.5 and t.shape[1] == t.shape[2] else t
+        mean = float(t.mean())
+        t = (t - mean) * rng.uniform(0.7, 1.8) + mean * rng.uniform(0.7, 1.8)
+        if t.shape[0] >= 3:
+            luma = np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), t[:3], axes=1)[None]
+            colour = (luma + (t[:3] - luma) * rng.uniform(1.0, 2.5)) * rng.uniform(0.6, 1.4, (3, 1, 1))
+            t = np.concatenate([colour, t[3:]]) if t.shape[0] > 3 else colour
+        out[k] = np.clip(t, 0.0, 1.0)
+    return out
+
+
+def image_count(names: list[str]) -> int:
+    """Distinct source images behind split names (one image's halves count once)."""
+    return len({n.removesuffix(" (left half)").removesuffix(" (right half)") for n in names})
 
 
 def sample_tiles(folder: str | Path, tile: int, scale: int, channels: int, samples: int, eval_tiles: int,

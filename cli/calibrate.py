@@ -59,7 +59,8 @@ def calibrate(
     if report.passed:
         return
     tried = ", ".join(f"{a.quant.step.name} {a.quality.drop:+.3f} dB" for a in report.attempts)
-    message = f"{model}: INT8 PSNR drop over --max-drop {max_drop:g} dB (tried {tried})"
+    limit = f"--max-drop {max_drop:g} dB" + (f" / 3 = {report.threshold:.2f} dB (few images)" if report.few_images else "")
+    message = f"{model}: INT8 PSNR drop over {limit} (tried {tried})"
     if not report.written:
         raise fail(f"{message}; nothing written (--force writes it anyway)")
     typer.echo(f"warning: {message}; written anyway (--force)", err=True)

@@ -277,3 +277,42 @@ def test_upscale_runs_the_int8_model_on_cpu(trt_int8, photos, tmp_path):
     assert res.exit_code == 0, res.output
     with Image.open(tmp_path / "coins.png") as im:
         assert im.size == (384, 320)
+
+
+@pytest.fixture(scope="session")
+def one_photo(work) -> Path:
+    """The issue's case: a folder with one dim, gray photo."""
+    folder = work / "one"
+    folder.mkdir()
+    shutil.copy(_photos()["moon"], folder / "moon.png")
+    return folder
+
+
+@pytest.mark.parametrize("target", ["cpu", "trt"])
+def test_one_photo_calibration_holds_on_unseen_photos(native_onnx, one_photo, work, target):
+    """Calibrate on one photo, score on other, colourful photos the calibration never saw (the gate's
+    protocol): the INT8 drop stays within 0.3 dB; the summary warns that one image cannot be trusted."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_calib_generalise import eval_tiles, unseen_drops
+
+    out = work / f"one.{target}.int8.onnx"
+    res = _run(str(native_onnx), "--images", str(one_photo), "-o", str(out), "--target", target, *FAST)
+    text = _ok(res)
+    assert "warning: only 1 image: the quality gate cannot see beyond it" in res.stderr
+    assert "max drop 0.10 dB = 0.3 / 3: only 1 image" in text
+    gate = json.loads(_props(out)["quant_gate"])
+    assert gate == {"images": 1, "max_drop": 0.1, "few_images": True}
+    assert _props(out)["quant_fallback"] != "default"  # stem and head stay float
+    unseen = eval_tiles(["astronaut", "motorcycle_left"], TILE, 2, 6, 7)
+    drops = unseen_drops(native_onnx, out, unseen, 1, 2)
+    assert max(drops) <= 0.3, drops
+    assert min(drops) > -0.3, drops  # a real INT8 model: not FP32 in disguise, not broken
+
+
+def test_several_images_keep_the_full_gate(trt_int8):
+    out, text = trt_int8
+    gate = json.loads(_props(out)["quant_gate"])
+    assert gate["few_images"] is False and gate["max_drop"] == 0.3 and gate["images"] == 5
+    assert "warning: only" not in text
