@@ -7,6 +7,7 @@ Public API (imported lazily: ``import hrx.runtime`` loads neither onnxruntime, t
     TileSpec(tile, overlap, scale, size_multiple, batch, merge) / upscale_tiled(image, backend.infer, spec)
     read_image(path) -> Picture / write_image(path, picture, fmt)
     plan_jobs(inputs, out_dir, fmt, recursive) / run_batch(backend, jobs, spec, options) -> BatchReport
+    plan_workers(devices, workers, threads) / open_pool(open_one, workers) / run_pool(backends, workers, jobs, ...)
 
 Heavy backends (onnxruntime, tensorrt, torch) are imported inside the functions that need them.
 """
@@ -31,6 +32,10 @@ _LAZY = {
     "BatchReport": "hrx.runtime.pipeline",
     "plan_jobs": "hrx.runtime.pipeline",
     "run_batch": "hrx.runtime.pipeline",
+    "Worker": "hrx.runtime.pool",
+    "plan_workers": "hrx.runtime.pool",
+    "open_pool": "hrx.runtime.pool",
+    "run_pool": "hrx.runtime.pool",
 }
 
 __all__ = list(_LAZY)

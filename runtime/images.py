@@ -292,10 +292,17 @@ def _cmyk_to_rgb(im, icc: bytes | None, path: Path):
                        "come out wrong, so the image is not upscaled") from None
 
 
-def to_uint(values: np.ndarray, bits: int) -> np.ndarray:
-    """float in [0, 1] -> uint8 / uint16, rounded."""
-    top = 65535.0 if bits == 16 else 255.0
-    return (np.clip(values, 0.0, 1.0) * top + 0.5).astype(np.uint16 if bits == 16 else np.uint8)
+def to_uint(values: np.ndarray, bits: int, rows: int = 256) -> np.ndarray:
+    """float in [0, 1] -> uint8 / uint16, rounded; ``rows`` rows at a time, so the float temporaries stay
+    small next to the output (a whole-image ``clip(x) * 255`` would allocate two more float images)."""
+    top = np.float32(65535.0 if bits == 16 else 255.0)
+    out = np.empty(values.shape, np.uint16 if bits == 16 else np.uint8)
+    for r in range(0, max(1, values.shape[0]), rows):
+        part = np.clip(values[r:r + rows], 0.0, 1.0)
+        part *= top
+        part += np.float32(0.5)
+        out[r:r + rows] = part
+    return out
 
 
 def to_pil(picture: Picture, fmt: str):
