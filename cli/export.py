@@ -10,6 +10,17 @@ import typer
 from hrx.cli.common import Checkpoint, handle_errors
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class IOPrecision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
 class OpsMode(str, Enum):
     native = "native"
     plugin = "plugin"
@@ -27,6 +38,13 @@ def export(
                                                      "hrx::MoETop1 nodes for TensorRT plugins (still runs on ONNX Runtime).")] = OpsMode.native,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (18 or newer).")] = 18,
     no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim/onnxslim.")] = False,
+    precision: Annotated[Precision, typer.Option("--precision", help="Compute precision written into the graph: "
+                                                 "fp16/bf16 run every op in half except FP32 islands (softmax and "
+                                                 "its logits, norm statistics, the scan's decays), made explicit "
+                                                 "with Cast nodes; TensorRT builds it strongly typed as is.")] = Precision.fp32,
+    io: Annotated[IOPrecision, typer.Option("--io", help="Input/output type of an fp16 graph: fp32 (default: "
+                                            "nothing changes for callers) or fp16 (for callers that feed half "
+                                            "tensors).")] = IOPrecision.fp32,
 ) -> None:
     """Fuse a checkpoint's re-parameterizable branches, freeze it to static shapes with top-1
     routing, export to ONNX, check and simplify it. Writes the model's metadata (scale, tile,
@@ -36,5 +54,5 @@ def export(
     if output is None:
         output = Path(Path(checkpoint).name.split(".")[0] + ".onnx")
     result = export_onnx(checkpoint, output, tile=tile, batch=batch, ops=ops.value, opset=opset,
-                         simplify_graph=not no_simplify)
+                         simplify_graph=not no_simplify, precision=precision.value, io=io.value)
     typer.echo(result.summary())

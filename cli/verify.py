@@ -20,9 +20,14 @@ def verify(
     model: Annotated[Path, typer.Argument(help="ONNX file from `hrx export` (or `hrx calibrate`).", show_default=False)],
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Checkpoint (or bundled name) the model was exported from.",
                                             show_default=False)],
-    backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: onnxrt, trt. Default: onnxrt, plus trt when TensorRT is installed.")] = None,
-    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-4,
-    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance.")] = 1e-3,
+    backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: onnxrt, trt, fp16-ref (the "
+                                                    "graph on the CPU with every op rounded to its FP16/BF16 type; "
+                                                    "slow, use small tiles). Default: onnxrt, plus trt when "
+                                                    "TensorRT is installed.")] = None,
+    atol: Annotated[Optional[float], typer.Option("--atol", help="Absolute tolerance [default: 1e-4; 1e-2 for fp16 "
+                                                  "models, 6e-2 for bf16].", show_default=False)] = None,
+    rtol: Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance [default: 1e-3; 1e-2 for fp16 "
+                                                  "models, 6e-2 for bf16].", show_default=False)] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of images: real tiles are compared too.")] = None,
     seed: Seed = 0,
     bisect: Annotated[bool, typer.Option("--bisect", help="On failure, name the first module/node that diverges.")] = False,
@@ -40,7 +45,7 @@ def verify(
     report = run_verify(model, checkpoint, chosen, atol=atol, rtol=rtol, images=images, seed=seed, bisect=bisect,
                         runners={"trt": _trt_runners})
     typer.echo(f"verify {model} against {checkpoint} (unfused PyTorch), {report.inputs} input batches, "
-               f"atol={atol:g} rtol={rtol:g}")
+               f"atol={report.atol:g} rtol={report.rtol:g}")
     for r in report.reports:
         typer.echo("  " + r.line())
     if report.bisect:

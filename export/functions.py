@@ -34,16 +34,18 @@ def register_schemas() -> None:
     from onnx import defs
 
     OS = defs.OpSchema
-    T = [("T", ["tensor(float)", "tensor(float16)"], "float32 or float16")]
+    # T: the half-capable tensors; T2: dt/A/D and the router logits, FP32 in `--precision fp16` graphs
+    T = [("T", ["tensor(float)", "tensor(float16)"], "float32 or float16"),
+         ("T2", ["tensor(float)", "tensor(float16)"], "float32 (or float16)")]
     plugin = [OS.Attribute("plugin_version", OS.AttrType.STRING, "TensorRT plugin version", required=False),
               OS.Attribute("plugin_namespace", OS.AttrType.STRING, "TensorRT plugin namespace", required=False)]
     schemas = [
         OS("SelectiveScan", DOMAIN, DOMAIN_VERSION, doc=__doc__ or "",
-           inputs=[OS.FormalParameter(n, "T") for n in ("x", "dt", "A", "B", "C", "D")],
+           inputs=[OS.FormalParameter(n, "T2" if n in ("dt", "A", "D") else "T") for n in ("x", "dt", "A", "B", "C", "D")],
            outputs=[OS.FormalParameter("y", "T")], type_constraints=T,
            attributes=[OS.Attribute("chunk", OS.AttrType.INT, "chunk length", required=False), *plugin]),
         OS("MoETop1", DOMAIN, DOMAIN_VERSION, doc=__doc__ or "",
-           inputs=[OS.FormalParameter("logits", "T"), OS.FormalParameter("experts", "T")],
+           inputs=[OS.FormalParameter("logits", "T2"), OS.FormalParameter("experts", "T")],
            outputs=[OS.FormalParameter("y", "T")], type_constraints=T, attributes=plugin),
     ]
     for s in schemas:

@@ -48,6 +48,7 @@ class ExportResult:
     macs_per_tile: int = 0
     file_size: int = 0
     seconds: float = 0.0
+    precision_line: str = "precision: fp32"
 
     def summary(self) -> str:
         top = ", ".join(f"{op} {n}" for op, n in self.node_counts.most_common(12))
@@ -58,6 +59,7 @@ class ExportResult:
                 f"[{batch_dim(i)}, {i.out_channels}, {i.tile * i.scale}, {i.tile * i.scale}], tile overlap {i.tile_overlap}\n"
                 f"  parameters (fused): {self.parameters:,}; MACs per tile: {self.macs_per_tile / 1e9:.2f} G\n"
                 f"  simplified with: {self.simplifier}\n"
+                f"  {self.precision_line}\n"
                 f"  nodes ({sum(self.node_counts.values())}): {top}")
 
 
@@ -256,10 +258,14 @@ def save_onnx(model: onnx.ModelProto, output: Path) -> None:
 
 def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.PathLike, tile: int = 256,
                 batch: int | str = 1, ops: str = "native", opset: int = DEFAULT_OPSET,
-                simplify_graph: bool = True) -> ExportResult:
+                simplify_graph: bool = True, precision: str = "fp32", io: str = "fp32") -> ExportResult:
     """Export a checkpoint (path, bundled name or model) to a static-shape ONNX file; ``batch="dynamic"``
-    leaves the batch axis symbolic (1..``MAX_DYNAMIC_BATCH``) for servers that batch requests."""
+    leaves the batch axis symbolic (1..``MAX_DYNAMIC_BATCH``) for servers that batch requests.
+
+    ``precision`` fp16/bf16 converts the graph with FP32 islands (:mod:`hrx.export.precision`);
+    ``io`` fp16 makes the graph's input and output half precision too."""
     import hrx
+    from hrx.export.precision import IO_PRECISIONS, PRECISIONS, convert_precision
 
     start = time.perf_counter()
     if ops not in OPS_MODES:
@@ -268,6 +274,12 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
         raise HRXError(f"opset {opset} is too old: the exporter needs opset 18 or newer")
     batch = parse_batch(batch)
     dynamic_batch = batch == DYNAMIC
+    if precision not in PRECISIONS:
+        raise HRXError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if io not in IO_PRECISIONS:
+        raise HRXError(f"--io must be one of {', '.join(IO_PRECISIONS)}, not {io!r}")
+    if io != "fp32" and precision == "fp32":
+        raise HRXError("--io fp16 needs --precision fp16 or bf16")
     output = Path(output)
     model, sha = _load(checkpoint)
     check_tile(tile, model.size_multiple)
@@ -289,16 +301,20 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     info = ModelInfo(arch=getattr(model, "arch", type(model).__name__), scale=model.scale, in_channels=model.in_channels,
                      out_channels=model.out_channels, tile=tile, batch=1 if dynamic_batch else batch,
                      size_multiple=model.size_multiple, tile_overlap=model.tile_overlap, ops=ops, opset=opset,
-                     hrx_version=hrx.__version__, checkpoint_sha256=sha,
+                     hrx_version=hrx.__version__, checkpoint_sha256=sha, precision=precision,
                      extra={"batch_axis": DYNAMIC, "max_batch": str(MAX_DYNAMIC_BATCH)} if dynamic_batch else {})
     del proto.metadata_props[:]
     for k, v in info.to_props().items():
         proto.metadata_props.add(key=k, value=v)
     proto.metadata_props.add(key="hrx_bisect_map", value=json.dumps(scopes, sort_keys=True))
+    proto, plan = convert_precision(proto, precision, io)
+    if precision != "fp32":
+        onnx.checker.check_model(proto, full_check=True)
+        info = ModelInfo.from_props({p.key: p.value for p in proto.metadata_props}, str(output))
     proto.producer_name, proto.producer_version = "hrx", hrx.__version__
     save_onnx(proto, output)
     params = sum(p.numel() for p in deploy.parameters())
     return ExportResult(path=output, info=info, simplifier=simplifier,
                         node_counts=Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in proto.graph.node),
                         parameters=params, macs_per_tile=count_macs(proto), file_size=output.stat().st_size,
-                        seconds=time.perf_counter() - start)
+                        seconds=time.perf_counter() - start, precision_line=plan.summary())

@@ -30,6 +30,15 @@ from hrx.paths import image_files
 from hrx.interface import ModelInfo
 
 
+# default (atol, rtol) by the model's compute precision: half-precision graphs differ from FP32 PyTorch
+TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "bf16": (6e-2, 6e-2)}
+
+
+def default_tolerances(precision: str) -> tuple[float, float]:
+    """(atol, rtol) for a model whose metadata says ``precision`` (Q/DQ models use FP32's)."""
+    return TOLERANCES.get(precision, TOLERANCES["fp32"])
+
+
 @dataclass
 class BackendReport:
     backend: str
@@ -51,6 +60,8 @@ class VerifyReport:
     reports: list[BackendReport] = field(default_factory=list)
     inputs: int = 0
     bisect: str | None = None
+    atol: float = 0.0
+    rtol: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -104,6 +115,13 @@ def ort_runners(path: Path, info: ModelInfo | None = None) -> list:
     return runners
 
 
+def fp16_ref_runners(path: Path, info: ModelInfo | None = None) -> list:
+    """The graph on the CPU with every op's output rounded to its FP16/BF16 type (:mod:`hrx.export.reference`)."""
+    from hrx.export.reference import reference_runner_cls
+
+    return [reference_runner_cls()(path)]
+
+
 def image_tiles(folder: Path, info: ModelInfo, count: int, seed: int) -> list[np.ndarray]:
     """Random ``tile``-sized crops (reflect-padded when smaller) from the images in ``folder``."""
     from PIL import Image, ImageOps
@@ -152,12 +170,13 @@ def _metrics(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
 
 
 def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backends: Iterable[str] = ("onnxrt",),
-           atol: float = 1e-4, rtol: float = 1e-3, images: Path | None = None, seed: int = 0,
+           atol: float | None = None, rtol: float | None = None, images: Path | None = None, seed: int = 0,
            bisect: bool = False, runners: Mapping[str, RunnerFactory] | None = None) -> VerifyReport:
     """Compare the unfused PyTorch model with each backend in ``backends`` on the same inputs.
-    ``runners`` maps backend names to runner factories: ``onnxrt`` is built in; the layers above add
-    theirs (``hrx verify`` adds ``trt`` from :func:`hrx.runtime.trt.polygraphy_runner`), so this
-    module imports nothing from the runtime."""
+    ``runners`` maps backend names to runner factories: ``onnxrt`` and ``fp16-ref`` are built in; the
+    layers above add theirs (``hrx verify`` adds ``trt`` from :func:`hrx.runtime.trt.polygraphy_runner`),
+    so this module imports nothing from the runtime. ``atol``/``rtol`` default to :data:`TOLERANCES`
+    for the model's precision (its metadata)."""
     import hrx
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
@@ -166,11 +185,14 @@ def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backend
     if not model_path.is_file():
         raise HRXError(f"{model_path}: no such model file")
     info = ModelInfo.from_onnx(model_path)
+    d_atol, d_rtol = default_tolerances(info.precision)
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
     torch_model = hrx.load_model(checkpoint)
     if (torch_model.scale, torch_model.in_channels) != (info.scale, info.in_channels):
         raise HRXError(f"{checkpoint}: checkpoint is x{torch_model.scale}/{torch_model.in_channels}ch but {model_path} "
                        f"is x{info.scale}/{info.in_channels}ch; pass the checkpoint it was exported from")
-    factories = {"onnxrt": ort_runners, **(runners or {})}
+    factories = {"onnxrt": ort_runners, "fp16-ref": fp16_ref_runners, **(runners or {})}
     chosen = [_torch_runner_cls()(torch_model, info)]
     for b in backends:
         if b not in factories:
@@ -185,7 +207,7 @@ def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backend
             atol=atol, rtol=rtol, check_error_stat="elemwise"))
     finally:
         G_LOGGER.module_severity = severity
-    report = VerifyReport(model=model_path, inputs=len(feeds))
+    report = VerifyReport(model=model_path, inputs=len(feeds), atol=atol, rtol=rtol)
     ref_name, ref_iters = results[0]
     for (name, iters) in list(results)[1:]:
         worst = (0.0, 0.0, float("inf"))

@@ -1,0 +1,435 @@
+"""Precision in the graph: FP16 / BF16 ONNX with explicit FP32 islands.
+
+``hrx export --precision fp16`` converts the FP32 export with onnxconverter-common's
+``convert_float_to_float16`` (a maintained converter: it rewrites initializers, value types and
+inserts ``Cast`` nodes around a *node block list*). hrx computes that block list, the FP32
+islands, from the graph itself:
+
+* ``softmax``: every Softmax and what computes its input, back through cheap element-wise and
+  shape ops to and including the MatMul/Conv that produces the attention logits;
+* ``router``: the MoE router logits (ArgMax, ``hrx::MoETop1``'s first input) the same way;
+* ``norm``: norm statistics: ReduceMean/ReduceSum, Pow (with the ``x - mean`` feeding it), Sqrt,
+  Reciprocal, and (Layer|Group|Instance)Normalization;
+* ``scan``: the scan's decays and step sizes: Exp, Log, CumSum, Softplus and the projection that
+  computes ``dt`` (Softplus' input, back to its Conv/MatMul); ``dt * A`` and the segment sums follow;
+* ``follow``: cheap ops whose float inputs all come from islands join them, so a chain such as
+  ``ReduceMean -> Add(eps) -> Sqrt -> Reciprocal`` stays FP32 without round trips through FP16.
+
+Graph inputs and outputs stay FP32 unless ``io="fp16"``. ``hrx::`` plugin nodes keep FP32
+``dt/A/D`` and router logits; their FP16-capable inputs (``x, B, C`` of SelectiveScan, ``experts`` of
+MoETop1) and outputs are FP16, which the plugins' autotune combinations accept; their ONNX local
+functions cast to FP32 inside, so ONNX Runtime runs the same file. ``bf16`` is the same plan with
+BFLOAT16 in place of FLOAT16 (initializers converted from the FP32 originals).
+
+The file's metadata records ``precision``, ``io_precision`` and ``fp32_islands`` (JSON: rule ->
+node names).
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from hrx.errors import HRXError, MissingDependencyError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+IO_PRECISIONS = ("fp32", "fp16")
+FP16_MAX = 65504.0
+
+HEAVY = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum"})
+CHEAP = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Reshape", "Transpose", "Where", "Squeeze",
+                   "Unsqueeze", "Slice", "Gather", "Concat", "Split", "Expand", "Flatten", "Identity", "Pad",
+                   "Max", "Min", "Clip", "Reciprocal", "Sqrt", "Exp", "Log", "Tile", "Cast"})
+SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
+ROUTER_OPS = frozenset({"ArgMax"})
+NORM_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt", "Reciprocal",
+                      "LayerNormalization", "GroupNormalization", "InstanceNormalization"})
+SCAN_OPS = frozenset({"Exp", "Log", "CumSum", "Softplus"})
+FIXED_OPS = frozenset({"Resize", "Upsample"})  # float-typed roi/scales inputs; nearest upsampling is exact anyway
+PLUGIN_DOMAIN = "hrx"
+# hrx:: plugin inputs that may be FP16 (the rest stay FP32), as in the plugins' autotune combinations
+PLUGIN_HALF_INPUTS = {"SelectiveScan": (0, 3, 4), "MoETop1": (1,)}
+
+
+@dataclass
+class PrecisionPlan:
+    precision: str
+    io: str
+    islands: dict[str, list[str]] = field(default_factory=dict)  # rule -> node names
+
+    @property
+    def fp32_nodes(self) -> set[str]:
+        return {n for names in self.islands.values() for n in names}
+
+    def summary(self) -> str:
+        if self.precision == "fp32":
+            return "precision: fp32"
+        counts = ", ".join(f"{rule} {len(names)}" for rule, names in self.islands.items() if names)
+        return f"precision: {self.precision} (I/O {self.io}); FP32 islands: {counts or 'none'}"
+
+
+class _Graph:
+    """Producers / consumers / constants of a graph, for the island rules."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        self.nodes = list(g.node)
+        self.producer = {o: n for n in self.nodes for o in n.output if o}
+        self.consumers: dict[str, list] = defaultdict(list)
+        for n in self.nodes:
+            for i in n.input:
+                self.consumers[i].append(n)
+        self.constants = {t.name for t in g.initializer} | {
+            o for n in self.nodes if n.op_type in ("Constant", "ConstantOfShape") for o in n.output}
+        self.types = {vi.name: vi.type.tensor_type.elem_type
+                      for vi in list(g.value_info) + list(g.input) + list(g.output)}
+        self.types.update({t.name: t.data_type for t in g.initializer})
+
+    def is_float(self, name: str) -> bool:
+        return self.types.get(name, TensorProto.FLOAT) == TensorProto.FLOAT
+
+    def walk_up(self, name: str, chosen: set[str], include_heavy: bool, depth: int = 8) -> None:
+        """Add the producers of tensor ``name`` back through cheap ops (and the first heavy op)."""
+        node = self.producer.get(name)
+        if node is None or depth == 0 or name in self.constants or node.name in chosen:
+            return
+        if node.op_type in HEAVY:
+            if include_heavy:
+                chosen.add(node.name)
+            return
+        if node.op_type not in CHEAP:
+            return
+        chosen.add(node.name)
+        for i in node.input:
+            if i and self.is_float(i):
+                self.walk_up(i, chosen, include_heavy, depth - 1)
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    used = {n.name for n in model.graph.node if n.name}
+    for k, n in enumerate(model.graph.node):
+        if not n.name:
+            name = f"{n.op_type.lower()}_{k}"
+            while name in used:
+                name += "_"
+            n.name = name
+            used.add(name)
+
+
+def find_islands(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """The FP32 islands of an FP32 graph: ``{rule: [node names]}`` (see the module docstring)."""
+    g = _Graph(model)
+    rules: dict[str, set[str]] = {"softmax": set(), "router": set(), "norm": set(), "scan": set(), "plugin": set(),
+                                  "resize": set()}
+    for n in g.nodes:
+        if n.domain == PLUGIN_DOMAIN:
+            rules["plugin"].add(n.name)
+            if n.op_type == "MoETop1" and n.input:
+                g.walk_up(n.input[0], rules["router"], include_heavy=True)
+            continue
+        if n.op_type in SOFTMAX_OPS:
+            rules["softmax"].add(n.name)
+            g.walk_up(n.input[0], rules["softmax"], include_heavy=True)
+        elif n.op_type in ROUTER_OPS:
+            rules["router"].add(n.name)
+            g.walk_up(n.input[0], rules["router"], include_heavy=True)
+        elif n.op_type in NORM_OPS:
+            rules["norm"].add(n.name)
+            if n.op_type == "Pow":  # (x - mean) ** 2: the difference too
+                p = g.producer.get(n.input[0])
+                if p is not None and p.op_type in ("Sub", "Add"):
+                    rules["norm"].add(p.name)
+        elif n.op_type in FIXED_OPS:
+            rules["resize"].add(n.name)
+        elif n.op_type in SCAN_OPS:
+            rules["scan"].add(n.name)
+            if n.op_type == "Softplus":  # dt: back to its projection
+                g.walk_up(n.input[0], rules["scan"], include_heavy=True)
+    chosen = set().union(*(names for rule, names in rules.items() if rule != "plugin"))  # plugins write half
+    follow: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for n in g.nodes:
+            if n.name in chosen or n.op_type not in CHEAP or not n.output or not g.is_float(n.output[0]):
+                continue
+            sources = [i for i in n.input if i and i not in g.constants and g.is_float(i)]
+            if sources and all(g.producer.get(i) is not None and g.producer[i].name in chosen for i in sources):
+                chosen.add(n.name)
+                follow.add(n.name)
+                changed = True
+    rules["follow"] = follow
+    order = {n.name: k for k, n in enumerate(g.nodes)}
+    seen: set[str] = set()
+    out = {}
+    for rule, names in rules.items():  # each node under its first rule
+        out[rule] = sorted(names - seen, key=order.get)
+        seen |= names
+    return out
+
+
+def _split_shared_initializers(model: onnx.ModelProto, island: set[str]) -> None:
+    """Give island nodes their own copy of an initializer that non-island nodes share, so each copy
+    gets one type (the converter keeps an island's initializers FP32 and converts the others)."""
+    g = model.graph
+    users: dict[str, list] = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            users[i].append(n)
+    for init in list(g.initializer):
+        nodes = users.get(init.name, [])
+        inside = [n for n in nodes if n.name in island]
+        if not inside or len(inside) == len(nodes) or init.data_type != TensorProto.FLOAT:
+            continue
+        copy = TensorProto()
+        copy.CopyFrom(init)
+        copy.name = init.name + "__fp32"
+        g.initializer.append(copy)
+        for n in inside:
+            for k, i in enumerate(n.input):
+                if i == init.name:
+                    n.input[k] = copy.name
+
+
+def _import_converter():
+    try:
+        from onnxconverter_common import float16
+    except ImportError as e:
+        raise MissingDependencyError(f"--precision fp16/bf16 needs onnxconverter-common ({e}); "
+                                     "pip install onnxconverter-common") from None
+    return float16
+
+
+def _fold_cast_pairs(model: onnx.ModelProto) -> None:
+    """``x32 -> Cast(16) -> Cast(32)`` between two islands: use ``x32`` directly (no FP16 round trip)."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    outputs = {o.name for o in g.output}
+    remove = []
+    for n in g.node:
+        if n.op_type != "Cast" or _cast_to(n) != TensorProto.FLOAT:
+            continue
+        first = producer.get(n.input[0])
+        if first is None or first.op_type != "Cast" or _cast_to(first) not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            continue
+        src = producer.get(first.input[0])
+        if src is None or n.output[0] in outputs:
+            continue
+        for m in g.node:
+            for k, i in enumerate(m.input):
+                if i == n.output[0]:
+                    m.input[k] = first.input[0]
+        remove.append(n)
+    for n in remove:
+        g.node.remove(n)
+    used = {i for n in g.node for i in n.input} | outputs
+    for n in [n for n in g.node if n.op_type == "Cast" and not any(o in used for o in n.output)]:
+        g.node.remove(n)
+
+
+def _fix_island_outputs(model: onnx.ModelProto) -> None:
+    """With FP32 I/O, a graph output made by an island node comes out of the converter as
+    ``island -> Cast(16) -> output`` typed FLOAT16: drop that Cast so the island writes FP32 itself."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    for out in g.output:
+        if out.type.tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        cast = producer.get(out.name)
+        if cast is None or cast.op_type != "Cast" or _cast_to(cast) != TensorProto.FLOAT16:
+            continue
+        src = producer.get(cast.input[0])
+        if src is None:
+            continue
+        src.output[:] = [out.name if o == cast.input[0] else o for o in src.output]
+        for m in g.node:
+            m.input[:] = [out.name if i == cast.input[0] else i for i in m.input]
+        g.node.remove(cast)
+        out.type.tensor_type.elem_type = TensorProto.FLOAT
+
+
+def _cast_to(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "to"), -1)
+
+
+def _plugin_half_io(model: onnx.ModelProto, half: int) -> None:
+    """Let ``hrx::`` nodes take their FP16-capable inputs and give their output in half precision:
+    drop the converter's Cast(32) on those inputs and its Cast(16) after the output; their local
+    functions cast to FP32 inside and back to the input's type (CastLike) at the end."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    drop = []
+    for n in [n for n in g.node if n.domain == PLUGIN_DOMAIN and n.op_type in PLUGIN_HALF_INPUTS]:
+        for k in PLUGIN_HALF_INPUTS[n.op_type]:
+            cast = producer.get(n.input[k])
+            if cast is not None and cast.op_type == "Cast" and _cast_to(cast) == TensorProto.FLOAT:
+                n.input[k] = cast.input[0]  # the converter's Cast(32) of a half tensor
+            else:  # an FP32 island tensor (e.g. B/C from the dt projection): give the plugin half
+                name = f"{n.input[k]}__half_{n.name}"
+                g.node.insert(list(g.node).index(n), helper.make_node(
+                    "Cast", [n.input[k]], [name], to=half, name=f"{n.name}_half_input_{k}"))
+                n.input[k] = name
+        consumers = [m for m in g.node if n.output[0] in m.input]
+        if len(consumers) == 1 and consumers[0].op_type == "Cast" and _cast_to(consumers[0]) == half:
+            after = consumers[0]  # the converter's Cast(16) of the output: the plugin now writes half itself
+            n.output[0], after_out = after.output[0], n.output[0]
+            drop.append(after)
+            for vi in g.value_info:
+                if vi.name == after_out:
+                    g.value_info.remove(vi)
+                    break
+        else:  # FP32 consumers: the half output goes through one Cast(32)
+            out = n.output[0]
+            n.output[0] = f"{out}__half"
+            g.node.insert(list(g.node).index(n) + 1, helper.make_node(
+                "Cast", [n.output[0]], [out], to=TensorProto.FLOAT, name=f"{n.name}_output_float"))
+    for n in drop:
+        g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    for n in [n for n in g.node if n.op_type == "Cast" and n.output[0] not in used
+              and n.output[0] not in {o.name for o in g.output}]:
+        g.node.remove(n)
+    for f in model.functions:
+        if f.domain == PLUGIN_DOMAIN and f.name in PLUGIN_HALF_INPUTS:
+            _function_casts(f)
+
+
+def _function_casts(f: onnx.FunctionProto) -> None:
+    """Body runs in FP32 whatever the input types; the output takes the first half-capable input's type."""
+    if any(n.name.startswith("hrx_precision_cast") for n in f.node):
+        return
+    renamed = {i: f"{i}__f32" for i in f.input}
+    body = [helper.make_node("Cast", [i], [renamed[i]], to=TensorProto.FLOAT, name=f"hrx_precision_cast_{k}")
+            for k, i in enumerate(f.input)]
+    for n in f.node:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
+    out = f.output[0]
+    like = f.input[PLUGIN_HALF_INPUTS[f.name][0]]
+    for n in f.node:
+        n.output[:] = [f"{o}__f32" if o == out else o for o in n.output]
+    tail = helper.make_node("CastLike", [f"{out}__f32", like], [out], name="hrx_precision_castlike")
+    nodes = body + list(f.node) + [tail]
+    del f.node[:]
+    f.node.extend(nodes)
+
+
+def _to_bf16(model: onnx.ModelProto, originals: dict[str, np.ndarray]) -> None:
+    """FLOAT16 -> BFLOAT16 everywhere; half initializers re-made from their FP32 originals."""
+    g = model.graph
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            vi.type.tensor_type.elem_type = TensorProto.BFLOAT16
+    for k, t in enumerate(g.initializer):
+        if t.data_type == TensorProto.FLOAT16:
+            src = originals.get(t.name)
+            arr = src if src is not None else numpy_helper.to_array(t).astype(np.float32)
+            g.initializer[k].CopyFrom(helper.make_tensor(t.name, TensorProto.BFLOAT16, arr.shape,
+                                                         arr.astype(np.float32).ravel().tolist()))
+    for n in g.node:
+        for a in n.attribute:
+            if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT16:
+                a.i = TensorProto.BFLOAT16
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT16:
+                arr = numpy_helper.to_array(a.t).astype(np.float32)
+                a.t.CopyFrom(helper.make_tensor(a.t.name, TensorProto.BFLOAT16, arr.shape, arr.ravel().tolist()))
+
+
+ALL_RULES = ("softmax", "router", "norm", "scan", "plugin", "resize", "follow")
+NAIVE_RULES = ("plugin", "resize")  # what any valid conversion needs: the whole graph in half otherwise
+
+
+def convert_precision(model: onnx.ModelProto, precision: str = "fp16", io: str = "fp32",
+                      extra_fp32: Iterable[str] = (), rules: Iterable[str] = ALL_RULES
+                      ) -> tuple[onnx.ModelProto, PrecisionPlan]:
+    """An FP32 ``model`` in ``precision`` with the FP32 islands of :func:`find_islands` (only the
+    ``rules`` given; :data:`NAIVE_RULES` gives the naive whole-graph conversion) plus the node names
+    in ``extra_fp32``. Returns ``(new model, plan)``; the input is not modified."""
+    if precision not in PRECISIONS:
+        raise HRXError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if io not in IO_PRECISIONS:
+        raise HRXError(f"--io must be one of {', '.join(IO_PRECISIONS)}, not {io!r}")
+    plan = PrecisionPlan(precision, "fp32" if precision == "fp32" else io)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if precision == "fp32":
+        return out, plan
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if precision == "bf16" and opset < 22:
+        raise HRXError(f"--precision bf16 needs opset 22 or newer (ONNX Conv takes bfloat16 from opset 22); "
+                       f"this graph is opset {opset}: export it with --opset 22")
+    if any(t.data_type == TensorProto.FLOAT16 for t in out.graph.initializer):
+        raise HRXError("the model already holds FLOAT16 weights; convert an FP32 export")
+    float16 = _import_converter()
+    _name_nodes(out)
+    out = onnx.shape_inference.infer_shapes(out)
+    rules = set(rules)
+    plan.islands = {r: names for r, names in find_islands(out).items() if r in rules}
+    extra = [n for n in extra_fp32 if n not in plan.fp32_nodes]
+    if extra:
+        plan.islands["extra"] = extra
+    island = plan.fp32_nodes
+    _split_shared_initializers(out, island)
+    for n in out.graph.node:  # the model's own casts to float (masks, .float()) compute in half outside islands
+        if n.op_type == "Cast" and n.name not in island and _cast_to(n) == TensorProto.FLOAT:
+            next(a for a in n.attribute if a.name == "to").i = TensorProto.FLOAT16
+    originals = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer if t.data_type == TensorProto.FLOAT}
+    meta = list(out.metadata_props)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # per-weight clamping warnings; values beyond FP16 are clamped on purpose
+        out = float16.convert_float_to_float16(out, min_positive_val=2.0 ** -24, max_finite_val=FP16_MAX,
+                                               keep_io_types=(io == "fp32"), op_block_list=[],
+                                               node_block_list=sorted(island), check_fp16_ready=False)
+    _fold_cast_pairs(out)
+    if io == "fp32":
+        _fix_island_outputs(out)
+    _plugin_half_io(out, TensorProto.FLOAT16)
+    if precision == "bf16":
+        _to_bf16(out, originals)
+    del out.metadata_props[:]
+    out.metadata_props.extend(meta)
+    set_precision_props(out, plan)
+    return out, plan
+
+
+def set_precision_props(model: onnx.ModelProto, plan: PrecisionPlan) -> None:
+    props = {p.key: p for p in model.metadata_props}
+    values = {"precision": plan.precision, "io_precision": plan.io,
+              "fp32_islands": json.dumps(plan.islands, sort_keys=True)}
+    for k, v in values.items():
+        if k in props:
+            props[k].value = v
+        else:
+            model.metadata_props.add(key=k, value=v)
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every typed tensor (after shape inference): value infos, I/O, initializers."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    return types
+
+
+def compute_types(model: onnx.ModelProto) -> dict[str, int]:
+    """``{node name: element type of its first float input}``: the type each node computes in."""
+    types = tensor_types(model)
+    out = {}
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+    for n in model.graph.node:
+        t = next((types[i] for i in n.input if i in types and types[i] in floats), None)
+        if t is not None:
+            out[n.name] = t
+    return out
+
+
+def model_precision(model: onnx.ModelProto) -> str:
+    """``precision`` recorded in the metadata (``fp32`` when absent)."""
+    return {p.key: p.value for p in model.metadata_props}.get("precision", "fp32")
