@@ -22,14 +22,15 @@ def build(
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Engine file to write \\[default: MODEL.engine beside the ONNX file]. "
                                "Its build record goes beside it as ENGINE.json.", show_default=False)] = None,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Allow FP16 kernels; layers that overflow in FP16 "
-                                                      "(softmax inputs, norm statistics, the scan's exponentials) "
-                                                      "stay FP32 and are listed.")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="INT8 with the explicit scales of a Q/DQ model from "
-                                                      "`hrx calibrate` (FP16 elsewhere). A Q/DQ model builds as "
-                                                      "INT8 even without this flag.")] = False,
-    best: Annotated[bool, typer.Option("--best", help="Let TensorRT choose among FP32, FP16, BF16 (and INT8 "
-                                                      "for Q/DQ models) per layer, fastest first.")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP32 model: convert it to FP16 with FP32 islands (softmax "
+                                                      "and its logits, norm statistics, the scan's decays) as "
+                                                      "`hrx export --precision fp16` does, then build. An FP16 "
+                                                      "export builds as it is.")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="As --fp16 with BF16 (graph opset 22 or newer).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Require a Q/DQ model from `hrx calibrate`: INT8 with its "
+                                                      "explicit scales. A Q/DQ model builds as INT8 without this "
+                                                      "flag too.")] = False,
+    best: Annotated[bool, typer.Option("--best", hidden=True, help="Removed: TensorRT builds strongly typed.")] = False,
     workspace: Annotated[Optional[float], typer.Option(
         "--workspace", metavar="GB", min=0.0, help="Limit the builder's scratch memory to GB gibibytes "
                                                    "\\[default: TensorRT's, up to the whole GPU].",
@@ -46,11 +47,10 @@ def build(
         "--plugin-impl", help="jit: plugin kernels run through Python and Triton at inference time; "
                               "aot: compiled to PTX inside the engine (TensorRT >= 10.9, no Python needed "
                               "to run it).")] = PluginImpl.jit,
-    pin_fp32: Annotated[bool, typer.Option("--pin-fp32/--no-pin-fp32",
-                                           help="Keep overflow-prone layers in FP32 when FP16 is allowed.")] = True,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorRT's warnings.")] = False,
 ) -> None:
-    """Build a TensorRT engine from an exported ONNX model.
+    """Build a strongly typed TensorRT engine from an exported ONNX model: every tensor's type
+    comes from the graph (its Casts and Q/DQ nodes); TensorRT 10.12+ and 11.x.
 
     Needs TensorRT (pip install 'hrx\\[tensorrt]') and an NVIDIA GPU.
 
@@ -60,13 +60,18 @@ def build(
 
     Prints the layer precision counts and the build time.
     """
+    from hrx.errors import HRXError
     from hrx.runtime.trt.builder import BuildOptions, build_engine
+
+    if best:
+        raise HRXError("--best was removed: TensorRT builds strongly typed (TensorRT 11 has no per-layer precision "
+                       "choice); use --fp16, --bf16 or a Q/DQ model from `hrx calibrate`")
 
     def say(message: str) -> None:
         typer.echo(message, err=True)
 
-    options = BuildOptions(fp16=fp16, int8=int8, best=best, workspace_gb=workspace, timing_cache=timing_cache,
-                           plugins=plugins, plugin_impl=plugin_impl.value, pin_fp32=pin_fp32, verbose=verbose)
+    options = BuildOptions(fp16=fp16, bf16=bf16, int8=int8, workspace_gb=workspace, timing_cache=timing_cache,
+                           plugins=plugins, plugin_impl=plugin_impl.value, verbose=verbose)
     report = build_engine(model, output, options, log=say)
     for line in report.summary_lines():
         typer.echo(line)

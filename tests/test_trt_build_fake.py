@@ -1,10 +1,17 @@
-"""``build_engine``'s orchestration against a stand-in ``tensorrt`` module (no TensorRT here).
+"""``build_engine`` against stand-in ``tensorrt`` modules shaped like TensorRT 10.12 and 11.x.
 
-The stand-in mimics the TensorRT 10 Python calls the builder makes (Builder, OnnxParser, network
-layers, IBuilderConfig, Runtime, engine inspector) and records them, so these tests check what
-is parsed (plugin functions dropped, or inlined with --no-plugins), which flags and layer
-precisions are set, what is written, and that failures leave no file behind. They say nothing
-about TensorRT's own behaviour: that needs TensorRT and a GPU.
+TensorRT cannot be installed here. The stand-ins mimic the Python calls the builder makes
+(Builder, OnnxParser, IBuilderConfig, Runtime, engine inspector) and record them:
+
+* 10.12-style: the weakly typed API still exists (``BuilderFlag.FP16/INT8/BF16``, precision
+  constraints, ``ILayer.precision``, ``set_output_type``), and every use of it is recorded;
+* 11-style: those flags and attributes are absent, and touching them raises, as in TensorRT 11;
+  the engine inspector writes TensorRT 11's JSON (``DataType`` beside ``Format``).
+
+The tests check that one strongly typed path builds on both (the precision lives in the parsed
+graph), what is parsed (plugin functions dropped or inlined; FP16 conversion with FP32 islands
+for ``--fp16``), what is written, and that failures, including an engine that cannot be
+deserialized, leave no file. They say nothing about TensorRT's own behaviour: that needs a GPU.
 """
 from __future__ import annotations
 
@@ -14,58 +21,49 @@ import json
 import sys
 import types
 
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from hrx.errors import HRXError
 from hrx.runtime.trt import cache, env, plugins
 from hrx.runtime.trt.env import GpuInfo
 
 GPU = GpuInfo("NVIDIA L4", "8.9")
-
-LayerType = enum.Enum("LayerType", "CONVOLUTION SOFTMAX REDUCE UNARY ELEMENTWISE PLUGIN_V3 ACTIVATION SHUFFLE "
-                                   "CONSTANT MATRIX_MULTIPLY CUMULATIVE")
-UnaryOperation = enum.Enum("UnaryOperation", "EXP SQRT RECIP")
-ElementWiseOperation = enum.Enum("ElementWiseOperation", "SUM PROD POW SUB")
-_KINDS = {"Conv": (LayerType.CONVOLUTION, None), "Softmax": (LayerType.SOFTMAX, None),
-          "ReduceMean": (LayerType.REDUCE, None), "Exp": (LayerType.UNARY, UnaryOperation.EXP),
-          "Sqrt": (LayerType.UNARY, UnaryOperation.SQRT), "Add": (LayerType.ELEMENTWISE, ElementWiseOperation.SUM),
-          "Mul": (LayerType.ELEMENTWISE, ElementWiseOperation.PROD), "Relu": (LayerType.ACTIVATION, None),
-          "MatMul": (LayerType.MATRIX_MULTIPLY, None), "CumSum": (LayerType.CUMULATIVE, None)}
+WEAK_FLAGS = ("FP16", "BF16", "INT8", "FP8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS")
 
 
 class FakeTensor:
-    def __init__(self, name, shape=(), dtype="float32"):
-        self.name, self.shape, self.dtype = name, tuple(shape), dtype
+    def __init__(self, name, shape=()):
+        self.name, self.shape = name, tuple(shape)
 
 
-class FakeLayer:
-    def __init__(self, name, type_, op, inputs, outputs):
-        self.name, self.type, self._op = name, type_, op
-        self._inputs, self._outputs = inputs, outputs
-        self.precision = None
-        self.output_types = {}
+class Layer10:
+    """A TensorRT 10 layer: ``precision`` and ``set_output_type`` exist; uses are recorded."""
 
-    num_inputs = property(lambda self: len(self._inputs))
-    num_outputs = property(lambda self: len(self._outputs))
+    def __init__(self, name, state):
+        self.name, self._state = name, state
 
-    def get_input(self, i):
-        return self._inputs[i]
+    @property
+    def precision(self):
+        return "float32"
 
-    def get_output(self, i):
-        return self._outputs[i]
+    @precision.setter
+    def precision(self, value):
+        self._state["weak_calls"].append(f"{self.name}.precision")
 
     def set_output_type(self, i, dtype):
-        self.output_types[i] = dtype
+        self._state["weak_calls"].append(f"{self.name}.set_output_type")
 
 
-class IUnaryLayer(FakeLayer):
-    op = property(lambda self: self._op)
+class Layer11:
+    """A TensorRT 11 layer: no ``precision``, no ``set_output_type``."""
 
+    __slots__ = ("name",)
 
-class IElementWiseLayer(FakeLayer):
-    op = property(lambda self: self._op)
+    def __init__(self, name, state):
+        self.name = name
 
 
 class FakeNetwork:
@@ -86,20 +84,33 @@ class FakeNetwork:
         return self.outputs[i]
 
 
-def make_fake_trt(state: dict, version="10.7.0", with_fp16=True, with_aot=True):
+def _inspector_json(style: str) -> str:
+    if style == "11":
+        return json.dumps({"I/O Tensors": [{"Name": "input", "IOMode": "Input", "DataType": "Float"}], "Layers": [
+            {"LayerType": "CaskConvolution", "Outputs": [{"Name": "a", "Format": "kHWC8", "DataType": "Half"}]},
+            {"LayerType": "CaskSoftMax", "Outputs": [{"Name": "b", "Format": "kLINEAR", "DataType": "Float"}]}]})
+    return json.dumps({"Bindings": ["input", "output"], "Layers": [
+        {"LayerType": "x", "Outputs": [{"Format/Datatype": "Row major linear FP16"}]},
+        {"LayerType": "y", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]}]})
+
+
+def make_fake_trt(state: dict, style: str = "10", version: str | None = None):
+    """A ``tensorrt`` stand-in: ``style`` "10" (10.12: weak typing present, recorded) or "11"
+    (removed flags and attributes absent)."""
     trt = types.ModuleType("tensorrt")
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
-    trt.__version__ = version
+    trt.__version__ = version or ("10.12.0" if style == "10" else "11.4.0")
     trt.float32, trt.float16 = "float32", "float16"
-    trt.LayerType, trt.IUnaryLayer, trt.IElementWiseLayer = LayerType, IUnaryLayer, IElementWiseLayer
-    flags = ["INT8", "OBEY_PRECISION_CONSTRAINTS"] + (["FP16", "BF16"] if with_fp16 else [])
-    trt.BuilderFlag = enum.Enum("BuilderFlag", " ".join(flags))
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
-        "NetworkDefinitionCreationFlag", "STRONGLY_TYPED" + (" PREFER_AOT_PYTHON_PLUGINS PREFER_JIT_PYTHON_PLUGINS"
-                                                            if with_aot else ""))
+    base_flags = ["TF32", "REFIT", "STRIP_PLAN"]
+    trt.BuilderFlag = enum.Enum("BuilderFlag", " ".join(base_flags + (list(WEAK_FLAGS) if style == "10" else [])))
+    creation = ["PREFER_AOT_PYTHON_PLUGINS", "PREFER_JIT_PYTHON_PLUGINS"]
+    if style == "10":
+        creation = ["EXPLICIT_BATCH", "STRONGLY_TYPED"] + creation
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", " ".join(creation), start=0)
     trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="detailed")
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
     trt.LayerInformationFormat = types.SimpleNamespace(JSON="json")
+    layer_cls = Layer10 if style == "10" else Layer11
 
     class Severity(enum.IntEnum):
         INTERNAL_ERROR = 0
@@ -167,10 +178,8 @@ def make_fake_trt(state: dict, version="10.7.0", with_fp16=True, with_aot=True):
                 self.network.inputs.append(t)
                 tensors[vi.name] = t
             for node in model.graph.node:
-                type_, op = _KINDS.get(node.op_type, (LayerType.PLUGIN_V3, None))
-                outs = [FakeTensor(o) for o in node.output]
-                tensors.update({o.name: o for o in outs})
-                self.network.layers.append(FakeLayer(node.name, type_, op, [tensors.get(i) for i in node.input], outs))
+                tensors.update({o: FakeTensor(o) for o in node.output})
+                self.network.layers.append(layer_cls(node.name, state))
             for vi in model.graph.output:
                 t = tensors[vi.name]
                 t.shape = tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
@@ -183,12 +192,14 @@ def make_fake_trt(state: dict, version="10.7.0", with_fp16=True, with_aot=True):
 
     class Runtime:
         def __init__(self, logger):
-            pass
+            self.logger = logger
 
         def deserialize_cuda_engine(self, data):
-            info = {"Layers": [{"LayerType": "x", "Outputs": [{"Format/Datatype": "Row major linear FP16"}]},
-                               {"LayerType": "y", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]}]}
-            inspector = types.SimpleNamespace(get_engine_information=lambda fmt: json.dumps(info))
+            state["deserialized"] = bytes(data)
+            if state.get("fail_deserialize"):
+                self.logger.log(Severity.ERROR, "plugin creator hrx::SelectiveScan not found at deserialization")
+                return None
+            inspector = types.SimpleNamespace(get_engine_information=lambda fmt: _inspector_json(style))
             return types.SimpleNamespace(create_engine_inspector=lambda: inspector)
 
     trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
@@ -196,7 +207,7 @@ def make_fake_trt(state: dict, version="10.7.0", with_fp16=True, with_aot=True):
 
 
 def _plugin_model() -> onnx.ModelProto:
-    """input -> Conv-free toy graph: ReduceMean, Exp, Add, Softmax, hrx::SelectiveScan, hrx::MoETop1, Relu."""
+    """A toy plugin graph: ReduceMean, Exp, Add, Softmax, hrx::SelectiveScan, hrx::MoETop1, Relu."""
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 16, 16])
     hrx_attrs = {"plugin_version": "1", "plugin_namespace": "hrx"}
@@ -217,17 +228,46 @@ def _plugin_model() -> onnx.ModelProto:
         helper.make_function("hrx", "MoETop1", ["l", "e"], ["y"], [helper.make_node("Mul", ["l", "e"], ["y"])],
                              [helper.make_opsetid("", 18)]),
     ]
-    info = {"arch": "toy", "scale": "2", "in_channels": "3", "out_channels": "3", "tile": "8", "batch": "1",
-            "size_multiple": "8", "tile_overlap": "2", "ops": "plugin"}
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), functions=functions,
                               opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("hrx", 1)])
-    helper.set_model_props(model, info)
+    helper.set_model_props(model, _INFO)
     return model
 
 
-@pytest.fixture
-def fake(monkeypatch, tmp_path):
-    state: dict = {"registered": 0}
+_INFO = {"arch": "toy", "scale": "2", "in_channels": "3", "out_channels": "3", "tile": "8", "batch": "1",
+         "size_multiple": "8", "tile_overlap": "2", "ops": "native"}
+
+
+def _native_model() -> onnx.ModelProto:
+    """input -> Conv -> norm statistics -> MatMul logits -> Softmax -> Conv -> output (opset 18)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1e-6, np.float32), "eps")]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("ReduceMean", ["c", "axes"], ["mu"], name="mean"),
+             helper.make_node("Sub", ["c", "mu"], ["d"], name="sub"),
+             helper.make_node("Pow", ["d", "two"], ["d2"], name="pow"),
+             helper.make_node("ReduceMean", ["d2", "axes"], ["var"], name="var"),
+             helper.make_node("Add", ["var", "eps"], ["ve"], name="add_eps"),
+             helper.make_node("Sqrt", ["ve"], ["sd"], name="sqrt"),
+             helper.make_node("Div", ["d", "sd"], ["n"], name="div"),
+             helper.make_node("MatMul", ["n", "n"], ["logits"], name="qk"),
+             helper.make_node("Softmax", ["logits"], ["p"], name="softmax"),
+             helper.make_node("Conv", ["p", "w2"], ["output"], name="conv2")]
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 8, 8])
+    model = helper.make_model(helper.make_graph(nodes, "native", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    helper.set_model_props(model, dict(_INFO, in_channels="4", out_channels="4"))
+    return model
+
+
+@pytest.fixture(params=["10", "11"])
+def fake(request, monkeypatch, tmp_path):
+    state: dict = {"registered": 0, "weak_calls": [], "style": request.param}
 
     def install(**kw):
         trt = make_fake_trt(state, **kw)
@@ -235,47 +275,101 @@ def fake(monkeypatch, tmp_path):
         monkeypatch.setattr(env, "gpu_info", lambda: GPU)
         monkeypatch.setattr(env, "triton_problem", lambda: None)
         monkeypatch.setattr(plugins, "register_plugins", lambda: state.__setitem__("registered", 1))
+        state["trt"] = trt
         return state
 
-    install()
-    path = tmp_path / "toy.onnx"
-    onnx.save(_plugin_model(), path)
-    state["onnx"] = path
+    install(style=request.param)
+    state["onnx"] = tmp_path / "toy.onnx"
+    onnx.save(_plugin_model(), state["onnx"])
+    state["native"] = tmp_path / "native.onnx"
+    onnx.save(_native_model(), state["native"])
     state["install"] = install
     return state
 
 
-def test_fp16_plugin_build_writes_engine_record_and_timing_cache(fake, tmp_path):
+def _strong_flags(state) -> int:
+    creation = state["trt"].NetworkDefinitionCreationFlag
+    strong = getattr(creation, "STRONGLY_TYPED", None)
+    return 0 if strong is None else 1 << int(strong)
+
+
+def _no_weak_typing(state) -> None:
+    assert state["config"].flags == set(), "no builder flag at all (no FP16/INT8/BF16, no precision constraints)"
+    assert state["weak_calls"] == [], "no ILayer.precision / set_output_type"
+
+
+def test_the_stand_ins_have_the_shapes_of_their_versions(fake):
+    trt = fake["trt"]
+    if fake["style"] == "11":
+        for name in WEAK_FLAGS:
+            with pytest.raises(AttributeError):
+                getattr(trt.BuilderFlag, name)
+        layer = Layer11("x", fake)
+        with pytest.raises(AttributeError):
+            layer.precision = trt.float32
+        with pytest.raises(AttributeError):
+            layer.set_output_type(0, trt.float32)
+        assert not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    else:
+        assert all(hasattr(trt.BuilderFlag, n) for n in WEAK_FLAGS)
+        assert hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+def test_fp16_converts_the_graph_then_builds_strongly_typed(fake, tmp_path):
+    from hrx.runtime.trt.builder import build_engine
+
+    engine = tmp_path / "n.engine"
+    report = build_engine(fake["native"], engine, fp16=True, workspace_gb=1.5, timing_cache=tmp_path / "t.cache")
+    _no_weak_typing(fake)
+    parsed = fake["parsed"]
+    types = {t.name: t.data_type for t in parsed.graph.initializer}
+    assert types["w1"] == TensorProto.FLOAT16 and types["w2"] == TensorProto.FLOAT16
+    assert "Cast" in {n.op_type for n in parsed.graph.node}
+    assert {p.key: p.value for p in parsed.metadata_props}["precision"] == "fp16"
+    assert fake["network"].flags == _strong_flags(fake)
+    assert fake["config"].pools == {"workspace": int(1.5 * (1 << 30))}
+    assert engine.read_bytes() == b"ENGINE" and fake["deserialized"] == b"ENGINE"
+    assert (tmp_path / "t.cache").read_bytes() == b"TIMINGS"
+    record = cache.read_record(engine)
+    assert record == report.record and record.precision == "fp16"
+    assert record.tensorrt_version == fake["trt"].__version__
+    assert record.fp32_islands["norm"] >= 4 and record.fp32_islands["softmax"] >= 2
+    assert report.precision_counts == {"FP16": 1, "FP32": 1}, "10.x and 11.x inspector JSON"
+    assert onnx.load(str(fake["native"])).graph.initializer[0].data_type == TensorProto.FLOAT, "input untouched"
+
+
+def test_fp32_and_half_exports_build_as_they_are(fake, tmp_path):
+    from hrx.export.precision import convert_precision
+    from hrx.runtime.trt.builder import build_engine
+
+    report = build_engine(fake["native"], tmp_path / "a.engine")
+    assert report.record.precision == "fp32"
+    assert fake["parsed"].SerializeToString() == onnx.load(str(fake["native"])).SerializeToString()
+    half, _ = convert_precision(onnx.load(str(fake["native"])), "fp16")
+    onnx.save(half, tmp_path / "half.onnx")
+    report = build_engine(tmp_path / "half.onnx", tmp_path / "b.engine")
+    assert report.record.precision == "fp16"
+    assert fake["parsed"].SerializeToString() == half.SerializeToString(), "an FP16 export is parsed unchanged"
+    _no_weak_typing(fake)
+
+
+def test_plugin_build_registers_plugins_and_drops_their_functions(fake, tmp_path):
     from hrx.runtime.trt.builder import build_engine
 
     engine = tmp_path / "toy.engine"
-    report = build_engine(fake["onnx"], engine, fp16=True, workspace_gb=1.5, timing_cache=tmp_path / "t.cache")
-    assert engine.read_bytes() == b"ENGINE"
-    assert (tmp_path / "t.cache").read_bytes() == b"TIMINGS"
+    report = build_engine(fake["onnx"], engine)
     assert fake["registered"] == 1, "plugins registered before parsing"
     parsed = fake["parsed"]
     assert [f.name for f in parsed.functions] == [], "the parser must not see the hrx local functions"
     assert {n.op_type for n in parsed.graph.node if n.domain == "hrx"} == {"SelectiveScan", "MoETop1"}
-    network, config = fake["network"], fake["config"]
-    assert network.flags == 1 << 3  # PREFER_JIT_PYTHON_PLUGINS (stand-in value)
-    assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= config.flags and "INT8" not in config.flags
-    assert config.pools == {"workspace": int(1.5 * (1 << 30))}
-    pinned = {layer.name for layer in network.layers if layer.precision == "float32"}
-    assert pinned == {"node_mean", "node_exp", "node_add", "node_softmax"}
-    assert all(layer.output_types == {0: "float32"} for layer in network.layers if layer.name in pinned)
-
+    jit = fake["trt"].NetworkDefinitionCreationFlag.PREFER_JIT_PYTHON_PLUGINS
+    assert fake["network"].flags == _strong_flags(fake) | (1 << int(jit))
     record = cache.read_record(engine)
-    assert record == report.record
-    assert record.precision == "fp16" and record.tensorrt_version == "10.7.0"
-    assert (record.gpu_name, record.compute_capability) == (GPU.name, GPU.compute_capability)
-    assert record.input_shape == [1, 3, 8, 8] and record.output_shape == [1, 3, 16, 16]
     assert record.plugins == ["hrx::MoETop1", "hrx::SelectiveScan"] and record.plugin_impl == "jit"
-    assert record.onnx_sha256 == cache.file_sha256(fake["onnx"])
-    assert record.info().arch == "toy"
-    assert sorted(record.fp32_layers) == sorted(pinned)
-    assert report.precision_counts == {"FP16": 1, "FP32": 1}
-    text = "\n".join(report.summary_lines())
-    assert "pinned to FP32" in text and "hrx::SelectiveScan" in text
+    assert record.input_shape == [1, 3, 8, 8] and record.output_shape == [1, 3, 16, 16]
+    assert record.onnx_sha256 == cache.file_sha256(fake["onnx"]) and record.info().arch == "toy"
+    assert "hrx::SelectiveScan" in "\n".join(report.summary_lines())
+    _no_weak_typing(fake)
 
 
 def test_no_plugins_builds_the_inlined_decomposition(fake, tmp_path):
@@ -287,7 +381,6 @@ def test_no_plugins_builds_the_inlined_decomposition(fake, tmp_path):
     assert not any(n.domain == "hrx" for n in parsed.graph.node) and len(parsed.functions) == 0
     assert {"CumSum", "Mul"} <= {n.op_type for n in parsed.graph.node}
     assert report.record.plugins == [] and report.record.precision == "fp32"
-    assert fake["config"].flags == set()  # FP32: no precision flags, no pinning
     assert any("decomposition" in n for n in report.notes)
 
 
@@ -295,8 +388,39 @@ def test_aot_sets_the_aot_preference(fake, tmp_path):
     from hrx.runtime.trt.builder import build_engine
 
     build_engine(fake["onnx"], tmp_path / "a.engine", plugin_impl="aot")
-    assert fake["network"].flags == 1 << 2  # PREFER_AOT_PYTHON_PLUGINS (stand-in value)
+    aot = fake["trt"].NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS
+    assert fake["network"].flags == _strong_flags(fake) | (1 << int(aot))
     assert cache.read_record(tmp_path / "a.engine").plugin_impl == "aot"
+
+
+def test_qdq_model_builds_as_it_is(fake, tmp_path):
+    from hrx.runtime.trt.builder import build_engine
+
+    model = _native_model()
+    scale = numpy_helper.from_array(np.array(0.05, np.float32), "scale")
+    zero = numpy_helper.from_array(np.array(0, np.int8), "zero")
+    model.graph.initializer.extend([scale, zero])
+    q = helper.make_node("QuantizeLinear", ["input", "scale", "zero"], ["q"], name="q")
+    dq = helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"], name="dq")
+    model.graph.node[0].input[0] = "dq"
+    model.graph.node.insert(0, dq)
+    model.graph.node.insert(0, q)
+    path = tmp_path / "qdq.onnx"
+    onnx.save(model, path)
+    report = build_engine(path, tmp_path / "q.engine", int8=True)
+    assert report.record.precision == "int8"
+    assert fake["parsed"].SerializeToString() == model.SerializeToString()
+    _no_weak_typing(fake)
+
+
+def test_an_engine_that_cannot_be_deserialized_fails_the_build(fake, tmp_path):
+    from hrx.runtime.trt.builder import build_engine
+
+    fake["fail_deserialize"] = True
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(HRXError, match="cannot load the engine it made: plugin creator"):
+        build_engine(fake["native"], tmp_path / "x.engine", timing_cache=tmp_path / "t.cache")
+    assert sorted(tmp_path.iterdir()) == before
 
 
 def test_failed_build_leaves_nothing(fake, tmp_path):
@@ -305,7 +429,7 @@ def test_failed_build_leaves_nothing(fake, tmp_path):
     fake["fail_build"] = True
     before = sorted(tmp_path.iterdir())
     with pytest.raises(HRXError, match="out of memory while building"):
-        build_engine(fake["onnx"], tmp_path / "x.engine", fp16=True, timing_cache=tmp_path / "t.cache")
+        build_engine(fake["native"], tmp_path / "x.engine", fp16=True, timing_cache=tmp_path / "t.cache")
     assert sorted(tmp_path.iterdir()) == before
 
 
@@ -318,20 +442,12 @@ def test_parse_error_names_the_node(fake, tmp_path):
     assert not (tmp_path / "x.engine").exists()
 
 
-def test_aot_needs_tensorrt_10_9(fake, tmp_path):
+def test_tensorrt_before_10_12_is_refused(fake, tmp_path):
     from hrx.runtime.trt.builder import build_engine
 
-    fake["install"](version="10.7.0", with_aot=False)
-    with pytest.raises(HRXError, match="needs TensorRT >= 10.9"):
-        build_engine(fake["onnx"], tmp_path / "x.engine", plugin_impl="aot")
-
-
-def test_tensorrt_without_weak_typing_refuses_fp16_clearly(fake, tmp_path):
-    from hrx.runtime.trt.builder import build_engine
-
-    fake["install"](version="11.0.0", with_fp16=False)
-    with pytest.raises(HRXError, match=r"removed weak typing.*tensorrt>=10.7,<11"):
-        build_engine(fake["onnx"], tmp_path / "x.engine", fp16=True)
+    fake["install"](style="10", version="10.7.0")
+    with pytest.raises(HRXError, match=r"needs TensorRT >= 10.12"):
+        build_engine(fake["native"], tmp_path / "x.engine", fp16=True)
     assert not (tmp_path / "x.engine").exists()
 
 
@@ -346,3 +462,16 @@ def test_broken_plugin_contract_is_refused_before_tensorrt(fake, tmp_path):
     onnx.save(model, bad)
     with pytest.raises(HRXError, match="plugin_namespace is 'wrong'"):
         build_engine(bad, tmp_path / "x.engine")
+
+
+def test_no_weakly_typed_api_in_the_code():
+    """No BuilderFlag.FP16/INT8/BF16, precision constraints, ILayer.precision or set_output_type."""
+    import pathlib
+
+    import hrx.runtime.trt as pkg
+
+    root = pathlib.Path(pkg.__file__).parent
+    text = "\n".join(p.read_text() for p in root.glob("*.py"))
+    for word in ("BuilderFlag.FP16", "BuilderFlag.INT8", "BuilderFlag.BF16", "OBEY_PRECISION_CONSTRAINTS",
+                 "PREFER_PRECISION_CONSTRAINTS", ".set_output_type(", ".precision = trt"):
+        assert word not in text, word

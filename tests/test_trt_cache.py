@@ -34,7 +34,7 @@ def engine(tmp_path) -> tuple[Path, Path, EngineRecord]:
         tensorrt_version="10.7.0", gpu_name=H100.name, compute_capability="9.0", input_name="input",
         input_shape=[1, 3, 32, 32], output_name="output", output_shape=[1, 3, 64, 64],
         model_info=_info().to_props(), plugins=["hrx::MoETop1", "hrx::SelectiveScan"], plugin_impl="jit",
-        fp32_layers=["/softmax"], hrx_version="0.1.0", built_at=cache.now_iso())
+        fp32_islands={"softmax": 2}, hrx_version="0.1.0", built_at=cache.now_iso())
     cache.write_record(engine_path, record)
     return onnx_path, engine_path, record
 
@@ -99,8 +99,8 @@ def test_changed_onnx_makes_the_engine_stale(engine):
 def test_rebuild_command_keeps_precision_and_plugin_impl():
     assert cache.rebuild_command("m.onnx", "fp32", "m.engine") == "hrx build m.onnx -o m.engine"
     assert cache.rebuild_command("m.onnx", "int8") == "hrx build m.onnx --int8"
-    want = "hrx build MODEL.onnx --best --plugin-impl aot -o x.plan"
-    assert cache.rebuild_command(None, "best", "x.plan", "aot") == want
+    want = "hrx build MODEL.onnx --bf16 --plugin-impl aot -o x.plan"
+    assert cache.rebuild_command(None, "bf16", "x.plan", "aot") == want
 
 
 def test_missing_or_broken_record(tmp_path):

@@ -11,6 +11,7 @@ import sys
 import types
 import typing
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -119,7 +120,8 @@ def _fake_modules():
                     assert not seen_attr, "TensorDescs and attributes interspersed"
                     tensors.append(name)
                 else:
-                    assert p.annotation in builtin, f"attribute {name}: {p.annotation}"
+                    assert p.annotation in builtin or typing.get_origin(p.annotation) is np.ndarray, \
+                        f"attribute {name}: {p.annotation}"  # tensorrt.plugin takes scalars and NumPy arrays
                     assert name not in ("outputs", "stream", "tactic")
                     attrs[name] = p.annotation
                     seen_attr = True
@@ -198,7 +200,7 @@ def test_both_plugins_register_with_valid_schemas(registered):
     for pid in ids:
         assert {"register", "impl", "autotune", "aot_impl"} <= set(defs[pid]), pid
     assert defs["hrx::SelectiveScan"]["tensors"] == list(plugins.SELECTIVE_SCAN.inputs)
-    assert defs["hrx::SelectiveScan"]["attrs"] == {"chunk": int}  # the INT attribute the parser passes
+    assert defs["hrx::SelectiveScan"]["attrs"] == {"chunk": plugins.IntAttr}  # the parser's INT, as an int32 array
     assert defs["hrx::MoETop1"]["tensors"] == list(plugins.MOE_TOP1.inputs)
     assert defs["hrx::MoETop1"]["attrs"] == {}
     assert plugins.aot_available()
@@ -252,3 +254,27 @@ def test_strip_keeps_other_functions():
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])
     model = helper.make_model(helper.make_graph([], "g", [x], [x]), functions=[keep, drop])
     assert [(f.domain, f.name) for f in plugins.strip_plugin_functions(model).functions] == [("other", "F")]
+
+
+def _trt10_attribute(annotation, field: np.ndarray):
+    """What TensorRT 10.x's tensorrt.plugin does with a plugin field for a declared attribute: a
+    scalar annotation is built from the one-element field array (``int(array)``), an array
+    annotation gets the array."""
+    if annotation in (int, float, bool):
+        return annotation(field)
+    return field
+
+
+def test_chunk_attribute_does_not_depend_on_int_of_an_array(registered):
+    """NumPy >= 2.4 refuses int() of a one-element array, which broke `chunk: int` on TensorRT 10.x."""
+    _, defs = registered
+    field = np.array([16], dtype=np.int32)  # the parser passes an ONNX INT attribute as one INT32
+    if np.lib.NumpyVersion(np.__version__) >= "2.4.0":
+        with pytest.raises(TypeError):
+            _trt10_attribute(int, field)  # the defect, on this NumPy
+    d = defs["hrx::SelectiveScan"]
+    value = _trt10_attribute(d["attrs"]["chunk"], field)
+    assert plugins.attr_int(value) == 16 and plugins.attr_int(16) == 16
+    y = d["register"](TensorDesc((4, 64, 4, 8), "float16"), TensorDesc((4, 64, 4)), TensorDesc((4,)),
+                      TensorDesc((4, 64, 4)), TensorDesc((4, 64, 4)), TensorDesc((4,)), value)
+    assert y.shape_expr == [4, 64, 4, 8]

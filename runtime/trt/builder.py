@@ -1,21 +1,25 @@
 """``hrx build``: ONNX -> TensorRT engine (+ its :class:`~hrx.runtime.trt.cache.EngineRecord`).
 
-Steps (TensorRT 10.x Python API: ``trt.Builder``, ``OnnxParser``, ``IBuilderConfig``):
+One strongly typed path for TensorRT 10.12+ and 11.x: every tensor's type comes from the ONNX
+graph (its Casts and Q/DQ nodes), so the builder sets no precision flag, no precision constraint
+and no per-layer type (TensorRT 11 removed the FP16/INT8/BF16 builder flags, the obey/prefer
+precision-constraint flags, and the layers' precision and output-type setters).
 
-1. Load the ONNX file; if it has ``hrx::`` nodes and plugins are wanted, register the plugins
-   (:func:`hrx.runtime.trt.plugins.register_plugins`) and drop the nodes' local functions so the
-   parser maps each node to its plugin; with ``plugins=False`` inline the functions instead.
-2. Parse; set precision flags: ``fp16`` -> ``BuilderFlag.FP16``; ``int8`` -> ``INT8`` + ``FP16``
-   and requires a QDQ model from ``hrx calibrate`` (explicit quantization: TensorRT takes the
-   scales from the Q/DQ nodes; a QDQ model is built as INT8 even without ``--int8``); ``best``
-   -> FP16 (+ BF16 where the GPU has it) + INT8 if the model is QDQ.
-3. FP16 safety: in builds that allow FP16, layers that overflow in half precision are pinned to
-   FP32 with ``ILayer.precision``/``set_output_type`` and ``OBEY_PRECISION_CONSTRAINTS``:
-   softmax layers and the layers that feed them (including a ``MoETop1`` plugin's logits),
-   reductions and normalization layers (norm statistics), ``exp``/``log``/``sqrt``/``pow`` and
-   cumulative sums (the scan's decays). The pinned layers are listed in the build summary.
-4. Build with an optional workspace limit and timing cache, serialize, write engine + sidecar
-   through temporary files (nothing is left behind on failure).
+1. Load the ONNX file. ``--fp16``/``--bf16`` on an FP32 graph convert it first with the FP32
+   islands of :mod:`hrx.export.precision` (the same conversion as ``hrx export --precision``);
+   an FP16/BF16 export or a Q/DQ model from ``hrx calibrate`` builds as it is.
+2. Plugins: register ``hrx::`` plugins and drop their local functions so the parser maps each
+   node to its plugin; ``--no-plugins`` inlines the functions instead.
+3. Parse into a network created with ``STRONGLY_TYPED`` (10.x; 11.x networks are always strongly
+   typed) and the JIT/AOT plugin preference; build; deserialize the engine once (an engine that
+   cannot be loaded fails the build) and read the layer types from its inspector JSON (10.x and
+   11.x schemas); write the engine and its record through temporary files.
+
+Polygraphy's loaders (``NetworkFromOnnxBytes(strongly_typed=True)``, ``CreateConfig``,
+``EngineBytesFromNetwork``, ``SaveEngine``) were considered: its ``CreateNetwork`` cannot add the
+``PREFER_JIT/AOT_PYTHON_PLUGINS`` creation flags, its parser check logs the errors instead of
+returning them (the one-line error naming the failing node needs them), and ``SaveEngine`` writes
+in place (hrx writes atomically). The remaining hand-written TensorRT calls are the few below.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable
 
 from hrx.errors import HRXError
 from hrx.runtime.trt.cache import (
@@ -41,31 +45,16 @@ from hrx.runtime.trt.plugins import PLUGIN_DOMAIN, check_plugin_impl
 
 Log = Callable[[str], None]
 
-# Layer kinds pinned to FP32 in FP16 builds ("TYPE" or "TYPE:OP", TensorRT LayerType names).
-FP32_KINDS = frozenset({
-    "SOFTMAX", "REDUCE", "NORMALIZATION", "CUMULATIVE",
-    "UNARY:EXP", "UNARY:LOG", "UNARY:SQRT", "ELEMENTWISE:POW",
-})
-# Layer kinds whose producers (of the given input) are pinned too: what feeds a softmax.
-FP32_PRODUCERS = {"SOFTMAX": 0, "PLUGIN:MoETop1": 0}
-# Layer names (= ONNX node names) pinned regardless of kind.
-FP32_NAME_PATTERN = re.compile(r"(?i)(softmax|layernorm|segsum|cumsum)")
-# Cheap layers that follow pinned inputs into FP32; producers that do not count as inputs.
-_FP32_FOLLOWERS = ("ELEMENTWISE", "UNARY", "SHUFFLE", "SELECT")
-_NEUTRAL = frozenset({"CONSTANT", "SHAPE"})
-_FLOAT_PRECISIONS = ("FP32", "FP16", "BF16", "INT8", "FP8", "INT32", "INT64", "BOOL", "UINT8", "INT4", "FP4")
-
 
 @dataclass
 class BuildOptions:
-    fp16: bool = False
-    int8: bool = False  # needs a QDQ model (hrx calibrate)
-    best: bool = False
+    fp16: bool = False  # FP32 graph: convert to FP16 with FP32 islands first
+    bf16: bool = False  # FP32 graph: convert to BF16 with FP32 islands first (opset >= 22)
+    int8: bool = False  # assert the model is Q/DQ (hrx calibrate); a Q/DQ model builds as it is anyway
     workspace_gb: float | None = None  # builder workspace limit (None: TensorRT's default, all GPU memory)
     timing_cache: Path | None = None  # read if present, written back after the build
     plugins: bool | None = None  # None: plugins for hrx:: nodes when present; False: standard-op decomposition
     plugin_impl: str = "jit"  # "jit" (Python + Triton at run time) or "aot" (PTX in the engine, TensorRT >= 10.9)
-    pin_fp32: bool = True  # pin overflow-prone layers to FP32 in builds that allow FP16
     verbose: bool = False
 
 
@@ -75,24 +64,21 @@ class BuildReport:
     record: EngineRecord
     seconds: float
     precision_counts: dict[str, int] = field(default_factory=dict)  # layers of the built engine by output type
-    fp32_layers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
         r = self.record
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.precision_counts.items(), key=lambda kv: -kv[1]))
         lines = [
-            f"built {self.engine_path} in {self.seconds:.1f} s ({r.precision}, TensorRT {r.tensorrt_version}, "
-            f"{r.gpu_name}, sm {r.compute_capability})",
+            f"built {self.engine_path} in {self.seconds:.1f} s ({r.precision}, strongly typed, TensorRT "
+            f"{r.tensorrt_version}, {r.gpu_name}, sm {r.compute_capability})",
             f"  input {r.input_name} {r.input_shape} -> output {r.output_name} {r.output_shape}",
             f"  layer precisions: {counts or 'unavailable'}",
         ]
+        if r.fp32_islands:
+            lines.append("  FP32 islands in the graph: " + ", ".join(f"{k} {v}" for k, v in r.fp32_islands.items()))
         if r.plugins:
             lines.append(f"  plugins: {', '.join(r.plugins)} ({r.plugin_impl})")
-        if self.fp32_layers:
-            shown = ", ".join(self.fp32_layers[:8]) + (f", … ({len(self.fp32_layers)} in all)"
-                                                       if len(self.fp32_layers) > 8 else "")
-            lines.append(f"  pinned to FP32 for FP16 safety: {shown}")
         lines += [f"  note: {n}" for n in self.notes]
         return lines
 
@@ -105,94 +91,75 @@ def is_qdq(model) -> bool:
     return bool(ops & {"QuantizeLinear", "DequantizeLinear"})
 
 
-def resolve_precision(options: BuildOptions, qdq: bool) -> tuple[str, list[str]]:
-    """(precision name, notes) for the flags and the model; raises on --int8 without Q/DQ."""
-    notes: list[str] = []
-    if options.best:
-        return "best", notes
+def graph_precision(model) -> str:
+    """The compute precision the graph's types say: ``fp16``/``bf16`` when its weights are half,
+    else ``fp32`` (the metadata's ``precision`` when it names one of these)."""
+    from onnx import TensorProto
+
+    types = {t.data_type for t in model.graph.initializer}
+    if TensorProto.BFLOAT16 in types:
+        return "bf16"
+    if TensorProto.FLOAT16 in types:
+        return "fp16"
+    return "fp32"
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    precision: str  # the record's precision: fp32, fp16, bf16 or int8
+    convert_to: str | None  # fp16/bf16: convert the FP32 graph before building
+    notes: tuple[str, ...] = ()
+
+
+def resolve_precision(options: BuildOptions, model) -> PrecisionChoice:
+    """What the build makes of the flags and the graph. Raises on contradictions."""
+    if options.fp16 and options.bf16:
+        raise HRXError("--fp16 and --bf16 exclude each other")
+    qdq = is_qdq(model)
+    graph = graph_precision(model)
+    want = "fp16" if options.fp16 else "bf16" if options.bf16 else None
     if options.int8 and not qdq:
         raise HRXError("--int8 needs a quantized (Q/DQ) model from `hrx calibrate`; this model has no "
                        "QuantizeLinear/DequantizeLinear nodes. Build it with --fp16, or calibrate it first")
     if qdq:
-        if not options.int8:
-            notes.append("Q/DQ model: built as INT8 with its explicit scales")
-        return "int8", notes
-    return ("fp16" if options.fp16 else "fp32"), notes
-
-
-def precision_flags(precision: str, qdq: bool) -> list[str]:
-    """TensorRT BuilderFlag names for a precision."""
-    return {
-        "fp32": [],
-        "fp16": ["FP16"],
-        "int8": ["INT8", "FP16"],
-        "best": ["FP16", "BF16"] + (["INT8"] if qdq else []),
-    }[precision]
+        if want and graph != want:
+            raise HRXError(f"a Q/DQ model builds with the types in its graph ({graph} outside the INT8 convs); for "
+                           f"{want} there, calibrate with `hrx calibrate ... --precision {want}`")
+        notes = [] if options.int8 else ["Q/DQ model: INT8 with its explicit scales"]
+        return PrecisionChoice("int8", None, tuple(notes + ([f"{graph} outside the Q/DQ convs"] if graph != "fp32"
+                                                            else [])))
+    if want is None:
+        return PrecisionChoice(graph, None)
+    if graph == want:
+        return PrecisionChoice(graph, None, (f"the graph is already {graph}: built as it is",))
+    if graph != "fp32":
+        raise HRXError(f"--{want} on a {graph} graph: re-export the FP32 model with --precision {want}")
+    return PrecisionChoice(want, want, (f"converted to {want} with FP32 islands before building "
+                                        "(as `hrx export --precision`)",))
 
 
 def options_for(precision: str) -> dict[str, bool]:
-    """BuildOptions fields that select ``precision`` (the inverse of :func:`resolve_precision`)."""
+    """BuildOptions fields that select ``precision`` (``--backend trt`` builds)."""
     from hrx.runtime.trt.cache import normalize_precision
 
-    flags = {"fp32": {}, "fp16": {"fp16": True}, "int8": {"int8": True}, "best": {"best": True}}
+    flags = {"fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True}, "int8": {"int8": True}}
     return flags[normalize_precision(precision)]
 
 
-@dataclass(frozen=True)
-class LayerView:
-    """What the FP16 pinning rules need to know about one network layer."""
-
-    index: int
-    name: str
-    kind: str  # "SOFTMAX", "UNARY:EXP", "PLUGIN:MoETop1", ...
-    input_producers: tuple[int | None, ...] = ()  # producing layer of each input (None: network input/constant)
-    float_output: bool = True
+_TYPE_WORDS = (("BFLOAT16", "BF16"), ("BF16", "BF16"), ("FP16", "FP16"), ("HALF", "FP16"), ("FP32", "FP32"),
+               ("FLOAT", "FP32"), ("FP8", "FP8"), ("INT8", "INT8"), ("INT32", "INT32"), ("INT64", "INT64"),
+               ("BOOL", "BOOL"), ("UINT8", "UINT8"), ("INT4", "INT4"), ("FP4", "FP4"))
 
 
-def select_fp32_layers(layers: Sequence[LayerView]) -> list[int]:
-    """Indices of the layers to pin to FP32 (sorted).
-
-    Seeds: :data:`FP32_KINDS`, :data:`FP32_NAME_PATTERN`, and what computes the inputs named in
-    :data:`FP32_PRODUCERS` (back through bias adds, scales and reshapes to the MatMul/Conv). Then
-    cheap element-wise layers whose float inputs all come from pinned layers (or constants) join
-    them, so a chain like ``ReduceMean -> Add(eps) -> Sqrt -> Reciprocal`` stays FP32 end to end
-    instead of round-tripping through FP16 between pinned layers.
-    """
-    chosen: set[int] = set()
-    for layer in layers:
-        if not layer.float_output:
-            continue
-        if layer.kind in FP32_KINDS or FP32_NAME_PATTERN.search(layer.name):
-            chosen.add(layer.index)
-    for layer in layers:
-        slot = FP32_PRODUCERS.get(layer.kind)
-        if slot is not None and slot < len(layer.input_producers):
-            _pin_upstream(layers, layer.input_producers[slot], chosen)
-    changed = True
-    while changed:
-        changed = False
-        for layer in layers:
-            if layer.index in chosen or not layer.float_output or not layer.kind.startswith(_FP32_FOLLOWERS):
-                continue
-            sources = [p for p in layer.input_producers if p is not None and layers[p].kind not in _NEUTRAL]
-            if sources and all(p in chosen for p in sources):
-                chosen.add(layer.index)
-                changed = True
-    return sorted(chosen)
-
-
-def _pin_upstream(layers: Sequence[LayerView], start: int | None, chosen: set[int], depth: int = 6) -> None:
-    """Pin what computes a softmax input: back through cheap layers (bias adds, scales, reshapes)
-    to, and including, the first heavy layer (the QK^T MatMul, the router's Conv)."""
-    if start is None or depth == 0:
-        return
-    layer = layers[start]
-    if layer.kind in _NEUTRAL or not layer.float_output:
-        return
-    chosen.add(start)
-    if layer.kind.startswith(_FP32_FOLLOWERS):
-        for p in layer.input_producers:
-            _pin_upstream(layers, p, chosen, depth - 1)
+def _type_of(output: dict) -> str:
+    """Output data type of one inspector layer output: TensorRT 11 has ``DataType`` ("Half",
+    "Float", ...) beside ``Format``; 10.x writes one ``Format/Datatype`` string."""
+    text = str(output.get("DataType") or output.get("Format/Datatype") or output.get("Format") or "").upper()
+    for word in re.findall(r"[A-Z0-9]+", text):
+        for key, name in _TYPE_WORDS:
+            if word == key:
+                return name
+    return "other"
 
 
 def precision_counts(engine_info: dict[str, Any]) -> dict[str, int]:
@@ -202,9 +169,7 @@ def precision_counts(engine_info: dict[str, Any]) -> dict[str, int]:
         if not isinstance(layer, dict) or layer.get("LayerType") == "Reformat":
             continue
         outputs = layer.get("Outputs") or []
-        text = str(outputs[0].get("Format/Datatype", "")) if outputs and isinstance(outputs[0], dict) else ""
-        match = re.search(r"\b(" + "|".join(_FLOAT_PRECISIONS) + r")\b", text.upper())
-        key = match.group(1) if match else "other"
+        key = _type_of(outputs[0]) if outputs and isinstance(outputs[0], dict) else "other"
         counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -215,43 +180,9 @@ def default_engine_path(onnx_path: str | os.PathLike) -> Path:
 
 # --- TensorRT glue -----------------------------------------------------------------------------------
 
-def _layer_views(trt, network, plugin_nodes: dict[str, str]) -> list[LayerView]:
-    casts = {trt.LayerType.UNARY: trt.IUnaryLayer, trt.LayerType.ELEMENTWISE: trt.IElementWiseLayer}
-    producers: dict[str, int] = {}
-    layers = [network.get_layer(i) for i in range(network.num_layers)]
-    for i, layer in enumerate(layers):
-        for j in range(layer.num_outputs):
-            producers[layer.get_output(j).name] = i
-    views = []
-    for i, layer in enumerate(layers):
-        kind = layer.type.name
-        if layer.type in casts:
-            layer.__class__ = casts[layer.type]  # TensorRT's Python idiom for a layer downcast
-            kind = f"{kind}:{layer.op.name}"
-        elif kind.startswith("PLUGIN") and layer.name in plugin_nodes:
-            kind = f"PLUGIN:{plugin_nodes[layer.name]}"
-        inputs = tuple(producers.get(layer.get_input(j).name) if layer.get_input(j) is not None else None
-                       for j in range(layer.num_inputs))
-        float_out = layer.num_outputs > 0 and all(layer.get_output(j).dtype in (trt.float32, trt.float16)
-                                                  for j in range(layer.num_outputs))
-        views.append(LayerView(i, layer.name, kind, inputs, float_out))
-    return views
-
-
-def _pin_fp32(trt, network, indices: Iterable[int]) -> list[str]:
-    names = []
-    for i in indices:
-        layer = network.get_layer(i)
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            layer.set_output_type(j, trt.float32)
-        names.append(layer.name)
-    return names
-
-
 def _make_logger(trt, verbose: bool, log: Log):
     class _Logger(trt.ILogger):
-        """Keeps TensorRT's messages; prints warnings and errors only when verbose."""
+        """Keeps TensorRT's errors; prints warnings and errors only when verbose."""
 
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
@@ -272,30 +203,35 @@ def _parser_error(parser, source: str) -> HRXError:
         return HRXError(f"{source}: TensorRT could not parse the model")
     first = errs[0]
     where = ""
-    try:
-        if first.node_name() or first.node_operator():
-            where = f" (node {first.node_name()!r}, {first.node_operator()})"
-    except AttributeError:  # older bindings
-        pass
+    if first.node_name() or first.node_operator():
+        where = f" (node {first.node_name()!r}, {first.node_operator()})"
     desc = " ".join(str(first.desc()).split())
     more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
     return HRXError(f"{source}: TensorRT could not parse the model: {desc}{where}{more}")
 
 
-def _set_flag(trt, config, name: str) -> None:
-    flag = getattr(trt.BuilderFlag, name, None)
-    if flag is None:
-        raise HRXError(f"TensorRT {trt.__version__} has no BuilderFlag.{name} (TensorRT 11 removed weak typing); "
-                       "use TensorRT 10.x (pip install 'tensorrt>=10.7,<11') for --fp16/--int8/--best")
-    config.set_flag(flag)
+MIN_TENSORRT = (10, 12)
 
 
-def _network_flags(trt, use_plugins: bool, impl: str) -> int:
+def _version(trt) -> tuple[int, int]:
+    parts = (str(trt.__version__).split(".") + ["0"])[:2]
+    return int(parts[0]), int(re.sub(r"\D.*", "", parts[1]) or 0)
+
+
+def network_flags(trt, use_plugins: bool, impl: str) -> int:
+    """STRONGLY_TYPED (TensorRT 10.12+; 11.x is strongly typed without it) and the plugin preference."""
+    if _version(trt) < MIN_TENSORRT:
+        raise HRXError(f"hrx build needs TensorRT >= 10.12 (strongly typed networks with the hrx plugins); this is "
+                       f"{trt.__version__}: pip install 'hrx[tensorrt]'")
     flags = 0
+    creation = trt.NetworkDefinitionCreationFlag
+    strong = getattr(creation, "STRONGLY_TYPED", None)
+    if strong is not None:  # TensorRT 10.x; 11.x networks are strongly typed without a flag
+        flags |= 1 << int(strong)
     if not use_plugins:
         return flags
     name = "PREFER_AOT_PYTHON_PLUGINS" if impl == "aot" else "PREFER_JIT_PYTHON_PLUGINS"
-    flag = getattr(trt.NetworkDefinitionCreationFlag, name, None)
+    flag = getattr(creation, name, None)
     if flag is None:
         if impl == "aot":
             raise HRXError(f"--plugin-impl aot needs TensorRT >= 10.9 (this is {trt.__version__})")
@@ -314,13 +250,68 @@ def _io(network) -> tuple[str, list[int], str, list[int]]:
     return i.name, shape_in, o.name, shape_out
 
 
-def _model_info(path: Path) -> tuple[dict[str, str], list[str]]:
+def _model_info(model, source: Path) -> tuple[dict[str, str], list[str]]:
     from hrx.runtime.model_info import ModelInfo
 
     try:
-        return ModelInfo.from_onnx(path).to_props(), []
+        return ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, str(source)).to_props(), []
     except HRXError:
         return {}, ["not an HRX export: the engine has no tiling metadata (hrx upscale cannot use it)"]
+
+
+def _islands(model) -> dict[str, int]:
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        return {k: len(v) for k, v in json.loads(props.get("fp32_islands", "{}")).items() if v}
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _prepare(model, choice: PrecisionChoice, src: Path):
+    """The model to parse: converted to ``choice.convert_to`` if asked."""
+    if choice.convert_to is None:
+        return model
+    from hrx.export.precision import convert_precision
+
+    converted, _ = convert_precision(model, choice.convert_to)
+    return converted
+
+
+def _plugin_model(model, hrx_nodes: dict[str, str], use_plugins: bool, src: Path, notes: list[str]):
+    from hrx.runtime.trt.env import triton_problem
+    from hrx.runtime.trt.plugins import register_plugins, strip_plugin_functions
+
+    if use_plugins:
+        reason = triton_problem()
+        if reason is not None:
+            from hrx.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"the hrx plugins need Triton and PyTorch CUDA: {reason}; or build the "
+                                         "standard-op decomposition with --no-plugins")
+        register_plugins()
+        return strip_plugin_functions(model)
+    if hrx_nodes:
+        import onnx.inliner
+
+        notes.append("hrx:: ops built from their standard-op decomposition (--no-plugins)")
+        return onnx.inliner.inline_local_functions(model)
+    return model
+
+
+def load_engine(trt, serialized, logger, source: Path) -> dict[str, int]:
+    """Deserialize a freshly built engine (it must load, or the build fails) and count its
+    layers' output types from the inspector JSON."""
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        last = f": {logger.errors[-1]}" if logger.errors else ""
+        raise HRXError(f"TensorRT built {source} but cannot load the engine it made{last}; nothing was written")
+    inspector = engine.create_engine_inspector()
+    text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    try:
+        return precision_counts(json.loads(text))
+    except ValueError:  # not JSON: the counts are informative only
+        return {}
 
 
 def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None = None,
@@ -331,13 +322,11 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     Raises MissingDependencyError without TensorRT or a GPU, HRXError for bad input or a failed
     build; on any failure no engine, record or timing cache is written.
     """
-    import onnx
-
     from hrx import __version__
     from hrx.runtime.model_info import load_onnx
     from hrx.runtime.trt import ops as trt_ops
     from hrx.runtime.trt.env import require_gpu, require_tensorrt
-    from hrx.runtime.trt.plugins import plugin_nodes, register_plugins, strip_plugin_functions
+    from hrx.runtime.trt.plugins import contract_problems, plugin_nodes
 
     opts = dataclasses.replace(options or BuildOptions(), **overrides)
     check_plugin_impl(opts.plugin_impl)
@@ -351,48 +340,30 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     if out.is_dir():
         raise HRXError(f"{out}: is a folder; give -o an engine file name")
     model = load_onnx(src)
-    qdq = is_qdq(model)
-    precision, notes = resolve_precision(opts, qdq)
+    choice = resolve_precision(opts, model)
+    notes = list(choice.notes)
     hrx_nodes = {n.name: n.op_type for n in plugin_nodes(model)}
     use_plugins = bool(hrx_nodes) and opts.plugins is not False
     if use_plugins:
-        from hrx.runtime.trt.plugins import contract_problems
-
         problems = contract_problems(model)
         if problems:
             raise HRXError(f"{src}: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
     trt = require_tensorrt(what="hrx build")
     gpu = require_gpu(what="hrx build")
-    if use_plugins:
-        from hrx.runtime.trt.env import triton_problem
-
-        reason = triton_problem()
-        if reason is not None:
-            from hrx.errors import MissingDependencyError
-
-            raise MissingDependencyError(f"the hrx plugins need Triton and PyTorch CUDA: {reason}; or build the "
-                                         "standard-op decomposition with --no-plugins")
-        register_plugins()
-        parsed_model = strip_plugin_functions(model)
-    elif hrx_nodes:
-        import onnx.inliner
-
-        parsed_model = onnx.inliner.inline_local_functions(model)
-        notes.append("hrx:: ops built from their standard-op decomposition (--no-plugins)")
-    else:
-        parsed_model = model
-    unsupported = trt_ops.unsupported_ops(parsed_model, plugins=use_plugins)
+    typed = _prepare(model, choice, src)
+    parsed = _plugin_model(typed, hrx_nodes, use_plugins, src, notes)
+    unsupported = trt_ops.unsupported_ops(parsed, plugins=use_plugins)
     if unsupported:
         notes.append(f"ops missing from TensorRT {trt_ops.supported_ops().source['tensorrt_version']}'s ONNX "
                      f"operator list: {', '.join(unsupported)}")
-    model_props, info_notes = _model_info(src)
+    model_props, info_notes = _model_info(typed, src)
     notes += info_notes
 
     logger = _make_logger(trt, opts.verbose, log)
     builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags(trt, use_plugins, opts.plugin_impl))
+    network = builder.create_network(network_flags(trt, use_plugins, opts.plugin_impl))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(parsed_model.SerializeToString(), str(src)):
+    if not parser.parse(parsed.SerializeToString(), str(src)):
         raise _parser_error(parser, str(src))
     in_name, in_shape, out_name, out_shape = _io(network)
 
@@ -400,37 +371,28 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if opts.workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
-    for name in precision_flags(precision, qdq):
-        if name == "BF16" and not hasattr(trt.BuilderFlag, "BF16"):
-            continue
-        _set_flag(trt, config, name)
-    fp32_layers: list[str] = []
-    if opts.pin_fp32 and precision != "fp32":
-        fp32_layers = _pin_fp32(trt, network, select_fp32_layers(_layer_views(trt, network, hrx_nodes)))
-        if fp32_layers:
-            _set_flag(trt, config, "OBEY_PRECISION_CONSTRAINTS")
     cache = None
     if opts.timing_cache is not None:
         data = Path(opts.timing_cache).read_bytes() if Path(opts.timing_cache).is_file() else b""
         cache = config.create_timing_cache(data)
         config.set_timing_cache(cache, ignore_mismatch=False)
 
-    log(f"building {src.name} ({precision}) on {gpu.name} with TensorRT {trt.__version__} ...")
+    log(f"building {src.name} ({choice.precision}, strongly typed) on {gpu.name} with TensorRT {trt.__version__} ...")
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0
     if serialized is None:
         last = f": {logger.errors[-1]}" if logger.errors else " (run with --verbose for TensorRT's log)"
         raise HRXError(f"TensorRT failed to build {src}{last}")
+    counts = load_engine(trt, serialized, logger, src)
 
-    counts = _engine_precision_counts(trt, serialized, logger)
     record = EngineRecord(
-        onnx_sha256=file_sha256(src), onnx_path=str(src.resolve()), precision=precision,
+        onnx_sha256=file_sha256(src), onnx_path=str(src.resolve()), precision=choice.precision,
         tensorrt_version=str(trt.__version__), gpu_name=gpu.name, compute_capability=gpu.compute_capability,
         input_name=in_name, input_shape=in_shape, output_name=out_name, output_shape=out_shape,
         model_info=model_props, plugins=sorted({f"{PLUGIN_DOMAIN}::{op}" for op in hrx_nodes.values()})
-        if use_plugins else [], plugin_impl=opts.plugin_impl if use_plugins else "", fp32_layers=fp32_layers,
-        hrx_version=__version__, built_at=now_iso())
+        if use_plugins else [], plugin_impl=opts.plugin_impl if use_plugins else "",
+        fp32_islands=_islands(typed), hrx_version=__version__, built_at=now_iso())
     atomic_write_bytes(out, bytes(serialized))
     try:
         write_record(out, record)
@@ -440,25 +402,13 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
         out.unlink(missing_ok=True)
         sidecar_path(out).unlink(missing_ok=True)
         raise
-    return BuildReport(out, record, seconds, counts, fp32_layers, notes)
-
-
-def _engine_precision_counts(trt, serialized, logger) -> dict[str, int]:
-    try:
-        runtime = trt.Runtime(logger)
-        engine = runtime.deserialize_cuda_engine(serialized)
-        inspector = engine.create_engine_inspector()
-        return precision_counts(json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON)))
-    except Exception:  # noqa: BLE001 - the counts are informative only
-        return {}
+    return BuildReport(out, record, seconds, counts, notes)
 
 
 def engine_for(onnx_path: str | os.PathLike, precision: str = "fp16", *, plugin_impl: str = "jit",
                root: str | os.PathLike | None = None, log: Log | None = None) -> Path:
     """The cached engine for ``onnx_path`` on this machine, built on first use (``--backend trt``)."""
-    from hrx.runtime.trt.cache import cached_engine_for, check_engine, current_env
-
-    from hrx.runtime.trt.cache import normalize_precision
+    from hrx.runtime.trt.cache import cached_engine_for, check_engine, current_env, normalize_precision
 
     log = log or (lambda _msg: None)
     precision = normalize_precision(precision)

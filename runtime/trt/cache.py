@@ -25,10 +25,11 @@ from hrx.runtime.model_info import ModelInfo
 from hrx.runtime.trt.env import GpuInfo
 
 RECORD_SCHEMA = 1
-PRECISIONS = ("fp32", "fp16", "int8", "best")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # strongly typed: the graph's types (int8: a Q/DQ graph)
 # ModelInfo.precision and other spellings callers may pass
-_PRECISION_ALIASES = {"int8-qdq": "int8", "float32": "fp32", "float16": "fp16", "half": "fp16"}
-_PRECISION_FLAG = {"fp32": "", "fp16": "--fp16", "int8": "--int8", "best": "--best"}
+_PRECISION_ALIASES = {"int8-qdq": "int8", "int8-qdq-fp16": "int8", "float32": "fp32", "float16": "fp16",
+                      "half": "fp16", "bfloat16": "bf16"}
+_PRECISION_FLAG = {"fp32": "", "fp16": "--fp16", "bf16": "--bf16", "int8": "--int8"}
 
 
 class EngineMismatchError(HRXError):
@@ -50,7 +51,7 @@ class EngineRecord:
     model_info: dict[str, str] = field(default_factory=dict)  # ModelInfo.to_props()
     plugins: list[str] = field(default_factory=list)  # ["hrx::SelectiveScan", ...] built as plugins
     plugin_impl: str = ""  # "jit" (Python + Triton at run time) or "aot" (PTX inside the engine)
-    fp32_layers: list[str] = field(default_factory=list)  # layers pinned to FP32 in FP16 builds
+    fp32_islands: dict[str, int] = field(default_factory=dict)  # the graph's FP32 islands: rule -> node count
     hrx_version: str = ""
     built_at: str = ""
     schema: int = RECORD_SCHEMA

@@ -35,6 +35,9 @@ reads the decorated functions' annotations as objects.
 from dataclasses import dataclass
 from typing import List, Tuple, Union
 
+import numpy as np
+import numpy.typing as npt
+
 from hrx.errors import HRXError, MissingDependencyError
 
 PLUGIN_DOMAIN = "hrx"
@@ -60,6 +63,18 @@ class PluginSpec:
 SELECTIVE_SCAN = PluginSpec("SelectiveScan", inputs=("x", "dt", "A", "B", "C", "D"), int_attrs=("chunk",))
 MOE_TOP1 = PluginSpec("MoETop1", inputs=("logits", "experts"))
 PLUGINS = {s.name: s for s in (SELECTIVE_SCAN, MOE_TOP1)}
+
+
+# ``chunk`` is declared as an int32 array, not ``int``: for an ``int`` attribute TensorRT 10.x's
+# tensorrt.plugin calls ``int()`` on the one-element field array, which NumPy >= 2.4 refuses
+# ("only 0-dimensional arrays can be converted to Python scalars"); for an array annotation it
+# passes the array through, and :func:`attr_int` reads it on any NumPy (and on TensorRT 11).
+IntAttr = npt.NDArray[np.int32]
+
+
+def attr_int(value) -> int:
+    """An INT plugin attribute as a Python int, whether it arrives as an int or a (1,) array."""
+    return int(np.asarray(value).reshape(-1)[0])
 
 
 def plugin_nodes(model) -> list:
@@ -189,7 +204,7 @@ def _define_selective_scan(trt, trtp) -> None:
 
     @trtp.register(pid)
     def selective_scan_desc(x: trtp.TensorDesc, dt: trtp.TensorDesc, A: trtp.TensorDesc, B: trtp.TensorDesc,
-                            C: trtp.TensorDesc, D: trtp.TensorDesc, chunk: int) -> trtp.TensorDesc:
+                            C: trtp.TensorDesc, D: trtp.TensorDesc, chunk: IntAttr) -> trtp.TensorDesc:
         return x.like()  # y [b, L, H, P], x's type
 
     @trtp.autotune(pid)
@@ -203,25 +218,25 @@ def _define_selective_scan(trt, trtp) -> None:
 
     @trtp.impl(pid)
     def selective_scan_impl(x: trtp.Tensor, dt: trtp.Tensor, A: trtp.Tensor, B: trtp.Tensor, C: trtp.Tensor,
-                            D: trtp.Tensor, chunk: int, outputs: Tuple[trtp.Tensor], stream: int) -> None:
+                            D: trtp.Tensor, chunk: IntAttr, outputs: Tuple[trtp.Tensor], stream: int) -> None:
         import torch
 
         from hrx.runtime.trt import kernels
 
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             args = [torch.as_tensor(t, device="cuda") for t in (x, dt, A, B, C, D)]
-            kernels.selective_scan_into(*args, out=torch.as_tensor(outputs[0], device="cuda"), chunk=chunk)
+            kernels.selective_scan_into(*args, out=torch.as_tensor(outputs[0], device="cuda"), chunk=attr_int(chunk))
 
     if hasattr(trtp, "aot_impl"):
         @trtp.aot_impl(pid)
         def selective_scan_aot(x: trtp.TensorDesc, dt: trtp.TensorDesc, A: trtp.TensorDesc, B: trtp.TensorDesc,
-                               C: trtp.TensorDesc, D: trtp.TensorDesc, chunk: int,
+                               C: trtp.TensorDesc, D: trtp.TensorDesc, chunk: IntAttr,
                                outputs: Tuple[trtp.TensorDesc], tactic: int
                                ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams,
                                           trtp.SymIntExprs]:
             from hrx.runtime.trt import kernels
 
-            k = kernels.compile_selective_scan(_static_shape(x), _static_shape(B)[-1], chunk,
+            k = kernels.compile_selective_scan(_static_shape(x), _static_shape(B)[-1], attr_int(chunk),
                                                io_dtype=_dtype_name(trt, x))
             return k.name, k.ptx, _launch_params(trtp, k), trtp.SymIntExprs(0)
 
