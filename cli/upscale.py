@@ -48,18 +48,23 @@ def upscale(
     devices: Annotated[Optional[str], typer.Option("--devices", help="Several CUDA devices, e.g. 0,1: one worker per device, all taking images from one queue.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="CPU: sessions working through the images at once; --threads is split between them.")] = 1,
     threads: Annotated[int, typer.Option("--threads", min=0, help="CPU intra-op threads in all (0: every core this process may use).")] = 0,
+    url: Annotated[Optional[str], typer.Option("--url", help="Triton server for --backend triton: http://HOST:PORT (or HOST:PORT) or grpc://HOST:PORT.", show_default=False)] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model-name", help="Model name on the Triton server (its config carries HRX's metadata: see hrx triton-repo).", show_default=False)] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Triton: seconds allowed for connecting and for each request.")] = 60.0,
+    ray: Annotated[bool, typer.Option("--ray", help="Run on a Ray cluster with Ray Data actors (pip install 'hrx[ray]'): a local one started for the run, or --ray-address. Needs --engine (or the bundled model) and the images on paths every node can read.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join with --ray (e.g. auto, ray://head:10001) [default: start a local one].", show_default=False)] = None,
+    ray_actors: Annotated[int, typer.Option("--ray-actors", min=0, help="Ray actors (0: one per GPU, else N-1 of the cluster's N CPUs).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, backend line or summary; errors only.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report here ('-': stdout).")] = None,
 ) -> None:
-    """Upscale images with tiled inference: ONNX Runtime (CPU / CUDA), TensorRT or PyTorch.
+    """Upscale images with tiled inference: ONNX Runtime (CPU / CUDA), TensorRT, PyTorch, or a Triton server.
 
     Example: hrx upscale photos/ -r -o out/ --engine model.onnx
     """
-    from hrx.runtime.factory import DEFAULT_MODEL, BackendRequest, open_backend
+    from hrx.runtime.factory import BackendRequest
     from hrx.runtime.images import configure_pillow
     from hrx.runtime.pipeline import BatchOptions, check_inputs, plan_jobs
-    from hrx.runtime.pool import open_pool, parse_devices, plan_workers, run_pool
-    from hrx.runtime.tiling import TileSpec
+    from hrx.runtime.pool import parse_devices, plan_workers
 
     if device is not None and devices is not None:
         raise fail("pass either --device or --devices, not both")
@@ -80,28 +85,13 @@ def upscale(
     check_inputs(jobs, output)  # before any model work (a first run exports the bundled model: slow)
     configure_pillow(max_pixels)
     log = None if quiet else (lambda line: typer.echo(line, err=True))
-    request = BackendRequest(engine, model, backend.value, tile, batch, 0, log)
-    runners = open_pool(lambda w: open_backend(dataclasses.replace(
-        request, device=w.device if w.kind == "cuda" else None, threads=w.threads)), pool)
-
-    def spec_for(runner) -> TileSpec:
-        i = runner.info
-        return TileSpec(tile=i.tile, overlap=i.tile_overlap if overlap is None else overlap, scale=i.scale,
-                        size_multiple=i.size_multiple, batch=i.batch, merge=merge.value)
-
-    try:
-        info, spec = runners[0].info, spec_for(runners[0])
-        source = engine or model or f"bundled {DEFAULT_MODEL}"
-        where = f", {len(pool)} workers ({', '.join(w.label for w in pool)})" if len(pool) > 1 else ""
-        if not quiet:
-            typer.echo(f"backend: {runners[0].name} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
-                       f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge}{where})",
-                       err=True)
-        with _Progress(len(jobs), enabled=not quiet and is_interactive()) as progress:
-            report = run_pool(runners, pool, jobs, spec_for, options, progress)
-    finally:
-        for runner in runners:
-            runner.close()
+    request = BackendRequest(engine, model, backend.value, tile, batch, 0, log=log, url=url, model_name=model_name,
+                             timeout=timeout)
+    if ray or ray_address:  # Ray Data actors: hrx.runtime.distributed
+        report, info, spec, source = _run_on_ray(request, jobs, overlap, merge.value, options, ray_address,
+                                                 ray_actors, quiet)
+    else:
+        report, info, spec, source = _run_here(request, pool, jobs, overlap, merge.value, options, quiet)
     summary = report.to_dict()
     summary.update(model=str(source), model_scale=info.scale, tile=spec.tile, overlap=spec.tile - spec.stride,
                    merge=spec.merge, outscale=outscale, width=width, height=height)
@@ -114,6 +104,71 @@ def upscale(
                    err=True)
     if summary["failed"]:
         raise fail(f"{summary['failed']} of {len(jobs)} images failed")
+
+
+def _run_here(request, pool, jobs, overlap, merge, options, quiet):
+    """This process: one backend per worker of ``pool``."""
+    from hrx.runtime.factory import DEFAULT_MODEL, open_backend
+    from hrx.runtime.pool import open_pool, run_pool
+    from hrx.runtime.tiling import TileSpec
+
+    runners = open_pool(lambda w: open_backend(dataclasses.replace(
+        request, device=w.device if w.kind == "cuda" else None, threads=w.threads)), pool)
+
+    def spec_for(runner) -> TileSpec:
+        i = runner.info
+        return TileSpec(tile=i.tile, overlap=i.tile_overlap if overlap is None else overlap, scale=i.scale,
+                        size_multiple=i.size_multiple, batch=i.batch, merge=merge)
+
+    try:
+        info, spec = runners[0].info, spec_for(runners[0])
+        source = request.engine or request.model or (f"{request.model_name} at {request.url}" if request.url
+                                                     else f"bundled {DEFAULT_MODEL}")
+        where = f", {len(pool)} workers ({', '.join(w.label for w in pool)})" if len(pool) > 1 else ""
+        if not quiet:
+            typer.echo(f"backend: {runners[0].name} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
+                       f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge}{where})",
+                       err=True)
+        with _Progress(len(jobs), enabled=not quiet and is_interactive()) as progress:
+            report = run_pool(runners, pool, jobs, spec_for, options, progress)
+    finally:
+        for runner in runners:
+            runner.close()
+    return report, info, spec, source
+
+
+def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet):
+    """Ray Data actors (hrx.runtime.distributed); the driver reads the model's metadata only."""
+    from hrx.runtime.distributed import RayOptions, run_batch_ray
+    from hrx.runtime.factory import DEFAULT_MODEL, default_engine
+    from hrx.runtime.model_info import ModelInfo
+    from hrx.runtime.tiling import TileSpec
+
+    if request.model is not None or request.backend in ("torch", "triton") or request.url:
+        raise fail("--ray runs exported models: pass --engine model.onnx (or .engine), not --model / --backend "
+                   f"{request.backend}", 2)
+    source = request.engine or f"bundled {DEFAULT_MODEL}"
+    if request.engine is None:  # export the bundled model once here, not once per actor
+        request = dataclasses.replace(request, engine=default_engine(DEFAULT_MODEL, log=request.log))
+    engine = Path(request.engine)
+    if not engine.is_file():
+        raise fail(f"{engine}: no such engine file")
+    if engine.suffix.lower() == ".onnx":
+        info = ModelInfo.from_onnx(engine)
+    else:
+        from hrx.runtime.trt.cache import read_record
+
+        info = read_record(engine).info()
+    request = dataclasses.replace(request, engine=engine.resolve())
+    spec = TileSpec(tile=info.tile, overlap=info.tile_overlap if overlap is None else overlap, scale=info.scale,
+                    size_multiple=info.size_multiple, batch=info.batch, merge=merge)
+    where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+    if not quiet:
+        typer.echo(f"backend: ray on {where} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
+                   f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge})", err=True)
+    ray_options = RayOptions(address=address, actors=actors)
+    report = run_batch_ray(request, jobs, overlap, merge, options, ray_options, _Progress(len(jobs), enabled=False))
+    return report, info, spec, source
 
 
 class _Progress:

@@ -18,7 +18,7 @@ from hrx.errors import HRXError, MissingDependencyError
 from hrx.paths import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from hrx.runtime.backend import Backend
 
-BACKENDS = ("auto", "onnxrt-cpu", "onnxrt-cuda", "trt", "torch")
+BACKENDS = ("auto", "onnxrt-cpu", "onnxrt-cuda", "trt", "torch", "triton")
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,17 @@ class BackendRequest:
     threads: int = 0  # CPU intra-op threads, ONNX Runtime and PyTorch (0: the library's default)
     device: int | None = None  # CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch); None: the current one
     log: Callable[[str], None] | None = None  # progress lines of slow steps (TensorRT engine build)
+    url: str | None = None  # Triton server (--backend triton): http://host:port, host:port or grpc://host:port
+    model_name: str | None = None  # the model's name on the Triton server
+    timeout: float = 60.0  # Triton: seconds for connecting and for each request
 
 
 def open_backend(request: BackendRequest) -> Backend:
     """Open the backend ``request`` asks for; raises :class:`HRXError` for combinations that cannot work."""
     if request.backend not in BACKENDS:
         raise HRXError(f"unknown backend {request.backend!r}; choose from {', '.join(BACKENDS)}")
+    if request.backend == "triton" or request.url is not None or request.model_name is not None:
+        return _open_triton(request)
     if request.engine is None and request.model is None:
         if request.backend == "torch":
             request = dataclasses.replace(request, model=DEFAULT_MODEL)
@@ -122,6 +127,20 @@ def _open_tensorrt(path: Path, from_onnx: bool = False, log: Callable[[str], Non
     if from_onnx:
         return TensorRTBackend.from_onnx(path, log=log)
     return TensorRTBackend(path, log=log)
+
+
+def _open_triton(request: BackendRequest) -> Backend:
+    """A model on a Triton server: metadata from the server, tiles inferred remotely."""
+    from hrx.runtime.triton_client import TritonBackend, TritonError
+
+    if request.backend not in ("auto", "triton"):
+        raise HRXError(f"--url and --model-name go with --backend triton, not --backend {request.backend}")
+    if not request.url or not request.model_name:
+        raise TritonError("--backend triton needs --url (http://HOST:PORT or grpc://HOST:PORT) and --model-name")
+    if request.engine is not None or request.model is not None or request.tile is not None or request.batch is not None:
+        raise HRXError("--backend triton takes the model, tile and batch from the server: drop --engine, --model, "
+                       "--tile and --batch")
+    return TritonBackend(request.url, request.model_name, timeout=request.timeout)
 
 
 def _open_checkpoint(request: BackendRequest) -> Backend:

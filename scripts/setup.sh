@@ -10,3 +10,10 @@ fi
 # torch is pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 -e ".[test,ray,triton]" 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" || true
+# PyTriton bundles a real tritonserver (Python backend) but pins NumPy < 2, so it gets its own venv; the
+# Triton tests start scripts/pytriton_serve.py from it on loopback ports (~75 s to create, once)
+if [ ! -x .venv-triton/bin/python ]; then
+  python3 -m venv .venv-triton
+fi
+.venv-triton/bin/python -m pip install -q --disable-pip-version-check nvidia-pytriton==0.7.0 "numpy<2" \
+  onnxruntime 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true

@@ -29,3 +29,23 @@ def randomize_params(model: torch.nn.Module, std: float = 0.05) -> None:
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * std)
     randomize_bn(model)
+
+
+@pytest.fixture(scope="session")
+def hrx_t_dynamic(tmp_path_factory):
+    """hrx-t x2 with perturbed weights, exported once per session with ``--batch dynamic`` at tile 32:
+    ``(checkpoint, onnx)``. Shared by the Triton and Ray tests (an export takes tens of seconds here)."""
+    from typer.testing import CliRunner
+
+    import hrx
+    from hrx.cli.main import app
+
+    tmp = tmp_path_factory.mktemp("hrx_t_dynamic")
+    torch.manual_seed(0)
+    model = hrx.create_model("hrx-t", scale=2)
+    randomize_params(model, 0.05)
+    ckpt = hrx.save_model(model, tmp / "t.pt")
+    onnx_path = tmp / "t-dynamic.onnx"
+    r = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(onnx_path), "--tile", "32", "--batch", "dynamic"])
+    assert r.exit_code == 0, r.output
+    return ckpt, onnx_path

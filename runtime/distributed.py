@@ -1,0 +1,196 @@
+"""``hrx upscale ... --ray [ADDRESS]``: the same job as ``hrx upscale`` on a Ray cluster (Ray Data).
+
+* The driver plans the jobs exactly as a local run (``plan_jobs``, output paths, ``--skip-existing``) and
+  sends Ray Data only paths (``from_items``, one block per image so a lost block is one image).
+* ``map_batches`` with :class:`UpscaleActor`, a callable class: each actor opens its backend once, from the
+  request the driver shares (the model file must be readable at the same path on every node: a shared
+  filesystem, as for the images), and runs the ordinary :func:`~hrx.runtime.pipeline.run_batch` on each
+  image, so decoding (16-bit, alpha, ICC, EXIF), tiling and HRX's atomic writes are the local ones.
+  ``compute=ActorPoolStrategy(size=actors)``; ``num_gpus=1`` per actor when the cluster has GPUs.
+* A bad image is a ``failed`` row with its reason (``run_batch`` catches it), never a failed Ray task.
+  An actor that dies is restarted by Ray and its images are retried; outputs are renamed into place
+  whole, so none is ever half-written, and the temporary files a killed actor leaves are swept at the end.
+  If the driver dies, re-running with ``--skip-existing`` does the rest.
+* Defaults leave a core to Ray Data's readers: at most N-1 CPU actors on N CPUs (a pool that takes every
+  core can stall Ray Data for a long time), one ONNX Runtime thread per actor CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from hrx.errors import HRXError, MissingDependencyError
+from hrx.runtime.pipeline import BatchOptions, BatchReport, ImageResult, Job, NoProgress, Progress, run_batch
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None / "": start a local cluster for the run (or use one ray.init made)
+    actors: int = 0  # 0: CPU: N-1 of the cluster's N CPUs (at least 1); GPU: one per GPU
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 1.0  # used only when the cluster has GPUs
+    crash_once: str = ""  # tests: the first actor to see no file here creates it and dies mid-write
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(f"--ray needs Ray Data ({e}); pip install 'hrx[ray]'") from None
+    return ray
+
+
+def connect(address: str | None) -> Any:
+    """Join the cluster at ``address``, or start a local one (or reuse the one this process started)."""
+    ray = _ray()
+    for name in ("ray", "ray.data"):  # the CLI prints its own lines; Ray's INFO chatter goes to its log files
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if ray.is_initialized():
+        return ray
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, ignore_reinit_error=True)
+    except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ... from ray.init
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HRXError(f"cannot {'connect to the Ray cluster at ' + address if address else 'start a local Ray cluster'}"
+                       f" ({first[:300]})") from None
+    return ray
+
+
+def default_actors(cpus: float, gpus: float, options: RayOptions, todo: int) -> tuple[int, float, float]:
+    """``(actors, cpus per actor, gpus per actor)``: one per GPU, else N-1 CPU actors (never every core)."""
+    if gpus >= 1:
+        actors = options.actors or int(gpus // options.gpus_per_actor)
+        return max(1, min(actors, todo)), min(options.cpus_per_actor, 1.0), options.gpus_per_actor
+    per = options.cpus_per_actor
+    limit = max(1, int((cpus - 1) // per)) if cpus > 1 else 1
+    if cpus <= 1:  # one CPU: a fraction of it, so the readers still get scheduled
+        per = min(per, 0.5)
+    actors = min(options.actors or limit, limit)
+    return max(1, min(actors, todo)), per, 0.0
+
+
+class UpscaleActor:
+    """Ray Data callable class: opens the backend once, then upscales one image per row."""
+
+    def __init__(self, request, overlap: int | None, merge: str, options: BatchOptions, crash_once: str = "") -> None:
+        from hrx.runtime.factory import open_backend
+        from hrx.runtime.images import configure_pillow
+
+        configure_pillow(options.max_pixels)
+        self.backend = open_backend(request)
+        self.options, self.crash_once = options, crash_once
+        from hrx.runtime.tiling import TileSpec
+
+        i = self.backend.info
+        self.spec = TileSpec(tile=i.tile, overlap=i.tile_overlap if overlap is None else overlap, scale=i.scale,
+                             size_multiple=i.size_multiple, batch=i.batch, merge=merge)
+        self.worker = f"ray:{os.getpid()}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows: list[dict] = []
+        for index, source, output, error in zip(batch["index"], batch["source"], batch["output"], batch["error"]):
+            job = Job(Path(str(source)), Path(str(output)), str(error) or None)
+            if self.crash_once:
+                self._maybe_crash(job)
+            report = run_batch(self.backend, [job], self.spec, self.options)
+            row = dataclasses.asdict(report.results[0])
+            row.update(index=int(index), worker=self.worker)
+            rows.append(row)
+        return {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]} if rows else {}
+
+    def _maybe_crash(self, job: Job) -> None:
+        """Fault injection for the tests: die (as a killed process would) in the middle of writing."""
+        try:
+            fd = os.open(self.crash_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        with open(job.output.with_name(f".{job.output.name}.crashed.tmp"), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n half an image")
+            f.flush()
+            os._exit(1)
+
+
+def _result(row: dict) -> ImageResult:
+    names = {f.name for f in dataclasses.fields(ImageResult)}
+    values = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items() if k in names}
+    return ImageResult(**values)
+
+
+def sweep_temporaries(jobs: Sequence[Job]) -> int:
+    """Remove the hidden ``.NAME.*.tmp`` files a killed writer left beside the outputs; returns how many."""
+    removed = 0
+    for job in jobs:
+        folder = job.output.parent
+        if not folder.is_dir():
+            continue
+        for tmp in folder.glob(f".{job.output.name}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def run_batch_ray(request, jobs: Sequence[Job], overlap: int | None, merge: str, options: BatchOptions,
+                  ray_options: RayOptions = RayOptions(), progress: Progress | None = None) -> BatchReport:
+    """Upscale ``jobs`` on Ray Data actors; the report lists every image in the planned order."""
+    progress = progress or NoProgress()
+    started = time.perf_counter()
+    results: dict[int, ImageResult] = {}
+    todo: list[tuple[int, Job]] = []
+    for k, job in enumerate(jobs):
+        if options.skip_existing and job.output.exists():
+            results[k] = ImageResult(str(job.source), str(job.output), "skipped", "output exists")
+            progress.finish_image(results[k])
+        else:
+            todo.append((k, job))
+    backend_name = "ray"
+    if todo:
+        ray = connect(ray_options.address)
+        from ray.data import ActorPoolStrategy, DataContext
+
+        resources = ray.cluster_resources()
+        actors, cpus, gpus = default_actors(resources.get("CPU", 1.0), resources.get("GPU", 0.0), ray_options, len(todo))
+        request = dataclasses.replace(request, log=None, threads=max(1, int(cpus)))
+        options = dataclasses.replace(options, warn=None) if hasattr(options, "warn") else options
+        context = DataContext.get_current()
+        context.enable_progress_bars = False
+        context.max_errored_blocks = 0
+        items = [{"index": k, "source": str(j.source), "output": str(j.output), "error": j.error or ""}
+                 for k, j in todo]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(UpscaleActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
+                            fn_constructor_kwargs=dict(request=request, overlap=overlap, merge=merge, options=options,
+                                                       crash_once=ray_options.crash_once),
+                            num_cpus=cpus, num_gpus=gpus or None)  # Ray Data restarts actors and retries by default
+        backend_name = f"ray ({actors} actor{'s' * (actors != 1)}, {cpus:g} CPU{f', {gpus:g} GPU' if gpus else ''} each)"
+        try:
+            for row in ds.iter_rows():
+                result = _result(row)
+                results[int(row["index"])] = result
+                progress.finish_image(result)
+        except HRXError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a task that failed for good (an actor that cannot open the model)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise HRXError(f"the Ray job failed: {first[:300]}") from None
+        finally:
+            sweep_temporaries([j for _, j in todo])
+    report = BatchReport(backend_name, [results[k] for k in sorted(results)])
+    missing = len(jobs) - len(report.results)
+    if missing:
+        raise HRXError(f"the Ray job returned {len(report.results)} of {len(jobs)} images")
+    report.seconds = time.perf_counter() - started
+    return report
