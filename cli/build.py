@@ -47,6 +47,10 @@ def build(
         "--plugin-impl", help="jit: plugin kernels run through Python and Triton at inference time; "
                               "aot: compiled to PTX inside the engine (TensorRT >= 10.9, no Python needed "
                               "to run it).")] = PluginImpl.jit,
+    batch_profile: Annotated[Optional[str], typer.Option(
+        "--batch-profile", metavar="MIN,OPT,MAX", help="Optimisation profile of the batch axis for a "
+                                                       "`hrx export --batch dynamic` model \\[default: 1,8,32 "
+                                                       "within the export's max_batch].", show_default=False)] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorRT's warnings.")] = False,
 ) -> None:
     """Build a strongly typed TensorRT engine from an exported ONNX model: every tensor's type
@@ -71,7 +75,21 @@ def build(
         typer.echo(message, err=True)
 
     options = BuildOptions(fp16=fp16, bf16=bf16, int8=int8, workspace_gb=workspace, timing_cache=timing_cache,
-                           plugins=plugins, plugin_impl=plugin_impl.value, verbose=verbose)
+                           plugins=plugins, plugin_impl=plugin_impl.value, verbose=verbose,
+                           batch_profile=_parse_profile(batch_profile))
     report = build_engine(model, output, options, log=say)
     for line in report.summary_lines():
         typer.echo(line)
+
+
+def _parse_profile(text: str | None) -> tuple[int, int, int] | None:
+    """``MIN,OPT,MAX`` -> three ints (range checks are the builder's)."""
+    if text is None:
+        return None
+    from hrx.errors import HRXError
+
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise HRXError(f"--batch-profile {text!r}: expected MIN,OPT,MAX, e.g. 1,8,32")
+    low, opt, high = (int(p) for p in parts)
+    return low, opt, high

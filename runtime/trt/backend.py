@@ -89,6 +89,9 @@ class TensorRTBackend(Backend):
         self.input_shape = tuple(self._engine.get_tensor_shape(self._in))
         self.output_shape = tuple(self._engine.get_tensor_shape(self._out))
         want_in, want_out = expected_shapes(self.info)
+        if self.input_shape[:1] == (-1,) and self.input_shape[1:] == want_in[1:]:  # a dynamic-batch engine
+            self._context.set_input_shape(self._in, want_in)  # runs the metadata's batch; Triton batches more
+            self.input_shape, self.output_shape = want_in, tuple(self._context.get_tensor_shape(self._out))
         if self.input_shape != want_in or self.output_shape != want_out:
             raise HRXError(f"{self.engine_path}: engine I/O {list(self.input_shape)} -> {list(self.output_shape)} "
                            f"does not match its model metadata {list(want_in)} -> {list(want_out)}")

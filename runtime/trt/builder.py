@@ -56,6 +56,7 @@ class BuildOptions:
     plugins: bool | None = None  # None: plugins for hrx:: nodes when present; False: standard-op decomposition
     plugin_impl: str = "jit"  # "jit" (Python + Triton at run time) or "aot" (PTX in the engine, TensorRT >= 10.9)
     verbose: bool = False
+    batch_profile: tuple[int, int, int] | None = None  # min/opt/max batch of a `hrx export --batch dynamic` model
 
 
 @dataclass
@@ -240,14 +241,33 @@ def network_flags(trt, use_plugins: bool, impl: str) -> int:
 
 
 def _io(network) -> tuple[str, list[int], str, list[int]]:
+    """Names and shapes of the one input and output; only the batch axis may be dynamic (-1)."""
     if network.num_inputs != 1 or network.num_outputs != 1:
         raise HRXError(f"expected one input and one output, the network has {network.num_inputs} and "
                        f"{network.num_outputs}")
     i, o = network.get_input(0), network.get_output(0)
     shape_in, shape_out = [int(d) for d in i.shape], [int(d) for d in o.shape]
-    if any(d < 0 for d in shape_in):
-        raise HRXError(f"input {i.name} has dynamic shape {shape_in}; export with a fixed tile and batch")
+    if any(d < 0 for d in shape_in[1:]):
+        raise HRXError(f"input {i.name} has dynamic shape {shape_in}; export with a fixed tile (only the batch "
+                       "may be dynamic: hrx export --batch dynamic)")
     return i.name, shape_in, o.name, shape_out
+
+
+DEFAULT_BATCH_PROFILE = (1, 8, 32)  # min/opt/max tiles per call of a dynamic-batch engine, capped by max_batch
+
+
+def batch_profile(requested: tuple[int, int, int] | None, model_props: dict[str, str]) -> tuple[int, int, int]:
+    """The min/opt/max batch of the optimisation profile: ``requested`` or the default, within the export's
+    ``max_batch``."""
+    limit = int(model_props.get("max_batch", "0") or 0) or DEFAULT_BATCH_PROFILE[2]
+    if requested is None:
+        return tuple(min(b, limit) for b in DEFAULT_BATCH_PROFILE)  # type: ignore[return-value]
+    low, opt, high = requested
+    if not 1 <= low <= opt <= high:
+        raise HRXError(f"--batch-profile {low},{opt},{high}: need 1 <= MIN <= OPT <= MAX")
+    if high > limit:
+        raise HRXError(f"--batch-profile {low},{opt},{high}: MAX is above the export's max_batch {limit}")
+    return low, opt, high
 
 
 def _model_info(model, source: Path) -> tuple[dict[str, str], list[str]]:
@@ -368,6 +388,15 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     in_name, in_shape, out_name, out_shape = _io(network)
 
     config = builder.create_builder_config()
+    if in_shape[0] < 0:  # `hrx export --batch dynamic`: one optimisation profile over the batch, static tile
+        low, opt, high = batch_profile(opts.batch_profile, model_props)
+        profile = builder.create_optimization_profile()
+        profile.set_shape(in_name, [low, *in_shape[1:]], [opt, *in_shape[1:]], [high, *in_shape[1:]])
+        config.add_optimization_profile(profile)
+        model_props = {**model_props, "max_batch": str(high), "batch_profile": f"{low},{opt},{high}"}
+        notes.append(f"dynamic batch: optimisation profile min/opt/max {low}/{opt}/{high} tiles")
+    elif opts.batch_profile is not None:
+        raise HRXError(f"{src}: --batch-profile needs a dynamic batch axis; export with `hrx export --batch dynamic`")
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if opts.workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
