@@ -52,8 +52,8 @@ _TO_RGB_MODES = ("RGBX", "YCbCr", "LAB", "HSV")
 
 @dataclass
 class Picture:
-    color: np.ndarray  # float32 [H, W, 1 | 3] in [0, 1]
-    alpha: np.ndarray | None = None  # float32 [H, W] in [0, 1]
+    color: np.ndarray  # float32 [H, W, 1 | 3] in [0, 1] (or, after quantize(), uint8 / uint16)
+    alpha: np.ndarray | None = None  # float32 [H, W] in [0, 1] (idem)
     bits: int = 8  # 8 or 16 bits per channel, colour and alpha alike
     icc: bytes | None = None
     exif: bytes | None = None
@@ -295,14 +295,28 @@ def _cmyk_to_rgb(im, icc: bytes | None, path: Path):
 def to_uint(values: np.ndarray, bits: int, rows: int = 256) -> np.ndarray:
     """float in [0, 1] -> uint8 / uint16, rounded; ``rows`` rows at a time, so the float temporaries stay
     small next to the output (a whole-image ``clip(x) * 255`` would allocate two more float images)."""
+    dtype = np.uint16 if bits == 16 else np.uint8
+    if values.dtype == dtype:  # already quantized (:func:`quantize`)
+        return values
+    if values.dtype.kind in "ui":  # quantized to the other depth: back to [0, 1] first
+        values = values.astype(np.float32) / np.float32(np.iinfo(values.dtype).max)
     top = np.float32(65535.0 if bits == 16 else 255.0)
-    out = np.empty(values.shape, np.uint16 if bits == 16 else np.uint8)
+    out = np.empty(values.shape, dtype)
     for r in range(0, max(1, values.shape[0]), rows):
         part = np.clip(values[r:r + rows], 0.0, 1.0)
         part *= top
         part += np.float32(0.5)
         out[r:r + rows] = part
     return out
+
+
+def quantize(picture: Picture, fmt: str) -> Picture:
+    """``picture`` with its colour and alpha as the integers ``fmt`` will store (uint16 for a 16-bit picture
+    to PNG / TIFF, else uint8). The pipeline does this before handing an image to the writer thread, so
+    the float image is freed while the file is encoded (a float32 RGB image is 4x its 8-bit pixels)."""
+    bits = 8 if fmt in EIGHT_BIT_FORMATS else picture.bits
+    alpha = None if picture.alpha is None else to_uint(picture.alpha, bits)
+    return Picture(to_uint(picture.color, bits), alpha, bits, picture.icc, picture.exif)
 
 
 def to_pil(picture: Picture, fmt: str):

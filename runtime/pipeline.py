@@ -29,7 +29,8 @@ from hrx.errors import HRXError
 from hrx.metrics import ycbcr_matrix
 from hrx.paths import IMAGE_SUFFIXES, is_image_file
 from hrx.runtime.backend import Backend
-from hrx.runtime.images import DEFAULT_MAX_PIXELS, EIGHT_BIT_FORMATS, FORMATS, Picture, read_image, write_image
+from hrx.runtime.images import (DEFAULT_MAX_PIXELS, EIGHT_BIT_FORMATS, FORMATS, Picture, quantize, read_image,
+                                write_image)
 from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled, upscale_whole
 
 ALPHA_MODES = ("bicubic", "model")
@@ -426,7 +427,7 @@ def _upscale_one(backend: Backend, picture: Picture, spec: TileSpec, options: Ba
         upscaled, result.resample = resample_picture(upscaled, size)
     result.out_width, result.out_height = upscaled.width, upscaled.height
     result.scale = round(upscaled.width / picture.width, 6)
-    return upscaled
+    return quantize(upscaled, options.fmt)  # the float image dies here, before the writer thread encodes
 
 
 def _run_model(backend: Backend, picture: Picture, spec: TileSpec, options: BatchOptions, job: Job,

@@ -287,3 +287,21 @@ def test_cmyk_with_a_broken_profile_fails_that_image(tmp_path):
     Image.fromarray(_rgb()).convert("CMYK").save(path, icc_profile=b"not an ICC profile at all")
     with pytest.raises(HRXError, match=r"cmyk.tif: its CMYK ICC profile cannot be converted to sRGB \("):
         read_image(path)
+
+
+def test_to_uint_in_row_chunks_and_quantize_before_writing(tmp_path):
+    from hrx.runtime.images import quantize, to_uint
+
+    values = RNG.random((601, 5, 3), dtype=np.float32) * 1.2 - 0.1  # out of range on both sides, odd rows
+    for bits, dtype, top in ((8, np.uint8, 255.0), (16, np.uint16, 65535.0)):
+        expected = (np.clip(values, 0, 1) * np.float32(top) + np.float32(0.5)).astype(dtype)
+        got = to_uint(values, bits, rows=64)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, expected)
+    deep = Picture(np.clip(values, 0, 1), np.clip(values[..., 0], 0, 1), 16)
+    assert quantize(deep, "png").color.dtype == np.uint16 and quantize(deep, "jpeg").color.dtype == np.uint8
+    assert quantize(deep, "webp").bits == 8 and quantize(deep, "tiff").alpha.dtype == np.uint16
+    for fmt in ("png", "tiff", "jpeg"):  # writing the quantized picture == writing the float one
+        a = write_image(tmp_path / f"f{FORMATS[fmt][1]}", deep, fmt)
+        b = write_image(tmp_path / f"q{FORMATS[fmt][1]}", quantize(deep, fmt), fmt)
+        assert a.read_bytes() == b.read_bytes(), fmt
