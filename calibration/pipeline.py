@@ -61,6 +61,7 @@ class CalibrateOptions:
     ranges: Path | None = None  # ranges cache to read / write (default: next to the output)
     threads: int = 0  # ONNX Runtime intra-op threads for the gate (0: its default)
     few_image_guard: bool = True  # with few images: warn, stem/head float, augmented gate, max_drop / 3
+    precision: str = "fp32"  # outside the INT8 convs: fp32, or fp16/bf16 with FP32 islands (strongly typed TensorRT)
 
 
 @dataclass
@@ -93,6 +94,7 @@ class CalibrationReport:
     @property
     def threshold(self) -> float:
         return self.max_drop if self.gate_drop is None else self.gate_drop
+    precision: str = "fp32"  # outside the INT8 convs
 
     @property
     def passed(self) -> bool:
@@ -182,7 +184,8 @@ def _metadata(info, report: CalibrationReport, attempt: Attempt, model_sha: str)
                                   "few_images": report.few_images}),
         "quant_source_sha256": model_sha,
     })
-    stamped = dataclasses.replace(info, precision=PRECISION, opset=q.opset or info.opset, extra=extra)
+    precision = PRECISION if report.precision == "fp32" else f"{PRECISION}-{report.precision}"
+    stamped = dataclasses.replace(info, precision=precision, opset=q.opset or info.opset, extra=extra)
     return stamped.to_props()
 
 
@@ -192,10 +195,27 @@ def _write(attempt: Attempt, output: Path, props: dict[str, str]) -> None:
     from hrx.export.onnx_export import save_onnx
 
     model = onnx.load(str(attempt.quant.path))
+    kept = {p.key: p.value for p in model.metadata_props if p.key in ("fp32_islands", "io_precision")}
     del model.metadata_props[:]
-    for k, v in props.items():
+    for k, v in {**props, **kept}.items():
         model.metadata_props.add(key=k, value=v)
     save_onnx(model, output)
+
+
+def half_qdq(path: Path, precision: str) -> None:
+    """Q/DQ model at ``path`` -> INT8 convs with ``precision`` (fp16/bf16) elsewhere and the FP32
+    islands of :mod:`hrx.export.precision`, in place: the scales become half with the activations
+    they quantize (QuantizeLinear/DequantizeLinear take FP16 from opset 19); before opset 19 the
+    Q/DQ nodes stay FP32 behind Casts."""
+    import onnx
+
+    from hrx.export.precision import convert_precision
+
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    qdq = [n.name for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    converted, _ = convert_precision(model, precision, extra_fp32=qdq if opset < 19 else ())
+    onnx.save(converted, str(path))
 
 
 def calibrate(opts: CalibrateOptions, log: Log | None = None) -> CalibrationReport:
@@ -209,6 +229,8 @@ def calibrate(opts: CalibrateOptions, log: Log | None = None) -> CalibrationRepo
         raise HRXError(f"--eval-tiles must be at least 1, not {opts.eval_tiles}")
     if opts.max_drop < 0:
         raise HRXError(f"--max-drop must be >= 0 dB, not {opts.max_drop}")
+    if opts.precision not in ("fp32", "fp16", "bf16"):
+        raise HRXError(f"--precision must be one of fp32, fp16, bf16, not {opts.precision!r}")
     model_path = Path(opts.model)
     _, info = check_model(model_path)
     output = Path(opts.output) if opts.output is not None else default_output(model_path)
@@ -220,7 +242,8 @@ def calibrate(opts: CalibrateOptions, log: Log | None = None) -> CalibrationRepo
     json_path, npz_path = heldout_for(Path(opts.ranges)) if opts.ranges else cache_paths(output)
     model_sha = file_sha256(model_path)
     cache, method, source_kind = _ranges(opts, info, model_sha, json_path, npz_path, log)
-    report = CalibrationReport(model_path, output, info, method, opts.target, opts.max_drop, cache, source_kind, json_path)
+    report = CalibrationReport(model_path, output, info, method, opts.target, opts.max_drop, cache, source_kind, json_path,
+                               precision=opts.precision)
     report.images = image_count(list(cache.calib_images) + list(cache.held_back_images))
     eval_lr, eval_hr, ladder = cache.eval_lr, cache.eval_hr, LADDER
     if opts.few_image_guard and report.images < FEW_IMAGES:
@@ -246,6 +269,8 @@ def calibrate(opts: CalibrateOptions, log: Log | None = None) -> CalibrationRepo
             if log and report.attempts:
                 log(f"drop {report.attempts[-1].quality.drop:+.3f} dB > {threshold:g} dB: trying fallback '{step.name}' ...")
             quant = quantize_qdq(model_path, tmp, cache.ranges, opts.target, step, method)
+            if opts.precision != "fp32":
+                half_qdq(tmp, opts.precision)
             int8, int8_ms = run_model(tmp, eval_lr, info.batch, opts.threads)
             report.attempts.append(Attempt(quant, compare(fp32, int8, eval_hr, info.scale), fp32_ms, int8_ms))
             if report.attempts[-1].quality.passed(threshold):

@@ -16,6 +16,12 @@ class Method(str, Enum):
     minmax = "minmax"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
 class Target(str, Enum):
     trt = "trt"
     cpu = "cpu"
@@ -36,6 +42,9 @@ def calibrate(
     force: Annotated[bool, typer.Option("--force", help="Write the model (the attempt with the smallest drop) even when it fails the gate.")] = False,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Do not retry with more layers in float when the gate fails.")] = False,
     ranges: Annotated[Optional[Path], typer.Option("--ranges", help="Ranges cache to read / write (default: OUTPUT stem + .ranges.json, next to it).")] = None,
+    precision: Annotated[Precision, typer.Option("--precision", help="Outside the INT8 convs: fp32, or fp16/bf16 with "
+                                                 "the FP32 islands of `hrx export --precision` (what a strongly "
+                                                 "typed INT8 TensorRT engine needs for FP16 elsewhere).")] = Precision.fp32,
     seed: Seed = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime intra-op threads for the gate (0: one per core).")] = 0,
 ) -> None:
@@ -52,7 +61,8 @@ def calibrate(
 
     report = run(CalibrateOptions(model=model, output=output, images=images, method=method.value if method else None,
                                   target=target.value, samples=samples, eval_tiles=eval_tiles, max_drop=max_drop,
-                                  force=force, fallback=not no_fallback, seed=seed, ranges=ranges, threads=threads),
+                                  force=force, fallback=not no_fallback, seed=seed, ranges=ranges, threads=threads,
+                                  precision=precision.value),
                  log=lambda line: typer.echo(line, err=True))
     for line in summary_lines(report):
         typer.echo(line)

@@ -316,3 +316,33 @@ def test_several_images_keep_the_full_gate(trt_int8):
     gate = json.loads(_props(out)["quant_gate"])
     assert gate["few_images"] is False and gate["max_drop"] == 0.3 and gate["images"] == 5
     assert "warning: only" not in text
+
+
+def test_fp16_precision_keeps_int8_convs_and_half_elsewhere(native_onnx, trt_int8, photos, work):
+    """`--precision fp16`: the same Q/DQ INT8 convs, half precision elsewhere with the FP32 islands of
+    `hrx export --precision fp16` (softmax, norm statistics, scan decays), behind the same quality gate."""
+    from onnx import TensorProto
+
+    from hrx.export.precision import compute_types, tensor_types
+
+    out = work / "tiny.int8-fp16.onnx"
+    json_path = work / "tiny.int8.ranges.json"  # the ranges of trt_int8: same calibration, no images needed
+    text = _ok(_run(str(native_onnx), "-o", str(out), "--target", "trt", "--precision", "fp16",
+                    "--ranges", str(json_path)))
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    int8_ops = [n.op_type for n in onnx.load(str(trt_int8[0])).graph.node]
+    assert ops.count("QuantizeLinear") == int8_ops.count("QuantizeLinear") > 20
+    computes, types = compute_types(model), tensor_types(model)
+    assert types["input"] == TensorProto.FLOAT and types["output"] == TensorProto.FLOAT
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    assert sum(computes[c] == TensorProto.FLOAT16 for c in convs) > 0.7 * len(convs)
+    for n in model.graph.node:
+        if n.op_type in ("Softmax", "Exp", "CumSum", "ReduceMean"):
+            assert computes[n.name] == TensorProto.FLOAT, n.name
+    props = _props(out)
+    assert props["precision"] == "int8-qdq-fp16" and "fp32_islands" in props
+    x = _tile(next(photos.iterdir()))
+    a, b = _ort(out, x), _ort(trt_int8[0], x)
+    assert np.isfinite(a).all() and 10 * np.log10(1 / np.mean((a - b) ** 2)) > 35, "FP16 changes INT8 little"
+    assert "PSNR" in text or "drop" in text
