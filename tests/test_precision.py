@@ -248,3 +248,29 @@ def test_plugin_nodes_get_their_plugin_types_and_still_run(tmp_path):
     for got in (a, b):
         psnr = _metrics(want, got)[2]
         assert psnr >= 45.0 and psnr > floor + 10, (psnr, floor)
+
+
+def test_upscale_runs_an_fp16_onnx_unchanged_for_the_tiler(tmp_path):
+    """`hrx upscale --engine m.fp16.onnx`: FP32 I/O, so the tiler sees no difference; the image
+    matches the same tiling run with the FP32 PyTorch model (ONNX Runtime computes the half graph)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from conftest import randomize_params
+    from hrx.cli.main import app
+
+    model = hrx.create_model("hrx-t", scale=2).eval()
+    randomize_params(model)
+    tile = 2 * model.size_multiple
+    hrx.save_model(model, tmp_path / "m.pt")
+    export_onnx(model, tmp_path / "m.fp16.onnx", tile=tile, precision="fp16")
+    img = (photo_tiles(48, 1)[0].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    outs = {}
+    for name, how in (("torch", ["--model", str(tmp_path / "m.pt"), "--tile", str(tile)]),
+                      ("fp16", ["--engine", str(tmp_path / "m.fp16.onnx")])):
+        res = CliRunner().invoke(app, ["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / name), *how])
+        assert res.exit_code == 0, res.output
+        outs[name] = np.asarray(Image.open(tmp_path / name / "in.png"), dtype=np.float32) / 255
+    assert outs["torch"].shape == outs["fp16"].shape == (96, 96, 3)
+    assert _metrics(outs["torch"], outs["fp16"])[2] > 45
