@@ -1,6 +1,7 @@
 """Torch-side custom ops for ``--ops plugin`` export: ``hrx::selective_scan`` and ``hrx::moe_top1``.
 
-During a plugin export the model's scan and MoE combine are routed through these ops; the
+During a plugin export the deploy copy's scans and MoE combines are routed through these ops
+(:func:`use_plugin_ops`, per module: no global switch, other models in the process are untouched); the
 exporter translates each into ONE custom-domain ONNX node (``hrx::SelectiveScan``,
 ``hrx::MoETop1``) carrying the attributes TensorRT's ONNX parser uses to find a plugin
 (``plugin_version``, ``plugin_namespace``). Their eager implementations are the project's own
@@ -8,13 +9,11 @@ PyTorch code, so tracing sees the exact shapes and values.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
-from typing import Iterator
-
 import torch
+from torch import nn
 
 from hrx.blocks import moe as moe_mod
-from hrx.blocks.ssm import register_scan_impl, scan_impl, selective_scan_chunked
+from hrx.blocks.ssm import register_scan_impl, selective_scan_chunked, use_scan_impl
 
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = "hrx"
@@ -56,14 +55,12 @@ def _register() -> None:
         return y[:, :L]
 
     register_scan_impl("plugin", scan_via_op)
+    moe_mod.register_combine_impl("plugin", lambda logits, experts: torch.ops.hrx.moe_top1(logits, experts))
     _registered = True
 
 
-@contextmanager
-def plugin_ops() -> Iterator[None]:
-    """Route every selective scan and top-1 MoE combine through the custom ops."""
+def use_plugin_ops(deploy: nn.Module) -> nn.Module:
+    """Route the selective scans and top-1 MoE combines of ``deploy`` (the exporter's own fused
+    copy) through the custom ops; returns it."""
     _register()
-    with ExitStack() as stack:
-        stack.enter_context(scan_impl("plugin"))
-        stack.enter_context(moe_mod.combine_impl(lambda logits, experts: torch.ops.hrx.moe_top1(logits, experts)))
-        yield
+    return moe_mod.use_combine_impl(use_scan_impl(deploy, "plugin"), "plugin")

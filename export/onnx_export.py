@@ -13,6 +13,7 @@ top-1 MoE (dense masked: ArgMax / Equal / Mul / ReduceSum) to standard ONNX ops.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -130,7 +131,6 @@ def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int
     """Export a fused eval model to an (unsimplified) ONNX ModelProto; ``dynamic_batch``: the first axis
     of the input and output is symbolic (``batch``), every other dimension stays static."""
     table = None
-    ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
     if ops == "plugin":
         import onnxscript
 
@@ -149,9 +149,9 @@ def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int
             return hrx_ops.MoETop1(logits, experts, **attrs)
 
         table = {torch.ops.hrx.selective_scan.default: scan_to_onnx, torch.ops.hrx.moe_top1.default: moe_to_onnx}
-        ctx = custom_ops.plugin_ops()
+        deploy = custom_ops.use_plugin_ops(copy.deepcopy(deploy))  # the caller's model keeps its routing
     dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)},) if dynamic_batch else None
-    with ctx, _quiet_exporter(), torch.no_grad():
+    with _quiet_exporter(), torch.no_grad():
         try:
             program = torch.onnx.export(deploy, (example,), dynamo=True, opset_version=opset, input_names=["input"],
                                         output_names=["output"], custom_translation_table=table, optimize=True,

@@ -9,7 +9,7 @@ Public API (imported lazily, so ``import hrx`` and ``hrx --help`` stay light)::
 """
 from __future__ import annotations
 
-from typing import Any
+from hrx.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -25,9 +25,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hrx' has no attribute {name!r}")
+__getattr__ = lazy_getattr('hrx', _LAZY)

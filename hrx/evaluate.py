@@ -26,8 +26,9 @@ from hrx.metrics import Y_OFFSET, Y_WEIGHTS, psnr_from_mse
 
 
 @dataclass(frozen=True)
-class EvalRow:
-    image: str
+class EvalSummary:
+    """Bicubic and model scores (of one image, or means over the images)."""
+
     psnr_bicubic: float
     psnr_model: float
     ssim_bicubic: float
@@ -36,23 +37,15 @@ class EvalRow:
     @property
     def gain(self) -> float:
         return self.psnr_model - self.psnr_bicubic
-
-    def as_dict(self) -> dict[str, float | str]:
-        return dict(asdict(self), gain=self.gain)
 
 
 @dataclass(frozen=True)
-class EvalSummary:
-    """Means over the images."""
+class EvalRow(EvalSummary):
+    image: str = ""
 
-    psnr_bicubic: float
-    psnr_model: float
-    ssim_bicubic: float
-    ssim_model: float
-
-    @property
-    def gain(self) -> float:
-        return self.psnr_model - self.psnr_bicubic
+    def as_dict(self) -> dict[str, float | str]:
+        d = asdict(self)
+        return dict(image=d.pop("image"), **d, gain=self.gain)
 
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
@@ -104,8 +97,8 @@ def evaluate_image(model: nn.Module, name: str, hr: torch.Tensor, scale: int,
         lr = degrade(hr.cpu(), deg, gen or torch.Generator().manual_seed(0)).to(device)
     base = bicubic_upscale(lr, scale)
     out = run_padded(model, lr)
-    return EvalRow(name, psnr_y(base, hr, scale), psnr_y(out, hr, scale),
-                   ssim_y(base, hr, scale), ssim_y(out, hr, scale))
+    return EvalRow(psnr_y(base, hr, scale), psnr_y(out, hr, scale), ssim_y(base, hr, scale), ssim_y(out, hr, scale),
+                   image=name)
 
 
 def evaluate(model: nn.Module, images: list[tuple[str, torch.Tensor]], scale: int,

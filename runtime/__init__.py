@@ -13,7 +13,7 @@ Heavy backends (onnxruntime, tensorrt, torch) are imported inside the functions 
 """
 from __future__ import annotations
 
-from typing import Any
+from hrx.lazy import lazy_getattr
 
 _LAZY = {
     "Backend": "hrx.runtime.backend",
@@ -41,9 +41,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hrx.runtime' has no attribute {name!r}")
+__getattr__ = lazy_getattr('hrx.runtime', _LAZY)

@@ -22,6 +22,17 @@ def randomize_bn(model: torch.nn.Module) -> None:
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
 
 
+def assert_not_bicubic(out, x, scale: int, margin: float = 1e-3) -> float:
+    """A fidelity reference must differ from the trivial baseline: an untrained HRX model IS bicubic
+    upscaling, so matching it would prove nothing. Returns the max abs difference from bicubic."""
+    out, x = torch.as_tensor(out), torch.as_tensor(x)
+    bicubic = x if scale == 1 else torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic",
+                                                                   align_corners=False)
+    diff = (out.float() - bicubic.float()).abs().max().item()
+    assert diff > margin, f"output is bicubic upscaling (max diff {diff:.2e}): perturb the weights"
+    return diff
+
+
 def randomize_params(model: torch.nn.Module, std: float = 0.05) -> None:
     """Perturb every parameter (zero-initialised residual scales included) and BN statistics."""
     g = torch.Generator().manual_seed(2)

@@ -14,11 +14,19 @@ from hrx.blocks.head import BicubicUpsample
 from hrx.blocks.moe import DetailMoE, top1_combine
 from hrx.blocks.naf import NAFBlock, RepDWConv3
 from hrx.blocks.replk import RepLK
-from hrx.blocks.ssm import SSMixer, scan_impl, selective_scan_chunked, selective_scan_ref
+from hrx.blocks.ssm import SSMixer, selective_scan_chunked, selective_scan_ref, use_scan_impl
 from hrx.blocks.window_attention import WindowAttention
 from hrx.deploy import count_convs
 
 FUSE_ATOL = 1e-5
+
+
+def _fuse_all(block: torch.nn.Module) -> torch.nn.Module:
+    """What ``hrx.fuse`` does to a block: fuse every sub-block (innermost first), then the block."""
+    for m in reversed(list(block.modules())):
+        if callable(getattr(m, "fuse", None)):
+            m.fuse()
+    return block
 
 
 def _fused_vs_unfused(block: torch.nn.Module, x: torch.Tensor) -> float:
@@ -26,9 +34,8 @@ def _fused_vs_unfused(block: torch.nn.Module, x: torch.Tensor) -> float:
     block.eval()
     with torch.no_grad():
         ref = block(x)
-        fused = copy.deepcopy(block)
-        fused.fuse()
-        fused.fuse()  # idempotent
+        fused = _fuse_all(copy.deepcopy(block))
+        _fuse_all(fused)  # idempotent
         out = fused(x)
     scale = ref.abs().max().item()
     return (out - ref).abs().max().item() / max(scale, 1.0)
@@ -47,6 +54,23 @@ def _fused_vs_unfused(block: torch.nn.Module, x: torch.Tensor) -> float:
 def test_block_fuse_matches_unfused(make):
     err = _fused_vs_unfused(make(), torch.randn(2, 8, 16, 16))
     assert err < FUSE_ATOL, f"fused block differs by {err:.2e} (relative to output scale)"
+
+
+def test_moe_fuse_fuses_its_experts_and_freezes_top1_routing():
+    """What fusing a DetailMoE changes: its experts' branches fold (fewer convs) and routing is frozen
+    to top-1 even in train mode, where the unfused block routes top-2 (a different output)."""
+    moe = DetailMoE(8, 2, 4, kernel=5, d_state=4, head_dim=4, chunk=8)
+    randomize_params(moe, 0.3)
+    x = torch.randn(2, 8, 16, 16)
+    fused = _fuse_all(copy.deepcopy(moe))
+    assert count_convs(fused) < count_convs(moe)
+    with torch.no_grad():
+        eval_out = moe.eval()(x)
+        top2 = moe.train()(x)
+        frozen = fused.train()(x)
+    assert (top2 - eval_out).abs().max().item() > 1e-3  # top-2 really differs from top-1 here
+    assert (frozen - eval_out).abs().max().item() < FUSE_ATOL * max(1.0, eval_out.abs().max().item())
+    assert fused.aux_loss is None
 
 
 def test_replk_fuses_to_one_conv():
@@ -74,10 +98,11 @@ def test_ssm_mixer_scan_orders_are_distinct_and_impls_agree():
     m = SSMixer(8, d_state=4, head_dim=4, chunk=8).eval()
     randomize_params(m, 0.2)
     x = torch.randn(1, 8, 8, 12)
+    ref = use_scan_impl(copy.deepcopy(m), "reference")
     with torch.no_grad():
         y = m(x)
-        with scan_impl("reference"):
-            y_ref = m(x)
+        y_ref = ref(x)
+    assert m.scan_impl == "chunked" and ref.scan_impl == "reference"  # chosen per module, not process-wide
     assert (y - y_ref).abs().max().item() < 1e-5
     # beyond the 3x3 depthwise conv's reach: pixel (0, 6) influences (0, 0) only via the reverse row scan
     x2 = x.clone()

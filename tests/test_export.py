@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import hrx
-from conftest import randomize_params
+from conftest import assert_not_bicubic, randomize_params
 from hrx.cli.main import app
 from hrx.export.onnx_export import export_onnx
 from hrx.runtime.model_info import ModelInfo
@@ -51,6 +51,7 @@ def test_onnxruntime_matches_unfused_pytorch(tmp_module, arch, scale, ops):
         ref = model(torch.from_numpy(x)).numpy()
     got = _ort(out, x)
     assert got.shape == (1, 3, tile * scale, tile * scale)
+    assert_not_bicubic(ref, x, scale)
     err = float(np.abs(got - ref).max())
     assert err <= ATOL, f"{arch} x{scale} {ops}: max abs error {err:.2e}"
     info = ModelInfo.from_onnx(out)
@@ -68,9 +69,17 @@ def test_onnxruntime_matches_unfused_pytorch(tmp_module, arch, scale, ops):
 
 
 def test_plugin_nodes_carry_trt_attributes(tmp_module):
-    ckpt = _checkpoint(tmp_module, "hrx-t", 2)
+    from hrx.blocks.moe import SparseMoE
+    from hrx.blocks.ssm import SSMixer
+
+    model = hrx.load_model(_checkpoint(tmp_module, "hrx-t", 2))
+    deploy = hrx.fuse(model)
     out = tmp_module / "attrs.onnx"
-    export_onnx(ckpt, out, tile=32, ops="plugin")
+    export_onnx(deploy, out, tile=32, ops="plugin")
+    # the custom ops were chosen on the exporter's own copy: no model in the process is rerouted
+    for m in (model, deploy):
+        assert {s.scan_impl for s in m.modules() if isinstance(s, SSMixer)} == {"chunked"}
+        assert {s.combine_impl for s in m.modules() if isinstance(s, SparseMoE)} == {"reference"}
     proto = onnx.load(str(out))
     for node in (n for n in proto.graph.node if n.domain == "hrx"):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hrx
-from conftest import randomize_params
+from conftest import assert_not_bicubic, randomize_params
 from hrx.blocks.band_mix import HaarBandMix
 from hrx.blocks.conv_gate import ConvGate
 from hrx.blocks.detail import DetailBlock
@@ -105,7 +105,8 @@ def test_fused_model_matches_unfused(scale):
         ref, out = model(x), deploy(x)
         assert (ref - model.residual(x)).abs().max().item() > 0.5  # the comparison is not just bicubic
     err = _close(out, ref)
-    assert not getattr(model, "fused", False) and model.bottleneck.moe.top1 is False and not model.prompt_folded
+    assert deploy.hrx_fused and deploy.prompt_folded and deploy.bottleneck.moe.top1 is True
+    assert not getattr(model, "hrx_fused", False) and model.bottleneck.moe.top1 is False and not model.prompt_folded
     with torch.no_grad():
         assert torch.equal(hrx.fuse(deploy)(x), out)  # idempotent
     n_train, n_deploy = count_convs(model), count_convs(deploy)
@@ -237,23 +238,31 @@ def test_cli_new(tmp_path):
     assert isinstance(model, HydraFusionIR) and model.scale == 2
 
 
-def test_onnx_runtime_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("arch,scale", [("hydra-t", 2), ("hydra-base", 4)])  # the pairs the README quotes
+def test_onnx_runtime_matches_pytorch(tmp_path, arch, scale):
     import onnxruntime as ort
 
     from hrx.export import export_onnx
 
-    model = _tiny(2)
-    model.set_prompt([0.5, -1.0, 0.25, 2.0])
-    res = export_onnx(model, tmp_path / "h.onnx", tile=32)
-    x = torch.rand(1, 3, 32, 32)
+    model = hrx.create_model(arch, scale=scale)
+    randomize_params(model, 0.1 if arch == "hydra-t" else 0.02)  # perturbed: an untrained model is bicubic
+    model.eval()
+    if model.config.prompt_dim:
+        model.set_prompt([0.5, -1.0, 0.25, 2.0])
+    tile = 32 if arch == "hydra-t" else model.size_multiple
+    res = export_onnx(model, tmp_path / "h.onnx", tile=tile)
+    x = torch.rand(1, 3, tile, tile)
     with torch.no_grad():
         ref = model(x).numpy()
+    assert_not_bicubic(ref, x, scale)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(res.path), opts, providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    assert abs(out - ref).max() <= 1e-4
-    assert res.info.arch == "hydra-t" and res.info.size_multiple == model.size_multiple
+    err = float(abs(out - ref).max())
+    print(f"{arch} x{scale}: max |ONNX Runtime - PyTorch| = {err:.1e}")
+    assert err <= 1e-4
+    assert res.info.arch == arch and res.info.size_multiple == model.size_multiple
 
 
 # -- blocks ------------------------------------------------------------------------------------
@@ -293,6 +302,9 @@ def test_block_fusion(name):
         ref, out = _run(block, x, cond), _run(deploy, x, cond)
         err = _close(out, ref)
         assert torch.equal(_run(hrx.fuse(deploy), x, cond), out)  # idempotent
+        if name == "noise":  # the identity in eval before and after: what fuse changes is training mode
+            assert torch.equal(out, x)
+            assert not torch.equal(block.train()(x), x) and torch.equal(deploy.train()(x), x)
     print(f"{name}: max |fused - unfused| = {err:.2e}; convs {count_convs(block)} -> {count_convs(deploy)}")
     assert out.shape == ref.shape and out.shape[-2:] == shape[-2:]
 

@@ -10,7 +10,7 @@ import torch
 from onnx import TensorProto, helper
 
 import hrx
-from conftest import randomize_params
+from conftest import assert_not_bicubic, randomize_params
 from hrx import metrics
 from hrx.errors import HRXError, MissingDependencyError
 from hrx.runtime.onnxrt import OnnxRuntimeBackend, create_session, cuda_available
@@ -124,5 +124,6 @@ def test_real_export_tiles_like_pytorch(hrx_t_export):
     assert err < 1e-4, f"ONNX Runtime vs PyTorch, same tiles: max abs error {err:.2e}"
     with torch.inference_mode():
         whole = model(torch.from_numpy(img)[None]).numpy()[0]
+    assert_not_bicubic(whole[None], img[None], 2)
     psnr = metrics.psnr(tiled_ort, whole, peak=float(np.ptp(whole)))
     assert psnr > 33.0, f"tiled ONNX Runtime vs whole-image PyTorch: {psnr:.2f} dB"

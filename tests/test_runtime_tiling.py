@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hrx
-from conftest import randomize_params
+from conftest import assert_not_bicubic, randomize_params
 from hrx.errors import HRXError
 from hrx.metrics import psnr_from_mse
 from hrx.runtime.tiling import TileSpec, axis_windows, plan_axis, tile_count, upscale_tiled
@@ -134,6 +134,7 @@ def test_randomized_hrx_t_tiled_close_to_whole():
     img = np.kron(rng.random((3, 16, 24), dtype=np.float32), np.ones((1, 4, 4), np.float32))  # blocky, not noise
     with torch.inference_mode():
         whole = model(torch.from_numpy(img)[None]).numpy()[0]
+    assert_not_bicubic(whole[None], img[None], 2)
     scores = {}
     for merge in ("crop", "blend"):
         out = upscale_tiled(img, _torch_infer(model), TileSpec(32, 16, 2, 16, 2, merge))

@@ -140,15 +140,14 @@ def test_moe_top1_matches_reference(dtype):
 @needs_cuda
 @pytest.mark.gpu
 def test_ssmixer_through_the_triton_scan():
-    from hrx.blocks.ssm import SSMixer, scan_impl
+    from hrx.blocks.ssm import SSMixer, use_scan_impl
 
     kernels.register_torch_impls()
     mixer = SSMixer(32, d_state=8, head_dim=16, chunk=16).cuda().eval()
     x = torch.randn(2, 32, 12, 10, device="cuda")
-    with torch.no_grad(), scan_impl("reference"):
-        want = mixer(x)
-    with torch.no_grad(), scan_impl("triton"):
-        got = mixer(x)
+    with torch.no_grad():
+        want = use_scan_impl(mixer, "reference")(x)
+        got = use_scan_impl(mixer, "triton")(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 

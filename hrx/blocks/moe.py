@@ -21,13 +21,11 @@ HARMONIC-RX's detail enhancer; HydraFusionIR's MoE-X (:mod:`hrx.blocks.moe_x`) u
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrx.blocks.impls import Implementations
 from hrx.blocks.replk import RepLK
 from hrx.blocks.ssm import SSMixer
 from hrx.blocks.window_attention import WindowAttention
@@ -100,28 +98,14 @@ class Router(nn.Module):
         self.cond = None
 
 
-_combine_override: list = []
-
-
-@contextmanager
-def combine_impl(fn) -> Iterator[None]:
-    """Temporarily route :func:`top1_combine` through ``fn`` (the exporter's custom op)."""
-    _combine_override.append(fn)
-    try:
-        yield
-    finally:
-        _combine_override.pop()
-
-
-def top1_combine(logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+def top1_combine(logits: torch.Tensor, experts: torch.Tensor, impl: str = "reference") -> torch.Tensor:
     """Deploy-time routing. ``logits [B, E, H, W]``, ``experts [B, E, C, H, W]`` -> ``[B, C, H, W]``.
 
     ``sum_e onehot(argmax)_e * softmax(logits)_e * experts_e``. This is the computation the
-    ``hrx::MoETop1`` custom op stands for; a plugin export swaps it via :func:`combine_impl`.
+    ``hrx::MoETop1`` custom op stands for; a plugin export picks that op per module with
+    :func:`use_combine_impl`.
     """
-    if _combine_override:
-        return _combine_override[-1](logits, experts)
-    return top1_combine_reference(logits, experts)
+    return COMBINES[impl](logits, experts)
 
 
 def top1_combine_reference(logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
@@ -131,6 +115,16 @@ def top1_combine_reference(logits: torch.Tensor, experts: torch.Tensor) -> torch
     e = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1, 1)
     gate = (e == idx).to(probs.dtype) * probs  # [B, E, H, W]
     return (gate.unsqueeze(2) * experts.float()).sum(1).to(experts.dtype)
+
+
+COMBINES = Implementations("combine", "combine_impl", reference=top1_combine_reference)
+register_combine_impl = COMBINES.register  # e.g. the exporter's hrx::MoETop1 custom op
+
+
+def use_combine_impl(model: nn.Module, name: str) -> nn.Module:
+    """Route the top-1 combine of the :class:`SparseMoE` modules of ``model`` (only those) through the
+    named implementation; returns ``model``. The exporter calls it on its own deploy copy."""
+    return COMBINES.use(model, SparseMoE, name)
 
 
 class SparseMoE(nn.Module):
@@ -145,6 +139,7 @@ class SparseMoE(nn.Module):
         self.scale = nn.Parameter(torch.full((1, channels, 1, 1), 0.1))
         self.aux_loss: torch.Tensor | None = None
         self.top1 = False  # set by fuse(): routing frozen to top-1 whatever the mode
+        self.combine_impl = "reference"  # a name in the combine table; see use_combine_impl
 
     def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, C, H, W]
@@ -162,7 +157,7 @@ class SparseMoE(nn.Module):
             frac = mask.mean(dim=(0, 2, 3)) / 2.0  # share of routed slots per expert
             self.aux_loss = self.num_experts * (frac * probs.mean(dim=(0, 2, 3))).sum()
         else:
-            y = top1_combine(logits, outs)
+            y = top1_combine(logits, outs, self.combine_impl)
             self.aux_loss = None
         return y
 

@@ -16,13 +16,13 @@ The scan is always computed in float32.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrx.blocks.impls import Implementations
 from hrx.blocks.norm import LayerNorm2d, fold_norm_into
 
 ScanFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -97,30 +97,20 @@ def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
     return (y + D.view(1, 1, H, 1) * x[:, :L]).to(dtype)
 
 
-_SCAN_IMPL: dict[str, ScanFn] = {"chunked": selective_scan_chunked, "reference": selective_scan_ref}
-_active_scan: list[str] = ["chunked"]
+SCANS = Implementations("scan", "scan_impl", chunked=selective_scan_chunked, reference=selective_scan_ref)
+register_scan_impl = SCANS.register  # the exporter's custom-op variant, a Triton kernel
 
 
-def register_scan_impl(name: str, fn: ScanFn) -> None:
-    """Register another implementation (the exporter's custom-op variant, a Triton kernel)."""
-    _SCAN_IMPL[name] = fn
+def use_scan_impl(model: nn.Module, name: str) -> nn.Module:
+    """Route the :class:`SSMixer` modules of ``model`` (only those: nothing else in the process)
+    through the named scan implementation; returns ``model``. The exporter calls it on its own
+    deploy copy, so the training model and other threads are never rerouted."""
+    return SCANS.use(model, SSMixer, name)
 
 
-@contextmanager
-def scan_impl(name: str) -> Iterator[None]:
-    """Temporarily route every :class:`SSMixer` through the named scan implementation."""
-    if name not in _SCAN_IMPL:
-        raise KeyError(f"unknown scan implementation {name!r}; known: {sorted(_SCAN_IMPL)}")
-    _active_scan.append(name)
-    try:
-        yield
-    finally:
-        _active_scan.pop()
-
-
-def selective_scan(x, dt, A, B, C, D, chunk: int = 32) -> torch.Tensor:
-    """Dispatch to the active implementation (default: chunked)."""
-    return _SCAN_IMPL[_active_scan[-1]](x, dt, A, B, C, D, chunk)
+def selective_scan(x, dt, A, B, C, D, chunk: int = 32, impl: str = "chunked") -> torch.Tensor:
+    """Dispatch to the named implementation (default: chunked)."""
+    return SCANS[impl](x, dt, A, B, C, D, chunk)
 
 
 class SSMixer(nn.Module):
@@ -138,6 +128,7 @@ class SSMixer(nn.Module):
         head_dim = min(head_dim, inner)
         assert inner % head_dim == 0, "inner width must be divisible by head_dim"
         self.inner, self.heads, self.head_dim, self.d_state, self.chunk = inner, inner // head_dim, head_dim, d_state, chunk
+        self.scan_impl = "chunked"  # a name in the implementation table; see use_scan_impl
         self.norm = LayerNorm2d(channels)
         self.in_proj = nn.Conv2d(channels, inner * 2, 1)
         self.dw = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
@@ -165,7 +156,7 @@ class SSMixer(nn.Module):
         dt = F.softplus(dt_raw.float() + bias).transpose(1, 2)  # [4B, L, H]
         A = -torch.exp(self.A_log.float())
         y = selective_scan(seq_u.transpose(1, 2).reshape(4 * b, L, H, P), dt, A,
-                           Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(), self.chunk)
+                           Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(), self.chunk, self.scan_impl)
         y = y.reshape(4, b, L, H * P).transpose(2, 3)  # [4, B, inner, L]
         y_row = y[0] + y[1].flip(-1)
         y_col = (y[2] + y[3].flip(-1)).view(b, -1, w, h).transpose(2, 3)

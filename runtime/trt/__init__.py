@@ -13,7 +13,7 @@ their modules on first use::
 """
 from __future__ import annotations
 
-from typing import Any
+from hrx.lazy import lazy_getattr
 
 _LAZY = {
     "BuildOptions": "hrx.runtime.trt.builder",
@@ -34,9 +34,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hrx.runtime.trt' has no attribute {name!r}")
+__getattr__ = lazy_getattr('hrx.runtime.trt', _LAZY)

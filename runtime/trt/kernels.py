@@ -133,7 +133,8 @@ def moe_top1(logits: "torch.Tensor", experts: "torch.Tensor") -> "torch.Tensor":
 
 
 def register_torch_impls() -> None:
-    """Make ``hrx.blocks.ssm.scan_impl("triton")`` route SSMixer through the Triton scan."""
+    """Register the Triton scan as ``"triton"``: ``hrx.blocks.ssm.use_scan_impl(model, "triton")`` then
+    routes that model's SSMixer modules through it."""
     from hrx.blocks.ssm import register_scan_impl
 
     register_scan_impl("triton", selective_scan)
