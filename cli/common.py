@@ -10,7 +10,7 @@ import typer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-Checkpoint = Annotated[str, typer.Argument(help="Checkpoint file (.pt / .safetensors) or a bundled model name (see `hrx models`).",
+Checkpoint = Annotated[str, typer.Argument(help="Checkpoint file (.pt / .safetensors; third-party .pth / .pt / .ckpt / .safetensors via spandrel) or a bundled model name (see `hrx models`).",
                                            show_default=False)]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed of everything random in the command (initialisation, "
                                                 "data split, crops, test inputs): the same seed gives the same result.")]

@@ -8,7 +8,8 @@ from hrx.cli.common import handle_errors
 
 @handle_errors
 def models() -> None:
-    """List the architecture presets and the models bundled with this install."""
+    """List the architecture presets, the models bundled with this install and the third-party
+    architectures (spandrel) it can load."""
     import hrx
     from hrx.checkpoint import bundled_models, read_checkpoint
     from hrx.registry import get_entry
@@ -24,3 +25,26 @@ def models() -> None:
         val = extra.get("val_psnr")
         val_s = f", val PSNR {val:.2f} dB (bicubic {extra.get('val_psnr_bicubic', float('nan')):.2f})" if val else ""
         typer.echo(f"  {name:12s} {arch}, x{config['scale']}, {n:,} parameters{val_s}")
+    _thirdparty()
+
+
+def _thirdparty() -> None:
+    """The spandrel architectures this install can load (``hrx export some_esrgan.pth`` etc.)."""
+    from hrx.thirdparty.loader import known_architectures
+    from hrx.thirdparty.spandrel_import import spandrel_problem, stand_in_notice
+
+    problem = spandrel_problem()
+    if problem is not None:
+        typer.echo(f"third-party checkpoints: unavailable: {problem}")
+        return
+    import spandrel
+
+    archs = known_architectures()
+    if stand_in_notice():  # LaMa needs torchvision's rotate (and a mask: hrx does not deploy inpainting anyway)
+        archs = [a for a in archs if a != "LaMa"]
+    typer.echo(f"third-party checkpoints (.pth / .pt / .ckpt / .safetensors, via spandrel {spandrel.__version__}, "
+               f"{len(archs)} architectures):")
+    for i in range(0, len(archs), 8):
+        typer.echo("  " + " ".join(f"{a:12s}" for a in archs[i:i + 8]).rstrip())
+    if stand_in_notice():
+        typer.echo("  (torchvision unusable here: spandrel runs on hrx's stand-in, which LaMa cannot)")

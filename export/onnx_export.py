@@ -90,7 +90,9 @@ def parse_batch(batch: int | str) -> int | str:
     return value
 
 
-def check_tile(tile: int, size_multiple: int) -> None:
+def check_tile(tile: int, size_multiple: int, min_size: int = 0) -> None:
+    if min_size and tile < min_size:
+        raise HRXError(f"tile {tile} is smaller than the model's minimum input side {min_size}")
     if tile <= 0 or tile % size_multiple:
         lo = tile // size_multiple * size_multiple
         near = [v for v in (lo, lo + size_multiple) if v > 0]
@@ -126,8 +128,25 @@ def _quiet_exporter():
             lg.setLevel(lv)
 
 
+def fit_overlap(overlap: int, tile: int, size_multiple: int) -> int:
+    """The model's overlap, at most half the tile (rounded down to the size multiple): more would spend
+    over 75% of every tile on context."""
+    half = tile // 2 // max(1, size_multiple) * max(1, size_multiple)
+    return int(min(overlap, half))
+
+
+def _requirements(model: nn.Module) -> dict:
+    """Size / dtype requirements a model declares (third-party models do; HRX models use the defaults),
+    and the extra metadata it wants in the file."""
+    keys = {"min_size": int, "square": bool, "fp16": bool, "bf16": bool}
+    out: dict = {k: t(getattr(model, k)) for k, t in keys.items() if hasattr(model, k)}
+    if callable(getattr(model, "info_extra", None)):
+        out["extra"] = dict(model.info_extra())
+    return out
+
+
 def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int,
-                  dynamic_batch: bool = False) -> onnx.ModelProto:
+                  dynamic_batch: bool = False, arch: str = "") -> onnx.ModelProto:
     """Export a fused eval model to an (unsimplified) ONNX ModelProto; ``dynamic_batch``: the first axis
     of the input and output is symbolic (``batch``), every other dimension stays static."""
     table = None
@@ -158,7 +177,8 @@ def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int
                                         verbose=False, dynamic_shapes=dynamic)
         except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise HRXError(f"ONNX export failed: {first}") from e
+            where = f" for architecture {arch}" if arch else ""
+            raise HRXError(f"ONNX export failed{where}: {_failing_op(e) or first}") from e
     model = program.model_proto
     if dynamic_batch:  # the exporter names the symbol after the Dim, or s0; make it "batch" on both ends
         for value in (model.graph.input[0], model.graph.output[0]):
@@ -168,6 +188,18 @@ def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int
 
         attach_functions(model)
     return model
+
+
+def _failing_op(e: BaseException) -> str:
+    """``op <name> failed to convert`` when the exporter's error names the operator it could not convert."""
+    import re
+
+    text = "\n".join(str(x) for x in (e, e.__cause__, e.__context__) if x)
+    m = re.search(r"(aten::[\w.]+|torch\.ops\.[\w.]+|<OpOverload\(op='([\w.:]+)'[^>]*>)", text)
+    if not m:
+        return ""
+    op = m.group(2) or m.group(1)
+    return f"op {op} failed to convert"
 
 
 def module_output_map(model: onnx.ModelProto) -> dict[str, str]:
@@ -282,10 +314,10 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
         raise HRXError("--io fp16 needs --precision fp16 or bf16")
     output = Path(output)
     model, sha = _load(checkpoint)
-    check_tile(tile, model.size_multiple)
+    check_tile(tile, model.size_multiple, int(getattr(model, "min_size", 0)))
     deploy = hrx.fuse(model)
     example = torch.rand(2 if dynamic_batch else batch, model.in_channels, tile, tile, generator=torch.Generator().manual_seed(0))
-    proto = trace_to_onnx(deploy, example, ops, opset, dynamic_batch)
+    proto = trace_to_onnx(deploy, example, ops, opset, dynamic_batch, arch=getattr(model, "arch", ""))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -298,11 +330,16 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
         onnx.checker.check_model(proto, full_check=True)
     produced = {o for n in proto.graph.node for o in n.output}
     scopes = {k: v for k, v in scopes.items() if v in produced}
+    requirements = _requirements(model)
+    extra = requirements.pop("extra", {})
+    if dynamic_batch:
+        extra.update(batch_axis=DYNAMIC, max_batch=str(MAX_DYNAMIC_BATCH))
     info = ModelInfo(arch=getattr(model, "arch", type(model).__name__), scale=model.scale, in_channels=model.in_channels,
                      out_channels=model.out_channels, tile=tile, batch=1 if dynamic_batch else batch,
-                     size_multiple=model.size_multiple, tile_overlap=model.tile_overlap, ops=ops, opset=opset,
-                     hrx_version=hrx.__version__, checkpoint_sha256=sha, precision=precision,
-                     extra={"batch_axis": DYNAMIC, "max_batch": str(MAX_DYNAMIC_BATCH)} if dynamic_batch else {})
+                     size_multiple=model.size_multiple,
+                     tile_overlap=fit_overlap(model.tile_overlap, tile, model.size_multiple), ops=ops, opset=opset,
+                     hrx_version=hrx.__version__, checkpoint_sha256=sha, precision=precision, extra=extra,
+                     **requirements)
     del proto.metadata_props[:]
     for k, v in info.to_props().items():
         proto.metadata_props.add(key=k, value=v)

@@ -22,6 +22,10 @@ from torch import nn
 from hrx.errors import CheckpointError
 from hrx.paths import atomic_write, file_sha256  # noqa: F401 - file_sha256 is part of this module's API
 
+class NotHRXCheckpoint(CheckpointError):
+    """A readable weights file without HRX's header: :func:`load_model` hands it to :mod:`hrx.thirdparty`."""
+
+
 FORMAT = "hrx-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -102,7 +106,7 @@ def _read_torch(path: Path):
                                   "re-save it with hrx.save_model") from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({msg})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an HRX checkpoint (no '{FORMAT}' header); "
+        raise NotHRXCheckpoint(f"{path}: not an HRX checkpoint (no '{FORMAT}' header); "
                               "convert plain state dicts with hrx.save_model(model, path)")
     return data["arch"], dict(data["config"]), data["state_dict"], dict(data.get("extra") or {})
 
@@ -117,16 +121,25 @@ def _read_safetensors(path: Path):
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if meta.get("hrx_format") != FORMAT:
-        raise CheckpointError(f"{path}: safetensors file without HRX metadata (arch/config); not an HRX checkpoint")
+        raise NotHRXCheckpoint(f"{path}: safetensors file without HRX metadata (arch/config); not an HRX checkpoint")
     return meta["hrx_arch"], json.loads(meta["hrx_config"]), state, json.loads(meta.get("hrx_extra", "{}"))
 
 
 def load_model(ref: str | os.PathLike, expect_arch: str | None = None) -> nn.Module:
     """Rebuild the model recorded in a checkpoint (eval mode). ``expect_arch`` guards against
-    loading the wrong architecture."""
+    loading the wrong architecture. A weights file that is not an HRX checkpoint goes to spandrel
+    (:func:`hrx.thirdparty.load_thirdparty`: ESRGAN, Compact, SPAN, SwinIR, ...)."""
     from hrx.registry import get_entry
 
-    arch, config, state, extra = read_checkpoint(ref)
+    try:
+        arch, config, state, extra = read_checkpoint(ref)
+    except NotHRXCheckpoint:
+        from hrx.thirdparty.loader import load_thirdparty
+
+        model = load_thirdparty(resolve_checkpoint(ref), hrx_archs=__import__("hrx").list_models())
+        if expect_arch is not None and model.arch != expect_arch:
+            raise CheckpointError(f"{ref}: checkpoint is architecture {model.arch!r}, expected {expect_arch!r}") from None
+        return model
     if expect_arch is not None and arch != expect_arch:
         raise CheckpointError(f"{ref}: checkpoint is architecture {arch!r}, expected {expect_arch!r}")
     try:

@@ -4,7 +4,11 @@
   exporter writes and the runtime, calibrator and TensorRT builder read. Nothing is passed twice.
   Keys (all strings in the ONNX file): ``arch, scale, in_channels, out_channels, tile, batch, ops,
   size_multiple, tile_overlap, opset, hrx_version, checkpoint_sha256`` and optionally ``precision``
-  (``fp32`` default, ``int8-qdq`` after ``hrx calibrate``), ``quant_target``.
+  (``fp32`` default, ``int8-qdq`` after ``hrx calibrate``), ``quant_target``, and the size / dtype
+  requirements a third-party model brings (spandrel's ``SizeRequirements`` and dtype support):
+  ``min_size`` (smallest input side), ``square`` (inputs must be square; tiles always are), ``fp16`` /
+  ``bf16`` (``False`` when the architecture is known to misbehave in that dtype). Absent keys mean the
+  defaults (no minimum, not square, both dtypes fine), so older exports still read.
 * :class:`Backend` - what every inference backend (ONNX Runtime, TensorRT, PyTorch, ...) offers. A
   backend runs a static batch of square tiles::
 
@@ -47,9 +51,14 @@ class ModelInfo:
     hrx_version: str = ""
     checkpoint_sha256: str = ""
     precision: str = "fp32"
+    min_size: int = 0
+    square: bool = False
+    fp16: bool = True
+    bf16: bool = True
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
-    _INTS = ("scale", "in_channels", "out_channels", "tile", "batch", "size_multiple", "tile_overlap", "opset")
+    _INTS = ("scale", "in_channels", "out_channels", "tile", "batch", "size_multiple", "tile_overlap", "opset", "min_size")
+    _BOOLS = ("square", "fp16", "bf16")
 
     def to_props(self) -> dict[str, str]:
         d = {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
@@ -67,6 +76,9 @@ class ModelInfo:
         for k in cls._INTS:
             if k in kw:
                 kw[k] = int(kw[k])
+        for k in cls._BOOLS:
+            if k in kw:
+                kw[k] = str(kw[k]).strip().lower() in ("true", "1", "yes")
         extra = {k: v for k, v in props.items() if k not in names}
         return cls(**kw, extra=extra)
 
