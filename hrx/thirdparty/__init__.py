@@ -8,7 +8,7 @@ file that is not an HRX checkpoint. spandrel is imported through :mod:`hrx.third
 """
 from __future__ import annotations
 
-from typing import Any
+from hrx.lazy import lazy_getattr
 
 _LAZY = {
     "load_thirdparty": "hrx.thirdparty.loader",
@@ -23,10 +23,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hrx.thirdparty' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
