@@ -170,3 +170,21 @@ def test_moe_training_is_top2_with_balance_loss_and_eval_top1():
         p = torch.softmax(logits, 1).gather(1, idx)
         chosen = outs.gather(1, idx[:, :, None].expand(-1, -1, 8, -1, -1))[:, 0]
     assert torch.allclose(y, x + p * chosen * moe.scale, atol=1e-6)
+
+
+def test_segsum_exp_is_the_masked_segment_sum_exactly():
+    """The Where-free segment sum equals the textbook masked form bit for bit (the bundled checkpoints'
+    outputs do not move), and below the diagonal equals exp(sum a[j+1..i]) computed term by term."""
+    from hrx.blocks.ssm import _segsum_exp
+
+    g = torch.Generator().manual_seed(3)
+    a = -torch.rand(2, 3, 5, 17, generator=g) * 2
+    T = a.shape[-1]
+    lower_strict = torch.tril(torch.ones(T, T, dtype=torch.bool), -1)
+    x = torch.cumsum(torch.where(lower_strict, a.unsqueeze(-1).expand(*a.shape, T), 0.0), dim=-2)
+    textbook = torch.exp(torch.where(torch.tril(torch.ones(T, T, dtype=torch.bool)), x, -float("inf")))
+    out = _segsum_exp(a)
+    assert torch.equal(out, textbook)
+    i, j = 11, 4
+    assert torch.allclose(out[..., i, j], torch.exp(a[..., j + 1:i + 1].sum(-1)), rtol=1e-6)
+    assert torch.all(out[..., j, i] == 0)

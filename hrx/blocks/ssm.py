@@ -44,16 +44,18 @@ def selective_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: to
     return torch.stack(ys, dim=1)
 
 
-def _segsum(a: torch.Tensor) -> torch.Tensor:
-    """Stable segment sums: ``a [..., T] -> [..., T, T]`` with ``out[i, j] = sum(a[j+1 .. i])`` for
-    ``i >= j`` and ``-inf`` above the diagonal (so ``exp`` gives 0 there)."""
+def _segsum_exp(a: torch.Tensor) -> torch.Tensor:
+    """``exp`` of the stable segment sums: ``a [..., T] -> [..., T, T]`` with
+    ``out[i, j] = exp(sum(a[j+1 .. i]))`` for ``i >= j`` and 0 above the diagonal.
+
+    The causal masks depend only on ``T`` (constants in an export with static shapes) and are applied
+    by multiplication, so no ``Expand`` / ``Where`` over the full ``[..., T, T]`` tensor is needed.
+    Bit-identical to masking with ``where``: ``x * 1 == x``, ``x * 0 == 0`` and ``exp(0) * 0 == 0``."""
     T = a.shape[-1]
-    lower_strict = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), -1)
-    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), 0)
-    x = a.unsqueeze(-1).expand(*a.shape, T)  # x[..., i, j] = a[i]
-    x = torch.where(lower_strict, x, 0.0)  # scalars, not full-size tensors: keeps exported graphs small
-    x = torch.cumsum(x, dim=-2)
-    return torch.where(lower, x, -math.inf)
+    ones = torch.ones(T, T, dtype=a.dtype, device=a.device)
+    lower_strict, lower = torch.tril(ones, -1), torch.tril(ones, 0)
+    x = torch.cumsum(a.unsqueeze(-1) * lower_strict, dim=-2)  # x[..., i, j] = sum(a[j+1 .. i]) below, 0 above
+    return torch.exp(x) * lower
 
 
 def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -76,7 +78,7 @@ def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
     a_cum = torch.cumsum(a, dim=-1)  # [b, H, c, T]
 
     # 1) within chunks
-    decay = torch.exp(_segsum(a))  # [b, H, c, T, T]
+    decay = _segsum_exp(a)  # [b, H, c, T, T]
     cb = Cc @ Bc.transpose(-1, -2)  # [b, c, T, T]
     y_diag = (cb.unsqueeze(1) * decay) @ xs  # [b, H, c, T, P]
 
@@ -86,7 +88,7 @@ def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
 
     # 3) carry states across chunks
     chunk_decay = F.pad(a_cum[..., -1], (1, 0))  # [b, H, c + 1]
-    carry = torch.exp(_segsum(chunk_decay))  # [b, H, c + 1, c + 1]
+    carry = _segsum_exp(chunk_decay)  # [b, H, c + 1, c + 1]
     states = torch.cat([states.new_zeros(b, H, 1, N, P), states], dim=2).reshape(b, H, c + 1, N * P)
     prev = (carry @ states)[:, :, :-1].reshape(b, H, c, N, P)  # state entering each chunk
 

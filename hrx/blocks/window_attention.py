@@ -7,37 +7,32 @@ The input LayerNorm is part of the block so that ``fuse()`` can fold its affine 
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
-import numpy as np
-
 import torch
 from torch import nn
 
 from hrx.blocks.norm import LayerNorm2d, fold_norm_into
 
 
-def _shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
-    """Additive mask ``[nW, N, N]`` (0 or -100) for the shifted windows of an h x w map.
+def _region_split(window: int, shift: int) -> torch.Tensor:
+    """``[N, N]`` float (0 or 1), N = window**2: whether two pixels of a window lie on different sides
+    of the row boundary ``window - shift`` (the boundary the roll creates in the last window row)."""
+    side = (torch.arange(window) >= window - shift).float()  # per local row
+    rows = side.repeat_interleave(window)  # row side of each of the N pixels (row-major)
+    return (rows[:, None] != rows[None, :]).float()
 
-    A fresh tensor per call from a cached plain array: caching a tensor would leak fake tensors
-    from an export trace into eager runs."""
-    return torch.tensor(_shift_mask_array(h, w, window, shift))
 
+def shift_mask(row_split: torch.Tensor, col_split: torch.Tensor, h: int, w: int, window: int) -> torch.Tensor:
+    """Additive mask ``[nW, N, N]`` (0 or -100) for the shifted windows of an h x w map (Swin's).
 
-@lru_cache(maxsize=64)
-def _shift_mask_array(h: int, w: int, window: int, shift: int) -> np.ndarray:
-    # plain numpy: torch ops here would be traced (and cached) during export
-    img = np.zeros((h, w), dtype=np.float32)
-    cnt = 0
-    for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-        for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-            img[hs, ws] = cnt
-            cnt += 1
-    win = img.reshape(h // window, window, w // window, window).transpose(0, 2, 1, 3).reshape(-1, window * window)
-    mask = np.where(win[:, None, :] != win[:, :, None], np.float32(-100.0), np.float32(0.0))
-    mask.setflags(write=False)
-    return mask
+    After the roll, only the last window row is split (by rows) and only the last window column (by
+    columns); two pixels attend to each other iff they lie in the same region. ``row_split`` and
+    ``col_split`` are the shape-free ``[N, N]`` parts, built once (buffers); what depends on ``h, w``
+    is two small broadcasts, constants in a static-shape export or compile."""
+    nh, nw = h // window, w // window
+    last_row = (torch.arange(nh, device=row_split.device) == nh - 1).to(row_split.dtype)
+    last_col = (torch.arange(nw, device=row_split.device) == nw - 1).to(row_split.dtype)
+    split = torch.maximum(last_row.view(nh, 1, 1, 1) * row_split, last_col.view(1, nw, 1, 1) * col_split)
+    return (split * -100.0).reshape(nh * nw, window * window, window * window)
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -69,6 +64,14 @@ class WindowAttention(nn.Module):
         coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
         self.register_buffer("rel_index", rel[..., 0] * (2 * window - 1) + rel[..., 1], persistent=False)
+        # shape-free parts of the shift mask, built once here (no NumPy or caching inside forward,
+        # so torch.compile and the exporter trace plain tensor ops)
+        row_split = _region_split(window, self.shift) if self.shift else torch.zeros(0, 0)
+        n = window * window
+        col_split = row_split.view(window, window, window, window).permute(1, 0, 3, 2).reshape(n, n) if self.shift \
+            else row_split
+        self.register_buffer("row_split", row_split, persistent=False)
+        self.register_buffer("col_split", col_split, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -83,7 +86,7 @@ class WindowAttention(nn.Module):
         attn = (q * self.scale) @ k.transpose(-2, -1)  # [B*nW, heads, N, N]
         attn = attn + self.rel_bias[:, self.rel_index].unsqueeze(0)
         if self.shift:
-            mask = _shift_mask(h, w, win, self.shift).to(attn)  # [nW, N, N]
+            mask = shift_mask(self.row_split, self.col_split, h, w, win).to(attn)  # [nW, N, N]
             nw = mask.shape[0]
             attn = attn.view(b, nw, self.heads, n, n) + mask[None, :, None]
             attn = attn.view(-1, self.heads, n, n)
