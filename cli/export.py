@@ -45,6 +45,8 @@ def export(
     io: Annotated[IOPrecision, typer.Option("--io", help="Input/output type of an fp16 graph: fp32 (default: "
                                             "nothing changes for callers) or fp16 (for callers that feed half "
                                             "tensors).")] = IOPrecision.fp32,
+    no_passes: Annotated[bool, typer.Option("--no-passes", help="Skip the graph passes for ONNX Runtime's CPU path "
+                                                               "(constant folding, one LayerNormalization per channel LayerNorm).")] = False,
 ) -> None:
     """Fuse a checkpoint's re-parameterizable branches, freeze it to static shapes with top-1
     routing, export to ONNX, check and simplify it. Writes the model's metadata (scale, tile,
@@ -54,5 +56,6 @@ def export(
     if output is None:
         output = Path(Path(checkpoint).name.split(".")[0] + ".onnx")
     result = export_onnx(checkpoint, output, tile=tile, batch=batch, ops=ops.value, opset=opset,
-                         simplify_graph=not no_simplify, precision=precision.value, io=io.value)
+                         simplify_graph=not no_simplify, precision=precision.value, io=io.value,
+                         graph_passes=not no_passes)
     typer.echo(result.summary())

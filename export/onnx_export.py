@@ -3,7 +3,9 @@
 Pipeline: load -> ``hrx.fuse`` -> trace at ``[batch, C, tile, tile]`` -> ``torch.onnx.export``
 (the current ``dynamo=True`` exporter; the legacy TorchScript exporter is deprecated) ->
 hrx local functions attached (plugin mode) -> ``onnx.checker`` (full) + shape inference ->
-onnxsim (onnxslim when onnxsim cannot take the graph) -> metadata -> atomic save.
+onnxsim (onnxslim when onnxsim cannot take the graph) -> graph passes for ONNX Runtime's CPU path
+(:mod:`hrx.export.passes`: constant folding, channel LayerNorm as ``LayerNormalization``) -> metadata
+-> atomic save.
 
 ``ops="native"`` lowers the selective scan (chunked SSD: MatMul / CumSum / Exp / Where) and the
 top-1 MoE (dense masked: ArgMax / Equal / Mul / ReduceSum) to standard ONNX ops.
@@ -44,6 +46,7 @@ class ExportResult:
     path: Path
     info: ModelInfo
     simplifier: str  # "onnxsim", "onnxslim" or "none", with the reasons of any that failed
+    passes: str = "none"  # what hrx.export.passes rewrote
     node_counts: Counter = field(default_factory=Counter)
     parameters: int = 0
     macs_per_tile: int = 0
@@ -59,7 +62,7 @@ class ExportResult:
                 f"  input: [{batch_dim(i)}, {i.in_channels}, {i.tile}, {i.tile}] -> output "
                 f"[{batch_dim(i)}, {i.out_channels}, {i.tile * i.scale}, {i.tile * i.scale}], tile overlap {i.tile_overlap}\n"
                 f"  parameters (fused): {self.parameters:,}; MACs per tile: {self.macs_per_tile / 1e9:.2f} G\n"
-                f"  simplified with: {self.simplifier}\n"
+                f"  simplified with: {self.simplifier}; graph passes: {self.passes}\n"
                 f"  {self.precision_line}\n"
                 f"  nodes ({sum(self.node_counts.values())}): {top}")
 
@@ -290,7 +293,8 @@ def save_onnx(model: onnx.ModelProto, output: Path) -> None:
 
 def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.PathLike, tile: int = 256,
                 batch: int | str = 1, ops: str = "native", opset: int = DEFAULT_OPSET,
-                simplify_graph: bool = True, precision: str = "fp32", io: str = "fp32") -> ExportResult:
+                simplify_graph: bool = True, precision: str = "fp32", io: str = "fp32",
+                graph_passes: bool = True) -> ExportResult:
     """Export a checkpoint (path, bundled name or model) to a static-shape ONNX file; ``batch="dynamic"``
     leaves the batch axis symbolic (1..``MAX_DYNAMIC_BATCH``) for servers that batch requests.
 
@@ -328,6 +332,11 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     if simplify_graph:
         proto, simplifier = simplify(proto)
         onnx.checker.check_model(proto, full_check=True)
+    passes = "none"
+    if graph_passes and precision == "fp32":  # the CPU path; fp16/bf16 keep the islands' patterns as exported
+        from hrx.export.passes import optimize
+
+        passes = str(optimize(proto))
     produced = {o for n in proto.graph.node for o in n.output}
     scopes = {k: v for k, v in scopes.items() if v in produced}
     requirements = _requirements(model)
@@ -351,7 +360,7 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     proto.producer_name, proto.producer_version = "hrx", hrx.__version__
     save_onnx(proto, output)
     params = sum(p.numel() for p in deploy.parameters())
-    return ExportResult(path=output, info=info, simplifier=simplifier,
+    return ExportResult(path=output, info=info, simplifier=simplifier, passes=passes,
                         node_counts=Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in proto.graph.node),
                         parameters=params, macs_per_tile=count_macs(proto), file_size=output.stat().st_size,
                         seconds=time.perf_counter() - start, precision_line=plan.summary())

@@ -1,0 +1,160 @@
+"""Graph passes (hrx.export.passes): each one alone and all together, ONNX Runtime against the unfused
+PyTorch model with perturbed weights (<= 1e-4), plus what each pass must remove from the graph."""
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import hrx
+from conftest import randomize_params
+from hrx.export.onnx_export import export_onnx
+from hrx.export.passes import fold_constants, fuse_channel_layernorm, merge_transposes, optimize
+
+ATOL = 1e-4
+
+
+def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+@pytest.fixture(scope="module", params=["hrx-t", "hydra-t"])
+def unpassed(request, tmp_path_factory):
+    """(unfused model, export without passes, input, unfused output) for a perturbed tiny preset."""
+    torch.manual_seed(0)
+    model = hrx.create_model(request.param, scale=2).eval()
+    randomize_params(model, 0.05)
+    tile = 2 * model.size_multiple
+    path = tmp_path_factory.mktemp("passes") / f"{request.param}.onnx"
+    export_onnx(model, path, tile=tile, graph_passes=False)
+    x = np.random.default_rng(1).random((1, model.in_channels, tile, tile), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    return model, onnx.load(str(path)), x, ref
+
+
+def _layernorms(model: onnx.ModelProto) -> int:
+    """Channel LayerNorms as the exporter writes them: a ReduceMean feeding a Sub."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return sum(1 for n in model.graph.node if n.op_type == "Sub" and n.input[1] in producer
+               and producer[n.input[1]].op_type == "ReduceMean")
+
+
+def test_layernorm_pass_matches_unfused_model(unpassed):
+    _, base, x, ref = unpassed
+    before = _layernorms(base)
+    assert before > 0
+    model = copy.deepcopy(base)
+    n = fuse_channel_layernorm(model)
+    onnx.checker.check_model(model, full_check=True)
+    ops = _ops(model)
+    assert n == before and _layernorms(model) == 0 and ops["LayerNormalization"] == n
+    assert ops["ReduceMean"] <= _ops(base)["ReduceMean"] - n  # a channel mean stays only where something else uses it
+    assert ops["Pow"] == _ops(base)["Pow"] - n
+    # the window attention's LayerNorms moved behind the partition transpose: no transpose added there
+    producer = {o: nd for nd in model.graph.node for o in nd.output}
+    sunk = [nd for nd in model.graph.node if nd.op_type == "LayerNormalization"
+            and producer[nd.input[0]].op_type == "Transpose" and not producer[nd.input[0]].name.startswith("hrx_ln")]
+    assert sunk, "no LayerNorm was moved into a window partition"
+    assert ops["Transpose"] == _ops(base)["Transpose"] + 2 * (n - len(sunk))
+    err = float(np.abs(_ort(model, x) - ref).max())
+    assert err <= ATOL, f"max abs error {err:.2e}"
+
+
+def test_all_passes_match_unfused_model_and_run_by_export(unpassed, tmp_path):
+    model, base, x, ref = unpassed
+    passed = copy.deepcopy(base)
+    report = optimize(passed)
+    assert report.counts["fuse_channel_layernorm"] > 0
+    assert float(np.abs(_ort(passed, x) - ref).max()) <= ATOL
+    # hrx export runs them by default and says so
+    out = tmp_path / "m.onnx"
+    result = export_onnx(model, out, tile=x.shape[-1])
+    assert "fuse_channel_layernorm" in result.passes
+    exported = onnx.load(str(out))
+    assert _ops(exported)["LayerNormalization"] == report.counts["fuse_channel_layernorm"]
+    assert float(np.abs(_ort(exported, x) - ref).max()) <= ATOL
+
+
+def test_fold_constants_without_simplifier_matches_unfused_model(tmp_path):
+    torch.manual_seed(0)
+    model = hrx.create_model("hrx-t", scale=2).eval()
+    randomize_params(model, 0.05)
+    path = tmp_path / "raw.onnx"
+    export_onnx(model, path, tile=32, simplify_graph=False, graph_passes=False)
+    raw = onnx.load(str(path))
+    x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    before = len(raw.graph.node)
+    folded = fold_constants(raw)
+    onnx.checker.check_model(raw, full_check=True)
+    assert folded > 0 and len(raw.graph.node) == before - folded
+    assert _ops(raw)["Shape"] == 0 and _ops(raw)["Constant"] == 0
+    # nothing left whose inputs are all constants
+    consts = {t.name for t in raw.graph.initializer}
+    assert not [n for n in raw.graph.node if n.input and all(i in consts for i in n.input if i)]
+    assert float(np.abs(_ort(raw, x) - ref).max()) <= ATOL
+
+
+def _transpose_graph() -> onnx.ModelProto:
+    nodes = [helper.make_node("Transpose", ["x"], ["a"], perm=[0, 2, 3, 1]),
+             helper.make_node("Transpose", ["a"], ["b"], perm=[0, 2, 1, 3]),
+             helper.make_node("Relu", ["b"], ["c"]),
+             helper.make_node("Transpose", ["c"], ["d"], perm=[0, 1, 2, 3]),
+             helper.make_node("Add", ["d", "k"], ["y"])]
+    k = numpy_helper.from_array(np.arange(24, dtype=np.float32).reshape(1, 4, 3, 2), "k")
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 2])], [k])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_merge_transposes_composes_and_drops_identity():
+    model = _transpose_graph()
+    x = np.random.default_rng(3).standard_normal((1, 2, 3, 4)).astype(np.float32)
+    ref = _ort(model, x)
+    assert merge_transposes(model) == 2
+    onnx.checker.check_model(model, full_check=True)
+    transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
+    assert len(transposes) == 1 and list(transposes[0].attribute[0].ints) == [0, 3, 2, 1]
+    np.testing.assert_array_equal(_ort(model, x), ref)
+    assert np.array_equal(ref, np.maximum(x.transpose(0, 3, 2, 1), 0) + np.arange(24, dtype=np.float32).reshape(1, 4, 3, 2))
+
+
+def test_layernorm_pass_keeps_a_layernorm_with_an_outside_consumer():
+    """``x - mean`` also used elsewhere: not a pure LayerNorm, left alone."""
+    c = 4
+    nodes = [helper.make_node("ReduceMean", ["x", "ax"], ["m"]), helper.make_node("Sub", ["x", "m"], ["s"]),
+             helper.make_node("Pow", ["s", "two"], ["p"]), helper.make_node("ReduceMean", ["p", "ax"], ["v"]),
+             helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Reciprocal", ["sd"], ["r"]), helper.make_node("Mul", ["s", "r"], ["n"]),
+             helper.make_node("Add", ["n", "s"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([1]), "ax"), numpy_helper.from_array(np.float32(2), "two"),
+             numpy_helper.from_array(np.float32(1e-6), "eps")]
+    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 3, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert fuse_channel_layernorm(model) == 0
+    nodes[-1] = helper.make_node("Add", ["n", "x"], ["y"])  # now a pure LayerNorm
+    graph = helper.make_graph(nodes, "ln", list(graph.input), list(graph.output), inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.random.default_rng(4).standard_normal((1, c, 3, 3)).astype(np.float32) * 3 + 1
+    ref = _ort(model, x)
+    assert fuse_channel_layernorm(model) == 1
+    mu = x.mean(1, keepdims=True)
+    expect = (x - mu) / np.sqrt(((x - mu) ** 2).mean(1, keepdims=True) + 1e-6) + x
+    np.testing.assert_allclose(_ort(model, x), ref, atol=1e-5)
+    np.testing.assert_allclose(_ort(model, x), expect, atol=1e-5)
