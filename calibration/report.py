@@ -71,5 +71,6 @@ def summary_lines(report: CalibrationReport) -> list[str]:
         status = "; ".join(report.trt_problems) if report.trt_problems else "ops, opset, INT8 zero-point-0 Q/DQ OK"
         lines.append(f"  TensorRT static check (no engine built here): {status}")
     if report.written:
-        lines.append(f"wrote {report.output} (precision int8-qdq, fallback '{q.step.name}')")
+        precision = "int8-qdq" if report.precision == "fp32" else f"int8-qdq-{report.precision}"
+        lines.append(f"wrote {report.output} (precision {precision}, fallback '{q.step.name}')")
     return lines

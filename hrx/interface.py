@@ -4,7 +4,8 @@
   exporter writes and the runtime, calibrator and TensorRT builder read. Nothing is passed twice.
   Keys (all strings in the ONNX file): ``arch, scale, in_channels, out_channels, tile, batch, ops,
   size_multiple, tile_overlap, opset, hrx_version, checkpoint_sha256`` and optionally ``precision``
-  (``fp32`` default, ``int8-qdq`` after ``hrx calibrate``), ``quant_target``, and the size / dtype
+  (``fp32`` default; ``fp16``/``bf16`` from ``hrx export --precision``, with ``io_precision`` and
+  ``fp32_islands``; ``int8-qdq`` or ``int8-qdq-fp16`` after ``hrx calibrate``), ``quant_target``, and the size / dtype
   requirements a third-party model brings (spandrel's ``SizeRequirements`` and dtype support):
   ``min_size`` (smallest input side), ``square`` (inputs must be square; tiles always are), ``fp16`` /
   ``bf16`` (``False`` when the architecture is known to misbehave in that dtype). Absent keys mean the
