@@ -318,6 +318,10 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
         raise HRXError("--io fp16 needs --precision fp16 or bf16")
     output = Path(output)
     model, sha = _load(checkpoint)
+    if precision != "fp32" and _requirements(model).get(precision) is False:
+        raise HRXError(f"{getattr(model, 'arch', type(model).__name__)} is known to misbehave in {precision} "
+                       f"(its model declares {precision}=False); export it with --precision fp32"
+                       + (" or bf16" if precision == "fp16" and _requirements(model).get("bf16", True) else ""))
     check_tile(tile, model.size_multiple, int(getattr(model, "min_size", 0)))
     deploy = hrx.fuse(model)
     example = torch.rand(2 if dynamic_batch else batch, model.in_channels, tile, tile, generator=torch.Generator().manual_seed(0))

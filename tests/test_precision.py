@@ -274,3 +274,15 @@ def test_upscale_runs_an_fp16_onnx_unchanged_for_the_tiler(tmp_path):
         outs[name] = np.asarray(Image.open(tmp_path / name / "in.png"), dtype=np.float32) / 255
     assert outs["torch"].shape == outs["fp16"].shape == (96, 96, 3)
     assert _metrics(outs["torch"], outs["fp16"])[2] > 45
+
+
+def test_a_model_that_misbehaves_in_fp16_is_refused_before_tracing(tmp_path):
+    """Third-party architectures declare fp16=False when they are known to overflow in half
+    (spandrel's dtype support); `--precision fp16` refuses them in one line, nothing written."""
+    from hrx.errors import HRXError
+
+    model = hrx.create_model("hrx-t", scale=2).eval()
+    model.fp16 = False  # what a third-party wrapper declares
+    with pytest.raises(HRXError, match=r"misbehave in fp16.*--precision fp32 or bf16"):
+        export_onnx(model, tmp_path / "x.onnx", tile=model.size_multiple, precision="fp16")
+    assert not (tmp_path / "x.onnx").exists()

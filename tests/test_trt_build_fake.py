@@ -475,3 +475,16 @@ def test_no_weakly_typed_api_in_the_code():
     for word in ("BuilderFlag.FP16", "BuilderFlag.INT8", "BuilderFlag.BF16", "OBEY_PRECISION_CONSTRAINTS",
                  "PREFER_PRECISION_CONSTRAINTS", ".set_output_type(", ".precision = trt"):
         assert word not in text, word
+
+
+def test_fp16_is_refused_for_a_model_that_declares_it_misbehaves(fake, tmp_path):
+    from hrx.runtime.trt.builder import build_engine
+
+    model = _native_model()
+    helper.set_model_props(model, dict(_INFO, in_channels="4", out_channels="4", fp16="False"))
+    path = tmp_path / "third.onnx"
+    onnx.save(model, path)
+    with pytest.raises(HRXError, match="declares fp16=False"):
+        build_engine(path, tmp_path / "x.engine", fp16=True)
+    assert not (tmp_path / "x.engine").exists()
+    assert build_engine(path, tmp_path / "y.engine").record.precision == "fp32"

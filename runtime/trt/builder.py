@@ -291,6 +291,10 @@ def _prepare(model, choice: PrecisionChoice, src: Path):
     """The model to parse: converted to ``choice.convert_to`` if asked."""
     if choice.convert_to is None:
         return model
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get(choice.convert_to, "True").lower() == "false":
+        raise HRXError(f"{src}: the model declares {choice.convert_to}=False (its architecture is known to misbehave "
+                       f"in {choice.convert_to}); build it without --{choice.convert_to}")
     from hrx.export.precision import convert_precision
 
     converted, _ = convert_precision(model, choice.convert_to)
