@@ -152,7 +152,7 @@ def test_verify_with_image_tiles(tmp_module):
     assert "4 input batches" in res.output
     assert G_LOGGER.module_severity.get() == before  # verify quiets Polygraphy only while it runs
     res = runner.invoke(app, ["verify", str(out), "--checkpoint", str(ckpt), "--backends", "onnxrt,nope"])
-    assert res.exit_code != 0 and "unknown backend 'nope'; choose from onnxrt, trt" in res.output
+    assert res.exit_code != 0 and "unknown backend 'nope'; choose from onnxrt, fp16-ref, trt" in res.output
 
 
 def _one_line_error(res) -> str:
