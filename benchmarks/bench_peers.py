@@ -38,6 +38,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ARCHS = ("RRDBNet", "SRVGGNetCompact", "SPAN")
+# photo side, hrx tile, Real-ESRGAN tile per architecture: photo = 2 * tile - overlap(32), so hrx runs exactly
+# 2 x 2 tiles and Real-ESRGAN's tiling 2 x 2 tiles too (similar padded work: 1.3x-1.8x the photo's pixels).
+# RRDBNet (16.7M parameters, ~18 MMAC per input pixel) gets the small setting to fit on this 2-core machine.
+PRESETS = {"RRDBNet": (96, 64, 64), "SRVGGNetCompact": (224, 128, 128), "SPAN": (224, 128, 128)}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -95,10 +99,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", action="append", choices=ARCHS)
     ap.add_argument("--scale", type=int, default=4)
-    ap.add_argument("--size", type=int, default=192, help="photo side (input pixels)")
-    ap.add_argument("--tile", type=int, default=128, help="hrx export tile")
+    ap.add_argument("--size", type=int, default=None, help="photo side (input pixels; default per architecture)")
+    ap.add_argument("--tile", type=int, default=None, help="hrx export tile (default per architecture)")
     ap.add_argument("--overlap", type=int, default=None, help="hrx overlap (default: the architecture's)")
-    ap.add_argument("--peer-tile", type=int, default=128, help="Real-ESRGAN-style tile (tile_pad 10, pre_pad 10)")
+    ap.add_argument("--peer-tile", type=int, default=None, help="Real-ESRGAN-style tile (tile_pad 10, pre_pad 10)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--model-size", choices=("real", "tiny"), default="real")
@@ -117,8 +121,6 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     sp = import_spandrel()
-    img = photo(args.size)
-    mp = img.shape[1] * img.shape[2] / 1e6
     work = Path(tempfile.mkdtemp(prefix="hrx-peers-"))
     calib = work / "photos"
     calib.mkdir()
@@ -126,19 +128,23 @@ def main() -> None:
         if rec.name != "astronaut":  # the benchmark photo is never a calibration image
             shutil.copy(rec.path, calib / Path(rec.path).name)
     print(f"command: python benchmarks/bench_peers.py {' '.join(sys.argv[1:])}")
-    print(f"photo: astronaut crop {img.shape[2]}x{img.shape[1]} ({mp:.3f} MP), x{args.scale}, {args.threads} threads, "
-          f"torch {torch.__version__}, {args.repeats} interleaved rounds, median\n")
-    print("| model | params | path | tile / overlap | MP/s | hrx speed-up | PSNR vs whole-image PyTorch |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"x{args.scale}, {args.threads} threads, torch {torch.__version__}, onnxruntime "
+          f"{__import__('onnxruntime').__version__}, {args.repeats} interleaved rounds, median\n")
+    print("| model | params | photo | path | tile / overlap | MP/s | hrx speed-up | PSNR vs whole-image PyTorch |")
+    print("|---|---|---|---|---|---|---|---|")
     try:
         for name in args.arch or ARCHS:
+            size, tile, peer_tile = PRESETS[name]
+            size, tile, peer_tile = args.size or size, args.tile or tile, args.peer_tile or peer_tile
+            img = photo(size)
+            mp = img.shape[1] * img.shape[2] / 1e6
             net = zoo.build(name, args.scale, size=args.model_size)
             ckpt = work / f"{name}.pth"
             zoo.save(net, ckpt)
             descriptor = sp.ModelLoader().load_from_state_dict(torch.load(ckpt, weights_only=True)).eval()
             model = hrx.load_model(ckpt)
             onnx_fp32 = work / f"{name}.onnx"
-            info = export_onnx(ckpt, onnx_fp32, tile=args.tile).info
+            info = export_onnx(ckpt, onnx_fp32, tile=tile).info
             onnx_int8 = work / f"{name}.int8.onnx"
             calibrate(CalibrateOptions(model=onnx_fp32, output=onnx_int8, images=calib, target="cpu", samples=16,
                                        eval_tiles=8, force=True, fallback=False))
@@ -147,7 +153,7 @@ def main() -> None:
             backends = {k: OnnxRuntimeBackend(p, "cpu", args.threads) for k, p in
                         (("hrx-fp32", onnx_fp32), ("hrx-int8", onnx_int8))}
             paths = {
-                "realesrgan-tiled": lambda: realesrgan_tiled(descriptor.model, img, args.scale, args.peer_tile),
+                "realesrgan-tiled": lambda: realesrgan_tiled(descriptor.model, img, args.scale, peer_tile),
                 "spandrel-whole": lambda: spandrel_whole(descriptor, img),
                 "hrx-fp32": lambda: upscale_tiled(img, backends["hrx-fp32"].infer, spec),
                 "hrx-int8": lambda: upscale_tiled(img, backends["hrx-int8"].infer, spec),
@@ -164,13 +170,13 @@ def main() -> None:
             med = {k: statistics.median(v) for k, v in times.items()}
             ref = outs["spandrel-whole"]
             params = sum(p.numel() for p in model.parameters())
-            tiles = {"realesrgan-tiled": f"{args.peer_tile} / pad 10", "spandrel-whole": "whole image",
+            tiles = {"realesrgan-tiled": f"{peer_tile} / pad 10", "spandrel-whole": "whole image",
                      "hrx-fp32": f"{spec.tile} / {overlap}", "hrx-int8": f"{spec.tile} / {overlap}"}
             for k in paths:
                 speed = "" if not k.startswith("hrx") else \
                     f"{med['realesrgan-tiled'] / med[k]:.2f}x vs tiled, {med['spandrel-whole'] / med[k]:.2f}x vs whole"
                 q = psnr(outs[k], ref)
-                print(f"| {name} x{args.scale} | {params:,} | {k} | {tiles[k]} | {mp / med[k]:.4f} | {speed} | "
+                print(f"| {name} x{args.scale} | {params:,} | {size}x{size} | {k} | {tiles[k]} | {mp / med[k]:.4f} | {speed} | "
                       f"{'ref' if k == 'spandrel-whole' else f'{q:.1f} dB'} |", flush=True)
             for b in backends.values():
                 b.close()

@@ -46,7 +46,7 @@ class TorchBackend(Backend):
         self.info = ModelInfo(arch=str(getattr(model, "arch", type(model).__name__)), scale=int(model.scale),
                               in_channels=int(model.in_channels), out_channels=int(model.out_channels),
                               tile=tile, batch=batch, size_multiple=m,
-                              tile_overlap=int(getattr(model, "tile_overlap", 0)), ops="torch")
+                              tile_overlap=min(int(getattr(model, "tile_overlap", 0)), tile // 2 // m * m), ops="torch")
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
         import torch

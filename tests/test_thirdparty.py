@@ -254,3 +254,18 @@ def test_stand_in_rotate_fails_loudly():
     assert InterpolationMode.BILINEAR.value == "bilinear"
     with pytest.raises(RuntimeError, match="LaMa"):
         rotate(torch.rand(3, 4, 4), 90.0)
+
+
+def test_verify_and_upscale_model_take_a_thirdparty_checkpoint(saved, exported, tmp_path):
+    """hrx verify --checkpoint (Polygraphy, unfused spandrel model vs ONNX Runtime) and hrx upscale --model."""
+    key = next(k for k in EXPORTED if k[0] == "SPAN")
+    _, pth, _ = saved[key]
+    result = runner.invoke(app, ["verify", str(exported[key].path), "--checkpoint", str(pth), "--backends", "onnxrt"])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output and "max_abs=" in result.output
+    _images(tmp_path / "in")
+    result = runner.invoke(app, ["upscale", str(tmp_path / "in" / "rgb.png"), "-o", str(tmp_path / "out"),
+                                 "--model", str(pth), "--tile", "24", "-q"])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "out" / "rgb.png") as im:
+        assert im.size == (45 * key[1], 37 * key[1])
