@@ -97,14 +97,21 @@ def build(name: str, scale: int, size: str = "tiny", seed: int = 0) -> nn.Module
 @torch.no_grad()
 def _tame_output(net: nn.Module) -> nn.Module:
     """Scale the last conv so a random network's output has image-like spread (SPAN's x255 input
-    normalisation makes it ~8); keeps tolerances meaningful. Other networks are left alone."""
+    normalisation makes it ~8; RRDBNet's is ~0.02 around 0); keeps tolerances and PSNR meaningful.
+    Other networks are left alone."""
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(123))
-    spread = float(net(x).std())
+    y = net(x)
+    spread, centre = float(y.std()), float(y.mean())
+    last = [m for m in net.modules() if isinstance(m, nn.Conv2d)][-1]
     if spread > 2.0:
-        last = [m for m in net.modules() if isinstance(m, nn.Conv2d)][-1]
         last.weight.mul_(0.3 / spread)
         if last.bias is not None:
             last.bias.mul_(0.3 / spread)
+    elif (spread < 0.1 or abs(centre - 0.5) > 0.4) and last.bias is not None and type(net).__name__ == "RRDBNet":
+        # RRDBNet's output is its last conv (no skip): spread it to image-like values instead of a
+        # near-constant that the runtime's clamp would turn into a flat image
+        last.weight.mul_(0.25 / spread)
+        last.bias.mul_(0.25 / spread).add_(0.5 - centre * 0.25 / spread)
     return net
 
 
