@@ -1,7 +1,7 @@
 """Serve an HRX ONNX export on a real Triton Inference Server without NVIDIA's container: PyTriton's bundled
 ``tritonserver`` (Python backend) with ONNX Runtime inside the Python model, Triton's dynamic batcher in front.
 
-Runs in its own environment (PyTriton pins NumPy < 2), made by ``scripts/setup.sh``::
+Runs in its own environment (PyTriton pins NumPy < 2), made by ``scripts/setup.sh --test``::
 
     .venv-triton/bin/python scripts/pytriton_serve.py model.onnx --name hrx --http-port 8000 --grpc-port 8001
 

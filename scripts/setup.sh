@@ -1,24 +1,47 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install hrx with the lean CPU stack. Sourced by the other scripts.
+# Create .venv (once) and install hrx with the lean CPU stack (what `hrx upscale` and scripts/demo.sh need).
+# `setup.sh --test` adds what the test suite needs: pytest, Triton's CPU interpreter, spandrel, Ray Data,
+# the Triton client, and PyTriton's server in its own .venv-triton. A failed install stops the script.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-# ray[data] and tritonclient (extras ray, triton) add ~1 minute here; their tests run in CI.
+mode="${1:-lean}"
+
+# pip, quiet, with its one harmless editable-install notice filtered out; exits non-zero on failure
+pip_install() {
+  local py="$1"; shift
+  local log; log="$(mktemp)"
+  if ! "$py" -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
+    rm -f "$log"
+    echo "setup: pip install $* failed (see above)" >&2
+    exit 1
+  fi
+  grep -v "is ignored: it is neither a file nor a directory" "$log" || true
+  rm -f "$log"
+}
+
+# a venv whose python or pip is missing (e.g. an interrupted first run) is made anew
+fresh_venv() {
+  if ! "$1/bin/python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$1"
+    python3 -m venv "$1"
+  fi
+}
+
+fresh_venv .venv
 # torch is pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 -e ".[test,ray,triton]" 2>&1 \
-  | grep -v "is ignored: it is neither a file nor a directory" || true
-# spandrel (third-party checkpoints) without its torchvision requirement: PyPI's torchvision for this
-# torch is a CUDA build whose C extension fails next to the CPU torch; hrx.thirdparty imports spandrel
-# with a stand-in for the three torchvision names it uses (see README "Third-party models").
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "spandrel>=0.4.2,<0.5" 2>&1 \
-  | grep -v "is ignored: it is neither a file nor a directory" || true
-# PyTriton bundles a real tritonserver (Python backend) but pins NumPy < 2, so it gets its own venv; the
-# Triton tests start scripts/pytriton_serve.py from it on loopback ports (~75 s to create, once)
-if [ ! -x .venv-triton/bin/python ]; then
-  python3 -m venv .venv-triton
+if [ "$mode" = "--test" ]; then
+  # ray[data] and tritonclient (extras ray, triton) add ~1 minute; their tests run in CI
+  pip_install .venv/bin/python torch==2.13.0 -e ".[data,test,ray,triton]"
+  # spandrel (third-party checkpoints) without its torchvision requirement: PyPI's torchvision for this
+  # torch is a CUDA build whose C extension fails next to the CPU torch; hrx.thirdparty imports spandrel
+  # with a stand-in for the three torchvision names it uses (see README "Third-party models").
+  pip_install .venv/bin/python --no-deps "spandrel>=0.4.2,<0.5"
+  # PyTriton bundles a real tritonserver (Python backend) but pins NumPy < 2, so it gets its own venv; the
+  # Triton tests start scripts/pytriton_serve.py from it on loopback ports (~75 s to create, once)
+  fresh_venv .venv-triton
+  pip_install .venv-triton/bin/python nvidia-pytriton==0.7.0 "numpy<2" onnxruntime
+else
+  pip_install .venv/bin/python torch==2.13.0 -e ".[data]"
 fi
-.venv-triton/bin/python -m pip install -q --disable-pip-version-check nvidia-pytriton==0.7.0 "numpy<2" \
-  onnxruntime 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true

@@ -17,7 +17,7 @@ from hrx.runtime.distributed import RayOptions, default_actors, run_batch_ray
 from hrx.runtime.factory import BackendRequest
 from hrx.runtime.pipeline import BatchOptions, plan_jobs
 
-import ray  # the ray extra, installed by scripts/setup.sh
+import ray  # the ray extra, installed by scripts/setup.sh --test
 
 runner = CliRunner()
 

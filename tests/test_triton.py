@@ -1,7 +1,7 @@
 """Triton: hrx export --batch dynamic (ORT vs PyTorch at several batch sizes), hrx triton-repo (every generated
 config parsed with tritonclient's model_config_pb2 and checked against the ONNX graph), and
 hrx upscale --backend triton against a real tritonserver (PyTriton's, in .venv-triton made by
-scripts/setup.sh, ONNX Runtime inside the Python model) on loopback ports: outputs vs local ONNX Runtime,
+scripts/setup.sh --test, ONNX Runtime inside the Python model) on loopback ports: outputs vs local ONNX Runtime,
 concurrent clients merged by the dynamic batcher, one-line errors with exit code 2."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from conftest import randomize_params
 from hrx.cli.main import app
 from hrx.runtime.model_info import ModelInfo
 from hrx.runtime.triton_repo import info_from_parameters
-from tritonclient.grpc import model_config_pb2  # the triton extra, installed by scripts/setup.sh
+from tritonclient.grpc import model_config_pb2  # the triton extra, installed by scripts/setup.sh --test
 
 runner = CliRunner()
 TILE = 32  # 2 x hrx-t's size_multiple
@@ -162,7 +162,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(exports):
     """PyTriton's tritonserver on 127.0.0.1 serving the dynamic-batch export as "hrx"; stopped at the end."""
-    assert SERVER_PYTHON.is_file(), f"{SERVER_PYTHON} is missing: run scripts/setup.sh (it makes .venv-triton)"
+    assert SERVER_PYTHON.is_file(), f"{SERVER_PYTHON} is missing: run scripts/setup.sh --test (it makes .venv-triton)"
     http, grpc = _free_port(), _free_port()
     log_path = exports["dir"] / "server.log"
     log = open(log_path, "w")

@@ -2,7 +2,7 @@
 
 On a CUDA device the kernels run for real. Without one, the same comparisons run under Triton's
 CPU interpreter (``TRITON_INTERPRET=1``) and the AOT compilation to PTX is checked. Triton is a
-test dependency (the ``test`` extra, installed by scripts/setup.sh), so only the real-GPU tests skip.
+test dependency (the ``test`` extra, installed by scripts/setup.sh --test), so only the real-GPU tests skip.
 """
 from __future__ import annotations
 
