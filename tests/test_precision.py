@@ -20,6 +20,7 @@ from hrx.export.onnx_export import export_onnx
 from hrx.export.precision import NAIVE_RULES, compute_types, convert_precision, tensor_types
 from hrx.export.reference import HalfReference
 from hrx.export.verify import _metrics
+from tests.graphs import norm_softmax_graph
 
 FP32, FP16, BF16 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16
 
@@ -166,28 +167,7 @@ def test_io_fp16_and_bf16_graphs(x2_fp32_32):
 
 
 def _tiny_opset22() -> onnx.ModelProto:
-    """input -> Conv -> (x - mean)^2 stats -> MatMul logits -> Softmax -> output, opset 22."""
-    from onnx import helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w")
-    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-             helper.make_node("ReduceMean", ["c", "axes"], ["mu"], name="mean"),
-             helper.make_node("Sub", ["c", "mu"], ["d"], name="sub"),
-             helper.make_node("Pow", ["d", "two"], ["d2"], name="pow"),
-             helper.make_node("ReduceMean", ["d2", "axes"], ["var"], name="var"),
-             helper.make_node("Add", ["var", "eps"], ["ve"], name="add_eps"),
-             helper.make_node("Sqrt", ["ve"], ["sd"], name="sqrt"),
-             helper.make_node("Div", ["d", "sd"], ["n"], name="div"),
-             helper.make_node("MatMul", ["n", "n"], ["logits"], name="qk"),
-             helper.make_node("Softmax", ["logits"], ["output"], name="softmax")]
-    consts = [w, numpy_helper.from_array(np.array([1], np.int64), "axes"),
-              numpy_helper.from_array(np.array(2.0, np.float32), "two"),
-              numpy_helper.from_array(np.array(1e-6, np.float32), "eps")]
-    x = helper.make_tensor_value_info("input", FP32, [1, 4, 4, 4])
-    y = helper.make_tensor_value_info("output", FP32, [1, 4, 4, 4])
-    return helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], consts),
-                             opset_imports=[helper.make_opsetid("", 22)])
+    return norm_softmax_graph(22)
 
 
 def test_bf16_graph_types_and_islands():
@@ -195,8 +175,8 @@ def test_bf16_graph_types_and_islands():
     onnx.checker.check_model(bf, full_check=True)
     t = tensor_types(bf)
     computes = compute_types(bf)
-    assert t["input"] == FP32 and t["output"] == FP32 and t["w"] == BF16
-    assert computes["conv"] == BF16 and not any(v == FP16 for v in t.values())
+    assert t["input"] == FP32 and t["output"] == FP32 and t["w1"] == BF16
+    assert computes["conv1"] == BF16 and not any(v == FP16 for v in t.values())
     assert {computes[n] for n in ("mean", "sub", "pow", "var", "add_eps", "sqrt", "qk", "softmax")} == {FP32}
     assert {p.key: p.value for p in bf.metadata_props}["precision"] == "bf16"
     assert set(plan.islands["norm"]) >= {"mean", "pow", "var", "sqrt", "sub"}

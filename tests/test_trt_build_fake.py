@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from hrx.errors import HRXError
 from hrx.runtime.trt import cache, env, plugins
 from hrx.runtime.trt.env import GpuInfo
+from tests.graphs import norm_softmax_graph
 
 GPU = GpuInfo("NVIDIA L4", "8.9")
 WEAK_FLAGS = ("FP16", "BF16", "INT8", "FP8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS")
@@ -240,27 +241,7 @@ _INFO = {"arch": "toy", "scale": "2", "in_channels": "3", "out_channels": "3", "
 
 def _native_model() -> onnx.ModelProto:
     """input -> Conv -> norm statistics -> MatMul logits -> Softmax -> Conv -> output (opset 18)."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w2"),
-             numpy_helper.from_array(np.array([1], np.int64), "axes"),
-             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
-             numpy_helper.from_array(np.array(1e-6, np.float32), "eps")]
-    nodes = [helper.make_node("Conv", ["input", "w1"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
-             helper.make_node("ReduceMean", ["c", "axes"], ["mu"], name="mean"),
-             helper.make_node("Sub", ["c", "mu"], ["d"], name="sub"),
-             helper.make_node("Pow", ["d", "two"], ["d2"], name="pow"),
-             helper.make_node("ReduceMean", ["d2", "axes"], ["var"], name="var"),
-             helper.make_node("Add", ["var", "eps"], ["ve"], name="add_eps"),
-             helper.make_node("Sqrt", ["ve"], ["sd"], name="sqrt"),
-             helper.make_node("Div", ["d", "sd"], ["n"], name="div"),
-             helper.make_node("MatMul", ["n", "n"], ["logits"], name="qk"),
-             helper.make_node("Softmax", ["logits"], ["p"], name="softmax"),
-             helper.make_node("Conv", ["p", "w2"], ["output"], name="conv2")]
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8, 8])
-    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 8, 8])
-    model = helper.make_model(helper.make_graph(nodes, "native", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", 18)])
+    model = norm_softmax_graph(18, side=8, tail_conv=True)
     helper.set_model_props(model, dict(_INFO, in_channels="4", out_channels="4"))
     return model
 
