@@ -33,13 +33,20 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import onnx
 
-from hrx.calibration.graph import COMPUTE_OPS, MOVE_OPS, Graph, float_plan, label, near_ends
+from hrx.calibration.graph import COMPUTE_OPS, MOVE_OPS, Graph, float_plan, label, low_intensity_convs, near_ends
 from hrx.errors import HRXError
 
 METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("trt", "cpu")
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CHUNK_PIXELS = 4 * 128 * 128  # input pixels per collect_data call (it holds every intermediate tensor)
+# --target cpu keeps float the convs with fewer multiply-adds per activation element than this
+# (graph.conv_intensity). Measured per conv with ONNX Runtime's profiler on default-x2 (AVX2, no VNNI,
+# 1 thread, min of 9 runs): FP32 NCHWc Conv vs QLinearConv + its Q/DQ. Depthwise 3x3 / 7x7 (4.5-24):
+# INT8 60-300 us slower each; stem 3 -> 32 (24.7): 400 us slower; 1x1 32 -> 32 / 64 -> 64 (16-32):
+# 0-80 us slower; 1x1 64 -> 128 / 128 -> 64 / 64 -> 256 (43-51): 20-130 us faster; dense 3x3 (115-
+# 460): 270-1270 us faster. Gemm (QGemm) stays quantized: 4.0 -> 3.5 ms for its 16 nodes.
+CPU_MIN_INTENSITY = 40.0
 ENTROPY_BINS = 512  # KL search over (bins - 128) / 2 thresholds per tensor, in Python: 2048 is 7x slower
 
 
@@ -52,6 +59,7 @@ class TargetFormat:
     quantize_bias: bool
     dedicated_pairs: bool
     per_channel: bool = True
+    min_intensity: float = 0.0  # convs below this conv_intensity stay float (CPU: INT8 would be slower there)
 
     @property
     def short(self) -> str:
@@ -69,7 +77,7 @@ TARGET_FORMATS = {
     "trt": TargetFormat("trt", signed_activations=True, symmetric_activations=True, quantize_outputs=False,
                         quantize_bias=False, dedicated_pairs=True),
     "cpu": TargetFormat("cpu", signed_activations=False, symmetric_activations=False, quantize_outputs=True,
-                        quantize_bias=True, dedicated_pairs=False),
+                        quantize_bias=True, dedicated_pairs=False, min_intensity=CPU_MIN_INTENSITY),
 }
 
 
@@ -190,12 +198,19 @@ def collect_ranges(model_path: str | os.PathLike, tiles: np.ndarray, batch: int,
     return ranges
 
 
-def exclusions(model: onnx.ModelProto, step: LadderStep) -> dict[str, list[onnx.NodeProto]]:
-    """``{reason: nodes}`` kept float by ``step``: the plan, plus the step's extra nodes under its name."""
+def exclusions(model: onnx.ModelProto, step: LadderStep,
+               fmt: TargetFormat | None = None) -> dict[str, list[onnx.NodeProto]]:
+    """``{reason: nodes}`` kept float by ``step``: the plan, the target's ``slow`` convs (those INT8 would
+    make slower: :data:`CPU_MIN_INTENSITY`), plus the step's extra nodes under its name."""
     g = Graph.of(model)
     by_name = {n.name: n for n in g.nodes}
     kept = {reason: [by_name[n] for n in names] for reason, names in float_plan(model).items()}
     names = {n.name for nodes in kept.values() for n in nodes}
+    if fmt is not None and fmt.min_intensity > 0:
+        slow = [n for n in low_intensity_convs(g, fmt.min_intensity) if n.name not in names]
+        if slow:
+            kept["slow"] = slow
+            names |= {n.name for n in slow}
     extra = [n for n in step.extra(g) if n.name not in names]
     if extra:
         kept[step.name] = extra
@@ -217,7 +232,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target:
         if not node.name:
             node.name = f"hrx_unnamed_{i}_{node.op_type}"
     g0 = Graph.of(model)
-    kept_nodes = exclusions(model, step)
+    kept_nodes = exclusions(model, step, fmt)
     excluded = {n.name for nodes in kept_nodes.values() for n in nodes}
     compute = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
     extra_options = {
@@ -240,7 +255,10 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target:
                         calibrate_method=_ort_method(method), extra_options=extra_options,
                         calibration_cache_path=str(cache))
         qdq = onnx.load(str(out))
-    rewired = guard_float_inputs(qdq, excluded | _unquantized_compute(qdq))
+    # slow convs are float for speed, not accuracy: they may read a DQ'd tensor. Rewiring them would give
+    # the quantized conv before them a float consumer, and ONNX Runtime then cannot fuse it (QLinearConv)
+    slow = {n.name for n in kept_nodes.get("slow", [])}
+    rewired = guard_float_inputs(qdq, (excluded | _unquantized_compute(qdq)) - slow)
     g = Graph.of(qdq)
     quantized = [n for n in g.nodes if _is_quantized(g, n)]
     opset = next((o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx")), 0)

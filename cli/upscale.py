@@ -46,7 +46,7 @@ def upscale(
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels than this (decompression bombs, memory).")] = 50_000_000,
     device: Annotated[Optional[int], typer.Option("--device", min=0, help="CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="Several CUDA devices, e.g. 0,1: one worker per device, all taking images from one queue.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="CPU: sessions working through the images at once; --threads is split between them.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="CPU sessions sharing the work: every image's tiles go to whichever session is free; --threads is split between them. 0 (default): one single-thread session per core for ONNX Runtime CPU (measured faster than one session with every core, on a folder and on one large image; an image of one tile runs on one thread), 1 for other backends.")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="CPU intra-op threads in all (0: every core this process may use).")] = 0,
     url: Annotated[Optional[str], typer.Option("--url", help="Triton server for --backend triton: http://HOST:PORT (or HOST:PORT) or grpc://HOST:PORT.", show_default=False)] = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Model name on the Triton server (its config carries HRX's metadata: see hrx triton-repo).", show_default=False)] = None,
@@ -64,7 +64,7 @@ def upscale(
     from hrx.runtime.factory import BackendRequest
     from hrx.runtime.images import configure_pillow
     from hrx.runtime.pipeline import BatchOptions, check_inputs, plan_jobs
-    from hrx.runtime.pool import parse_devices, plan_workers
+    from hrx.runtime.pool import auto_workers, parse_devices, plan_workers, runs_onnxrt_cpu
 
     if device is not None and devices is not None:
         raise fail("pass either --device or --devices, not both")
@@ -80,6 +80,9 @@ def upscale(
 
     options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value, outscale, width, height, warn)
     device_list = parse_devices(devices) if devices is not None else ([device] if device is not None else None)
+    if workers == 0:
+        cpu = device_list is None and url is None and model_name is None and not (ray or ray_address)
+        workers = auto_workers(cpu and runs_onnxrt_cpu(engine, model, backend.value), threads)
     pool = plan_workers(device_list, workers, threads)
     jobs = plan_jobs(inputs, output, fmt.value, recursive)
     check_inputs(jobs, output)  # before any model work (a first run exports the bundled model: slow)

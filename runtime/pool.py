@@ -7,16 +7,24 @@ the calling thread before any image work, so a device that cannot start fails th
 ONNX Runtime, TensorRT and PyTorch release the GIL while they compute, so threads are enough.
 
 CPU: ``threads`` intra-op threads in all (default: every core this process may use), split evenly
-between ``workers`` sessions; one session with all cores is best for latency, several for throughput on
-many small images (see the README's runtime benchmark).
+between ``workers`` sessions. Several CPU sessions are one :class:`SharedSessions` backend: every image
+stream hands its tile batches to whichever session is free, so the sessions share the TILES of one
+large image as well as the images of a folder (a graph of many small ops keeps k one-thread sessions
+busier than one k-thread session: see the README). ``hrx upscale`` runs ONNX Runtime CPU with one
+single-thread session per core by default (:func:`auto_workers`).
 """
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
 
 from hrx.errors import HRXError
 from hrx.runtime.backend import Backend
@@ -71,6 +79,76 @@ def plan_workers(devices: Sequence[int] | None, workers: int = 1, threads: int =
     return [Worker("cpu", k, share[k]) for k in range(workers)]
 
 
+def runs_onnxrt_cpu(engine: str | os.PathLike | None, model: str | None, backend: str) -> bool:
+    """Whether ``hrx upscale`` with these flags will open ONNX Runtime on the CPU (an ``.onnx`` file or the
+    bundled model, ``--backend onnxrt-cpu``, or ``auto`` with no CUDA provider), before opening anything."""
+    if model is not None or backend not in ("auto", "onnxrt-cpu"):
+        return False
+    if engine is not None and not str(engine).lower().endswith(".onnx"):
+        return False
+    if backend == "onnxrt-cpu":
+        return True
+    from hrx.runtime.onnxrt import cuda_available
+
+    return not cuda_available()
+
+
+def auto_workers(onnxrt_cpu: bool, threads: int = 0) -> int:
+    """``--workers`` when the user gave none: one single-thread session per core (``threads`` cores, 0: all)
+    for ONNX Runtime CPU, where it measured faster than one session with every core on a folder and on
+    one large image alike (README, runtime benchmark); 1 for every other backend (GPUs, PyTorch, whose
+    CPU threads are process-wide)."""
+    return max(1, threads or available_cores()) if onnxrt_cpu else 1
+
+
+class SharedSessions(Backend):
+    """Several sessions of one model (CPU workers) behind one :class:`Backend`: :meth:`infer` runs on the
+    next free session, :meth:`infer_many` keeps up to two batches per session in flight and returns the
+    results in order. Every session runs the same graph with the same thread count, so which session ran
+    a batch does not change its result. Closing it closes the sessions."""
+
+    def __init__(self, backends: Sequence[Backend]) -> None:
+        if not backends:
+            raise ValueError("SharedSessions needs at least one backend")
+        self.backends = list(backends)
+        first = self.backends[0]
+        self.name, self.info, self.any_tile = first.name, first.info, first.any_tile
+        self._idle: queue.SimpleQueue[Backend] = queue.SimpleQueue()
+        for b in self.backends:
+            self._idle.put(b)
+        self._runner = ThreadPoolExecutor(len(self.backends), thread_name_prefix="hrx-session")
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        backend = self._idle.get()
+        try:
+            return backend.infer(tiles)
+        finally:
+            self._idle.put(backend)
+
+    def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        ahead = 2 * len(self.backends)
+        pending: deque[Future] = deque()
+        try:
+            for batch in batches:
+                pending.append(self._runner.submit(self.infer, batch))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # stopped early: drop what has not started (what runs finishes on its session)
+            for f in pending:
+                f.cancel()
+
+    def stop(self) -> None:
+        """End the runner threads (waiting for the batches running); the sessions stay open."""
+        self._runner.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self.stop()
+        for b in self.backends:
+            b.close()
+
+
 def bind_cuda_device(device: int) -> None:
     """Make ``device`` the current CUDA device of the calling thread (TensorRT and PyTorch use it)."""
     try:
@@ -119,7 +197,9 @@ def run_pool(backends: Sequence[Backend], workers: Sequence[Worker], jobs: Seque
              spec_for: Callable[[Backend], TileSpec], options: BatchOptions = BatchOptions(),
              progress: Progress | None = None) -> BatchReport:
     """Upscale ``jobs`` with ``backends[k]`` on thread k (``workers[k]`` names it), all taking jobs from
-    one queue; one report, results in the jobs' order, each with the worker that ran it.
+    one queue; one report, results in the jobs' order, each with the worker that ran it. CPU workers
+    share their sessions (:class:`SharedSessions`): thread k streams images, and the tile batches of
+    every image go to whichever session is free.
 
     The first error that is not a per-image one (Ctrl-C, a backend crash) stops every worker after its
     current image and is raised here."""
@@ -142,6 +222,8 @@ def run_pool(backends: Sequence[Backend], workers: Sequence[Worker], jobs: Seque
     todo = skip_existing(jobs, options, record)
     pending = iter(todo)
     stop = threading.Event()
+    shared = SharedSessions(backends) if len(backends) > 1 and all(w.kind == "cpu" for w in workers) else None
+    runners: Sequence = [shared] * len(backends) if shared is not None else backends
     failures: list[BaseException] = []
 
     def next_job() -> Job | None:
@@ -161,7 +243,7 @@ def run_pool(backends: Sequence[Backend], workers: Sequence[Worker], jobs: Seque
                 failures.append(e)
 
     threads = [threading.Thread(target=work, args=(b, w), name=f"hrx-{w.label}", daemon=True)
-               for b, w in zip(backends, workers)]
+               for b, w in zip(runners, workers)]
     try:
         for t in threads:
             t.start()
@@ -173,6 +255,9 @@ def run_pool(backends: Sequence[Backend], workers: Sequence[Worker], jobs: Seque
         for t in threads:
             t.join()
         raise
+    finally:
+        if shared is not None:  # its runner threads; the sessions themselves are the caller's to close
+            shared.stop()
     if failures:
         raise failures[0]
     order = {str(j.source): k for k, j in enumerate(jobs)}

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 import hrx
 from hrx.calibration.data import sample_tiles, split_held_back
-from hrx.calibration.graph import Graph, float_plan
-from hrx.calibration.quantize import qdq_on, trt_problems
+from hrx.calibration.graph import Graph, conv_intensity, float_plan
+from hrx.calibration.quantize import CPU_MIN_INTENSITY, qdq_on, trt_problems
 from hrx.cli.main import app
 from hrx.runtime.model_info import ModelInfo
 
@@ -207,6 +207,46 @@ def test_cpu_target_from_cache_without_images(work, native_onnx, trt_int8):
     # the default cache next to the output works the same: re-quantizing needs no images
     text = _ok(_run(str(native_onnx), "-o", str(work / "tiny.int8.onnx"), "--target", "trt"))
     assert "no images read" in text
+
+
+def test_cpu_target_quantizes_only_convs_int8_speeds_up_and_onnxruntime_fuses_them(work, native_onnx, trt_int8,
+                                                                                   tmp_path):
+    """--target cpu keeps float the convs with few multiply-adds per activation element (depthwise, small
+    1x1: INT8 measured slower there on ONNX Runtime CPU) and every conv it quantizes becomes one
+    QLinearConv in ONNX Runtime's optimized graph (no float Conv left behind DQ/Q)."""
+    import onnxruntime as ort
+
+    out = work / "tiny.cpu.int8.onnx"
+    if not out.is_file():
+        _ok(_run(str(native_onnx), "-o", str(out), "--target", "cpu", "--ranges", str(work / "tiny.int8.ranges.json")))
+    fp32, g = onnx.load(str(native_onnx)), None
+    g = Graph.of(fp32)
+    props = _props(out)
+    slow = json.loads(props["quant_float_nodes"])["slow"]
+    assert slow and json.loads(props["quant_float"])["slow"] == len(slow)
+    by_name = {n.name: n for n in g.nodes}
+    names = [label.split(" ")[0] for label in slow]
+    assert all(conv_intensity(g, by_name[n]) < CPU_MIN_INTENSITY for n in names)
+    depthwise = [n.name for n in g.nodes if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert depthwise and set(depthwise) <= set(names) | set(_kept_nodes(native_onnx))  # + the bicubic residual
+    model = onnx.load(str(out))
+    gq = Graph.of(model)
+    quantized = [n for n in gq.nodes if n.op_type == "Conv" and gq.producer.get(n.input[1]) is not None
+                 and gq.producer[n.input[1]].op_type == "DequantizeLinear"]
+    assert quantized and all(conv_intensity(g, by_name[n.name]) >= CPU_MIN_INTENSITY for n in quantized)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "opt.onnx"))
+    ops = [n.op_type for n in optimized.graph.node]
+    assert ops.count("QLinearConv") == len(quantized)
+    go = Graph.of(optimized)
+    for n in optimized.graph.node:  # no float conv computing on dequantized weights
+        if n.op_type == "Conv":
+            p = go.producer.get(n.input[1])
+            assert p is None or p.op_type != "DequantizeLinear", n.name
 
 
 def test_plugin_nodes_and_their_functions_stay_float(plugin_onnx, photos, work):

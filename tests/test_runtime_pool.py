@@ -13,8 +13,9 @@ from hrx.cli.main import app
 from hrx.errors import HRXError
 from hrx.interface import Backend, ModelInfo
 from hrx.runtime.pipeline import plan_jobs, run_batch
-from hrx.runtime.pool import Worker, open_pool, parse_devices, plan_workers, run_pool
-from hrx.runtime.tiling import TileSpec
+from hrx.runtime.pool import (SharedSessions, Worker, auto_workers, open_pool, parse_devices, plan_workers, run_pool,
+                              runs_onnxrt_cpu)
+from hrx.runtime.tiling import TileSpec, upscale_tiled
 from test_runtime_support import write_toy
 
 RNG = np.random.default_rng(0)
@@ -134,7 +135,7 @@ def test_cli_cpu_workers_match_one_worker_and_devices_need_cuda(tmp_path):
     engine = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
     runner = CliRunner()
     one = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "one"), "--engine", str(engine),
-                              "--threads", "2"])
+                              "--workers", "1", "--threads", "2"])
     assert one.exit_code == 0, one.output
     two = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "two"), "--engine", str(engine),
                               "--workers", "2", "--threads", "2", "--json", str(tmp_path / "r.json")])
@@ -147,3 +148,86 @@ def test_cli_cpu_workers_match_one_worker_and_devices_need_cuda(tmp_path):
     assert cuda.exit_code != 0 and "CUDA devices" in cuda.stderr
     both = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "x"), "--device", "0", "--devices", "0,1"])
     assert both.exit_code != 0 and "not both" in both.stderr
+
+
+class SlowSession(FakeDeviceBackend):
+    """A CPU session stand-in that records which tiles it ran and waits until both sessions have
+    started a batch, so a tile stream that is not shared would time out instead of passing."""
+
+    name = "fake-cpu"
+
+    def __init__(self, device: int, started: threading.Barrier) -> None:
+        super().__init__(device, started)
+        self.info = ModelInfo("fake", 2, 3, 3, 8, 1, 4, 4)
+        self.seen: list[float] = []
+
+    def infer(self, tiles):
+        self.seen.append(float(tiles.sum()))
+        return super().infer(tiles)
+
+
+def test_shared_sessions_split_the_tiles_of_one_image_and_keep_their_order():
+    image = RNG.random((3, 45, 61), dtype=np.float32)
+    spec = TileSpec(8, 4, 2, 4, 1, "blend")
+    single = upscale_tiled(image, SlowSession(0, threading.Barrier(1)).infer, spec)
+    barrier = threading.Barrier(2)
+    sessions = [SlowSession(0, barrier), SlowSession(1, barrier)]
+    shared = SharedSessions(sessions)
+    try:
+        out = upscale_tiled(image, shared.infer, spec, infer_many=shared.infer_many)
+    finally:
+        shared.close()
+    assert np.array_equal(out, single)  # same values in the same places, whichever session ran a tile
+    assert all(len(s.seen) > 3 for s in sessions) and sum(len(s.seen) for s in sessions) == 15 * 11
+    assert set(sessions[0].seen).isdisjoint(sessions[1].seen)  # no tile ran twice
+
+
+def test_one_image_on_two_cpu_workers_runs_its_tiles_on_both_sessions(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(RNG.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(src / "big.png")
+    barrier = threading.Barrier(2)
+    workers = [Worker("cpu", 0, 1), Worker("cpu", 1, 1)]
+    backends = [SlowSession(0, barrier), SlowSession(1, barrier)]
+    report = run_pool(backends, workers, plan_jobs([src], tmp_path / "two"), _spec)
+    assert report.count("done") == 1 and all(len(b.seen) > 3 for b in backends)
+    one = run_batch(SlowSession(0, threading.Barrier(1)), plan_jobs([src], tmp_path / "one"), _spec(backends[0]))
+    assert one.count("done") == 1
+    assert (tmp_path / "two" / "big.png").read_bytes() == (tmp_path / "one" / "big.png").read_bytes()
+
+
+def test_cli_shares_tiles_between_onnxruntime_sessions_byte_identically(tmp_path):
+    """ONNX Runtime toy model: one large image and a folder, one single-thread session vs two (the
+    default with 2 threads): byte-identical files (sessions with the same thread count give the same
+    floats, whichever runs a tile)."""
+    big = tmp_path / "big"
+    big.mkdir()
+    Image.fromarray(RNG.integers(0, 256, (90, 130, 3), dtype=np.uint8)).save(big / "big.png")
+    folder = _folder(tmp_path / "folder", 4)
+    engine = write_toy(tmp_path / "toy.onnx", tile=16, batch=1)
+    runner = CliRunner()
+    for src in (big, folder):
+        one = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "one" / src.name), "--engine", str(engine),
+                                  "--workers", "1", "--threads", "1"])
+        assert one.exit_code == 0, one.output
+        two = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "two" / src.name), "--engine", str(engine),
+                                  "--threads", "2", "--backend", "onnxrt-cpu"])
+        assert two.exit_code == 0, two.output
+        assert "2 workers (cpu:0, cpu:1)" in two.stderr  # the default: one single-thread session per core
+        files = sorted((tmp_path / "one" / src.name).iterdir())
+        assert files
+        for path in files:
+            assert path.read_bytes() == (tmp_path / "two" / src.name / path.name).read_bytes()
+
+
+def test_default_workers(monkeypatch):
+    import hrx.runtime.onnxrt as onnxrt
+
+    monkeypatch.setattr(onnxrt, "cuda_available", lambda: False)
+    assert runs_onnxrt_cpu("m.onnx", None, "auto") and runs_onnxrt_cpu(None, None, "auto")
+    assert runs_onnxrt_cpu("m.onnx", None, "onnxrt-cpu")
+    assert not runs_onnxrt_cpu("m.engine", None, "auto") and not runs_onnxrt_cpu(None, "default-x2", "auto")
+    assert not runs_onnxrt_cpu("m.onnx", None, "onnxrt-cuda") and not runs_onnxrt_cpu("m.onnx", None, "trt")
+    monkeypatch.setattr(onnxrt, "cuda_available", lambda: True)
+    assert not runs_onnxrt_cpu("m.onnx", None, "auto") and runs_onnxrt_cpu("m.onnx", None, "onnxrt-cpu")
+    assert auto_workers(True, 3) == 3 and auto_workers(False, 3) == 1 and auto_workers(True) >= 1
