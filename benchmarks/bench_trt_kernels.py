@@ -52,11 +52,11 @@ def bench_scan(iters: int, dtype: torch.dtype) -> list[str]:
     rows = []
     for i, (label, b, L, H, P, N, chunk) in enumerate(SCAN_CASES):
         g = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn(b, L, H, P, device="cuda", generator=g).to(dtype)
-        dt = torch.nn.functional.softplus(torch.randn(b, L, H, device="cuda", generator=g)) * 0.1
+        x = torch.randn(b, H, P, L, device="cuda", generator=g).to(dtype)  # channels first
+        dt = torch.nn.functional.softplus(torch.randn(b, H, L, device="cuda", generator=g)) * 0.1
         A = -(torch.rand(H, device="cuda", generator=g) * 3 + 0.1)
-        B = torch.randn(b, L, N, device="cuda", generator=g).to(dtype)
-        C = torch.randn(b, L, N, device="cuda", generator=g).to(dtype)
+        B = torch.randn(b, N, L, device="cuda", generator=g).to(dtype)
+        C = torch.randn(b, N, L, device="cuda", generator=g).to(dtype)
         D = torch.randn(H, device="cuda", generator=g)
         args = (x, dt, A, B, C, D, chunk)
         ours = cuda_ms(kernels.selective_scan, args, iters)
@@ -64,7 +64,7 @@ def bench_scan(iters: int, dtype: torch.dtype) -> list[str]:
         want = selective_scan_chunked(x.float(), dt, A, B.float(), C.float(), D, chunk)
         err = (kernels.selective_scan(*args).float() - want).abs().max().item()
         ref = f"{cuda_ms(selective_scan_ref, args, max(1, iters // 10), 1):.2f}" if i == 0 else "-"
-        rows.append(f"| scan {label} [{b}, {L}, {H}, {P}] N={N} | {ours:.3f} | {chunked:.3f} | {ref} | "
+        rows.append(f"| scan {label} [{b}, {H}, {P}, {L}] N={N} | {ours:.3f} | {chunked:.3f} | {ref} | "
                     f"{chunked / ours:.1f}x | {err:.1e} |")
     return rows
 

@@ -44,15 +44,14 @@ def _register() -> None:
 
     def scan_via_op(x, dt, A, B, C, D, chunk):
         # the plugin contract wants L divisible by chunk: pad here (causal scan, dt = 0 pads)
-        L = x.shape[1]
+        L = x.shape[-1]
         pad = (-L) % chunk
         if pad:
             import torch.nn.functional as F
 
-            x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
-            B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
+            x, dt, B, C = F.pad(x, (0, pad)), F.pad(dt, (0, pad)), F.pad(B, (0, pad)), F.pad(C, (0, pad))
         y = torch.ops.hrx.selective_scan(x.float(), dt.float(), A.float(), B.float(), C.float(), D.float(), chunk)
-        return y[:, :L]
+        return y[..., :L]
 
     register_scan_impl("plugin", scan_via_op)
     moe_mod.register_combine_impl("plugin", lambda logits, experts: torch.ops.hrx.moe_top1(logits, experts))

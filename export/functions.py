@@ -9,8 +9,9 @@ plugin of the same name (see ``hrx.runtime.trt``), so the engine uses the fused 
 
 Op contracts (float32 / float16):
 
-* ``SelectiveScan(x [b, L, H, P], dt [b, L, H], A [H], B [b, L, N], C [b, L, N], D [H]) -> y [b, L, H, P]``,
-  attribute ``chunk`` (int; ``L % chunk == 0``): the SSD chunked scan of ``hrx.blocks.ssm``.
+* ``SelectiveScan(x [b, H, P, L], dt [b, H, L], A [H], B [b, N, L], C [b, N, L], D [H]) -> y [b, H, P, L]``,
+  attribute ``chunk`` (int; ``L % chunk == 0``): the SSD chunked scan of ``hrx.blocks.ssm``, channels
+  first (the sequence axis last).
 * ``MoETop1(logits [B, E, H, W], experts [B, E, C, H, W]) -> y [B, C, H, W]``:
   ``softmax(logits)[argmax] * experts[argmax]`` per pixel, ties to the lowest index.
 
@@ -77,22 +78,22 @@ class _Body:
         return self("Slice", shape, self.const([i]), self.const([i + 1]))
 
 
-def _segsum(g: _Body, a: str, size: str) -> str:
-    """``a [..., S] -> [..., S, S]``: ``out[i, j] = sum(a[j+1 .. i])`` for i >= j, -inf above."""
+def _segsum_exp(g: _Body, a: str, size: str, lower: bool = False) -> str:
+    """``a [..., S] -> [..., S, S]``: ``out[j, i] = exp(sum(a[j+1 .. i]))`` for j <= i, 0 below the
+    diagonal; ``lower``: its transpose (``hrx.blocks.ssm._segsum_exp``, same masks by multiplication)."""
     ones = g("ConstantOfShape", g("Concat", size, size, axis=0), value=numpy_helper.from_array(np.ones(1, np.float32)))
-    strict = g("Cast", g("Trilu", ones, g.const(-1), upper=0), to=TensorProto.BOOL)
-    lower = g("Cast", g("Trilu", ones, g.const(0), upper=0), to=TensorProto.BOOL)
-    rank_shape = g("Concat", g("Shape", a), size, axis=0)
-    x = g("Expand", g("Unsqueeze", a, g.const([-1])), rank_shape)  # x[..., i, j] = a[i]
-    zero = g.const(0.0, np.float32)
-    x = g("CumSum", g("Where", strict, x, zero), g.const(-2))
-    return g("Where", lower, x, g.const(-np.inf, np.float32))
+    upper = 0 if lower else 1
+    strict = g("Trilu", ones, g.const(-1 if lower else 1), upper=upper)
+    full = g("Trilu", ones, g.const(0), upper=upper)
+    x = g("CumSum", g("Mul", g("Unsqueeze", a, g.const([-1 if lower else -2])), strict), g.const(-2 if lower else -1))
+    return g("Mul", g("Exp", x), full)
 
 
 def selective_scan_function(opset: int = 18) -> onnx.FunctionProto:
+    """The body of ``selective_scan_chunked`` (P-major: ``y^T = x^T @ M^T``), channels first."""
     g = _Body()
     sx, sB = g("Shape", "x"), g("Shape", "B")
-    b, L, H, P, N = g.dim(sx, 0), g.dim(sx, 1), g.dim(sx, 2), g.dim(sx, 3), g.dim(sB, 2)
+    b, H, P, L, N = g.dim(sx, 0), g.dim(sx, 1), g.dim(sx, 2), g.dim(sx, 3), g.dim(sB, 1)
     # chunk length from the node's attribute
     g.nodes.append(helper.make_node("Constant", [], ["chunk_scalar"]))
     g.nodes[-1].attribute.append(onnx.AttributeProto(name="value_int", ref_attr_name="chunk", type=onnx.AttributeProto.INT))
@@ -100,33 +101,30 @@ def selective_scan_function(opset: int = 18) -> onnx.FunctionProto:
     c = g("Div", L, T)
     xf, dtf, Bf, Cf = (g("Cast", v, to=TensorProto.FLOAT) for v in ("x", "dt", "B", "C"))
     Af, Df = g("Cast", "A", to=TensorProto.FLOAT), g("Cast", "D", to=TensorProto.FLOAT)
-    xs = g("Mul", xf, g("Unsqueeze", dtf, g.const([3])))  # [b, L, H, P]
-    xs = g("Transpose", g("Reshape", xs, g("Concat", b, c, T, H, P, axis=0)), perm=[0, 3, 1, 2, 4])  # [b, H, c, T, P]
-    a = g("Transpose", g("Reshape", g("Mul", dtf, Af), g("Concat", b, c, T, H, axis=0)), perm=[0, 3, 1, 2])  # [b, H, c, T]
-    Bc = g("Reshape", Bf, g("Concat", b, c, T, N, axis=0))  # [b, c, T, N]
-    Cc = g("Reshape", Cf, g("Concat", b, c, T, N, axis=0))
+    xs = g("Reshape", g("Mul", xf, g("Unsqueeze", dtf, g.const([2]))), g("Concat", b, H, P, c, T, axis=0))
+    xs = g("Transpose", xs, perm=[0, 1, 3, 2, 4])  # [b, H, c, P, T]
+    a = g("Reshape", g("Mul", dtf, g("Reshape", Af, g.const([-1, 1]))), g("Concat", b, H, c, T, axis=0))  # [b, H, c, T]
+    Bt = g("Transpose", g("Reshape", Bf, g("Concat", b, N, c, T, axis=0)), perm=[0, 2, 3, 1])  # [b, c, T, N]
+    Cc = g("Transpose", g("Reshape", Cf, g("Concat", b, N, c, T, axis=0)), perm=[0, 2, 1, 3])  # [b, c, N, T]
     a_cum = g("CumSum", a, g.const(-1))
-    decay = g("Exp", _segsum(g, a, T))  # [b, H, c, T, T]
-    cb = g("MatMul", Cc, g("Transpose", Bc, perm=[0, 1, 3, 2]))  # [b, c, T, T]
-    y_diag = g("MatMul", g("Mul", g("Unsqueeze", cb, g.const([1])), decay), xs)  # [b, H, c, T, P]
+    decay = _segsum_exp(g, a, T)  # [b, H, c, T, T]: [j, i]
+    y_diag = g("MatMul", xs, g("Mul", g("Unsqueeze", g("MatMul", Bt, Cc), g.const([1])), decay))  # [b, H, c, P, T]
     last = g("Sub", T, g.const([1]))
-    to_end = g("Squeeze", g("Gather", decay, last, axis=3), g.const([3]))  # [b, H, c, T]
-    Bt = g("Transpose", g("Unsqueeze", Bc, g.const([1])), perm=[0, 1, 2, 4, 3])  # [b, 1, c, N, T]
-    states = g("MatMul", Bt, g("Mul", xs, g("Unsqueeze", to_end, g.const([-1]))))  # [b, H, c, N, P]
+    to_end = g("Gather", decay, last, axis=4)  # [b, H, c, T, 1]
+    to_end = g("Unsqueeze", g("Squeeze", to_end, g.const([4])), g.const([3]))  # [b, H, c, 1, T]
+    states = g("MatMul", g("Mul", xs, to_end), g("Unsqueeze", Bt, g.const([1])))  # [b, H, c, P, N]
     chunk_total = g("Squeeze", g("Gather", a_cum, last, axis=3), g.const([3]))  # [b, H, c]
     chunk_decay = g("Pad", chunk_total, g.const([0, 0, 1, 0, 0, 0]))  # [b, H, c + 1]
     c1 = g("Add", c, g.const([1]))
-    carry = g("Exp", _segsum(g, chunk_decay, c1))  # [b, H, c + 1, c + 1]
+    carry = _segsum_exp(g, chunk_decay, c1, lower=True)  # [b, H, c + 1, c + 1]
+    carry = g("Slice", carry, g.const([0, 1]), g("Concat", c, c1, axis=0), g.const([2, 3]))  # [b, H, c, c]
     NP = g("Mul", N, P)
-    zeros = g("ConstantOfShape", g("Concat", b, H, g.const([1]), N, P, axis=0),
-              value=numpy_helper.from_array(np.zeros(1, np.float32)))
-    states = g("Reshape", g("Concat", zeros, states, axis=2), g("Concat", b, H, c1, NP, axis=0))
-    prev = g("Slice", g("MatMul", carry, states), g.const([0]), c, g.const([2]))  # [b, H, c, N*P]
-    prev = g("Reshape", prev, g("Concat", b, H, c, N, P, axis=0))
-    y_off = g("Mul", g("MatMul", g("Unsqueeze", Cc, g.const([1])), prev), g("Unsqueeze", g("Exp", a_cum), g.const([-1])))
-    y = g("Transpose", g("Add", y_diag, y_off), perm=[0, 2, 3, 1, 4])  # [b, c, T, H, P]
-    y = g("Reshape", y, g("Concat", b, L, H, P, axis=0))
-    y = g("Add", y, g("Mul", g("Reshape", Df, g("Concat", g.const([1, 1]), H, g.const([1]), axis=0)), xf))
+    prev = g("MatMul", carry, g("Reshape", states, g("Concat", b, H, c, NP, axis=0)))  # [b, H, c, P*N]
+    prev = g("Reshape", prev, g("Concat", b, H, c, P, N, axis=0))
+    y_off = g("Mul", g("MatMul", prev, g("Unsqueeze", Cc, g.const([1]))), g("Unsqueeze", g("Exp", a_cum), g.const([3])))
+    y = g("Transpose", g("Add", y_diag, y_off), perm=[0, 1, 3, 2, 4])  # [b, H, P, c, T]
+    y = g("Reshape", y, g("Concat", b, H, P, L, axis=0))
+    y = g("Add", y, g("Mul", g("Reshape", Df, g("Concat", g.const([1]), H, g.const([1, 1]), axis=0)), xf))
     g.nodes.append(helper.make_node("CastLike", [y, "x"], ["y"]))
     return helper.make_function(DOMAIN, "SelectiveScan", ["x", "dt", "A", "B", "C", "D"], ["y"], g.nodes,
                                 [helper.make_opsetid("", opset)], attributes=["chunk", *PLUGIN_ATTRS])

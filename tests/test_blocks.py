@@ -83,11 +83,11 @@ def test_replk_fuses_to_one_conv():
 @pytest.mark.parametrize("chunk", [4, 16, 64])
 def test_selective_scan_chunked_equals_sequential(chunk):
     g = torch.Generator().manual_seed(3)
-    b, L, H, P, N = 2, 50, 3, 4, 5
-    x = torch.randn(b, L, H, P, generator=g)
-    dt = torch.rand(b, L, H, generator=g) * 0.7 + 0.01
+    b, L, H, P, N = 2, 50, 3, 4, 5  # channels first: x [b, H, P, L], dt [b, H, L], B, C [b, N, L]
+    x = torch.randn(b, H, P, L, generator=g)
+    dt = torch.rand(b, H, L, generator=g) * 0.7 + 0.01
     A = -(torch.rand(H, generator=g) * 3 + 0.1)
-    B, C = torch.randn(b, L, N, generator=g), torch.randn(b, L, N, generator=g)
+    B, C = torch.randn(b, N, L, generator=g), torch.randn(b, N, L, generator=g)
     D = torch.randn(H, generator=g)
     ref = selective_scan_ref(x, dt, A, B, C, D)
     out = selective_scan_chunked(x, dt, A, B, C, D, chunk)

@@ -25,11 +25,12 @@ SCAN_CASES = [(2, 50, 2, 16, 8, 32), (1, 37, 3, 12, 5, 16), (4, 64, 4, 8, 4, 16)
 
 
 def _scan_inputs(b, L, H, P, N, device="cpu", seed=0):
+    """Channels first, like the PyTorch scans: x [b, H, P, L], dt [b, H, L], B, C [b, N, L]."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, L, H, P, generator=g)
-    dt = torch.nn.functional.softplus(torch.randn(b, L, H, generator=g)) * 0.5
+    x = torch.randn(b, H, P, L, generator=g)
+    dt = torch.nn.functional.softplus(torch.randn(b, H, L, generator=g)) * 0.5
     A = -(torch.rand(H, generator=g) * 3 + 0.1)
-    B, C = torch.randn(b, L, N, generator=g), torch.randn(b, L, N, generator=g)
+    B, C = torch.randn(b, N, L, generator=g), torch.randn(b, N, L, generator=g)
     D = torch.randn(H, generator=g)
     return [t.to(device) for t in (x, dt, A, B, C, D)]
 
@@ -77,7 +78,9 @@ def test_kernels_refuse_cpu_tensors():
 def test_shape_mismatch_is_a_clear_error():
     x, dt, A, B, C, D = _scan_inputs(1, 8, 2, 4, 2)
     with pytest.raises(HRXError, match="inconsistent shapes"):
-        kernels.selective_scan_into(x, dt[:, :4], A, B, C, D, out=torch.empty_like(x))
+        kernels.selective_scan_into(x, dt[..., :4], A, B, C, D, out=torch.empty_like(x))
+    with pytest.raises(HRXError, match="want x"):
+        kernels.selective_scan_into(x.flatten(1, 2), dt, A, B, C, D, out=torch.empty_like(x))
     with pytest.raises(HRXError, match="do not match"):
         kernels.moe_top1_into(torch.zeros(1, 4, 2, 2), torch.zeros(1, 3, 5, 2, 2), out=torch.zeros(1, 5, 2, 2))
 
@@ -114,7 +117,7 @@ def test_selective_scan_writes_into_a_strided_output():
     from hrx.blocks.ssm import selective_scan_ref
 
     args = _scan_inputs(1, 40, 2, 16, 8, "cuda")
-    out = torch.empty(1, 2, 40, 16, device="cuda").transpose(1, 2)  # not contiguous
+    out = torch.empty(1, 40, 2, 16, device="cuda").permute(0, 2, 3, 1)  # [1, 2, 16, 40], not contiguous
     kernels.selective_scan_into(*args, out=out, chunk=16)
     torch.testing.assert_close(out, selective_scan_ref(*args), rtol=1e-4, atol=1e-3)
 
@@ -158,8 +161,8 @@ from hrx.blocks.ssm import selective_scan_ref
 from hrx.blocks.moe import top1_combine
 torch.manual_seed(0)
 for (b, L, H, P, N, chunk) in [(2, 50, 2, 16, 8, 32), (1, 37, 3, 12, 5, 16)]:
-    x = torch.randn(b, L, H, P); dt = torch.nn.functional.softplus(torch.randn(b, L, H)) * 0.5
-    A = -(torch.rand(H) * 3 + 0.1); B = torch.randn(b, L, N); C = torch.randn(b, L, N); D = torch.randn(H)
+    x = torch.randn(b, H, P, L); dt = torch.nn.functional.softplus(torch.randn(b, H, L)) * 0.5
+    A = -(torch.rand(H) * 3 + 0.1); B = torch.randn(b, N, L); C = torch.randn(b, N, L); D = torch.randn(H)
     want = selective_scan_ref(x, dt, A, B, C, D)
     torch.testing.assert_close(kernels.selective_scan(x, dt, A, B, C, D, chunk), want, rtol=1e-4,
                                atol=1e-4 * want.abs().max().item())
@@ -181,7 +184,7 @@ def test_aot_compilation_gives_tensorrt_a_kernel_with_its_own_arguments():
     """The PTX TensorRT's AOT plugins embed: entry parameters = input pointers + output pointer only."""
     import re
 
-    for k, n_params in ((kernels.compile_selective_scan((4, 64, 4, 8), 4, 16, "fp16", compute_capability="8.0"), 7),
+    for k, n_params in ((kernels.compile_selective_scan((4, 4, 8, 64), 4, 16, "fp16", compute_capability="8.0"), 7),
                         (kernels.compile_moe_top1((1, 4, 16, 32, 32), "fp32", "fp16", compute_capability="8.0"), 3)):
         entry = re.search(r"\.entry\s+" + k.name + r"\s*\((.*?)\)", k.ptx, re.S).group(1)
         assert len([p for p in entry.split(",") if p.strip()]) == n_params

@@ -209,10 +209,10 @@ def test_both_plugins_register_with_valid_schemas(registered):
 
 def test_shape_and_type_inference(registered):
     _, defs = registered
-    x = TensorDesc((4, 64, 4, 8), "float16")
-    y = defs["hrx::SelectiveScan"]["register"](x, TensorDesc((4, 64, 4)), TensorDesc((4,)), TensorDesc((4, 64, 4)),
-                                               TensorDesc((4, 64, 4)), TensorDesc((4,)), 16)
-    assert y.shape_expr == [4, 64, 4, 8] and y.dtype == "float16"
+    x = TensorDesc((4, 4, 8, 64), "float16")  # [b, H, P, L]
+    y = defs["hrx::SelectiveScan"]["register"](x, TensorDesc((4, 4, 64)), TensorDesc((4,)), TensorDesc((4, 4, 64)),
+                                               TensorDesc((4, 4, 64)), TensorDesc((4,)), 16)
+    assert y.shape_expr == [4, 4, 8, 64] and y.dtype == "float16"
     out = defs["hrx::MoETop1"]["register"](TensorDesc((2, 4, 8, 8)), TensorDesc((2, 4, 16, 8, 8), "float16"))
     assert out.shape_expr == [2, 16, 8, 8] and out.dtype == "float16"
 
@@ -275,6 +275,6 @@ def test_chunk_attribute_does_not_depend_on_int_of_an_array(registered):
     d = defs["hrx::SelectiveScan"]
     value = _trt10_attribute(d["attrs"]["chunk"], field)
     assert plugins.attr_int(value) == 16 and plugins.attr_int(16) == 16
-    y = d["register"](TensorDesc((4, 64, 4, 8), "float16"), TensorDesc((4, 64, 4)), TensorDesc((4,)),
-                      TensorDesc((4, 64, 4)), TensorDesc((4, 64, 4)), TensorDesc((4,)), value)
-    assert y.shape_expr == [4, 64, 4, 8]
+    y = d["register"](TensorDesc((4, 4, 8, 64), "float16"), TensorDesc((4, 4, 64)), TensorDesc((4,)),
+                      TensorDesc((4, 4, 64)), TensorDesc((4, 4, 64)), TensorDesc((4,)), value)
+    assert y.shape_expr == [4, 4, 8, 64]

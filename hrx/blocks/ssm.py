@@ -3,11 +3,12 @@
 The recurrence, per head ``h`` with a learned scalar decay ``A_h < 0`` and input-dependent step
 ``dt``, input matrix ``B`` and output matrix ``C``::
 
-    state_t = exp(dt_t * A) * state_{t-1} + dt_t * B_t (outer) x_t      # state: [N, P]
-    y_t     = C_t . state_t + D * x_t
+    state_t = exp(dt_t * A) * state_{t-1} + dt_t * x_t (outer) B_t      # state: [P, N]
+    y_t     = state_t . C_t + D * x_t
 
-Shapes: ``x [b, L, H, P]``, ``dt [b, L, H]`` (positive), ``A [H]`` (negative), ``B, C [b, L, N]``,
-``D [H]`` -> ``y [b, L, H, P]``.
+Layout: channels first, the sequence axis last (the mixer's ``[4B, inner, L]`` sequences are a
+free view): ``x [b, H, P, L]``, ``dt [b, H, L]`` (positive), ``A [H]`` (negative),
+``B, C [b, N, L]``, ``D [H]`` -> ``y [b, H, P, L]``.
 
 Two implementations that tests hold equal: :func:`selective_scan_ref` (sequential, readable) and
 :func:`selective_scan_chunked` (chunked, all matmuls / cumsums / exps; exports to standard ONNX ops).
@@ -31,72 +32,76 @@ ScanFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch
 def selective_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                        D: torch.Tensor, chunk: int = 0) -> torch.Tensor:
     """Sequential reference: one step of the recurrence per position (slow; for tests)."""
-    b, L, H, P = x.shape
-    N = B.shape[-1]
-    state = x.new_zeros(b, H, N, P, dtype=torch.float32)
+    b, H, P, L = x.shape
+    N = B.shape[1]
+    state = x.new_zeros(b, H, P, N, dtype=torch.float32)
     x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
     ys = []
     for t in range(L):
-        decay = torch.exp(dt[:, t] * A)  # [b, H]
-        inject = dt[:, t, :, None, None] * B[:, t, None, :, None] * x[:, t, :, None, :]  # [b, H, N, P]
+        decay = torch.exp(dt[..., t] * A)  # [b, H]
+        inject = dt[:, :, t, None, None] * x[..., t, None] * B[:, None, None, :, t]  # [b, H, P, N]
         state = state * decay[..., None, None] + inject
-        ys.append(torch.einsum("bn,bhnp->bhp", C[:, t], state) + D[None, :, None] * x[:, t])
-    return torch.stack(ys, dim=1)
+        ys.append(torch.einsum("bhpn,bn->bhp", state, C[..., t]) + D[None, :, None] * x[..., t])
+    return torch.stack(ys, dim=-1)
 
 
-def _segsum_exp(a: torch.Tensor) -> torch.Tensor:
+def _segsum_exp(a: torch.Tensor, lower: bool = False) -> torch.Tensor:
     """``exp`` of the stable segment sums: ``a [..., T] -> [..., T, T]`` with
-    ``out[i, j] = exp(sum(a[j+1 .. i]))`` for ``i >= j`` and 0 above the diagonal.
+    ``out[j, i] = exp(sum(a[j+1 .. i]))`` for ``j <= i`` and 0 below the diagonal (the causal decay
+    from position ``j`` to position ``i``, laid out as the right-hand factor of ``x^T @ decay``);
+    ``lower=True`` gives its transpose, ``out[i, j]``, zero above the diagonal.
 
-    The causal masks depend only on ``T`` (constants in an export with static shapes) and are applied
-    by multiplication, so no ``Expand`` / ``Where`` over the full ``[..., T, T]`` tensor is needed.
-    Bit-identical to masking with ``where``: ``x * 1 == x``, ``x * 0 == 0`` and ``exp(0) * 0 == 0``."""
+    The triangular masks depend only on ``T`` (constants in an export with static shapes) and are
+    applied by multiplication, so no ``Expand`` / ``Where`` over the full ``[..., T, T]`` tensor is
+    needed: ``x * 1 == x``, ``x * 0 == 0`` and ``exp(0) * 0 == 0``."""
     T = a.shape[-1]
     ones = torch.ones(T, T, dtype=a.dtype, device=a.device)
-    lower_strict, lower = torch.tril(ones, -1), torch.tril(ones, 0)
-    x = torch.cumsum(a.unsqueeze(-1) * lower_strict, dim=-2)  # x[..., i, j] = sum(a[j+1 .. i]) below, 0 above
-    return torch.exp(x) * lower
+    if lower:
+        x = torch.cumsum(a.unsqueeze(-1) * torch.tril(ones, -1), dim=-2)  # x[..., i, j] = sum(a[j+1 .. i])
+        return torch.exp(x) * torch.tril(ones)
+    x = torch.cumsum(a.unsqueeze(-2) * torch.triu(ones, 1), dim=-1)  # x[..., j, i] = sum(a[j+1 .. i])
+    return torch.exp(x) * torch.triu(ones)
 
 
 def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                            D: torch.Tensor, chunk: int = 32) -> torch.Tensor:
     """Chunked parallel scan (SSD): quadratic inside chunks of ``chunk`` positions, a
-    chunk-level recurrence (itself a small masked matmul) between chunks. O(L * chunk)."""
+    chunk-level recurrence (itself a small masked matmul) between chunks. O(L * chunk).
+
+    Written P-major (``y^T = x^T @ M^T``) so that the channels-first layout needs one block
+    transpose in (``[b, H, P, c, T] -> [b, H, c, P, T]``, contiguous runs of ``T``) and one out."""
     dtype = x.dtype
-    b, L, H, P = x.shape
-    N = B.shape[-1]
+    b, H, P, L = x.shape
+    N = B.shape[1]
     x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
     pad = (-L) % chunk
     if pad:  # trailing zeros: dt = 0 leaves the state untouched and the scan is causal
-        x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
-        B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
+        x, dt, B, C = F.pad(x, (0, pad)), F.pad(dt, (0, pad)), F.pad(B, (0, pad)), F.pad(C, (0, pad))
     c = (L + pad) // chunk
-    xs = (x * dt.unsqueeze(-1)).view(b, c, chunk, H, P).permute(0, 3, 1, 2, 4)  # [b, H, c, T, P]
-    a = (dt * A).view(b, c, chunk, H).permute(0, 3, 1, 2)  # [b, H, c, T]
-    Bc = B.view(b, c, chunk, N)  # [b, c, T, N]
-    Cc = C.view(b, c, chunk, N)
+    xs = (x * dt.unsqueeze(2)).view(b, H, P, c, chunk).transpose(2, 3)  # [b, H, c, P, T]
+    a = (dt * A.view(1, H, 1)).view(b, H, c, chunk)  # [b, H, c, T]
+    Bt = B.view(b, N, c, chunk).permute(0, 2, 3, 1)  # [b, c, T, N]
+    Cc = C.view(b, N, c, chunk).transpose(1, 2)  # [b, c, N, T]
     a_cum = torch.cumsum(a, dim=-1)  # [b, H, c, T]
 
-    # 1) within chunks
+    # 1) within chunks: y^T[p, i] = sum_j xs^T[p, j] (B_j . C_i) decay[j, i]
     decay = _segsum_exp(a)  # [b, H, c, T, T]
-    cb = Cc @ Bc.transpose(-1, -2)  # [b, c, T, T]
-    y_diag = (cb.unsqueeze(1) * decay) @ xs  # [b, H, c, T, P]
+    y_diag = xs @ ((Bt @ Cc).unsqueeze(1) * decay)  # [b, H, c, P, T]
 
     # 2) state at the end of every chunk, from that chunk's inputs alone
-    to_end = decay[..., -1, :]  # [b, H, c, T]: exp(sum a[s+1 .. T-1])
-    states = Bc.unsqueeze(1).transpose(-1, -2) @ (xs * to_end.unsqueeze(-1))  # [b, H, c, N, P]
+    to_end = decay[..., -1]  # [b, H, c, T]: exp(sum a[j+1 .. T-1])
+    states = (xs * to_end.unsqueeze(-2)) @ Bt.unsqueeze(1)  # [b, H, c, P, N]
 
-    # 3) carry states across chunks
+    # 3) carry states across chunks: the state entering chunk k sums chunks j < k
     chunk_decay = F.pad(a_cum[..., -1], (1, 0))  # [b, H, c + 1]
-    carry = _segsum_exp(chunk_decay)  # [b, H, c + 1, c + 1]
-    states = torch.cat([states.new_zeros(b, H, 1, N, P), states], dim=2).reshape(b, H, c + 1, N * P)
-    prev = (carry @ states)[:, :, :-1].reshape(b, H, c, N, P)  # state entering each chunk
+    carry = _segsum_exp(chunk_decay, lower=True)[..., :-1, 1:]  # [b, H, c, c]: [k, j] = exp(sum totals[j+1 .. k-1])
+    prev = (carry @ states.reshape(b, H, c, P * N)).view(b, H, c, P, N)
 
     # 4) contribution of the carried state to each position
-    y_off = (Cc.unsqueeze(1) @ prev) * torch.exp(a_cum).unsqueeze(-1)  # [b, H, c, T, P]
+    y_off = (prev @ Cc.unsqueeze(1)) * torch.exp(a_cum).unsqueeze(-2)  # [b, H, c, P, T]
 
-    y = (y_diag + y_off).permute(0, 2, 3, 1, 4).reshape(b, c * chunk, H, P)[:, :L]
-    return (y + D.view(1, 1, H, 1) * x[:, :L]).to(dtype)
+    y = (y_diag + y_off).transpose(2, 3).reshape(b, H, P, c * chunk)[..., :L]
+    return (y + D.view(1, H, 1, 1) * x[..., :L]).to(dtype)
 
 
 SCANS = Implementations("scan", "scan_impl", chunked=selective_scan_chunked, reference=selective_scan_ref)
@@ -155,11 +160,11 @@ class SSMixer(nn.Module):
         seq_p = torch.cat(p, 0)  # [4B, H + 2N, L]
         dt_raw, Bm, Cm = seq_p.split([H, N, N], dim=1)
         bias = self.dt_bias.view(4, 1, H, 1).expand(4, b, H, 1).reshape(4 * b, H, 1)
-        dt = F.softplus(dt_raw.float() + bias).transpose(1, 2)  # [4B, L, H]
+        dt = F.softplus(dt_raw.float() + bias)  # [4B, H, L]
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(seq_u.transpose(1, 2).reshape(4 * b, L, H, P), dt, A,
-                           Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(), self.chunk, self.scan_impl)
-        y = y.reshape(4, b, L, H * P).transpose(2, 3)  # [4, B, inner, L]
+        # channels first throughout: [4B, inner, L] is [4B, H, P, L] and back, as views
+        y = selective_scan(seq_u.view(4 * b, H, P, L), dt, A, Bm, Cm, self.D.float(), self.chunk, self.scan_impl)
+        y = y.reshape(4, b, H * P, L)  # [4, B, inner, L]
         y_row = y[0] + y[1].flip(-1)
         y_col = (y[2] + y[3].flip(-1)).view(b, -1, w, h).transpose(2, 3)
         y = y_row.view(b, -1, h, w) + y_col  # [B, inner, h, w]

@@ -16,6 +16,8 @@ def selective_scan_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
                           DOT_PRECISION: tl.constexpr):
     """One program per (batch, head, block of P): the chunked SSD scan, chunks taken in order.
 
+    Channels first, the sequence axis last: x, y ``[b, H, P, L]``, dt ``[b, H, L]``, B, C ``[b, N, L]``.
+
     Inside a chunk of T positions (all FP32, a = dt * A <= 0, s = cumsum(a)):
         y_i   = sum_{j<=i} (C_i . B_j) exp(s_i - s_j) dt_j x_j + exp(s_i) C_i . state + D x_i
         state = exp(s_T) state + sum_j exp(s_T - s_j) dt_j B_j (outer) x_j
@@ -37,12 +39,11 @@ def selective_scan_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
     for start in range(0, L, T):
         t = start + offs_t
         mask_t = t < L
-        row = b * L + t  # [T]
-        dt = tl.load(dt_ptr + row * H + h, mask=mask_t, other=0.0).to(tl.float32)  # [T]
-        xy_off = (row[:, None] * H + h) * P + offs_p[None, :]
+        dt = tl.load(dt_ptr + (b * H + h) * L + t, mask=mask_t, other=0.0).to(tl.float32)  # [T]
+        xy_off = ((b * H + h) * P + offs_p[None, :]) * L + t[:, None]  # [T, P] tile of x [b, H, P, L]
         xy_mask = mask_t[:, None] & mask_p[None, :]
         x = tl.load(x_ptr + xy_off, mask=xy_mask, other=0.0).to(tl.float32)  # [T, P]
-        bc_off = row[:, None] * N + offs_n[None, :]
+        bc_off = (b * N + offs_n[None, :]) * L + t[:, None]  # [T, N] tile of B, C [b, N, L]
         bc_mask = mask_t[:, None] & mask_n[None, :]
         Bm = tl.load(B_ptr + bc_off, mask=bc_mask, other=0.0).to(tl.float32)  # [T, N]
         Cm = tl.load(C_ptr + bc_off, mask=bc_mask, other=0.0).to(tl.float32)  # [T, N]

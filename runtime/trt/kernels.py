@@ -75,10 +75,13 @@ def _check_cuda(*tensors: "torch.Tensor") -> None:
 def selective_scan_into(x: "torch.Tensor", dt: "torch.Tensor", A: "torch.Tensor", B: "torch.Tensor",
                         C: "torch.Tensor", D: "torch.Tensor", *, out: "torch.Tensor", chunk: int = 32,
                         dot_precision: str = "ieee") -> None:
-    """``y [b, L, H, P]`` of the selective scan written into ``out`` (see ``selective_scan_ref``)."""
-    b, L, H, P = x.shape
-    N = B.shape[-1]
-    if dt.shape != (b, L, H) or A.shape != (H,) or D.shape != (H,) or B.shape != (b, L, N) or C.shape != (b, L, N):
+    """``y [b, H, P, L]`` of the selective scan written into ``out`` (see ``selective_scan_ref``): channels
+    first, ``x [b, H, P, L]``, ``dt [b, H, L]``, ``A, D [H]``, ``B, C [b, N, L]``."""
+    if x.dim() != 4 or B.dim() != 3:
+        raise HRXError(f"selective_scan: want x [b, H, P, L] and B [b, N, L], got x{tuple(x.shape)} B{tuple(B.shape)}")
+    b, H, P, L = x.shape
+    N = B.shape[1]
+    if dt.shape != (b, H, L) or A.shape != (H,) or D.shape != (H,) or B.shape != (b, N, L) or C.shape != (b, N, L):
         raise HRXError(f"selective_scan: inconsistent shapes x{tuple(x.shape)} dt{tuple(dt.shape)} A{tuple(A.shape)} "
                        f"B{tuple(B.shape)} C{tuple(C.shape)} D{tuple(D.shape)}")
     if out.shape != x.shape:
@@ -208,7 +211,7 @@ def trim_entry_params(ptx: str, entry: str, keep: int) -> str:
 def compile_selective_scan(x_shape: tuple[int, ...], N: int, chunk: int, io_dtype: str = "fp32",
                            compute_capability: str | None = None) -> CompiledKernel:
     """PTX of the scan for one static shape: x/B/C/y in ``io_dtype``, dt/A/D FP32 (the autotune combinations)."""
-    b, L, H, P = x_shape
+    b, H, P, L = x_shape
     blocks = scan_blocks(P, N, chunk)
     io = _PTR[io_dtype]
     pointers = {"x_ptr": io, "dt_ptr": "*fp32", "A_ptr": "*fp32", "B_ptr": io, "C_ptr": io, "D_ptr": "*fp32",

@@ -205,7 +205,7 @@ def _define_selective_scan(trt, trtp) -> None:
     @trtp.register(pid)
     def selective_scan_desc(x: trtp.TensorDesc, dt: trtp.TensorDesc, A: trtp.TensorDesc, B: trtp.TensorDesc,
                             C: trtp.TensorDesc, D: trtp.TensorDesc, chunk: IntAttr) -> trtp.TensorDesc:
-        return x.like()  # y [b, L, H, P], x's type
+        return x.like()  # y [b, H, P, L], x's type
 
     @trtp.autotune(pid)
     def selective_scan_autotune(x: trtp.TensorDesc, dt: trtp.TensorDesc, A: trtp.TensorDesc,
@@ -236,7 +236,7 @@ def _define_selective_scan(trt, trtp) -> None:
                                           trtp.SymIntExprs]:
             from hrx.runtime.trt import kernels
 
-            k = kernels.compile_selective_scan(_static_shape(x), _static_shape(B)[-1], attr_int(chunk),
+            k = kernels.compile_selective_scan(_static_shape(x), _static_shape(B)[1], attr_int(chunk),
                                                io_dtype=_dtype_name(trt, x))
             return k.name, k.ptx, _launch_params(trtp, k), trtp.SymIntExprs(0)
 
