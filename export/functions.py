@@ -78,15 +78,23 @@ class _Body:
         return self("Slice", shape, self.const([i]), self.const([i + 1]))
 
 
-def _segsum_exp(g: _Body, a: str, size: str, lower: bool = False) -> str:
-    """``a [..., S] -> [..., S, S]``: ``out[j, i] = exp(sum(a[j+1 .. i]))`` for j <= i, 0 below the
-    diagonal; ``lower``: its transpose (``hrx.blocks.ssm._segsum_exp``, same masks by multiplication)."""
+def _segsum_exp(g: _Body, a: str, size: str) -> str:
+    """``a [..., S] -> [..., S, S]``: ``out[i, j] = exp(sum(a[j+1 .. i]))`` for i >= j, 0 above the
+    diagonal (``hrx.blocks.ssm._segsum_exp``: masks applied by multiplication)."""
     ones = g("ConstantOfShape", g("Concat", size, size, axis=0), value=numpy_helper.from_array(np.ones(1, np.float32)))
-    upper = 0 if lower else 1
-    strict = g("Trilu", ones, g.const(-1 if lower else 1), upper=upper)
-    full = g("Trilu", ones, g.const(0), upper=upper)
-    x = g("CumSum", g("Mul", g("Unsqueeze", a, g.const([-1 if lower else -2])), strict), g.const(-2 if lower else -1))
-    return g("Mul", g("Exp", x), full)
+    strict, lower = g("Trilu", ones, g.const(-1), upper=0), g("Trilu", ones, g.const(0), upper=0)
+    x = g("CumSum", g("Mul", g("Unsqueeze", a, g.const([-1])), strict), g.const(-2))
+    return g("Mul", g("Exp", x), lower)
+
+
+def _chunk_decay(g: _Body, a_cum: str, size: str) -> str:
+    """``a_cum [..., T] -> [..., T, T]``: ``out[j, i] = exp(a_cum[i] - a_cum[j])`` for j <= i, 0 below
+    the diagonal (``hrx.blocks.ssm._chunk_decay``: an additive 0 / -inf mask)."""
+    neg = g("ConstantOfShape", g("Concat", size, size, axis=0),
+            value=numpy_helper.from_array(np.full(1, -np.inf, np.float32)))
+    neg = g("Trilu", neg, g.const(-1), upper=0)
+    diff = g("Sub", g("Unsqueeze", a_cum, g.const([-2])), g("Unsqueeze", a_cum, g.const([-1])))
+    return g("Exp", g("Add", diff, neg))
 
 
 def selective_scan_function(opset: int = 18) -> onnx.FunctionProto:
@@ -106,17 +114,16 @@ def selective_scan_function(opset: int = 18) -> onnx.FunctionProto:
     a = g("Reshape", g("Mul", dtf, g("Reshape", Af, g.const([-1, 1]))), g("Concat", b, H, c, T, axis=0))  # [b, H, c, T]
     Bt = g("Transpose", g("Reshape", Bf, g("Concat", b, N, c, T, axis=0)), perm=[0, 2, 3, 1])  # [b, c, T, N]
     Cc = g("Transpose", g("Reshape", Cf, g("Concat", b, N, c, T, axis=0)), perm=[0, 2, 1, 3])  # [b, c, N, T]
-    a_cum = g("CumSum", a, g.const(-1))
-    decay = _segsum_exp(g, a, T)  # [b, H, c, T, T]: [j, i]
+    a_cum = g("CumSum", a, g.const(-1))  # running sums over T
+    decay = _chunk_decay(g, a_cum, T)  # [b, H, c, T, T]: [j, i]
     y_diag = g("MatMul", xs, g("Mul", g("Unsqueeze", g("MatMul", Bt, Cc), g.const([1])), decay))  # [b, H, c, P, T]
     last = g("Sub", T, g.const([1]))
-    to_end = g("Gather", decay, last, axis=4)  # [b, H, c, T, 1]
-    to_end = g("Unsqueeze", g("Squeeze", to_end, g.const([4])), g.const([3]))  # [b, H, c, 1, T]
+    a_end = g("Gather", a_cum, last, axis=3)  # [b, H, c, 1]
+    to_end = g("Unsqueeze", g("Exp", g("Sub", a_end, a_cum)), g.const([3]))  # [b, H, c, 1, T]
     states = g("MatMul", g("Mul", xs, to_end), g("Unsqueeze", Bt, g.const([1])))  # [b, H, c, P, N]
-    chunk_total = g("Squeeze", g("Gather", a_cum, last, axis=3), g.const([3]))  # [b, H, c]
-    chunk_decay = g("Pad", chunk_total, g.const([0, 0, 1, 0, 0, 0]))  # [b, H, c + 1]
+    chunk_decay = g("Pad", g("Squeeze", a_end, g.const([3])), g.const([0, 0, 1, 0, 0, 0]))  # [b, H, c + 1]
     c1 = g("Add", c, g.const([1]))
-    carry = _segsum_exp(g, chunk_decay, c1, lower=True)  # [b, H, c + 1, c + 1]
+    carry = _segsum_exp(g, chunk_decay, c1)  # [b, H, c + 1, c + 1]
     carry = g("Slice", carry, g.const([0, 1]), g("Concat", c, c1, axis=0), g.const([2, 3]))  # [b, H, c, c]
     NP = g("Mul", N, P)
     prev = g("MatMul", carry, g("Reshape", states, g("Concat", b, H, c, NP, axis=0)))  # [b, H, c, P*N]

@@ -216,3 +216,33 @@ def test_simplifier_failures_are_reported_with_their_reason(monkeypatch, caplog)
     assert [r.getMessage() for r in caplog.records] == [
         "onnxsim failed, graph tried with onnxslim: onnxsim broke",
         "onnxslim failed, graph left unsimplified: onnxslim broke"]
+
+
+@pytest.mark.parametrize("b, H, P, L, N, chunk", [(2, 3, 4, 64, 5, 16), (4, 2, 16, 96, 8, 32), (1, 1, 8, 32, 4, 32)])
+def test_selective_scan_local_function_matches_the_reference(b, H, P, L, N, chunk):
+    """The hrx::SelectiveScan node as ONNX Runtime runs it (its local function, inlined), channels
+    first (x [b, H, P, L], dt [b, H, L], B, C [b, N, L]), against the sequential PyTorch scan."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from hrx.blocks.ssm import selective_scan_ref
+    from hrx.export.functions import attach_functions
+
+    g = torch.Generator().manual_seed(L)
+    x = torch.randn(b, H, P, L, generator=g)
+    dt = torch.nn.functional.softplus(torch.randn(b, H, L, generator=g)) * 0.5
+    A = -(torch.rand(H, generator=g) * 3 + 0.1)
+    B, C = torch.randn(b, N, L, generator=g), torch.randn(b, N, L, generator=g)
+    D = torch.randn(H, generator=g)
+    feeds = dict(zip("x dt A B C D".split(), (t.numpy() for t in (x, dt, A, B, C, D))))
+    inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in feeds.items()]
+    node = helper.make_node("SelectiveScan", list(feeds), ["y"], domain="hrx", chunk=chunk, plugin_version="1",
+                            plugin_namespace="hrx")
+    graph = helper.make_graph([node], "scan", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert attach_functions(model) == ["SelectiveScan"]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, feeds)[0]
+    want = selective_scan_ref(x, dt, A, B, C, D).numpy()
+    assert got.shape == (b, H, P, L)
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())

@@ -45,22 +45,33 @@ def selective_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: to
     return torch.stack(ys, dim=-1)
 
 
-def _segsum_exp(a: torch.Tensor, lower: bool = False) -> torch.Tensor:
+def _segsum_exp(a: torch.Tensor) -> torch.Tensor:
     """``exp`` of the stable segment sums: ``a [..., T] -> [..., T, T]`` with
-    ``out[j, i] = exp(sum(a[j+1 .. i]))`` for ``j <= i`` and 0 below the diagonal (the causal decay
-    from position ``j`` to position ``i``, laid out as the right-hand factor of ``x^T @ decay``);
-    ``lower=True`` gives its transpose, ``out[i, j]``, zero above the diagonal.
+    ``out[i, j] = exp(sum(a[j+1 .. i]))`` for ``i >= j`` and 0 above the diagonal.
 
-    The triangular masks depend only on ``T`` (constants in an export with static shapes) and are
-    applied by multiplication, so no ``Expand`` / ``Where`` over the full ``[..., T, T]`` tensor is
-    needed: ``x * 1 == x``, ``x * 0 == 0`` and ``exp(0) * 0 == 0``."""
+    Used between chunks, where a running sum over the whole sequence would be large and its
+    differences inaccurate. The causal masks depend only on ``T`` (constants in an export with
+    static shapes) and are applied by multiplication, so no ``Expand`` / ``Where`` over the full
+    ``[..., T, T]`` tensor is needed: ``x * 1 == x``, ``x * 0 == 0`` and ``exp(0) * 0 == 0``.
+    The cumsum runs over the second-last axis (contiguous rows: fast in ONNX Runtime)."""
     T = a.shape[-1]
     ones = torch.ones(T, T, dtype=a.dtype, device=a.device)
-    if lower:
-        x = torch.cumsum(a.unsqueeze(-1) * torch.tril(ones, -1), dim=-2)  # x[..., i, j] = sum(a[j+1 .. i])
-        return torch.exp(x) * torch.tril(ones)
-    x = torch.cumsum(a.unsqueeze(-2) * torch.triu(ones, 1), dim=-1)  # x[..., j, i] = sum(a[j+1 .. i])
-    return torch.exp(x) * torch.triu(ones)
+    lower_strict, lower = torch.tril(ones, -1), torch.tril(ones, 0)
+    x = torch.cumsum(a.unsqueeze(-1) * lower_strict, dim=-2)  # x[..., i, j] = sum(a[j+1 .. i]) below, 0 above
+    return torch.exp(x) * lower
+
+
+def _chunk_decay(a_cum: torch.Tensor) -> torch.Tensor:
+    """``a_cum [..., T]`` (running sums of ``a <= 0`` inside a chunk) -> ``[..., T, T]`` with
+    ``out[j, i] = exp(a_cum[i] - a_cum[j])`` for ``j <= i``, 0 below the diagonal: the decay from
+    position ``j`` to ``i``, laid out as the right-hand factor of ``x^T @ decay``.
+
+    Inside one chunk the running sums stay small (``T`` terms), so their differences are accurate to
+    float32 rounding of the sums. The mask is an additive constant (0 / -inf, so ``exp`` gives exactly
+    0 and never overflows): one broadcast Sub, one Add and one Exp over ``[..., T, T]``."""
+    T = a_cum.shape[-1]
+    neg = torch.full((T, T), float("-inf"), dtype=a_cum.dtype, device=a_cum.device).tril(-1)
+    return torch.exp(a_cum.unsqueeze(-2) - a_cum.unsqueeze(-1) + neg)
 
 
 def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -85,16 +96,16 @@ def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
     a_cum = torch.cumsum(a, dim=-1)  # [b, H, c, T]
 
     # 1) within chunks: y^T[p, i] = sum_j xs^T[p, j] (B_j . C_i) decay[j, i]
-    decay = _segsum_exp(a)  # [b, H, c, T, T]
+    decay = _chunk_decay(a_cum)  # [b, H, c, T, T]
     y_diag = xs @ ((Bt @ Cc).unsqueeze(1) * decay)  # [b, H, c, P, T]
 
     # 2) state at the end of every chunk, from that chunk's inputs alone
-    to_end = decay[..., -1]  # [b, H, c, T]: exp(sum a[j+1 .. T-1])
+    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # [b, H, c, T]: exp(sum a[j+1 .. T-1])
     states = (xs * to_end.unsqueeze(-2)) @ Bt.unsqueeze(1)  # [b, H, c, P, N]
 
     # 3) carry states across chunks: the state entering chunk k sums chunks j < k
     chunk_decay = F.pad(a_cum[..., -1], (1, 0))  # [b, H, c + 1]
-    carry = _segsum_exp(chunk_decay, lower=True)[..., :-1, 1:]  # [b, H, c, c]: [k, j] = exp(sum totals[j+1 .. k-1])
+    carry = _segsum_exp(chunk_decay)[..., :-1, 1:]  # [b, H, c, c]: [k, j] = exp(sum totals[j+1 .. k-1])
     prev = (carry @ states.reshape(b, H, c, P * N)).view(b, H, c, P, N)
 
     # 4) contribution of the carried state to each position
@@ -151,13 +162,14 @@ class SSMixer(nn.Module):
         L, H, P, N = h * w, self.heads, self.head_dim, self.d_state
         u, z = self.in_proj(self.norm(x)).chunk(2, dim=1)  # [B, inner, h, w]
         u = F.silu(self.dw(u))
-        proj = self.x_proj(u).view(b, 4, H + 2 * N, h, w)
         # sequences in 4 orders, stacked on the batch axis: [4B, ..., L]
         col_u = u.transpose(2, 3).flatten(2)
         seq_u = torch.cat([u.flatten(2), u.flatten(2).flip(-1), col_u, col_u.flip(-1)], 0)  # [4B, inner, L]
-        p = [proj[:, 0].flatten(2), proj[:, 1].flatten(2).flip(-1),
-             proj[:, 2].transpose(2, 3).flatten(2), proj[:, 3].transpose(2, 3).flatten(2).flip(-1)]
-        seq_p = torch.cat(p, 0)  # [4B, H + 2N, L]
+        # x_proj (1x1: dt, B, C of each order) is pointwise, so it commutes with the orders' reorderings:
+        # project each order's own sequence, one batched MatMul, nothing of its output to transpose or flip
+        K = H + 2 * N
+        weight, bias = self.x_proj.weight.view(4, 1, K, self.inner), self.x_proj.bias.view(4, 1, K, 1)
+        seq_p = (weight @ seq_u.view(4, b, self.inner, L) + bias).view(4 * b, K, L)  # [4B, H + 2N, L]
         dt_raw, Bm, Cm = seq_p.split([H, N, N], dim=1)
         bias = self.dt_bias.view(4, 1, H, 1).expand(4, b, H, 1).reshape(4 * b, H, 1)
         dt = F.softplus(dt_raw.float() + bias)  # [4B, H, L]
