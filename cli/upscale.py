@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from hrx.cli.common import choices, fail, handle_errors, is_interactive
+from hrx.errors import HRXError
 from hrx.runtime.factory import BACKENDS  # the choices come from the runtime's tuples (light modules: numpy)
 from hrx.runtime.images import FORMATS
 from hrx.runtime.pipeline import ALPHA_MODES
@@ -46,7 +47,7 @@ def upscale(
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels than this (decompression bombs, memory).")] = 50_000_000,
     device: Annotated[Optional[int], typer.Option("--device", min=0, help="CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="Several CUDA devices, e.g. 0,1: one worker per device, all taking images from one queue.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="CPU sessions sharing the work: every image's tiles go to whichever session is free; --threads is split between them. 0 (default): one single-thread session per core for ONNX Runtime CPU (measured faster than one session with every core, on a folder and on one large image; an image of one tile runs on one thread), 1 for other backends.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="CPU sessions sharing the work: every image's tiles go to whichever session is free; --threads is split between them. 0 (default): one single-thread session per core for ONNX Runtime CPU (measured faster than one session with every core, on a folder and on one large image; a single image of fewer tile batches gets that many sessions, so one small image runs on every core), 1 for other backends.")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="CPU intra-op threads in all (0: every core this process may use).")] = 0,
     url: Annotated[Optional[str], typer.Option("--url", help="Triton server for --backend triton: http://HOST:PORT (or HOST:PORT) or grpc://HOST:PORT.", show_default=False)] = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Model name on the Triton server (its config carries HRX's metadata: see hrx triton-repo).", show_default=False)] = None,
@@ -64,7 +65,7 @@ def upscale(
     from hrx.runtime.factory import BackendRequest
     from hrx.runtime.images import configure_pillow
     from hrx.runtime.pipeline import BatchOptions, check_inputs, plan_jobs
-    from hrx.runtime.pool import auto_workers, parse_devices, plan_workers, runs_onnxrt_cpu
+    from hrx.runtime.pool import parse_devices, plan_workers, runs_onnxrt_cpu
 
     if device is not None and devices is not None:
         raise fail("pass either --device or --devices, not both")
@@ -80,11 +81,11 @@ def upscale(
 
     options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value, outscale, width, height, warn)
     device_list = parse_devices(devices) if devices is not None else ([device] if device is not None else None)
+    jobs = plan_jobs(inputs, output, fmt.value, recursive)
     if workers == 0:
         cpu = device_list is None and url is None and model_name is None and not (ray or ray_address)
-        workers = auto_workers(cpu and runs_onnxrt_cpu(engine, model, backend.value), threads)
+        workers = _auto_workers(cpu and runs_onnxrt_cpu(engine, model, backend.value), threads, jobs, engine, overlap)
     pool = plan_workers(device_list, workers, threads)
-    jobs = plan_jobs(inputs, output, fmt.value, recursive)
     check_inputs(jobs, output)  # before any model work (a first run exports the bundled model: slow)
     configure_pillow(max_pixels)
     log = None if quiet else (lambda line: typer.echo(line, err=True))
@@ -107,6 +108,24 @@ def upscale(
                    err=True)
     if summary["failed"]:
         raise fail(f"{summary['failed']} of {len(jobs)} images failed")
+
+
+def _auto_workers(onnxrt_cpu: bool, threads: int, jobs, engine: Optional[Path], overlap: Optional[int]) -> int:
+    """One single-thread session per core for ONNX Runtime CPU; but one image of fewer tile batches than
+    that gets as many sessions as it has batches (one small image: one session with every core)."""
+    from hrx.runtime.pool import auto_workers, batches_in
+
+    workers = auto_workers(onnxrt_cpu, threads)
+    if workers > 1 and len(jobs) == 1 and engine is not None and engine.is_file():
+        from hrx.runtime.model_info import ModelInfo
+
+        try:
+            batches = batches_in(jobs[0].source, ModelInfo.from_onnx(engine), overlap)
+        except HRXError:  # not an HRX export: opening it fails later with the full message
+            batches = None
+        if batches is not None:
+            workers = max(1, min(workers, batches))
+    return workers
 
 
 def _run_here(request, pool, jobs, overlap, merge, options, quiet):

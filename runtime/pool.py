@@ -93,6 +93,25 @@ def runs_onnxrt_cpu(engine: str | os.PathLike | None, model: str | None, backend
     return not cuda_available()
 
 
+def batches_in(image: str | os.PathLike, info, overlap: int | None = None) -> int | None:
+    """Tile batches the model of ``info`` (:class:`hrx.interface.ModelInfo`) runs on ``image``, from its
+    header only; ``None`` when it cannot be read (the pipeline reports that image later)."""
+    import math
+
+    from PIL import Image
+
+    from hrx.runtime.tiling import tile_count
+
+    try:
+        with Image.open(image) as im:
+            width, height = im.size
+        spec = TileSpec(info.tile, info.tile_overlap if overlap is None else overlap, info.scale,
+                        info.size_multiple, info.batch)
+    except (OSError, ValueError, HRXError, Image.DecompressionBombError):
+        return None
+    return math.ceil(tile_count(height, width, spec) / max(1, info.batch))
+
+
 def auto_workers(onnxrt_cpu: bool, threads: int = 0) -> int:
     """``--workers`` when the user gave none: one single-thread session per core (``threads`` cores, 0: all)
     for ONNX Runtime CPU, where it measured faster than one session with every core on a folder and on

@@ -13,7 +13,7 @@ from hrx.cli.main import app
 from hrx.errors import HRXError
 from hrx.interface import Backend, ModelInfo
 from hrx.runtime.pipeline import plan_jobs, run_batch
-from hrx.runtime.pool import (SharedSessions, Worker, auto_workers, open_pool, parse_devices, plan_workers, run_pool,
+from hrx.runtime.pool import (SharedSessions, Worker, auto_workers, batches_in, open_pool, parse_devices, plan_workers, run_pool,
                               runs_onnxrt_cpu)
 from hrx.runtime.tiling import TileSpec, upscale_tiled
 from test_runtime_support import write_toy
@@ -220,6 +220,16 @@ def test_cli_shares_tiles_between_onnxruntime_sessions_byte_identically(tmp_path
             assert path.read_bytes() == (tmp_path / "two" / src.name / path.name).read_bytes()
 
 
+def test_one_small_image_gets_one_session_with_every_core(tmp_path):
+    src = tmp_path / "small.png"
+    Image.fromarray(RNG.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(src)
+    engine = write_toy(tmp_path / "toy.onnx", tile=16, batch=1)
+    res = CliRunner().invoke(app, ["upscale", str(src), "-o", str(tmp_path / "out"), "--engine", str(engine),
+                                   "--threads", "2", "--backend", "onnxrt-cpu"])
+    assert res.exit_code == 0, res.output
+    assert "workers" not in res.stderr and (tmp_path / "out" / "small.png").is_file()
+
+
 def test_default_workers(monkeypatch):
     import hrx.runtime.onnxrt as onnxrt
 
@@ -231,3 +241,15 @@ def test_default_workers(monkeypatch):
     monkeypatch.setattr(onnxrt, "cuda_available", lambda: True)
     assert not runs_onnxrt_cpu("m.onnx", None, "auto") and runs_onnxrt_cpu("m.onnx", None, "onnxrt-cpu")
     assert auto_workers(True, 3) == 3 and auto_workers(False, 3) == 1 and auto_workers(True) >= 1
+
+
+def test_batches_in_reads_the_header_only(tmp_path):
+    info = ModelInfo("fake", 2, 3, 3, 16, 1, 4, 4)
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "one.png")
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "many.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert batches_in(tmp_path / "one.png", info) == 1
+    spec = TileSpec(16, info.tile_overlap, 2, info.size_multiple, 1)
+    from hrx.runtime.tiling import tile_count
+    assert batches_in(tmp_path / "many.png", info) == tile_count(40, 50, spec) > 4
+    assert batches_in(tmp_path / "bad.png", info) is None and batches_in(tmp_path / "missing.png", info) is None
