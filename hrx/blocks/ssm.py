@@ -162,23 +162,22 @@ class SSMixer(nn.Module):
         L, H, P, N = h * w, self.heads, self.head_dim, self.d_state
         u, z = self.in_proj(self.norm(x)).chunk(2, dim=1)  # [B, inner, h, w]
         u = F.silu(self.dw(u))
-        # sequences in 4 orders, stacked on the batch axis: [4B, ..., L]
-        col_u = u.transpose(2, 3).flatten(2)
-        seq_u = torch.cat([u.flatten(2), u.flatten(2).flip(-1), col_u, col_u.flip(-1)], 0)  # [4B, inner, L]
-        # x_proj (1x1: dt, B, C of each order) is pointwise, so it commutes with the orders' reorderings:
-        # project each order's own sequence, one batched MatMul, nothing of its output to transpose or flip
-        K = H + 2 * N
-        weight, bias = self.x_proj.weight.view(4, 1, K, self.inner), self.x_proj.bias.view(4, 1, K, 1)
-        seq_p = (weight @ seq_u.view(4, b, self.inner, L) + bias).view(4 * b, K, L)  # [4B, H + 2N, L]
-        dt_raw, Bm, Cm = seq_p.split([H, N, N], dim=1)
-        bias = self.dt_bias.view(4, 1, H, 1).expand(4, b, H, 1).reshape(4 * b, H, 1)
+        # sequences in 4 orders (rows, rows reversed, columns, columns reversed) as channel groups: [B, 4, inner, L]
+        row, col = u.flatten(2), u.transpose(2, 3).flatten(2)
+        seq_u = torch.stack([row, row.flip(-1), col, col.flip(-1)], 1)
+        # x_proj (1x1: dt, B, C of each order) is pointwise, so it commutes with the orders' reorderings: one
+        # grouped 1x1 conv over the four sequences (group k = order k) gives every order its projections in
+        # its own order, with nothing of its output to transpose, flip or concatenate
+        seq_p = F.conv2d(seq_u.view(b, 4 * self.inner, 1, L), self.x_proj.weight, self.x_proj.bias, groups=4)
+        dt_raw, Bm, Cm = seq_p.view(b * 4, H + 2 * N, L).split([H, N, N], dim=1)
+        bias = self.dt_bias.view(1, 4, H, 1).expand(b, 4, H, 1).reshape(b * 4, H, 1)
         dt = F.softplus(dt_raw.float() + bias)  # [4B, H, L]
         A = -torch.exp(self.A_log.float())
-        # channels first throughout: [4B, inner, L] is [4B, H, P, L] and back, as views
-        y = selective_scan(seq_u.view(4 * b, H, P, L), dt, A, Bm, Cm, self.D.float(), self.chunk, self.scan_impl)
-        y = y.reshape(4, b, H * P, L)  # [4, B, inner, L]
-        y_row = y[0] + y[1].flip(-1)
-        y_col = (y[2] + y[3].flip(-1)).view(b, -1, w, h).transpose(2, 3)
+        # channels first throughout: [B, 4, inner, L] is [4B, H, P, L] and back, as views
+        y = selective_scan(seq_u.view(b * 4, H, P, L), dt, A, Bm, Cm, self.D.float(), self.chunk, self.scan_impl)
+        y = y.view(b, 4, self.inner, L)
+        y_row = y[:, 0] + y[:, 1].flip(-1)
+        y_col = (y[:, 2] + y[:, 3].flip(-1)).view(b, -1, w, h).transpose(2, 3)
         y = y_row.view(b, -1, h, w) + y_col  # [B, inner, h, w]
         return self.out_proj(y.to(z.dtype) * F.silu(z))
 
