@@ -149,25 +149,38 @@ def float_plan(model: onnx.ModelProto) -> dict[str, list[str]]:
     return {k: v for k, v in plan.items() if v}
 
 
-def conv_intensity(g: Graph, node: onnx.NodeProto) -> float | None:
-    """Multiply-adds per activation element a Conv reads and writes: ``K * Cout / (Cin + Cout)`` with
-    ``K = Cin / group * kh * kw`` (its weight's shape; ``None`` without a constant 4-D weight). It is
-    what INT8 saves (arithmetic) over what its Q/DQ pairs cost (one pass over the input and the output):
-    a depthwise 3x3 conv scores 4.5, a 1x1 64 -> 64 conv 32, a 3x3 32 -> 64 conv 192."""
-    if node.op_type != "Conv" or len(node.input) < 2:
+def intensity(g: Graph, node: onnx.NodeProto) -> float | None:
+    """Multiply-adds per activation element a Conv / Gemm / MatMul reads and writes: ``K * N / (Cin + N)``
+    with ``N`` output channels (features) and ``K`` multiply-adds per output (Conv: ``Cin / group * kh *
+    kw``; Gemm / MatMul: the weight's input side, so ``K * N / (K + N)``). ``None`` without a constant
+    weight. It is what INT8 saves (arithmetic) over what its Q/DQ pairs cost (one pass over the input and
+    the output): a depthwise 3x3 conv scores 4.5, a 1x1 64 -> 64 conv 32, a 3x3 32 -> 64 conv 192, a
+    Gemm 32 -> 16 10.7."""
+    if node.op_type not in COMPUTE_OPS or len(node.input) < 2:
         return None
     w = next((t for t in g.model.graph.initializer if t.name == node.input[1]), None)
-    if w is None or len(w.dims) != 4:
+    if w is None:
         return None
-    cout, k_in, kh, kw = (int(d) for d in w.dims)
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    k = k_in * kh * kw
-    return k * cout / (k_in * group + cout)
+    dims = [int(d) for d in w.dims]
+    if node.op_type in ("Conv", "ConvTranspose") and len(dims) == 4:
+        cout, k_in, kh, kw = dims
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "ConvTranspose":  # weight [Cin, Cout / group, kh, kw]
+            cin, cout = cout, k_in * group
+            k = cin // group * kh * kw
+        else:
+            cin, k = k_in * group, k_in * kh * kw
+        return k * cout / (cin + cout)
+    if node.op_type in ("Gemm", "MatMul") and len(dims) == 2:
+        k, n = dims
+        return k * n / (k + n)
+    return None
 
 
-def low_intensity_convs(g: Graph, minimum: float) -> list[onnx.NodeProto]:
-    """Convs whose :func:`conv_intensity` is below ``minimum`` (ONNX Runtime CPU: INT8 does not pay there)."""
-    return [n for n in g.nodes if (r := conv_intensity(g, n)) is not None and r < minimum]
+def low_intensity_nodes(g: Graph, minimum: float) -> list[onnx.NodeProto]:
+    """Conv / Gemm / MatMul nodes whose :func:`intensity` is below ``minimum`` (ONNX Runtime CPU: INT8 does
+    not pay there)."""
+    return [n for n in g.nodes if (r := intensity(g, n)) is not None and r < minimum]
 
 
 def near_ends(g: Graph, depth: int) -> list[onnx.NodeProto]:

@@ -33,19 +33,20 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import onnx
 
-from hrx.calibration.graph import COMPUTE_OPS, MOVE_OPS, Graph, float_plan, label, low_intensity_convs, near_ends
+from hrx.calibration.graph import COMPUTE_OPS, MOVE_OPS, Graph, float_plan, label, low_intensity_nodes, near_ends
 from hrx.errors import HRXError
 
 METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("trt", "cpu")
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CHUNK_PIXELS = 4 * 128 * 128  # input pixels per collect_data call (it holds every intermediate tensor)
-# --target cpu keeps float the convs with fewer multiply-adds per activation element than this
-# (graph.conv_intensity). Measured per conv with ONNX Runtime's profiler on default-x2 (AVX2, no VNNI,
+# --target cpu keeps float the Conv / Gemm / MatMul with fewer multiply-adds per activation element than
+# this (graph.intensity). Measured per conv with ONNX Runtime's profiler on default-x2 (AVX2, no VNNI,
 # 1 thread, min of 9 runs): FP32 NCHWc Conv vs QLinearConv + its Q/DQ. Depthwise 3x3 / 7x7 (4.5-24):
 # INT8 60-300 us slower each; stem 3 -> 32 (24.7): 400 us slower; 1x1 32 -> 32 / 64 -> 64 (16-32):
 # 0-80 us slower; 1x1 64 -> 128 / 128 -> 64 / 64 -> 256 (43-51): 20-130 us faster; dense 3x3 (115-
-# 460): 270-1270 us faster. Gemm (QGemm) stays quantized: 4.0 -> 3.5 ms for its 16 nodes.
+# 460): 270-1270 us faster. Gemm: the attention's per-head 32 -> 16 / 64 -> 32 projections (10.7-21)
+# ran 1.2 ms per tile faster float than as QGemm with their Q/DQ.
 CPU_MIN_INTENSITY = 40.0
 ENTROPY_BINS = 512  # KL search over (bins - 128) / 2 thresholds per tensor, in Python: 2048 is 7x slower
 
@@ -59,7 +60,7 @@ class TargetFormat:
     quantize_bias: bool
     dedicated_pairs: bool
     per_channel: bool = True
-    min_intensity: float = 0.0  # convs below this conv_intensity stay float (CPU: INT8 would be slower there)
+    min_intensity: float = 0.0  # Conv / Gemm below this graph.intensity stay float (CPU: INT8 would be slower there)
 
     @property
     def short(self) -> str:
@@ -200,14 +201,14 @@ def collect_ranges(model_path: str | os.PathLike, tiles: np.ndarray, batch: int,
 
 def exclusions(model: onnx.ModelProto, step: LadderStep,
                fmt: TargetFormat | None = None) -> dict[str, list[onnx.NodeProto]]:
-    """``{reason: nodes}`` kept float by ``step``: the plan, the target's ``slow`` convs (those INT8 would
-    make slower: :data:`CPU_MIN_INTENSITY`), plus the step's extra nodes under its name."""
+    """``{reason: nodes}`` kept float by ``step``: the plan, the target's ``slow`` Conv / Gemm (those INT8
+    would make slower: :data:`CPU_MIN_INTENSITY`), plus the step's extra nodes under its name."""
     g = Graph.of(model)
     by_name = {n.name: n for n in g.nodes}
     kept = {reason: [by_name[n] for n in names] for reason, names in float_plan(model).items()}
     names = {n.name for nodes in kept.values() for n in nodes}
     if fmt is not None and fmt.min_intensity > 0:
-        slow = [n for n in low_intensity_convs(g, fmt.min_intensity) if n.name not in names]
+        slow = [n for n in low_intensity_nodes(g, fmt.min_intensity) if n.name not in names]
         if slow:
             kept["slow"] = slow
             names |= {n.name for n in slow}
@@ -255,7 +256,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target:
                         calibrate_method=_ort_method(method), extra_options=extra_options,
                         calibration_cache_path=str(cache))
         qdq = onnx.load(str(out))
-    # slow convs are float for speed, not accuracy: they may read a DQ'd tensor. Rewiring them would give
+    # slow nodes are float for speed, not accuracy: they may read a DQ'd tensor. Rewiring them would give
     # the quantized conv before them a float consumer, and ONNX Runtime then cannot fuse it (QLinearConv)
     slow = {n.name for n in kept_nodes.get("slow", [])}
     rewired = guard_float_inputs(qdq, (excluded | _unquantized_compute(qdq)) - slow)

@@ -12,7 +12,7 @@ REASONS = {
     "softmax": "attention Softmax",
     "plugin": "hrx plugin nodes (their local functions untouched)",
     "output": "output convs",
-    "slow": "convs INT8 would slow down on ONNX Runtime CPU (depthwise, few multiply-adds per element)",
+    "slow": "Conv / Gemm INT8 would slow down on ONNX Runtime CPU (depthwise, few multiply-adds per element)",
 }
 SHOW_LABELS = ("output", "plugin")  # short lists worth printing in full
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import hrx
 from hrx.calibration.data import sample_tiles, split_held_back
-from hrx.calibration.graph import Graph, conv_intensity, float_plan
+from hrx.calibration.graph import Graph, intensity, float_plan
 from hrx.calibration.quantize import CPU_MIN_INTENSITY, qdq_on, trt_problems
 from hrx.cli.main import app
 from hrx.runtime.model_info import ModelInfo
@@ -226,14 +226,14 @@ def test_cpu_target_quantizes_only_convs_int8_speeds_up_and_onnxruntime_fuses_th
     assert slow and json.loads(props["quant_float"])["slow"] == len(slow)
     by_name = {n.name: n for n in g.nodes}
     names = [label.split(" ")[0] for label in slow]
-    assert all(conv_intensity(g, by_name[n]) < CPU_MIN_INTENSITY for n in names)
+    assert all(intensity(g, by_name[n]) < CPU_MIN_INTENSITY for n in names)
     depthwise = [n.name for n in g.nodes if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
     assert depthwise and set(depthwise) <= set(names) | set(_kept_nodes(native_onnx))  # + the bicubic residual
     model = onnx.load(str(out))
     gq = Graph.of(model)
     quantized = [n for n in gq.nodes if n.op_type == "Conv" and gq.producer.get(n.input[1]) is not None
                  and gq.producer[n.input[1]].op_type == "DequantizeLinear"]
-    assert quantized and all(conv_intensity(g, by_name[n.name]) >= CPU_MIN_INTENSITY for n in quantized)
+    assert quantized and all(intensity(g, by_name[n.name]) >= CPU_MIN_INTENSITY for n in quantized)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
