@@ -12,6 +12,8 @@ from hrx.blocks.freq import FreqSplit, haar_dwt, haar_idwt
 from hrx.blocks.gated_ffn import GatedFFN
 from hrx.blocks.head import BicubicUpsample
 from hrx.blocks.moe import DetailMoE, top1_combine
+from hrx.blocks.moe_x import ArtifactExpert
+from hrx.blocks.msg import Downsample, unshuffle_conv
 from hrx.blocks.naf import NAFBlock, RepDWConv3
 from hrx.blocks.replk import RepLK
 from hrx.blocks.ssm import SSMixer, selective_scan_chunked, selective_scan_ref, use_scan_impl
@@ -50,10 +52,44 @@ def _fused_vs_unfused(block: torch.nn.Module, x: torch.Tensor) -> float:
     lambda: GatedFFN(8),
     lambda: SSMixer(8, d_state=4, head_dim=4, chunk=8),
     lambda: DetailMoE(8, 2, 4, kernel=5, d_state=4, head_dim=4, chunk=8),
-], ids=["replk7", "replk5", "repdw3", "naf", "wattn", "gffn", "ssm", "moe"])
+    lambda: Downsample(8, 12),
+    lambda: ArtifactExpert(8),
+], ids=["replk7", "replk5", "repdw3", "naf", "wattn", "gffn", "ssm", "moe", "down", "artifact"])
 def test_block_fuse_matches_unfused(make):
     err = _fused_vs_unfused(make(), torch.randn(2, 8, 16, 16))
     assert err < FUSE_ATOL, f"fused block differs by {err:.2e} (relative to output scale)"
+
+
+@pytest.mark.parametrize("factor,kernel,padding", [(2, 3, 1), (2, 1, 0), (3, 3, 1), (2, 3, 0)])
+def test_unshuffle_conv_equals_unshuffle_then_conv(factor, kernel, padding):
+    """conv(pixel_unshuffle(x, r)) == one stride-r conv with an r*k kernel, borders included."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5 * factor * factor, 7, kernel, padding=padding)
+    x = torch.randn(2, 5, 6 * factor, 4 * factor)
+    with torch.no_grad():
+        ref = conv(F.pixel_unshuffle(x, factor))
+        fused = unshuffle_conv(conv, factor)
+        out = fused(x)
+    assert fused.stride == (factor, factor) and fused.kernel_size == (factor * kernel,) * 2
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() < 1e-5
+
+
+def test_unshuffle_conv_refuses_what_it_cannot_rewrite():
+    with pytest.raises(ValueError, match="unshuffle_conv"):
+        unshuffle_conv(torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), 2)
+    with pytest.raises(ValueError, match="unshuffle_conv"):
+        unshuffle_conv(torch.nn.Conv2d(8, 8, 3, stride=2), 2)
+
+
+@pytest.mark.parametrize("arch", ["hrx-t", "hydra-t"])
+def test_fused_models_have_no_pixel_unshuffle(arch):
+    """The stem / downsample / MoE-X unshuffles are folded into strided convs by ``hrx.fuse``."""
+    import hrx
+
+    model = hrx.create_model(arch, scale=2)
+    assert any(isinstance(m, torch.nn.PixelUnshuffle) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.PixelUnshuffle) for m in hrx.fuse(model).modules())
 
 
 def test_moe_fuse_fuses_its_experts_and_freezes_top1_routing():

@@ -4,8 +4,9 @@ Training: ``haar_dwt`` (2x2 blocks -> LL, LH, HL, HH), an independent C x C chan
 per subband, ``haar_idwt``; each band is filtered on its own, like a global filter is diagonal in
 frequency. The map is linear, so ``fuse()`` rewrites it in the pixel domain as
 PixelUnshuffle(2) -> one 1x1 conv (4C -> 4C) -> PixelShuffle(2), with
-``W[o*4+j, c*4+i] = sum_k H[k, j] W_k[o, c] H[k, i]`` (H: the orthonormal Haar matrix).
-Deploy ops: DepthToSpace / SpaceToDepth / Conv only.
+``W[o*4+j, c*4+i] = sum_k H[k, j] W_k[o, c] H[k, i]`` (H: the orthonormal Haar matrix), and the
+unshuffle + 1x1 as one 2x2 stride-2 conv (:func:`hrx.blocks.msg.unshuffle_conv`).
+Deploy ops: Conv / DepthToSpace only.
 Contract: ``[B, C, H, W] -> [B, C, H, W]``, H and W even.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrx.blocks.freq import haar_dwt, haar_idwt
+from hrx.blocks.msg import unshuffle_conv
 
 
 def haar_matrix() -> torch.Tensor:
@@ -33,7 +35,7 @@ class HaarBandMix(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pixel_mix is not None:
-            return F.pixel_shuffle(self.pixel_mix(F.pixel_unshuffle(x, 2)), 2)
+            return F.pixel_shuffle(self.pixel_mix(x), 2)
         bands = haar_dwt(x)  # [B, 4, C, H/2, W/2]
         mixed = torch.einsum("koc,bkchw->bkohw", self.weight.to(x.dtype), bands)
         mixed = mixed + self.bias.to(x.dtype)[None, :, :, None, None]
@@ -47,8 +49,9 @@ class HaarBandMix(nn.Module):
         hm = haar_matrix().to(self.weight)
         w = torch.einsum("kj,koc,ki->ojci", hm, self.weight, hm).reshape(4 * c, 4 * c, 1, 1)
         b = torch.einsum("kj,ko->oj", hm, self.bias).reshape(4 * c)
-        self.pixel_mix = nn.Conv2d(4 * c, 4 * c, 1).to(w)
-        self.pixel_mix.weight.copy_(w)
-        self.pixel_mix.bias.copy_(b)
+        mix = nn.Conv2d(4 * c, 4 * c, 1).to(w)
+        mix.weight.copy_(w)
+        mix.bias.copy_(b)
+        self.pixel_mix = unshuffle_conv(mix, 2)
         self.weight = None
         self.bias = None

@@ -10,7 +10,7 @@ Four small conv experts, each with the inductive bias of its task:
   -> 1x1): wide support to undo a blur kernel.
 * ``artifact``: PixelUnshuffle(2) -> 1x1 (4C -> C) -> depthwise 3x3 -> GELU -> 1x1 (C -> 4C) ->
   PixelShuffle(2): sees every 2x2 block with its phases apart, so it can act on grid-aligned
-  blocking / ringing.
+  blocking / ringing. ``fuse()`` makes the unshuffle + first 1x1 one 2x2 stride-2 conv.
 
 The router sees the features, the texture cues (gradient magnitude, local variance, which also
 reveal noise and blur) and, with ``cond_dim > 0``, the degradation prompt. Routing: top-2 with
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrx.blocks.moe import RepLKExpert, Router, SparseMoE
+from hrx.blocks.msg import unshuffle_conv
 from hrx.blocks.naf import SimpleGate
 
 MOEX_EXPERT_NAMES = ("texture", "denoise", "deblur", "artifact")
@@ -64,6 +65,13 @@ class ArtifactExpert(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.dw(self.pw_in(self.unshuffle(x)))  # [B, C, H/2, W/2]
         return self.shuffle(self.pw_out(F.gelu(h)))  # [B, C, H, W]
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """The unshuffle + 1x1 ``pw_in`` becomes one 2x2 stride-2 conv (no 6-D transpose in the graph)."""
+        if isinstance(self.unshuffle, nn.PixelUnshuffle):
+            self.pw_in = unshuffle_conv(self.pw_in, self.unshuffle.downscale_factor)
+            self.unshuffle = nn.Identity()
 
 
 class MoEX(SparseMoE):

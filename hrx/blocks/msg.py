@@ -1,15 +1,42 @@
 """MSG U-Net pieces: downsample, upsample, and gated fusion of equal-resolution maps.
 
-* :class:`Downsample`: PixelUnshuffle(2) + 3x3 conv, ``[B, C, H, W] -> [B, Co, H/2, W/2]``.
+* :class:`Downsample`: PixelUnshuffle(2) + 3x3 conv, ``[B, C, H, W] -> [B, Co, H/2, W/2]``;
+  ``fuse()`` makes it one 6x6 stride-2 conv on the full-resolution map (:func:`unshuffle_conv`).
 * :class:`Upsample`: 3x3 pre-filter conv + PixelShuffle(2), ``[B, C, H, W] -> [B, Co, 2H, 2W]``.
 * :class:`GatedFuse`: ``x + g * proj(skip)`` with ``g = sigmoid(conv1x1([x, skip])) * gain`` and
   ``gain`` clamped to ``[0, max_gain]`` (bounded fusion weights avoid ringing). Both inputs must
   have the same shape.
+
+:func:`unshuffle_conv`: ``conv(pixel_unshuffle(x, r))`` as one conv on ``x`` (kernel ``r*k``, stride
+``r``, padding ``r*p``; the weights rearranged, the sums the same), so a deploy graph needs no
+unshuffle: PixelUnshuffle exports as a 6-D Transpose that ONNX Runtime's CPU path runs slowly
+(measured on the stem and the downsample: the strided conv takes 0.64x-0.66x their time).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def unshuffle_conv(conv: nn.Conv2d, factor: int) -> nn.Conv2d:
+    """The conv ``c2`` with ``c2(x) == conv(pixel_unshuffle(x, factor))`` (exact re-parameterization).
+
+    Unshuffled channel ``c * r*r + i * r + j`` at ``(y, x)`` is pixel ``(r*y + i, r*x + j)``, so tap
+    ``(dy, dx)`` of ``conv`` on it is tap ``(r*dy + i, r*dx + j)`` of a ``r*k`` kernel with stride ``r``;
+    zero padding ``p`` of the small map is zero padding ``r*p`` of the large one."""
+    r = factor
+    kh, kw = conv.kernel_size
+    if conv.groups != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1) or not isinstance(conv.padding, tuple) \
+            or conv.padding_mode != "zeros" or conv.in_channels % (r * r):
+        raise ValueError(f"unshuffle_conv needs a dense stride-1 zero-padded conv, got {conv}")
+    o, c = conv.out_channels, conv.in_channels // (r * r)
+    w = conv.weight.detach().view(o, c, r, r, kh, kw).permute(0, 1, 4, 2, 5, 3).reshape(o, c, r * kh, r * kw)
+    out = nn.Conv2d(c, o, (r * kh, r * kw), stride=r, padding=(r * conv.padding[0], r * conv.padding[1]),
+                    bias=conv.bias is not None).to(w)
+    out.weight.data.copy_(w)
+    if conv.bias is not None:
+        out.bias.data.copy_(conv.bias.detach())
+    return out
 
 
 class Downsample(nn.Module):
@@ -20,6 +47,12 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.unshuffle(x))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        if isinstance(self.unshuffle, nn.PixelUnshuffle):
+            self.conv = unshuffle_conv(self.conv, self.unshuffle.downscale_factor)
+            self.unshuffle = nn.Identity()
 
 
 class Upsample(nn.Module):

@@ -28,7 +28,7 @@ from hrx.blocks.gated_ffn import GatedFFN
 from hrx.blocks.harmonic import harmonic_stage
 from hrx.blocks.head import BicubicUpsample, ReconstructionHead
 from hrx.blocks.moe import DetailMoE
-from hrx.blocks.msg import Downsample, GatedFuse, Upsample
+from hrx.blocks.msg import Downsample, GatedFuse, Upsample, unshuffle_conv
 from hrx.blocks.replk import RepLK
 from hrx.blocks.ssm import SSMixer
 from hrx.blocks.window_attention import WindowAttention
@@ -99,6 +99,13 @@ class HarmonicRX(RestorationModel):
         scale (4 * window). The SSM mixers see the whole tile, so no finite overlap makes tiling
         exact; this one keeps seams below visibility (see the runtime's tiled-vs-whole PSNR)."""
         return self.size_multiple
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Model-level part of ``hrx.fuse``: the stem's PixelUnshuffle + conv becomes one stride-2 conv
+        (:func:`~hrx.blocks.msg.unshuffle_conv`). Idempotent."""
+        if len(self.stem) == 3 and isinstance(self.stem[1], nn.PixelUnshuffle):
+            self.stem = nn.Sequential(self.stem[0], unshuffle_conv(self.stem[2], self.stem[1].downscale_factor))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
