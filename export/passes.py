@@ -11,6 +11,14 @@ simplifier (``optimize``), and ``tests/test_passes.py`` holds each one against t
   last axis is already the channel, so it costs no transpose at all; elsewhere it sits between a
   ``Transpose`` pair.
 - ``merge_transposes``: ``Transpose -> Transpose`` becomes one; identity transposes disappear.
+- ``cancel_transposes``: a ``Transpose`` that, with the Transposes and Reshapes before it, only
+  re-labels an earlier tensor (every element keeps its place in memory: for example
+  ``[B,HW,C] -> [B,C,HW] -> [B,C,H,W] -> [B,H,W,C]``, a sum taken channels-last that a channels-last
+  LayerNorm reads again) becomes a ``Reshape`` of that tensor; what the earlier ones fed elsewhere
+  stays.
+- ``gelu_for_ort``: the exporter writes GELU (opset < 20) as ``x * (0.5 * (1 + erf(x / sqrt 2)))``,
+  a form ONNX Runtime's Gelu fusion does not match; ``(x * (1 + erf(x / sqrt 2))) * 0.5`` is the same
+  value (a product by 0.5 is exact) and ORT runs it as one ``Gelu`` kernel. Standard ops either way.
 """
 from __future__ import annotations
 
@@ -442,15 +450,130 @@ def merge_transposes(model: onnx.ModelProto) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# cancel_transposes
 
 
-PASSES = ("fold_constants", "fuse_channel_layernorm", "merge_transposes")
+def _layout_ops(g: _Graph, node: onnx.NodeProto) -> bool:
+    return node.op_type in ("Transpose", "Reshape") and node.domain in ("", "ai.onnx")
+
+
+def _relabels(g: _Graph, start: str, chain: list[onnx.NodeProto]) -> bool:
+    """Whether running ``chain`` (Transposes / Reshapes, in order) on ``start`` keeps every element's
+    flat position, i.e. the chain is a reshape of ``start``. Checked on an index tensor."""
+    shape = g.shapes.get(start)
+    if not shape or None in shape:
+        return False
+    idx = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    for node in chain:
+        if node.op_type == "Transpose":
+            perm = list(_attr(node, "perm", [])) or list(range(idx.ndim))[::-1]
+            idx = idx.transpose(perm)
+        else:
+            out = g.shapes.get(node.output[0])
+            if not out or None in out or int(np.prod(out)) != idx.size:
+                return False
+            idx = idx.reshape(out)
+    return bool(np.array_equal(idx.reshape(-1), np.arange(idx.size)))
+
+
+def cancel_transposes(model: onnx.ModelProto, depth: int = 4, max_elements: int = 1 << 24) -> int:
+    """Replace each ``Transpose`` that, read back through at most ``depth`` Transposes / Reshapes, is a
+    reshape of an earlier tensor by that ``Reshape`` (the farthest such tensor); Transposes and
+    Reshapes left without consumers go. Returns how many Transposes became Reshapes."""
+    g = _Graph(model)
+    done = 0
+    for node in g.g.node:
+        if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+            continue
+        out_shape = g.shapes.get(node.output[0])
+        if not out_shape or None in out_shape or int(np.prod(out_shape)) > max_elements:
+            continue
+        chain, source, best = [node], node.input[0], None
+        for _ in range(depth):
+            prev = g.producer.get(source)
+            if prev is None or not _layout_ops(g, prev):
+                break
+            chain.insert(0, prev)
+            source = prev.input[0]
+            if _relabels(g, source, chain):
+                best = source
+        if best is None:
+            continue
+        shape = g.add_init("relabel_shape", np.array(out_shape, dtype=np.int64))
+        node.op_type = "Reshape"
+        del node.attribute[:]
+        del node.input[:]
+        node.input.extend([best, shape])
+        done += 1
+    if done:
+        _drop_dead_layout_nodes(model)
+    return done
+
+
+def _drop_dead_layout_nodes(model: onnx.ModelProto) -> None:
+    while True:
+        g = _Graph(model)
+        dead = [n for n in g.g.node if _layout_ops(g, n)
+                and all(not g.consumers.get(o) and o not in g.outputs for o in n.output)]
+        if not dead:
+            break
+        gone = {id(n) for n in dead}
+        keep = [n for n in g.g.node if id(n) not in gone]
+        del g.g.node[:]
+        g.g.node.extend(keep)
+    _drop_unused_initializers(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# gelu_for_ort
+
+
+def gelu_for_ort(model: onnx.ModelProto) -> int:
+    """Reorder ``Mul(x, Mul(0.5, Add(Erf(Div(x, sqrt 2)), 1)))`` into
+    ``Mul(Mul(x, Add(...)), 0.5)`` (see the module docstring). Returns how many GELUs were reordered."""
+    g = _Graph(model)
+    done = 0
+    for erf in g.g.node:
+        if erf.op_type != "Erf":
+            continue
+        div = g.producer.get(erf.input[0])
+        if div is None or div.op_type != "Div" or not np.isclose(_scalar(g, div.input[1]) or 0.0, np.sqrt(2.0)):
+            continue
+        x = div.input[0]
+        add = g.only_consumer(erf.output[0])
+        if add is None or add.op_type != "Add":
+            continue
+        one = add.input[1] if add.input[0] == erf.output[0] else add.input[0]
+        if _scalar(g, one) != 1.0:
+            continue
+        half_mul = g.only_consumer(add.output[0])
+        if half_mul is None or half_mul.op_type != "Mul":
+            continue
+        half = half_mul.input[1] if half_mul.input[0] == add.output[0] else half_mul.input[0]
+        if _scalar(g, half) != 0.5:
+            continue
+        last = g.only_consumer(half_mul.output[0])
+        if last is None or last.op_type != "Mul" or sorted(last.input) != sorted([x, half_mul.output[0]]):
+            continue
+        del half_mul.input[:]
+        half_mul.input.extend([x, add.output[0]])  # x * (1 + erf)
+        del last.input[:]
+        last.input.extend([half_mul.output[0], half])  # ... * 0.5
+        done += 1
+    return done
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+PASSES = ("fold_constants", "fuse_channel_layernorm", "merge_transposes", "cancel_transposes", "gelu_for_ort")
 
 
 def optimize(model: onnx.ModelProto, passes: tuple[str, ...] = PASSES) -> PassReport:
     """Run the named passes in order, in place, and check the result. Returns what each did."""
     table = {"fold_constants": fold_constants, "fuse_channel_layernorm": fuse_channel_layernorm,
-             "merge_transposes": merge_transposes}
+             "merge_transposes": merge_transposes, "cancel_transposes": cancel_transposes,
+             "gelu_for_ort": gelu_for_ort}
     report = PassReport()
     for name in passes:
         report.counts[name] = table[name](model)

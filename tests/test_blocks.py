@@ -60,6 +60,27 @@ def test_block_fuse_matches_unfused(make):
     assert err < FUSE_ATOL, f"fused block differs by {err:.2e} (relative to output scale)"
 
 
+@pytest.mark.parametrize("shift", [False, True])
+def test_window_attention_fused_layout_and_residual_match_unfused(shift):
+    """The fused block's channels-last token path (one Gather per side, q scale folded) and its
+    channels-last residual equal the unfused block, on non-square maps and several windows."""
+    from hrx.blocks.window_attention import window_order
+
+    block = WindowAttention(16, 4, 4, shift=shift)
+    randomize_params(block)
+    block.eval()
+    x = torch.randn(2, 16, 8, 20)
+    with torch.no_grad():
+        ref = block(x)
+        fused = _fuse_all(copy.deepcopy(block))
+        assert fused.tokens_layout and fused.norm.weight is None
+        assert (fused(x) - ref).abs().max().item() < FUSE_ATOL
+        assert (fused.residual(x) - (x + ref)).abs().max().item() < FUSE_ATOL
+        assert torch.equal(block.residual(x), x + ref)
+    order, back = window_order(8, 20, 4, 2 if shift else 0)
+    assert torch.equal(order[back], torch.arange(160)) and torch.equal(back[order], torch.arange(160))
+
+
 @pytest.mark.parametrize("factor,kernel,padding", [(2, 3, 1), (2, 1, 0), (3, 3, 1), (2, 3, 0)])
 def test_unshuffle_conv_equals_unshuffle_then_conv(factor, kernel, padding):
     """conv(pixel_unshuffle(x, r)) == one stride-r conv with an r*k kernel, borders included."""

@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 import hrx
 from conftest import randomize_params
 from hrx.export.onnx_export import export_onnx
-from hrx.export.passes import fold_constants, fuse_channel_layernorm, merge_transposes, optimize
+from hrx.export.passes import (cancel_transposes, fold_constants, fuse_channel_layernorm, gelu_for_ort,
+                               merge_transposes, optimize)
 
 ATOL = 1e-4
 
@@ -181,6 +182,60 @@ def test_merge_transposes_composes_and_drops_identity():
     assert len(transposes) == 1 and list(transposes[0].attribute[0].ints) == [0, 3, 2, 1]
     np.testing.assert_array_equal(_ort(model, x), ref)
     assert np.array_equal(ref, np.maximum(x.transpose(0, 3, 2, 1), 0) + np.arange(24, dtype=np.float32).reshape(1, 4, 3, 2))
+
+
+def _relabel_graph(last_perm: list[int]) -> onnx.ModelProto:
+    """tokens [1, HW, C] -> [1, C, HW] -> [1, C, H, W] (also used elsewhere) -> Transpose(last_perm)."""
+    shape = helper.make_tensor_value_info
+    nodes = [helper.make_node("Transpose", ["x"], ["a"], perm=[0, 2, 1]),
+             helper.make_node("Reshape", ["a", "s"], ["b"]),
+             helper.make_node("Relu", ["b"], ["y2"]),
+             helper.make_node("Transpose", ["b"], ["c"], perm=last_perm),
+             helper.make_node("Relu", ["c"], ["y"])]
+    s = numpy_helper.from_array(np.array([1, 4, 3, 5], dtype=np.int64), "s")
+    out = [1] + [[4, 3, 5][p - 1] for p in last_perm[1:]]
+    graph = helper.make_graph(nodes, "r", [shape("x", TensorProto.FLOAT, [1, 15, 4])],
+                              [shape("y", TensorProto.FLOAT, out), shape("y2", TensorProto.FLOAT, [1, 4, 3, 5])], [s])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_cancel_transposes_reads_a_relabelled_tensor_back_as_a_reshape():
+    x = np.random.default_rng(5).standard_normal((1, 15, 4)).astype(np.float32)
+    model = _relabel_graph([0, 2, 3, 1])  # [1, C, H, W] -> [1, H, W, C]: the tokens again
+    ref = _ort(model, x)
+    assert cancel_transposes(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert _ops(model)["Transpose"] == 1  # the first one still feeds y2
+    reshape = [n for n in model.graph.node if n.op_type == "Reshape" and n.input[0] == "x"]
+    assert len(reshape) == 1
+    np.testing.assert_array_equal(_ort(model, x), ref)
+    np.testing.assert_array_equal(ref, np.maximum(x.reshape(1, 3, 5, 4), 0))
+    other = _relabel_graph([0, 1, 3, 2])  # a real transpose: stays
+    assert cancel_transposes(other) == 0 and _ops(other)["Transpose"] == 2
+
+
+def test_gelu_pass_gives_ort_one_gelu_kernel_with_the_same_values(tmp_path):
+    """The exporter's GELU (opset 18) reordered: same values, and ONNX Runtime fuses it into Gelu."""
+    import onnxruntime as ort
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1), torch.nn.GELU()).eval()
+    x = torch.randn(1, 4, 8, 8) * 3
+    with torch.no_grad():
+        ref = module(x).numpy()
+    from hrx.export.onnx_export import DEFAULT_OPSET, simplify, trace_to_onnx
+
+    model, _ = simplify(onnx.shape_inference.infer_shapes(trace_to_onnx(module, x, "native", DEFAULT_OPSET)))
+    assert _ops(model)["Erf"] == 1
+    before = _ort(model, x.numpy())
+    assert gelu_for_ort(model) == 1 and gelu_for_ort(model) == 0
+    onnx.checker.check_model(model, full_check=True)
+    assert float(np.abs(_ort(model, x.numpy()) - ref).max()) <= 1e-5
+    assert float(np.abs(_ort(model, x.numpy()) - before).max()) <= 1e-6
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    optimized = _ops(onnx.load(str(tmp_path / "opt.onnx")))
+    assert optimized["Gelu"] == 1 and optimized["Erf"] == 0
 
 
 def test_layernorm_pass_keeps_a_layernorm_with_an_outside_consumer():

@@ -26,7 +26,7 @@ class HarmonicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.naf(x)
-        x = x + self.attn(x)
+        x = self.attn.residual(x)  # x + attn(x)
         if self.ssm is not None:
             x = x + self.ssm(x)
         return x + self.ffn(x)

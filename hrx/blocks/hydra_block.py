@@ -32,6 +32,6 @@ class HydraBlock(nn.Module):
         x = self.naf(x)
         x = x + self.plk(x) * self.plk_scale
         if self.attn is not None:
-            x = x + self.attn(x)
+            x = self.attn.residual(x)  # x + attn(x)
             x = x + self.ffn(x)
         return x

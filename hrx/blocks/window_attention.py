@@ -9,10 +9,12 @@ After ``fuse()`` the block runs a token layout made for the deploy graph (same m
 channels-last once (``[B, C, HW] -> [B, HW, C]``, a plain 3-D transpose), is normalised there
 (``LayerNormalization`` over the last axis), and the shift's roll and the window partition are one
 ``Gather`` of whole C-vectors with a constant index (:func:`window_order`); the reverse is the
-inverse ``Gather`` and one 3-D transpose back. The query scale is folded into ``qkv`` and the
-relative-position bias and shift mask are added as one constant. The unfused layout (two 6-D
-transposes and a roll per block) cost 1.7x the time of this one in ONNX Runtime (CPU, 2 threads,
-C=32 on a 64x64 map, shifted).
+inverse ``Gather`` and one 3-D transpose back. Each head's q, k, v come from their own rows of
+``qkv`` as ``[B*nW, N, d]`` (no qkv permute, no head transpose); the query scale is folded into
+``qkv`` and the relative-position bias and shift mask are added as one constant. In ONNX Runtime
+(CPU, 2 threads, C=32 on a 64x64 map, shifted) the unfused layout (two 6-D transposes and a roll
+per block, a 5-D qkv permute) took 1.7x the time of the token layout with the qkv permute, and that
+one 1.2x-1.4x the time of the per-head projections.
 """
 from __future__ import annotations
 
@@ -127,26 +129,53 @@ class WindowAttention(nn.Module):
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(2, 3))
         return y
 
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + self(x)``. After ``fuse()`` the sum is taken channels-last, on the tokens the block
+        already has, and goes back to NCHW once: the graph then holds ``[B,HW,C] -> [B,C,H,W]`` for the
+        sum, which the next channels-last LayerNorm reads back as a reshape
+        (``hrx.export.passes.cancel_transposes``), instead of a transpose of the attention output and
+        another of the sum."""
+        if not self.tokens_layout:
+            return x + self(x)
+        b, c, h, w = x.shape
+        t = x.reshape(b, c, h * w).transpose(1, 2)  # [B, HW, C]
+        return (t + self._attend(t, b, h, w)).transpose(1, 2).reshape(b, c, h, w)
+
     def _forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The fused block's forward: channels-last tokens, one Gather in and one out (see the module)."""
         b, c, h, w = x.shape
+        return self._attend(x.reshape(b, c, h * w).transpose(1, 2), b, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+    def _attend(self, t: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        """Attention on raster-order channels-last tokens ``[B, HW, C] -> [B, HW, C]`` (fused weights)."""
+        c = t.shape[-1]
         win, heads, n = self.window, self.heads, self.window * self.window
-        order, back = window_order(h, w, win, self.shift, x.device)
-        t = x.reshape(b, c, h * w).transpose(1, 2)  # [B, HW, C]
-        t = F.layer_norm(t.float(), (c,), eps=self.norm.eps).to(x.dtype)
+        order, back = window_order(h, w, win, self.shift, t.device)
+        t = F.layer_norm(t.float(), (c,), eps=self.norm.eps).to(t.dtype)
         t = t.index_select(1, order).reshape(-1, n, c)  # [B*nW, N, C]
-        qkv = self.qkv(t).view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B*nW, heads, N, d]; q already scaled
-        attn = q @ k.transpose(-2, -1)  # [B*nW, heads, N, N]
         bias = self.rel_bias[:, self.rel_index]  # [heads, N, N]
         if self.shift:
             mask = shift_mask(self.row_split, self.col_split, h, w, win)  # [nW, N, N]
             bias = bias[None] + mask[:, None]  # [nW, heads, N, N]: one constant in a static-shape graph
-        attn = (attn.view(b, -1, heads, n, n) + bias.to(attn)).view(-1, heads, n, n)
-        attn = attn.float().softmax(-1).to(v.dtype)
-        t = (attn @ v).transpose(1, 2).reshape(-1, n, c)
-        t = self.proj(t).reshape(b, h * w, c).index_select(1, back)  # raster order, rolled back
-        return t.transpose(1, 2).reshape(b, c, h, w)
+        else:
+            bias = bias[None]
+        # one head at a time, each q / k / v its own slice of qkv: [B*nW, N, d] straight out of the
+        # projection, so no [.., 3, heads, d] -> [3, .., heads, N, d] permute and no head transpose
+        d = c // heads
+        weight, qkv_bias = self.qkv.weight, self.qkv.bias
+
+        def project(part: int) -> torch.Tensor:
+            rows = slice(part * d, (part + 1) * d)
+            return F.linear(t, weight[rows], qkv_bias[rows])
+
+        outs = []
+        for i in range(heads):
+            q, k, v = project(i), project(heads + i), project(2 * heads + i)  # q already scaled
+            attn = (q @ k.transpose(-2, -1)).view(b, -1, n, n) + bias[:, i].to(q)  # [B, nW, N, N]
+            attn = attn.view(-1, n, n).float().softmax(-1).to(v.dtype)
+            outs.append(attn @ v)  # [B*nW, N, d]
+        t = torch.cat(outs, -1) if heads > 1 else outs[0]
+        return self.proj(t).reshape(b, h * w, c).index_select(1, back)  # raster order, rolled back
 
     @torch.no_grad()
     def fuse(self) -> None:

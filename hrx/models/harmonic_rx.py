@@ -114,7 +114,7 @@ class HarmonicRX(RestorationModel):
         lf, hf = self.freq(f1)
         y = self.stage2(self.down(lf))  # [B, 2C, H/4, W/4]
         y = y + self.bottleneck_ssm(y)
-        y = y + self.bottleneck_attn(y)
+        y = self.bottleneck_attn.residual(y)  # y + attn(y)
         y = y + self.bottleneck_ffn(y)
         y = self.up(y)  # [B, C, H/2, W/2]
         hf = self.detail_lk(self.detail(hf))
