@@ -214,11 +214,12 @@ def open_pool(open_one: Callable[[Worker], Backend], workers: Sequence[Worker]) 
 
 def run_pool(backends: Sequence[Backend], workers: Sequence[Worker], jobs: Sequence[Job],
              spec_for: Callable[[Backend], TileSpec], options: BatchOptions = BatchOptions(),
-             progress: Progress | None = None) -> BatchReport:
+             progress: Progress | None = None, share_tiles: bool = True) -> BatchReport:
     """Upscale ``jobs`` with ``backends[k]`` on thread k (``workers[k]`` names it), all taking jobs from
     one queue; one report, results in the jobs' order, each with the worker that ran it. CPU workers
     share their sessions (:class:`SharedSessions`): thread k streams images, and the tile batches of
-    every image go to whichever session is free.
+    every image go to whichever session is free (``share_tiles=False``: each thread keeps its own session,
+    images are shared but not tiles; for measurements).
 
     The first error that is not a per-image one (Ctrl-C, a backend crash) stops every worker after its
     current image and is raised here."""
@@ -241,7 +242,8 @@ def run_pool(backends: Sequence[Backend], workers: Sequence[Worker], jobs: Seque
     todo = skip_existing(jobs, options, record)
     pending = iter(todo)
     stop = threading.Event()
-    shared = SharedSessions(backends) if len(backends) > 1 and all(w.kind == "cpu" for w in workers) else None
+    cpu = len(backends) > 1 and all(w.kind == "cpu" for w in workers)
+    shared = SharedSessions(backends) if share_tiles and cpu else None
     runners: Sequence = [shared] * len(backends) if shared is not None else backends
     failures: list[BaseException] = []
 
