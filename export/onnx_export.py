@@ -7,7 +7,7 @@ onnxsim (onnxslim when onnxsim cannot take the graph) -> graph passes for ONNX R
 (:mod:`hrx.export.passes`: constant folding, channel LayerNorm as ``LayerNormalization``) -> metadata
 -> atomic save.
 
-``ops="native"`` lowers the selective scan (chunked SSD: MatMul / CumSum / Exp / Where) and the
+``ops="native"`` lowers the selective scan (chunked SSD, channels first: MatMul / CumSum / Exp) and the
 top-1 MoE (dense masked: ArgMax / Equal / Mul / ReduceSum) to standard ONNX ops.
 ``ops="plugin"`` keeps them as ``hrx::SelectiveScan`` / ``hrx::MoETop1`` nodes (see
 :mod:`hrx.export.functions`).
