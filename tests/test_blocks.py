@@ -81,6 +81,22 @@ def test_window_attention_fused_layout_and_residual_match_unfused(shift):
     assert torch.equal(order[back], torch.arange(160)) and torch.equal(back[order], torch.arange(160))
 
 
+def test_gated_fuse_fused_split_gate_matches_unfused():
+    from hrx.blocks.msg import GatedFuse
+
+    block = GatedFuse(8)
+    randomize_params(block)
+    block.eval()
+    x, skip = torch.randn(2, 8, 6, 10), torch.randn(2, 8, 6, 10)
+    with torch.no_grad():
+        ref = block(x, skip)
+        fused = _fuse_all(copy.deepcopy(block))
+        _fuse_all(fused)
+        out = fused(x, skip)
+    assert fused.gate_skip is not None and fused.gate.in_channels == 8
+    assert (out - ref).abs().max().item() < FUSE_ATOL
+
+
 @pytest.mark.parametrize("factor,kernel,padding", [(2, 3, 1), (2, 1, 0), (3, 3, 1), (2, 3, 0)])
 def test_unshuffle_conv_equals_unshuffle_then_conv(factor, kernel, padding):
     """conv(pixel_unshuffle(x, r)) == one stride-r conv with an r*k kernel, borders included."""
