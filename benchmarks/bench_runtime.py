@@ -233,6 +233,11 @@ def main() -> None:
         # 1. peers on the same tiles, interleaved pass by pass
         per_tile = {"pytorch eager (training model)": torch_runner(model), "pytorch fused": torch_runner(fused)}
         if not args.no_compile:
+            import torch._inductor.config as inductor_config
+
+            # compile in this process: a pool of compile subprocesses left alive beside the timed runs
+            # made every runtime of the same run 1.5-4x slower on this 2-core machine
+            inductor_config.compile_threads = 1
             compiled = torch.compile(fused, backend="inductor")
             t0 = time.perf_counter()
             torch_runner(compiled)(tiles[0])
