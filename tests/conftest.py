@@ -60,3 +60,15 @@ def hrx_t_dynamic(tmp_path_factory):
     r = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(onnx_path), "--tile", "32", "--batch", "dynamic"])
     assert r.exit_code == 0, r.output
     return ckpt, onnx_path
+
+
+def scan_inputs(b: int, L: int, H: int, P: int, N: int, device: str = "cpu", seed: int = 0) -> list[torch.Tensor]:
+    """Random selective-scan inputs, channels first like the PyTorch scans: x [b, H, P, L], dt [b, H, L]
+    (positive), A [H] (negative), B, C [b, N, L], D [H]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, H, P, L, generator=g)
+    dt = torch.nn.functional.softplus(torch.randn(b, H, L, generator=g)) * 0.5
+    A = -(torch.rand(H, generator=g) * 3 + 0.1)
+    B, C = torch.randn(b, N, L, generator=g), torch.randn(b, N, L, generator=g)
+    D = torch.randn(H, generator=g)
+    return [t.to(device) for t in (x, dt, A, B, C, D)]

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import hrx
-from conftest import assert_not_bicubic, randomize_params
+from conftest import assert_not_bicubic, randomize_params, scan_inputs
 from hrx.cli.main import app
 from hrx.export.onnx_export import export_onnx
 from hrx.runtime.model_info import ModelInfo
@@ -228,12 +228,7 @@ def test_selective_scan_local_function_matches_the_reference(b, H, P, L, N, chun
     from hrx.blocks.ssm import selective_scan_ref
     from hrx.export.functions import attach_functions
 
-    g = torch.Generator().manual_seed(L)
-    x = torch.randn(b, H, P, L, generator=g)
-    dt = torch.nn.functional.softplus(torch.randn(b, H, L, generator=g)) * 0.5
-    A = -(torch.rand(H, generator=g) * 3 + 0.1)
-    B, C = torch.randn(b, N, L, generator=g), torch.randn(b, N, L, generator=g)
-    D = torch.randn(H, generator=g)
+    x, dt, A, B, C, D = scan_inputs(b, L, H, P, N, seed=L)
     feeds = dict(zip("x dt A B C D".split(), (t.numpy() for t in (x, dt, A, B, C, D))))
     inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in feeds.items()]
     node = helper.make_node("SelectiveScan", list(feeds), ["y"], domain="hrx", chunk=chunk, plugin_version="1",

@@ -14,6 +14,7 @@ import textwrap
 import pytest
 import torch
 
+from conftest import scan_inputs
 from hrx.errors import HRXError
 from hrx.runtime.trt import kernels
 
@@ -22,17 +23,6 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (the k
 
 # (b, L, H, P, N, chunk): L not a multiple of the chunk, P and N below the 16 of tl.dot, several P blocks
 SCAN_CASES = [(2, 50, 2, 16, 8, 32), (1, 37, 3, 12, 5, 16), (4, 64, 4, 8, 4, 16), (1, 300, 2, 80, 16, 64)]
-
-
-def _scan_inputs(b, L, H, P, N, device="cpu", seed=0):
-    """Channels first, like the PyTorch scans: x [b, H, P, L], dt [b, H, L], B, C [b, N, L]."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, H, P, L, generator=g)
-    dt = torch.nn.functional.softplus(torch.randn(b, H, L, generator=g)) * 0.5
-    A = -(torch.rand(H, generator=g) * 3 + 0.1)
-    B, C = torch.randn(b, N, L, generator=g), torch.randn(b, N, L, generator=g)
-    D = torch.randn(H, generator=g)
-    return [t.to(device) for t in (x, dt, A, B, C, D)]
 
 
 def test_scan_block_sizes_meet_tl_dot():
@@ -70,13 +60,13 @@ def test_trim_entry_params_drops_unused_scratch_pointers():
 def test_kernels_refuse_cpu_tensors():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the interpreter runs on CPU tensors")
-    x, dt, A, B, C, D = _scan_inputs(1, 8, 1, 4, 2)
+    x, dt, A, B, C, D = scan_inputs(1, 8, 1, 4, 2)
     with pytest.raises(HRXError, match="CUDA tensors"):
         kernels.selective_scan(x, dt, A, B, C, D, 16)
 
 
 def test_shape_mismatch_is_a_clear_error():
-    x, dt, A, B, C, D = _scan_inputs(1, 8, 2, 4, 2)
+    x, dt, A, B, C, D = scan_inputs(1, 8, 2, 4, 2)
     with pytest.raises(HRXError, match="inconsistent shapes"):
         kernels.selective_scan_into(x, dt[..., :4], A, B, C, D, out=torch.empty_like(x))
     with pytest.raises(HRXError, match="want x"):
@@ -92,7 +82,7 @@ def test_selective_scan_matches_reference_fp32(case):
     from hrx.blocks.ssm import selective_scan_ref
 
     b, L, H, P, N, chunk = case
-    args = _scan_inputs(b, L, H, P, N, "cuda")
+    args = scan_inputs(b, L, H, P, N, "cuda")
     got = kernels.selective_scan(*args, chunk)
     want = selective_scan_ref(*args)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
@@ -103,7 +93,7 @@ def test_selective_scan_matches_reference_fp32(case):
 def test_selective_scan_fp16_io_computes_in_fp32():
     from hrx.blocks.ssm import selective_scan_ref
 
-    x, dt, A, B, C, D = _scan_inputs(2, 100, 2, 16, 8, "cuda")
+    x, dt, A, B, C, D = scan_inputs(2, 100, 2, 16, 8, "cuda")
     x16, B16, C16 = x.half(), B.half(), C.half()
     got = kernels.selective_scan(x16, dt, A, B16, C16, D, 32)
     assert got.dtype == torch.float16
@@ -116,7 +106,7 @@ def test_selective_scan_fp16_io_computes_in_fp32():
 def test_selective_scan_writes_into_a_strided_output():
     from hrx.blocks.ssm import selective_scan_ref
 
-    args = _scan_inputs(1, 40, 2, 16, 8, "cuda")
+    args = scan_inputs(1, 40, 2, 16, 8, "cuda")
     out = torch.empty(1, 40, 2, 16, device="cuda").permute(0, 2, 3, 1)  # [1, 2, 16, 40], not contiguous
     kernels.selective_scan_into(*args, out=out, chunk=16)
     torch.testing.assert_close(out, selective_scan_ref(*args), rtol=1e-4, atol=1e-3)
