@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 import sys
+import traceback
 from typing import Annotated, Any, Callable, Iterable, TypeVar
 
 import typer
@@ -28,23 +30,59 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+_debug = {"on": False}  # `hrx --debug ...`, set by the root command for this invocation
+
+
+def set_debug(on: bool) -> None:
+    _debug["on"] = on
+
+
+def debug_enabled(flag: bool = False) -> bool:
+    """``--debug`` on the command or on ``hrx`` itself, or ``HRX_DEBUG=1`` in the environment."""
+    return flag or _debug["on"] or os.environ.get("HRX_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def print_traceback(e: BaseException) -> None:
+    """The full chained traceback of ``e`` on stderr, causes hidden by ``raise ... from None`` included."""
+    seen: set[int] = set()
+    link: BaseException | None = e
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__suppress_context__ = False
+        link = link.__cause__ or link.__context__
+    typer.echo("".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip(), err=True)
+
+
 def handle_errors(fn: F) -> F:
-    """Run a command body; HRXError (and a few plain OS errors) become one line and an exit code."""
+    """Run a command body; every error becomes one line and an exit code: HRXError its own (exit code
+    from the error), OS errors ``FILE: reason``, anything else ``Type: message``. With ``--debug`` (a
+    ``debug`` parameter of the command, ``hrx --debug``, or ``HRX_DEBUG=1``) the full chained traceback
+    is printed above that line."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from hrx.errors import HRXError
+        import click
 
+        from hrx.errors import HRXError, one_line
+
+        debug = debug_enabled(bool(kwargs.get("debug")))
         try:
             return fn(*args, **kwargs)
-        except HRXError as e:
-            raise fail(str(e), e.exit_code) from None
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            raise fail(f"{where}{e.strerror or e}") from None
+        except Exception as e:  # noqa: BLE001 - one line (and the traceback with --debug), never a bare crash
+            if debug:
+                print_traceback(e)
+            if isinstance(e, HRXError):
+                raise fail(str(e), e.exit_code) from None
+            if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+                where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+                raise fail(f"{where}{e.strerror or e}") from None
+            hint = "" if debug else " (--debug shows the traceback)"
+            raise fail(f"{one_line(e)}{hint}") from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from hrx import __version__
+from hrx.cli.common import set_debug
 from hrx.cli import build as _build
 from hrx.cli import calibrate as _calibrate
 from hrx.cli import export as _export
@@ -42,8 +43,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
-    pass
+                                       help="Print the version and exit."),
+          debug: bool = typer.Option(False, "--debug", help="Print the full chained traceback of an error "
+                                     "(also HRX_DEBUG=1); without it errors are one line.")) -> None:
+    set_debug(debug)
 
 
 def main() -> None:

@@ -10,11 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import choices, fail, handle_errors, is_interactive
+from hrx.cli.common import choices, debug_enabled, fail, handle_errors, is_interactive, print_traceback
 from hrx.errors import HRXError
 from hrx.runtime.factory import BACKENDS  # the choices come from the runtime's tuples (light modules: numpy)
 from hrx.runtime.images import FORMATS
 from hrx.runtime.pipeline import ALPHA_MODES
+from hrx.runtime.report import ReportWriter
 from hrx.runtime.tiling import MERGE_MODES
 
 BackendChoice = choices("BackendChoice", BACKENDS)
@@ -56,12 +57,15 @@ def upscale(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join with --ray (e.g. auto, ray://head:10001) [default: start a local one].", show_default=False)] = None,
     ray_actors: Annotated[int, typer.Option("--ray-actors", min=0, help="Ray actors (0: one per GPU, else N-1 of the cluster's N CPUs).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, backend line or summary; errors only.")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report here ('-': stdout).")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report here at the end ('-': stdout).")] = None,
+    report_path: Annotated[Optional[Path], typer.Option("--report", help="JSON-lines report written as the batch runs: one line per finished image, flushed to disk, then a summary line; valid after a crash. With --skip-existing it is appended to (resume).", show_default=False)] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Print the full traceback of every error (also HRX_DEBUG=1).")] = False,
 ) -> None:
     """Upscale images with tiled inference: ONNX Runtime (CPU / CUDA), TensorRT, PyTorch, or a Triton server.
 
     Example: hrx upscale photos/ -r -o out/ --engine model.onnx
     """
+    from hrx.paths import new_run_id
     from hrx.runtime.factory import BackendRequest
     from hrx.runtime.images import configure_pillow
     from hrx.runtime.pipeline import BatchOptions, check_inputs, plan_jobs
@@ -79,7 +83,9 @@ def upscale(
             warned.add(line)
         typer.echo(f"warning: {line}", err=True)
 
-    options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value, outscale, width, height, warn)
+    run_id = new_run_id()
+    options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value, outscale, width, height, warn,
+                           run_id, print_traceback if debug_enabled(debug) else None)
     device_list = parse_devices(devices) if devices is not None else ([device] if device is not None else None)
     jobs = plan_jobs(inputs, output, fmt.value, recursive)
     if workers == 0:
@@ -91,23 +97,84 @@ def upscale(
     log = None if quiet else (lambda line: typer.echo(line, err=True))
     request = BackendRequest(engine, model, backend.value, tile, batch, 0, log=log, url=url, model_name=model_name,
                              timeout=timeout)
-    if ray or ray_address:  # Ray Data actors: hrx.runtime.distributed
-        report, info, spec, source = _run_on_ray(request, jobs, overlap, merge.value, options, ray_address,
-                                                 ray_actors, quiet)
-    else:
-        report, info, spec, source = _run_here(request, pool, jobs, overlap, merge.value, options, quiet)
+    rows = _Rows(_open_report(report_path, run_id, skip_existing, jobs) if report_path is not None else None)
+    settings = dict(outscale=outscale, width=width, height=height)
+    try:
+        if ray or ray_address:  # Ray Data actors: hrx.runtime.distributed
+            report, info, spec, source = _run_on_ray(request, jobs, overlap, merge.value, options, ray_address,
+                                                     ray_actors, quiet, rows)
+        else:
+            report, info, spec, source = _run_here(request, pool, jobs, overlap, merge.value, options, quiet, rows)
+    except BaseException as e:  # the report says what was done before the run ended
+        rows.finish(json_path, request.backend, settings, interrupted=isinstance(e, (KeyboardInterrupt, SystemExit)),
+                    error=e)
+        raise
     summary = report.to_dict()
     summary.update(model=str(source), model_scale=info.scale, tile=spec.tile, overlap=spec.tile - spec.stride,
-                   merge=spec.merge, outscale=outscale, width=width, height=height)
-    if json_path is not None:
-        _write_json(json_path, summary)
+                   merge=spec.merge, **settings)
+    rows.finish(json_path, summary=summary)
     if not quiet:
         typer.echo(f"{summary['done']} done, {summary['failed']} failed, {summary['skipped']} skipped in "
                    f"{report.seconds:.1f} s: {summary['input_megapixels_per_second']:.3f} MP/s in, "
                    f"{report.output_megapixels / max(report.seconds, 1e-9):.2f} MP/s out, backend {report.backend}",
                    err=True)
     if summary["failed"]:
-        raise fail(f"{summary['failed']} of {len(jobs)} images failed")
+        failed = [r for r in report.results if r.status == "failed"]
+        not_run = [r for r in failed if not r.attempted]
+        why = f" ({len(not_run)} not run after the backend went down)" if not_run else ""
+        raise fail(f"{summary['failed']} of {len(jobs)} images failed{why}", max(r.exit_code or 1 for r in failed))
+
+
+def _open_report(path: Path, run_id: str, resume: bool, jobs) -> ReportWriter:
+    """The ``--report`` writer; resuming (``--skip-existing``) appends, and first removes the temporary files
+    the unfinished runs of that report left beside this run's outputs."""
+    from hrx.paths import remove_temporaries
+    from hrx.runtime.report import read_report, unfinished_runs
+
+    writer = ReportWriter(path, run_id, append=resume)
+    if resume:
+        for run in unfinished_runs(read_report(path)):
+            remove_temporaries([j.output for j in jobs], run)
+    writer.start(len(jobs))
+    return writer
+
+
+class _Rows:
+    """Every finished image, as it finishes: kept for an interrupted run's summary, and appended to the
+    ``--report`` file (flushed to disk) when there is one."""
+
+    def __init__(self, writer: "ReportWriter | None") -> None:
+        self.writer, self.results, self.lock = writer, [], threading.Lock()
+
+    def __call__(self, result) -> None:
+        with self.lock:
+            self.results.append(result)
+        if self.writer is not None:
+            self.writer.image(result)
+
+    def finish(self, json_path: Optional[Path], backend: str = "", settings: Optional[dict] = None,
+               summary: Optional[dict] = None, interrupted: bool = False, error: BaseException | None = None) -> None:
+        """The summary line and ``--json``: the run's own summary, or (a run that ended early) one built
+        from the images finished so far."""
+        from hrx.runtime.pipeline import BatchReport
+
+        if summary is None:
+            with self.lock:
+                summary = BatchReport(backend, list(self.results)).to_dict()
+            summary.update(settings or {})
+            summary["interrupted"] = interrupted
+            if error is not None and not interrupted:
+                summary["error"] = str(error) if isinstance(error, HRXError) else type(error).__name__
+        else:
+            summary = dict(summary, interrupted=False)
+        try:
+            if self.writer is not None:
+                self.writer.summary(summary)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        if json_path is not None:
+            _write_json(json_path, summary)
 
 
 def _auto_workers(onnxrt_cpu: bool, threads: int, jobs, engine: Optional[Path], overlap: Optional[int]) -> int:
@@ -128,7 +195,7 @@ def _auto_workers(onnxrt_cpu: bool, threads: int, jobs, engine: Optional[Path], 
     return workers
 
 
-def _run_here(request, pool, jobs, overlap, merge, options, quiet):
+def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows):
     """This process: one backend per worker of ``pool``."""
     from hrx.runtime.factory import DEFAULT_MODEL, open_backend
     from hrx.runtime.pool import open_pool, run_pool
@@ -151,7 +218,7 @@ def _run_here(request, pool, jobs, overlap, merge, options, quiet):
             typer.echo(f"backend: {runners[0].name} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
                        f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge}{where})",
                        err=True)
-        with _Progress(len(jobs), enabled=not quiet and is_interactive()) as progress:
+        with _Progress(len(jobs), enabled=not quiet and is_interactive(), on_result=rows) as progress:
             report = run_pool(runners, pool, jobs, spec_for, options, progress)
     finally:
         for runner in runners:
@@ -159,7 +226,7 @@ def _run_here(request, pool, jobs, overlap, merge, options, quiet):
     return report, info, spec, source
 
 
-def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet):
+def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet, rows):
     """Ray Data actors (hrx.runtime.distributed); the driver reads the model's metadata only."""
     from hrx.runtime.distributed import RayOptions, run_batch_ray
     from hrx.runtime.factory import DEFAULT_MODEL, default_engine
@@ -189,15 +256,16 @@ def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet):
         typer.echo(f"backend: ray on {where} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
                    f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge})", err=True)
     ray_options = RayOptions(address=address, actors=actors)
-    report = run_batch_ray(request, jobs, overlap, merge, options, ray_options, _Progress(len(jobs), enabled=False))
+    report = run_batch_ray(request, jobs, overlap, merge, options, ray_options,
+                           _Progress(len(jobs), enabled=False, on_result=rows))
     return report, info, spec, source
 
 
 class _Progress:
     """Files and tiles bars on stderr (rich); errors printed above the bars, one line each."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, total: int, enabled: bool, on_result=None) -> None:
+        self.enabled, self.on_result = enabled, on_result
         if not enabled:
             return
         from rich.console import Console
@@ -226,7 +294,9 @@ class _Progress:
             self.bars.advance(self.tiles, n)
 
     def finish_image(self, result) -> None:
-        if result.status == "failed":
+        if self.on_result is not None:
+            self.on_result(result)
+        if result.status == "failed" and result.attempted:  # images never tried: one line at the end
             if self.enabled:
                 self.bars.console.print(f"error: {result.reason}", markup=False, highlight=False)
             else:

@@ -2,11 +2,12 @@
 the file-name suffixes every layer recognises, and the one crash-safe ``atomic_write``."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what read_image decodes
 ONNX_SUFFIXES = (".onnx",)
@@ -48,18 +49,51 @@ def image_files(folder: str | os.PathLike, what: str = "image", option: str = "-
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """``write(tmp)`` to a hidden temporary file beside ``path``, flush it to disk (fsync), then
-    rename it onto ``path`` and flush the folder entry. A failure (or Ctrl-C) removes the temporary
-    file: no half-written output is ever left, and after a crash ``path`` holds the old or the new
-    content, whole. The folder must exist."""
+def new_run_id() -> str:
+    """A short random id for one run: it tags the run's temporary files (``.NAME.RUNID.XXXX.tmp``), so a
+    cleanup removes this run's leftovers and never another run's files in flight."""
+    return secrets.token_hex(4)
+
+
+def is_run_id(text: object) -> bool:
+    """Whether ``text`` has the form of :func:`new_run_id` (so it can go into a file name pattern)."""
+    return isinstance(text, str) and len(text) == 8 and all(c in "0123456789abcdef" for c in text)
+
+
+def temporary_name(path: Path, tag: str = "") -> Path:
+    """The hidden temporary file beside ``path`` that :func:`atomic_write` uses: ``.NAME.[TAG.]XXXXXXXX.tmp``."""
+    return path.with_name(f".{path.name}.{tag + '.' if tag else ''}{secrets.token_hex(4)}.tmp")
+
+
+def remove_temporaries(paths: Iterable[str | os.PathLike], tag: str) -> int:
+    """Remove the temporary files that writers of run ``tag`` left beside ``paths`` (a killed process's
+    ``.NAME.TAG.XXXXXXXX.tmp``); never those of another run. Returns how many were removed."""
+    if not is_run_id(tag):
+        raise ValueError(f"remove_temporaries needs a run id (new_run_id), not {tag!r}")
+    removed = 0
+    for path in map(Path, paths):
+        if not path.parent.is_dir():
+            continue
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.{tag}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], tag: str = "") -> Path:
+    """``write(tmp)`` to a hidden temporary file beside ``path`` (:func:`temporary_name`, ``tag``: a run id),
+    flush it to disk (fsync), then rename it onto ``path`` and flush the folder entry. A failure (or
+    Ctrl-C) removes the temporary file: no half-written output is ever left, and after a crash ``path``
+    holds the old or the new content, whole. The temporary file is created with its final mode (0666
+    less the umask, applied by the kernel): the process umask is never changed. The folder must exist."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_new(path, tag)
     try:
-        write(tmp)
+        write(str(tmp))
         _fsync(tmp, os.O_RDWR)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -69,11 +103,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, tag: str = "") -> Path:
     """:func:`atomic_write` of ``data``, creating the folder if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), tag)
+
+
+def _create_new(path: Path, tag: str) -> Path:
+    for _ in range(100):
+        tmp = temporary_name(path, tag)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 
 def _fsync(path: str | os.PathLike, flags: int) -> None:
@@ -82,9 +127,3 @@ def _fsync(path: str | os.PathLike, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

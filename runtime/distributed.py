@@ -164,7 +164,7 @@ def run_batch_ray(request, jobs: Sequence[Job], overlap: int | None, merge: str,
         resources = ray.cluster_resources()
         actors, cpus, gpus = default_actors(resources.get("CPU", 1.0), resources.get("GPU", 0.0), ray_options, len(todo))
         request = dataclasses.replace(request, log=None, threads=max(1, int(cpus)))
-        options = dataclasses.replace(options, warn=None) if hasattr(options, "warn") else options
+        options = dataclasses.replace(options, warn=None, on_error=None)  # callables of this process
         context = DataContext.get_current()
         context.enable_progress_bars = False
         context.max_errored_blocks = 0

@@ -335,18 +335,19 @@ def to_pil(picture: Picture, fmt: str):
     return Image.fromarray(color[..., 0] if gray else color)
 
 
-def write_image(path: str | os.PathLike, picture: Picture, fmt: str = "png", quality: int = 95) -> Path:
+def write_image(path: str | os.PathLike, picture: Picture, fmt: str = "png", quality: int = 95, tag: str = "") -> Path:
     """Encode ``picture`` to ``path`` atomically, with its ICC profile and EXIF where ``fmt`` holds them.
-    A 16-bit picture is written at 16 bits to PNG and TIFF, rounded to 8 bits for the other formats."""
+    A 16-bit picture is written at 16 bits to PNG and TIFF, rounded to 8 bits for the other formats.
+    ``tag`` (a run id) goes into the temporary file's name (:func:`hrx.paths.temporary_name`)."""
     if fmt not in FORMATS:
         raise HRXError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
     pil_format = FORMATS[fmt][0]
     path = Path(path)
     if picture.bits == 16 and fmt == "png":
-        return atomic_write_bytes(path, encode_png16(picture))
+        return atomic_write_bytes(path, encode_png16(picture), tag)
     path.parent.mkdir(parents=True, exist_ok=True)
     if picture.bits == 16 and fmt == "tiff":
-        return atomic_write(path, lambda tmp: write_tiff16(tmp, picture))
+        return atomic_write(path, lambda tmp: write_tiff16(tmp, picture), tag)
     im = to_pil(picture, fmt)
     kwargs: dict = {}
     if picture.icc and pil_format != "BMP":
@@ -355,7 +356,7 @@ def write_image(path: str | os.PathLike, picture: Picture, fmt: str = "png", qua
         kwargs["exif"] = picture.exif
     if pil_format in ("JPEG", "WEBP"):
         kwargs["quality"] = quality
-    return atomic_write(path, lambda tmp: im.save(tmp, format=pil_format, **kwargs))
+    return atomic_write(path, lambda tmp: im.save(tmp, format=pil_format, **kwargs), tag)
 
 
 def sixteen_bit_samples(picture: Picture) -> np.ndarray:

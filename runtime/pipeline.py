@@ -25,7 +25,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from hrx.errors import HRXError
+from hrx.errors import BackendDown, HRXError, one_line
 from hrx.metrics import ycbcr_matrix
 from hrx.paths import IMAGE_SUFFIXES, is_image_file
 from hrx.runtime.backend import Backend
@@ -55,6 +55,8 @@ class BatchOptions:
     width: int | None = None  # final width (height kept in proportion); with height: fit inside both
     height: int | None = None
     warn: Callable[[str], None] | None = None  # lossy choices the user made (16-bit to an 8-bit format)
+    run_id: str = ""  # tags this run's temporary files (hrx.paths.new_run_id)
+    on_error: Callable[[BaseException], None] | None = None  # every exception that failed an image (--debug)
 
     def __post_init__(self) -> None:
         if self.outscale is not None and (self.width or self.height):
@@ -82,6 +84,9 @@ class ImageResult:
     model_scale: int = 0  # the model's scale, 0 when the model was skipped (the result is not larger)
     resample: str = ""  # after the model: "" (none), "lanczos" (up) or "area" (down)
     bits: int = 0  # bits per channel written (8 or 16)
+    error: str = ""  # failed: the exception's type ("HRXError", "RuntimeError", "OSError", ...)
+    exit_code: int = 0  # failed: the exit code this failure asks for (2: the backend went down)
+    attempted: bool = True  # False: failed without being tried (the backend was already down)
 
 
 @dataclass
@@ -340,18 +345,35 @@ def _decode(job: Job, options: BatchOptions) -> Picture:
 
 def _encode(picture: Picture, job: Job, options: BatchOptions) -> None:
     try:
-        write_image(job.output, picture, options.fmt, options.quality)
+        write_image(job.output, picture, options.fmt, options.quality, options.run_id)
     except HRXError:
         raise
     except OSError as e:
-        raise HRXError(f"{job.output}: cannot write ({e.strerror or e})") from None
+        raise HRXError(f"{job.output}: cannot write ({e.strerror or e})") from e
+
+
+def fail_result(result: ImageResult, where: Path, e: BaseException, options: BatchOptions) -> None:
+    """Mark ``result`` failed by ``e``: an :class:`HRXError`'s own line (it names the file), else
+    ``FILE: Type: message``; the type and the exit code it asks for are kept in the row."""
+    result.status = "failed"
+    if isinstance(e, HRXError):
+        result.reason = str(e)
+    elif isinstance(e, MemoryError):
+        result.reason = f"{where}: out of memory"
+    else:
+        result.reason = f"{where}: {one_line(e)}"
+    result.error = type(e).__name__
+    result.exit_code = e.exit_code if isinstance(e, HRXError) else 1
+    if options.on_error is not None:
+        options.on_error(e)
 
 
 def run_batch(backend: Backend, jobs: Sequence[Job], spec: TileSpec, options: BatchOptions = BatchOptions(),
               progress: Progress | None = None) -> BatchReport:
     """Upscale every job; a failing image is recorded (``status="failed"``) and the batch goes on.
 
-    Interrupting (Ctrl-C) lets the image being written finish or vanish, never a partial file.
+    Interrupting (Ctrl-C) lets the image being written finish or vanish, never a partial file; every
+    image finished before it has gone to ``progress.finish_image``.
     Several backends (devices, CPU workers) sharing one queue: :func:`hrx.runtime.pool.run_pool`."""
     progress = progress or NoProgress()
     report = BatchReport(backend.name)
@@ -378,35 +400,54 @@ def skip_existing(jobs: Sequence[Job], options: BatchOptions, record: Callable[[
 def run_stream(backend: Backend, next_job: Callable[[], Job | None], spec: TileSpec, options: BatchOptions,
                progress: Progress, record: Callable[[ImageResult], None], worker: str = "") -> None:
     """Upscale jobs taken from ``next_job`` (``None``: no more) with ``backend`` until there are none left,
-    decoding the next and encoding the previous on two threads; every result goes to ``record``."""
+    decoding the next and encoding the previous on two threads; every result goes to ``record``.
+
+    Any exception while reading, inferring or writing one image fails that image only (a ``failed`` row
+    with the file, the exception's type and its message). :class:`BackendDown` also fails every job left
+    at once (``attempted=False``). Only ``KeyboardInterrupt`` / ``SystemExit`` end the stream: the image
+    being written is finished whole (or not at all) and recorded before they propagate."""
     with ThreadPoolExecutor(1, thread_name_prefix="hrx-decode") as decoder, \
             ThreadPoolExecutor(1, thread_name_prefix="hrx-encode") as encoder:
-        job = next_job()
-        next_picture: Future | None = decoder.submit(_decode, job, options) if job is not None else None
         writing: tuple[Future, ImageResult] | None = None
-        while job is not None:
-            following = next_job()
-            current, next_picture = next_picture, (decoder.submit(_decode, following, options)
-                                                   if following is not None else None)
-            result = ImageResult(str(job.source), str(job.output), "failed", worker=worker)
-            t0 = time.perf_counter()
-            try:
-                picture, current = current.result(), None  # the future must not keep the picture alive
-                upscaled = _upscale_one(backend, picture, spec, options, job, result, progress)
-                del picture
-            except (HRXError, MemoryError) as e:
-                result.reason = str(e) if isinstance(e, HRXError) else f"{job.source}: out of memory"
-                record(result)
+        try:
+            job = next_job()
+            next_picture: Future | None = decoder.submit(_decode, job, options) if job is not None else None
+            while job is not None:
+                following = next_job()
+                current, next_picture = next_picture, (decoder.submit(_decode, following, options)
+                                                       if following is not None else None)
+                result = ImageResult(str(job.source), str(job.output), "failed", worker=worker)
+                t0 = time.perf_counter()
+                try:
+                    picture, current = current.result(), None  # the future must not keep the picture alive
+                    upscaled = _upscale_one(backend, picture, spec, options, job, result, progress)
+                    del picture
+                except Exception as e:  # noqa: BLE001 - every image its own fate
+                    fail_result(result, job.source, e, options)
+                    record(result)
+                    if isinstance(e, BackendDown):
+                        _fail_the_rest(following, next_job, e, worker, record)
+                        break
+                    job = following
+                    continue
+                result.seconds = time.perf_counter() - t0
+                if writing is not None:
+                    previous, writing = writing, None
+                    _collect(record, *previous, options)
+                writing = (encoder.submit(_encode, upscaled, job, options), result)
+                del upscaled
                 job = following
-                continue
-            result.seconds = time.perf_counter() - t0
+        finally:  # normal end, or an interrupt: the write in flight finishes (or vanishes) and is recorded
             if writing is not None:
-                _collect(record, *writing)
-            writing = (encoder.submit(_encode, upscaled, job, options), result)
-            del upscaled
-            job = following
-        if writing is not None:
-            _collect(record, *writing)
+                _collect(record, *writing, options)
+
+
+def _fail_the_rest(job: Job | None, next_job: Callable[[], Job | None], e: BackendDown, worker: str,
+                   record: Callable[[ImageResult], None]) -> None:
+    while job is not None:
+        record(ImageResult(str(job.source), str(job.output), "failed", f"{job.source}: not run ({e})", worker=worker,
+                           error=type(e).__name__, exit_code=e.exit_code, attempted=False))
+        job = next_job()
 
 
 def _upscale_one(backend: Backend, picture: Picture, spec: TileSpec, options: BatchOptions, job: Job,
@@ -449,13 +490,14 @@ def _run_model(backend: Backend, picture: Picture, spec: TileSpec, options: Batc
     return upscale_picture(picture, run, info.in_channels, info.scale, options.alpha)
 
 
-def _collect(record: Callable[[ImageResult], None], future: Future, result: ImageResult) -> None:
+def _collect(record: Callable[[ImageResult], None], future: Future, result: ImageResult,
+             options: BatchOptions) -> None:
     t0 = time.perf_counter()
     try:
         future.result()
         result.status = "done"
-    except HRXError as e:
-        result.reason = str(e)
+    except Exception as e:  # noqa: BLE001 - a failed write fails this image only
+        fail_result(result, Path(result.output), e, options)
     result.seconds += time.perf_counter() - t0
     record(result)
 

@@ -221,8 +221,9 @@ def run_pool(backends: Sequence[Backend], workers: Sequence[Worker], jobs: Seque
     every image go to whichever session is free (``share_tiles=False``: each thread keeps its own session,
     images are shared but not tiles; for measurements).
 
-    The first error that is not a per-image one (Ctrl-C, a backend crash) stops every worker after its
-    current image and is raised here."""
+    Every exception while reading, inferring or writing an image fails that image only (a ``failed`` row);
+    the others go on. Only an interrupt (Ctrl-C, ``SystemExit``) stops every worker after its current
+    image, and is raised here; every image finished before it has gone to ``progress.finish_image``."""
     if len(backends) != len(workers) or not backends:
         raise ValueError("run_pool needs one backend per worker, and at least one")
     progress = _LockedProgress(progress or NoProgress())
@@ -258,7 +259,7 @@ def run_pool(backends: Sequence[Backend], workers: Sequence[Worker], jobs: Seque
             if worker.kind == "cuda":
                 bind_cuda_device(worker.device)
             run_stream(backend, next_job, spec_for(backend), options, progress, record, worker.label)
-        except BaseException as e:  # noqa: BLE001 - handed to the calling thread below
+        except BaseException as e:  # noqa: BLE001 - an interrupt: handed to the calling thread below
             stop.set()
             with lock:
                 failures.append(e)

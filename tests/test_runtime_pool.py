@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,17 +87,27 @@ def test_two_devices_split_the_work_and_write_each_image_once(tmp_path, monkeypa
         assert job.output.read_bytes() == (tmp_path / "one" / job.output.name).read_bytes()
 
 
-def test_a_worker_crash_stops_the_pool_and_is_raised(tmp_path):
+def test_a_failing_device_fails_its_images_only_and_the_pool_goes_on(tmp_path):
     src = _folder(tmp_path / "in", 6)
 
     class Broken(FakeDeviceBackend):
         def infer(self, tiles):
+            super().infer(tiles)  # the first call waits for the other device: both take images
             raise RuntimeError("device lost")
 
     workers = [Worker("cuda", 0), Worker("cuda", 1)]
-    backends = [FakeDeviceBackend(0, threading.Barrier(1)), Broken(1, threading.Barrier(1))]
-    with pytest.raises(RuntimeError, match="device lost"):
-        run_pool(backends, workers, plan_jobs([src], tmp_path / "out"), _spec)
+    barrier = threading.Barrier(2)
+    backends = [FakeDeviceBackend(0, barrier), Broken(1, barrier)]
+    jobs = plan_jobs([src], tmp_path / "out")
+    report = run_pool(backends, workers, jobs, _spec)
+    assert [r.source for r in report.results] == [str(j.source) for j in jobs]  # every image has its row
+    failed = [r for r in report.results if r.status == "failed"]
+    done = [r for r in report.results if r.status == "done"]
+    assert failed and done and len(failed) + len(done) == 6
+    assert {r.worker for r in failed} == {"cuda:1"} and {r.worker for r in done} == {"cuda:0"}
+    for r in failed:
+        assert r.reason == f"{r.source}: RuntimeError: device lost" and (r.error, r.exit_code) == ("RuntimeError", 1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(Path(r.output).name for r in done)
     assert not list(tmp_path.rglob("*.tmp"))  # nothing half-written
 
 

@@ -1,0 +1,106 @@
+"""The batch report as JSON lines (``hrx upscale --report FILE.jsonl``), written as the batch runs.
+
+A first line names the run (``{"type": "run", "run": ID, "images": N}``: ID also tags the run's temporary
+files), then one line per finished image (``{"type": "image", "run": ..., "source": ..., "status": ...}``, the fields
+of :class:`~hrx.runtime.pipeline.ImageResult`), then one summary line (``{"type": "summary", ...}``,
+with ``"interrupted": true`` when Ctrl-C ended the run). Each line is written with one ``write`` on a
+file opened for appending and flushed to disk (fsync) before the next image is reported: after a crash
+or a kill every line in the file is whole, valid JSON, and every image it lists as ``done`` has its
+output on disk, whole. A report without a summary line is the report of a run that did not finish.
+
+Resuming: ``--skip-existing`` with the same ``--report`` appends to the file (a new ``run`` id); the
+images already written come back as ``skipped``, and the temporary files of the runs the report shows
+unfinished (a killed writer's ``.NAME.RUNID.XXXXXXXX.tmp``) are removed. Without ``--skip-existing`` the
+file starts empty.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from hrx.errors import HRXError
+from hrx.paths import is_run_id
+
+
+class ReportWriter:
+    """Appends report lines to ``path`` (see the module doc); safe to call from several threads."""
+
+    def __init__(self, path: str | os.PathLike, run_id: str, append: bool = False) -> None:
+        self.path, self.run_id = Path(path), run_id
+        self._lock = threading.Lock()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(self.path, flags, 0o666)
+            if append:
+                _drop_partial_line(self._fd, self.path)
+        except OSError as e:
+            raise HRXError(f"{self.path}: cannot write the report ({e.strerror or e})") from e
+
+    def start(self, images: int) -> None:
+        """The run's first line: its id and how many images it was given."""
+        self._line({"type": "run", "run": self.run_id, "images": images})
+
+    def image(self, result: Any) -> None:
+        """One finished image (an :class:`ImageResult`)."""
+        self._line({"type": "image", "run": self.run_id, **dataclasses.asdict(result)})
+
+    def summary(self, summary: dict) -> None:
+        """The last line of a run: counts and settings (no per-image list)."""
+        self._line({"type": "summary", "run": self.run_id, **{k: v for k, v in summary.items() if k != "images"}})
+
+    def _line(self, data: dict) -> None:
+        line = (json.dumps(data) + "\n").encode()
+        with self._lock:
+            if self._fd is None:
+                raise HRXError(f"{self.path}: the report is closed")
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "ReportWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _drop_partial_line(fd: int, path: Path) -> None:
+    """A report cut inside a line (a power loss between write and fsync) ends at its last whole line."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.endswith(b"\n"):
+        return
+    os.truncate(path, data.rfind(b"\n") + 1)
+
+
+def read_report(path: str | os.PathLike) -> list[dict]:
+    """Every line of a JSON-lines report, parsed; one line naming the file and line when one is not JSON."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise HRXError(f"{path}: line {n} is not JSON ({e.msg})") from e
+    return rows
+
+
+def unfinished_runs(rows: list[dict]) -> list[str]:
+    """Ids of the runs in a report that started and never wrote their summary (killed, crashed)."""
+    started = [r["run"] for r in rows if r.get("type") == "run" and is_run_id(r.get("run"))]
+    finished = {r.get("run") for r in rows if r.get("type") == "summary"}
+    return [run for run in dict.fromkeys(started) if run not in finished]
