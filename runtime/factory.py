@@ -18,7 +18,7 @@ from hrx.errors import HRXError, MissingDependencyError
 from hrx.paths import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from hrx.runtime.backend import Backend
 
-BACKENDS = ("auto", "onnxrt-cpu", "onnxrt-cuda", "trt", "torch", "triton")
+BACKENDS = ("auto", "openvino", "onnxrt-cpu", "onnxrt-cuda", "trt", "torch", "triton")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,9 @@ class BackendRequest:
     backend: str = "auto"
     tile: int | None = None  # PyTorch only: engines have a static tile
     batch: int | None = None  # PyTorch only
-    threads: int = 0  # CPU intra-op threads, ONNX Runtime and PyTorch (0: the library's default)
+    threads: int = 0  # CPU intra-op threads, ONNX Runtime, OpenVINO and PyTorch (0: the library's default)
+    precision: str = "fp32"  # OpenVINO compute precision: fp32 or bf16 (see hrx.runtime.openvino)
+    streams: int = 1  # OpenVINO streams of one compiled model (hrx.runtime.openvino.CPU_PARALLELISM "streams")
     device: int | None = None  # CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch); None: the current one
     log: Callable[[str], None] | None = None  # progress lines of slow steps (TensorRT engine build)
     url: str | None = None  # Triton server (--backend triton): http://host:port, host:port or grpc://host:port
@@ -99,6 +101,8 @@ def _open_onnx(path: Path, request: BackendRequest) -> Backend:
         raise HRXError(f"{path}: --backend torch cannot run an ONNX file; pass the checkpoint with --model")
     if request.backend == "trt":  # builds the engine into the user cache on first use (minutes), then reuses it
         return _open_tensorrt(path, from_onnx=True, log=request.log, device=request.device)
+    if request.backend == "openvino":
+        return _open_openvino(path, request)
     cuda_device = request.device or 0
     if request.backend == "onnxrt-cuda":
         return OnnxRuntimeBackend(path, "cuda", request.threads, cuda_device)
@@ -112,6 +116,14 @@ def _open_onnx(path: Path, request: BackendRequest) -> Backend:
         raise MissingDependencyError(f"--device {request.device}: this onnxruntime has no CUDA provider "
                                      "(install onnxruntime-gpu); without --device it runs on the CPU")
     return OnnxRuntimeBackend(path, "cpu", request.threads)
+
+
+def _open_openvino(path: Path, request: BackendRequest) -> Backend:
+    from hrx.runtime.openvino import OpenVINOBackend
+
+    if request.device is not None:
+        raise HRXError("--device/--devices choose CUDA devices; --backend openvino runs on the CPU (--workers, --threads)")
+    return OpenVINOBackend(path, precision=request.precision, threads=request.threads, streams=request.streams)
 
 
 def _open_tensorrt(path: Path, from_onnx: bool = False, log: Callable[[str], None] | None = None,

@@ -1,0 +1,203 @@
+"""OpenVINO CPU backend (``--backend openvino``): the ONNX files ``hrx export`` (``--ops native``) and
+``hrx calibrate`` (Q/DQ INT8) write, compiled by OpenVINO's CPU plugin.
+
+* Precision: always pinned with ``INFERENCE_PRECISION_HINT`` (``fp32`` -> f32, ``bf16`` -> bf16). Left
+  unset, OpenVINO computes in BF16 on every CPU with AVX512-BF16 or AMX, silently. Q/DQ INT8 files run
+  their quantized convolutions in INT8 and the rest in the hint's precision. HRX's FP32 islands are not
+  kept in f32 inside a BF16 run: OpenVINO's per-node precision markers did not change the precision the
+  CPU plugin ran them in (docs/cpu-engines.md).
+* Plugin-op files (``hrx export --ops plugin``) are refused: OpenVINO's ONNX frontend has no conversion
+  for ``hrx::SelectiveScan`` / ``hrx::MoETop1`` and does not inline their ONNX local functions.
+* Compiled models are cached in ``cache_root()/openvino/<stem>-<sha256[:16]>`` (OpenVINO's ``CACHE_DIR``;
+  OpenVINO keys each blob inside by the graph and the compile options), so a second open skips
+  compilation.
+* Tile batches run through an ``AsyncInferQueue``: :meth:`OpenVINOBackend.infer_many` keeps every infer
+  request busy and returns results in order; :meth:`~OpenVINOBackend.infer` is safe from several threads.
+* Parallelism on a CPU of k cores, picked by :data:`CPU_PARALLELISM`: ``"sessions"``, k compiled models
+  of one thread and one stream each behind :class:`hrx.runtime.pool.SharedSessions` (what ONNX Runtime
+  does, ``--workers``), or ``"streams"``, one compiled model with k streams (OpenVINO's THROUGHPUT mode)
+  and its own queue of requests.
+
+``openvino`` is imported inside the functions that need it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from hrx.errors import HRXError, MissingDependencyError
+from hrx.interface import Backend, ModelInfo
+
+PRECISIONS = ("fp32", "bf16")  # compute precision of the float ops (INT8 comes from a Q/DQ file)
+HINTS = {"fp32": "f32", "bf16": "bf16"}  # -> INFERENCE_PRECISION_HINT
+PARALLELISM = ("sessions", "streams")
+# how several CPU cores share the work: "sessions" (k one-thread compiled models, like ONNX Runtime's
+# default) or "streams" (one compiled model with k OpenVINO streams). One switch for the whole runtime.
+CPU_PARALLELISM = "sessions"
+INSTALL_HINT = "pip install openvino"
+
+
+class OpenVINOCompileError(HRXError):
+    """OpenVINO cannot read or compile this graph (the factory falls back to ONNX Runtime on it)."""
+
+
+def openvino_problem() -> str | None:
+    """Why OpenVINO cannot be used here (one line), or None."""
+    if importlib.util.find_spec("openvino") is None:
+        return f"OpenVINO is not installed ({INSTALL_HINT})"
+    return None
+
+
+def require_openvino():
+    """The ``openvino`` module, or :class:`MissingDependencyError` naming the install command."""
+    problem = openvino_problem()
+    if problem is not None:
+        raise MissingDependencyError(problem)
+    import openvino
+
+    return openvino
+
+
+@lru_cache(maxsize=1)
+def core() -> "openvino.Core":  # noqa: F821
+    """One ``openvino.Core`` per process (it holds the CPU plugin and its thread pools)."""
+    return require_openvino().Core()
+
+
+def openvino_version() -> str:
+    return require_openvino().__version__
+
+
+def cache_dir(path: str | os.PathLike, sha256: str) -> Path:
+    """Where compiled models of the ONNX file ``path`` (content hash ``sha256``) are cached."""
+    from hrx.paths import cache_root
+
+    return cache_root() / "openvino" / f"{Path(path).stem}-{sha256[:16]}"
+
+
+def plugin_refusal(path: str | os.PathLike) -> str:
+    return (f"{path}: OpenVINO cannot run hrx:: plugin ops (its ONNX frontend does not inline the file's "
+            "local functions); export the model with `hrx export --ops native`")
+
+
+class OpenVINOBackend(Backend):
+    """Runs an HRX ONNX export (static input ``[batch, C, tile, tile]``) with OpenVINO on the CPU.
+
+    ``precision``: ``fp32`` or ``bf16`` (pinned, see the module doc); ``threads``: inference threads
+    (0: OpenVINO's default, every core); ``streams``: OpenVINO streams sharing them; ``requests``: infer
+    requests in the queue (0: two per stream); ``cache``: use the compiled-model cache; ``pin_cores``:
+    OpenVINO's CPU pinning (default: off for one-thread models, which run several side by side).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", threads: int = 0, streams: int = 1,
+                 requests: int = 0, cache: bool = True, pin_cores: bool | None = None) -> None:
+        ov = require_openvino()
+        if precision not in PRECISIONS:
+            raise HRXError(f"unknown OpenVINO precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        if streams < 1 or threads < 0 or requests < 0:
+            raise HRXError(f"OpenVINO needs streams >= 1, threads >= 0 and requests >= 0 "
+                           f"(got {streams}, {threads}, {requests})")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise HRXError(f"{self.path}: no such ONNX file")
+        self.info = ModelInfo.from_onnx(self.path)
+        if self.info.ops == "plugin":
+            raise OpenVINOCompileError(plugin_refusal(self.path))
+        self.precision = precision
+        self.name = "openvino"
+        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "NUM_STREAMS": str(streams)}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if pin_cores is None:  # several one-thread models side by side must not all pin to the same core
+            pin_cores = threads == 0 or threads > 1
+        config["ENABLE_CPU_PINNING"] = bool(pin_cores)
+        self.loaded_from_cache = False
+        i = self.info
+        self.input_shape = (i.batch, i.in_channels, i.tile, i.tile)
+        self.output_shape = (i.batch, i.out_channels, i.tile * i.scale, i.tile * i.scale)
+        try:
+            model = core().read_model(str(self.path))
+            if model.input(0).get_partial_shape().is_dynamic:  # --batch dynamic: this run's batch, static
+                model.reshape({model.input(0): ov.PartialShape(list(self.input_shape))})
+            if cache:
+                from hrx.paths import file_sha256
+
+                folder = cache_dir(self.path, file_sha256(self.path))
+                folder.mkdir(parents=True, exist_ok=True)
+                config["CACHE_DIR"] = str(folder)
+            self.compiled = core().compile_model(model, "CPU", config)
+        except (RuntimeError, ValueError, TypeError) as e:  # OpenVINO raises RuntimeError for its Exception
+            raise OpenVINOCompileError(f"{self.path}: OpenVINO cannot compile it ({_first_line(e)})") from None
+        try:
+            self.loaded_from_cache = bool(self.compiled.get_property("LOADED_FROM_CACHE"))
+        except RuntimeError:
+            self.loaded_from_cache = False
+        inp = self.compiled.input(0)
+        declared = tuple(d.get_length() if d.is_static else -1 for d in inp.get_partial_shape())
+        if len(declared) != 4 or any(d not in (-1, e) for d, e in zip(declared, self.input_shape)):
+            raise HRXError(f"{self.path}: input {inp.get_any_name()} has shape {list(declared)}, but the metadata "
+                           f"says {list(self.input_shape)}")
+        self._dtype = np.float16 if inp.get_element_type() == ov.Type.f16 else np.float32
+        self.streams = streams
+        self._queue = ov.AsyncInferQueue(self.compiled, requests or 2 * streams)
+        self._queue.set_callback(_deliver)
+        self._submit_lock = threading.Lock()  # start_async is not safe from several threads at once
+
+    def _start(self, tiles: np.ndarray) -> Future:
+        if tuple(tiles.shape) != self.input_shape:
+            raise HRXError(f"{self.path}: expected tiles of shape {list(self.input_shape)}, got {list(tiles.shape)}")
+        future: Future = Future()
+        with self._submit_lock:
+            self._queue.start_async({0: np.ascontiguousarray(tiles, dtype=self._dtype)}, future)
+        return future
+
+    def _wait(self, future: Future) -> np.ndarray:
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except FutureTimeout:
+                self._queue.is_ready()  # raises the error of a failed request (its callback never ran)
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        return self._wait(self._start(tiles))
+
+    def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        ahead = len(self._queue) + 1  # every request busy, plus the one that is being copied out
+        pending: list[Future] = []
+        for batch in batches:
+            pending.append(self._start(batch))
+            if len(pending) >= ahead:
+                yield self._wait(pending.pop(0))
+        while pending:
+            yield self._wait(pending.pop(0))
+
+    def close(self) -> None:
+        queue = getattr(self, "_queue", None)
+        if queue is not None:
+            queue.wait_all()
+        self._queue = None
+        self.compiled = None
+
+
+def _deliver(request, future: Future) -> None:
+    """AsyncInferQueue callback (OpenVINO's thread): copy the output out of the request."""
+    try:
+        future.set_result(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+    except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+        future.set_exception(e)
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of an OpenVINO exception (its first lines name C++ source files)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    text = (useful or lines or [type(e).__name__])[0]
+    return text[:300]

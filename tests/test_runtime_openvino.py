@@ -1,0 +1,143 @@
+"""OpenVINO backend: f32 against ONNX Runtime FP32 (hrx-t and a spandrel network, perturbed weights), BF16
+within a PSNR bound and not f32, the compiled-model cache, plugin-op refusal, shapes and errors.
+
+OpenVINO computes in BF16 by default on CPUs with AVX512-BF16 / AMX: every comparison here pins the
+precision (the backend always sets INFERENCE_PRECISION_HINT)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import assert_not_bicubic
+from hrx import metrics
+from hrx.errors import HRXError
+from hrx.runtime.factory import BackendRequest, open_backend
+from hrx.runtime.onnxrt import OnnxRuntimeBackend
+from hrx.runtime.openvino import OpenVINOBackend, OpenVINOCompileError
+from test_runtime_support import toy_model, write_toy
+
+pytest.importorskip("openvino")
+
+
+def _tiles(backend, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(backend.input_shape, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def span_onnx(tmp_path_factory):
+    """spandrel's SPAN x2 (tiny, perturbed), exported at tile 32."""
+    from hrx.export.onnx_export import export_onnx
+    from hrx.thirdparty import zoo
+
+    root = tmp_path_factory.mktemp("ov_span")
+    zoo.save(zoo.build("SPAN", 2), root / "span.safetensors")
+    export_onnx(root / "span.safetensors", root / "span.onnx", tile=32)
+    return root / "span.onnx"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HRX_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_f32_matches_onnxruntime_on_hrx_t(hrx_t_dynamic):
+    _, path = hrx_t_dynamic
+    ov, ort = OpenVINOBackend(path, precision="fp32"), OnnxRuntimeBackend(path)
+    assert (ov.name, ov.info, ov.input_shape) == ("openvino", ort.info, ort.input_shape)
+    x = _tiles(ov)
+    want = ort.infer(x)
+    got = ov.infer(x)
+    assert np.abs(got - want).max() <= 1e-4
+    assert_not_bicubic(got, x, ov.info.scale)
+    # the queue: results in order, several batches in flight
+    batches = [_tiles(ov, seed) for seed in range(5)]
+    for out, batch in zip(ov.infer_many(iter(batches)), batches):
+        np.testing.assert_allclose(out, ort.infer(batch), atol=1e-4)
+    with pytest.raises(HRXError, match="expected tiles of shape"):
+        ov.infer(x[:, :, :16])
+    ov.close()
+    ov.close()  # idempotent
+
+
+def test_f32_matches_onnxruntime_on_spandrel_span(span_onnx):
+    ov, ort = OpenVINOBackend(span_onnx, precision="fp32"), OnnxRuntimeBackend(span_onnx)
+    x = _tiles(ov, 3)
+    got, want = ov.infer(x), ort.infer(x)
+    assert np.abs(got - want).max() <= 1e-4
+    assert_not_bicubic(got, x, ov.info.scale)
+
+
+def test_bf16_is_bf16_and_close(hrx_t_dynamic):
+    """BF16 differs from f32 (the hint is honoured) and stays within a PSNR bound (measured 54.7 dB here)."""
+    _, path = hrx_t_dynamic
+    f32, bf16 = OpenVINOBackend(path, precision="fp32"), OpenVINOBackend(path, precision="bf16")
+    x = _tiles(f32, 1)
+    a, b = f32.infer(x), bf16.infer(x)
+    psnr = metrics.psnr(np.clip(b, 0, 1), np.clip(a, 0, 1))
+    assert 45.0 < psnr < 90.0, psnr
+
+
+def test_compiled_model_cache_is_hit_on_second_open(tmp_path):
+    from hrx.paths import file_sha256
+    from hrx.runtime.openvino import cache_dir
+
+    path = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    first = OpenVINOBackend(path)
+    assert not first.loaded_from_cache
+    folder = cache_dir(path, file_sha256(path))
+    assert folder.is_relative_to(tmp_path / "cache") and any(folder.iterdir())
+    second = OpenVINOBackend(path)
+    assert second.loaded_from_cache
+    x = _tiles(second)
+    np.testing.assert_array_equal(first.infer(x), second.infer(x))
+
+
+def _plugin_toy(path, ops_metadata: bool):
+    """The toy with its ReLU as an ``hrx::`` local function (what ``--ops plugin`` files carry)."""
+    model = toy_model(tile=16)
+    fn = helper.make_function("hrx", "MyRelu", ["x"], ["y"], [helper.make_node("Relu", ["x"], ["y"])],
+                              [helper.make_opsetid("", 17)])
+    for node in model.graph.node:
+        if node.op_type == "Relu":
+            node.op_type, node.domain = "MyRelu", "hrx"
+    model.functions.append(fn)
+    model.opset_import.append(helper.make_opsetid("hrx", 1))
+    for p in model.metadata_props:
+        if p.key == "ops" and ops_metadata:
+            p.value = "plugin"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_plugin_op_files_are_refused_in_one_line(tmp_path):
+    with pytest.raises(OpenVINOCompileError, match=r"plugin.onnx: OpenVINO cannot run hrx:: plugin ops .*--ops native"):
+        OpenVINOBackend(_plugin_toy(tmp_path / "plugin.onnx", ops_metadata=True))
+    # the finding behind the refusal: OpenVINO's ONNX frontend does not inline hrx:: local functions
+    with pytest.raises(OpenVINOCompileError, match=r"unlabelled.onnx: OpenVINO cannot compile it \(.*\)$") as e:
+        OpenVINOBackend(_plugin_toy(tmp_path / "unlabelled.onnx", ops_metadata=False))
+    assert "\n" not in str(e.value)
+    # ONNX Runtime runs the same file
+    assert OnnxRuntimeBackend(tmp_path / "unlabelled.onnx").infer(np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 3, 32, 32)
+
+
+def test_errors_are_one_line_like_onnxruntime(tmp_path):
+    with pytest.raises(HRXError, match="missing.onnx: no such ONNX file"):
+        OpenVINOBackend(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(HRXError, match="junk.onnx: not a readable ONNX file"):
+        OpenVINOBackend(tmp_path / "junk.onnx")
+    with pytest.raises(HRXError, match="unknown OpenVINO precision 'fp8'"):
+        OpenVINOBackend(write_toy(tmp_path / "toy.onnx"), precision="fp8")
+
+
+def test_factory_opens_openvino(tmp_path):
+    path = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    backend = open_backend(BackendRequest(engine=path, backend="openvino", threads=1))
+    assert backend.name == "openvino" and backend.precision == "fp32"
+    ort = OnnxRuntimeBackend(path)
+    x = _tiles(backend)
+    assert np.abs(backend.infer(x) - ort.infer(x)).max() <= 1e-5
+    with pytest.raises(HRXError, match="--backend openvino runs on the CPU"):
+        open_backend(BackendRequest(engine=path, backend="openvino", device=0))
