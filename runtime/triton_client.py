@@ -11,27 +11,54 @@ image (and of other clients) into one execution; results come back in order.
 
 Errors that stop the run before it starts (server down, unknown model, timeout, no HRX metadata) are one
 line with exit code 2 (:class:`TritonError`).
+
+During the run, a request that fails with a connection error or a timeout is retried ``retries`` times with
+exponential backoff (0.25 s, 0.5 s, 1 s, ...). ``breaker`` requests failing in a row for good (connection
+errors after their retries) open a circuit breaker: every later request fails at once with
+:class:`TritonDown` (a :class:`~hrx.errors.BackendDown`, exit code 2), so the images left fail together
+instead of one timeout each. A run that stops (an error, Ctrl-C) cancels its requests still in flight.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from hrx.errors import HRXError, MissingDependencyError
+from hrx.errors import BackendDown, HRXError, MissingDependencyError
 from hrx.runtime.backend import Backend
 from hrx.runtime.model_info import ModelInfo
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_INFLIGHT = 4
+DEFAULT_RETRIES = 3
+DEFAULT_BREAKER = 3  # requests failing in a row (after their retries) before the server counts as gone
+BACKOFF_S = 0.25
+# words of the connection-level failures that a retry may cure (the server restarting, a dropped socket,
+# a timeout); anything else (a bad request, a model error) fails its image at once
+_TRANSIENT = ("connect", "refused", "reset", "unavailable", "timed out", "timeout", "deadline", "broken pipe",
+              "eof", "socket", "closed", "unreachable", "503", "429", "temporarily")
 
 
 class TritonError(HRXError):
     """The server cannot be used: down, unknown model, timeout, a config without HRX metadata."""
 
     exit_code = 2
+
+
+class TritonDown(BackendDown, TritonError):
+    """The circuit breaker is open: the server stopped answering during the run."""
+
+
+def is_transient(e: BaseException) -> bool:
+    """Whether ``e`` looks like a connection failure or a timeout (worth a retry), not a refused request."""
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    status = getattr(e, "status", None)
+    text = f"{type(e).__name__} {status() if callable(status) else ''} {e}".lower()
+    return any(word in text for word in _TRANSIENT)
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -53,8 +80,14 @@ class TritonBackend(Backend):
     """Runs HRX tiles on a model served by Triton (see module doc)."""
 
     def __init__(self, url: str, model_name: str, timeout: float = DEFAULT_TIMEOUT_S,
-                 inflight: int = DEFAULT_INFLIGHT) -> None:
+                 inflight: int = DEFAULT_INFLIGHT, retries: int | None = None, breaker: int | None = None,
+                 backoff: float | None = None) -> None:
         self.url, self.model_name, self.timeout = url, model_name, float(timeout)
+        self.retries = max(0, DEFAULT_RETRIES if retries is None else retries)
+        self.breaker = max(1, DEFAULT_BREAKER if breaker is None else breaker)
+        self.backoff = max(0.0, BACKOFF_S if backoff is None else backoff)
+        self._failures = 0  # requests failed in a row for good (connection errors)
+        self._down: TritonDown | None = None
         self.protocol, hostport = parse_url(url)
         self.inflight = max(1, inflight)
         self.name = f"triton-{self.protocol}"
@@ -172,46 +205,115 @@ class TritonBackend(Backend):
         return [inp], [m.InferRequestedOutput(self._output, binary_data=True)]
 
     def _submit(self, tiles: np.ndarray):
-        """Start one request; returns a handle for :meth:`_result`."""
+        """Start one request; returns a handle for :meth:`_result`. Raises the client's own errors."""
         inputs, outputs = self._inputs(tiles)
         if self.protocol == "http":
-            return self._call("inference", self.client.async_infer, self.model_name, inputs, outputs=outputs)
+            return self.client.async_infer(self.model_name, inputs, outputs=outputs)
         from concurrent.futures import Future
 
         future: Future = Future()
 
         def done(result, error) -> None:
+            if future.done():
+                return
             if error is not None:
                 future.set_exception(error)
             else:
                 future.set_result(result)
 
-        self._call("inference", self.client.async_infer, self.model_name, inputs, done, outputs=outputs,
-                   client_timeout=self.timeout)
+        future.call = self.client.async_infer(self.model_name, inputs, done, outputs=outputs,  # type: ignore[attr-defined]
+                                              client_timeout=self.timeout)
         return future
 
     def _result(self, handle) -> np.ndarray:
         if self.protocol == "http":
-            result = self._call("inference", handle.get_result, timeout=self.timeout)
+            result = handle.get_result(timeout=self.timeout)
         else:
-            result = self._call("inference", handle.result, timeout=self.timeout + 5)
+            result = handle.result(timeout=self.timeout + 5)
         out = result.as_numpy(self._output)
         if out is None:
             raise TritonError(f"{self._where}: the response has no output {self._output!r}")
         return np.asarray(out, dtype=np.float32)
 
+    def _cancel(self, handle) -> None:
+        """Stop a request in flight (gRPC: cancel the call; HTTP: kill its greenlet)."""
+        try:
+            if self.protocol == "grpc":
+                call = getattr(handle, "call", None)
+                if call is not None:
+                    call.cancel()
+            else:
+                greenlet = getattr(handle, "_greenlet", None)
+                if greenlet is not None:
+                    greenlet.kill(block=False)
+        except Exception:  # noqa: BLE001 - a request that already ended, or a client already closed
+            pass
+
+    def _finish(self, tiles: np.ndarray, handle=None) -> np.ndarray:
+        """The result of ``handle`` (or of a new request for ``tiles``), retrying connection failures and
+        timeouts with backoff; counts failures for the circuit breaker."""
+        for attempt in range(self.retries + 1):
+            if self._down is not None:
+                raise self._down
+            try:
+                if handle is None:
+                    handle = self._submit(tiles)
+                out = self._result(handle)
+            except HRXError:
+                raise
+            except Exception as e:  # noqa: BLE001 - InferenceServerException, socket errors, gevent/grpc timeouts
+                handle = None
+                if not is_transient(e):
+                    raise TritonError(f"{self._where}: inference failed ({_reason(e)})") from e
+                if attempt < self.retries:
+                    time.sleep(self.backoff * 2 ** attempt)
+                    continue
+                self._count_failure(e)
+                raise TritonError(f"{self._where}: inference failed after {self.retries + 1} tries ({_reason(e)})") from e
+            with self._lock:
+                self._failures = 0
+            return out
+        raise AssertionError("unreachable")
+
+    def _count_failure(self, e: BaseException) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self.breaker and self._down is None:
+                self._down = TritonDown(f"{self._where}: the server stopped answering ({self._failures} requests "
+                                        f"in a row failed after {self.retries + 1} tries each; last: {_reason(e)})")
+            down = self._down
+        if down is not None:
+            raise down from e
+
     def infer(self, tiles: np.ndarray) -> np.ndarray:
-        return self._result(self._submit(tiles))
+        return self._finish(tiles)
 
     def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Results of ``batches`` in order, with up to ``inflight`` requests outstanding."""
+        """Results of ``batches`` in order, with up to ``inflight`` requests outstanding; stopping early
+        (an error, the caller closing the generator) cancels the requests still in flight."""
         pending: deque = deque()
-        for tiles in batches:
-            pending.append(self._submit(tiles))
-            if len(pending) >= self.inflight:
-                yield self._result(pending.popleft())
-        while pending:
-            yield self._result(pending.popleft())
+
+        def start(tiles: np.ndarray):
+            if self._down is not None:
+                raise self._down
+            try:
+                return self._submit(tiles)
+            except HRXError:
+                raise
+            except Exception:  # noqa: BLE001 - retried (or reported) when its result is due
+                return None
+
+        try:
+            for tiles in batches:
+                pending.append((tiles, start(tiles)))
+                if len(pending) >= self.inflight:
+                    yield self._finish(*pending.popleft())
+            while pending:
+                yield self._finish(*pending.popleft())
+        finally:
+            for _, handle in pending:
+                if handle is not None:
+                    self._cancel(handle)
 
     def close(self) -> None:
         with self._lock:

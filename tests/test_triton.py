@@ -168,7 +168,8 @@ def server(exports):
     log = open(log_path, "w")
     proc = subprocess.Popen([str(SERVER_PYTHON), str(ROOT / "scripts" / "pytriton_serve.py"), str(exports["dynamic"]),
                              "--name", "hrx", "--http-port", str(http), "--grpc-port", str(grpc)],
-                            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
+                            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its own process group: the last test kills it whole
     started = time.monotonic()
     while "READY" not in log_path.read_text():
         if proc.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
@@ -177,7 +178,7 @@ def server(exports):
         time.sleep(0.5)
     try:
         token = log_path.read_text().split("READY", 1)[1].split()[2]
-        yield {"http": f"127.0.0.1:{http}", "grpc": f"grpc://127.0.0.1:{grpc}", "token": token}
+        yield {"http": f"127.0.0.1:{http}", "grpc": f"grpc://127.0.0.1:{grpc}", "token": token, "proc": proc}
     finally:
         proc.stdin.close()  # the server stops when its stdin closes
         try:
@@ -297,3 +298,52 @@ def test_triton_errors_are_one_line_exit_2(exports, server, tmp_path):
             assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     finally:
         silent.close()
+
+
+def test_server_killed_mid_batch_fails_the_rest_at_once_exit_2(exports, server, tmp_path, monkeypatch):
+    """Last in this module: it kills the server. SIGKILL of its whole process group once the report shows
+    two finished images: the images done stay whole, the request in flight is retried then fails, the
+    circuit breaker fails the images left at once (one line), exit code 2, every report line valid."""
+    import json
+    import signal
+
+    import hrx.runtime.triton_client as triton_client
+
+    monkeypatch.setattr(triton_client, "BACKOFF_S", 0.05)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for k in range(16):
+        Image.fromarray(rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)).save(folder / f"p{k:02d}.png")
+    report = tmp_path / "r.jsonl"
+
+    def killer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if report.exists() and report.read_text().count('"status": "done"') >= 2:
+                break
+            time.sleep(0.01)
+        os.killpg(server["proc"].pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    result = runner.invoke(app, ["upscale", str(folder), "-o", str(tmp_path / "out"), "--backend", "triton",
+                                 "--url", server["http"], "--model-name", "hrx", "--timeout", "5", "--report",
+                                 str(report)])
+    thread.join()
+    assert result.exit_code == 2, result.output
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    images = [r for r in rows if r["type"] == "image"]
+    done = [r for r in images if r["status"] == "done"]
+    failed = [r for r in images if r["status"] == "failed"]
+    assert len(images) == 16 and rows[-1]["type"] == "summary" and 2 <= len(done) < 16
+    assert {r["error"] for r in failed} <= {"TritonError", "TritonDown"} and any(not r["attempted"] for r in failed)
+    for r in done:
+        with Image.open(r["output"]) as im:
+            assert im.size == (120, 120)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(Path(r["output"]).name for r in done)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "not run after the backend went down" in errors[-1], result.stderr
+    tried = [r for r in failed if r["attempted"]]  # each tried after the kill: retried, then counted
+    assert 1 <= len(tried) <= triton_client.DEFAULT_BREAKER and len(errors) == len(tried) + 1, result.stderr
+    assert tried[-1]["error"] == "TritonDown" and "stopped answering" in tried[-1]["reason"]
