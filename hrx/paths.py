@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what read_image decodes
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".nut", ".ts", ".m2ts", ".mts")  # hrx upscale videos
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")  # serialized TensorRT engines
 
@@ -34,6 +35,11 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def is_image_file(path: Path) -> bool:
     """A visible file with an image suffix (``IMAGE_SUFFIXES``, any case)."""
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def is_video_file(path: Path) -> bool:
+    """A visible file with a video container suffix (``VIDEO_SUFFIXES``, any case)."""
+    return path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".")
 
 
 def image_files(folder: str | os.PathLike, what: str = "image", option: str = "--images") -> list[Path]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install hrx with the lean CPU stack (what `hrx upscale` and scripts/demo.sh need).
-# `setup.sh --test` adds what the test suite needs: pytest, Triton's CPU interpreter, spandrel, Ray Data,
+# `setup.sh --test` adds what the test suite needs: pytest, Triton's CPU interpreter, spandrel, Ray Data, PyAV,
 # the Triton client, and PyTriton's server in its own .venv-triton. A failed install stops the script.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +33,7 @@ fresh_venv .venv
 # torch is pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build
 if [ "$mode" = "--test" ]; then
   # ray[data] and tritonclient (extras ray, triton) add ~1 minute; their tests run in CI
-  pip_install .venv/bin/python torch==2.13.0 -e ".[data,test,ray,triton]"
+  pip_install .venv/bin/python torch==2.13.0 -e ".[data,test,ray,triton,video]"
   # spandrel (third-party checkpoints) without its torchvision requirement: PyPI's torchvision for this
   # torch is a CUDA build whose C extension fails next to the CPU torch; hrx.thirdparty imports spandrel
   # with a stand-in for the three torchvision names it uses (see README "Third-party models").

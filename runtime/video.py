@@ -1,0 +1,616 @@
+"""Upscale a video: decode, the tiled model, encode, in closed segments that a later run resumes.
+
+One video is planned from its packets alone (no decoding): the video stream's frame timestamps, cut
+at key frames into segments of about ``segment_frames`` frames. Each segment runs as three threads
+joined by bounded queues (memory does not grow with the video's length)::
+
+    decode (seek to the segment, frames -> float RGB)  ->  model (tiled runtime)  ->  encode (-> segment file)
+
+Every output frame keeps its input frame's pts in the input's time base (variable frame rate stays
+variable). A finished segment is renamed into the work folder ``.NAME.hrx-work`` beside the output; a
+run that is killed or interrupted leaves the finished segments there, and the same command continues
+from them. When every segment is there, :func:`hrx.runtime.video_mux.join` writes the output (the
+segments' video with every other stream of the input copied) to a temporary name and renames it: only
+a complete file ever appears at the output path.
+
+Frames that cannot be decoded (corrupt packets) are counted and reported as lost frames (``strict``:
+the video fails); a model error fails the video, never drops a frame.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+
+from hrx.errors import HRXError
+from hrx.paths import atomic_write, atomic_write_bytes
+from hrx.runtime.backend import Backend
+from hrx.runtime.pipeline import BatchOptions, output_size, resample_planes, upscale_picture
+from hrx.runtime.images import Picture
+from hrx.runtime.tiling import TileSpec, upscale_tiled, upscale_whole
+from hrx.runtime.video_color import Color, bits_of, frame_color, from_rgb, layout, tag, to_rgb
+
+DEFAULT_SEGMENT_FRAMES = 240
+QUEUE_FRAMES = 4  # frames waiting between two threads (each way)
+# --video-codec default for an input codec (canonical FFmpeg name): the same family
+SAME_FAMILY = {"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1", "ffv1": "ffv1", "prores": "prores_ks",
+               "vp9": "libvpx-vp9"}
+FALLBACK_CODEC = "libx264"
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    codec: str | None = None  # encoder; None: the input's codec family (else libx264)
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None  # None: the input's (where the encoder takes it)
+    codec_options: tuple[tuple[str, str], ...] = ()  # --video-opt KEY=VALUE
+    frames: tuple[int, int | None] | None = None  # [first, last) frame numbers (presentation order)
+    start: float | None = None  # seconds from the stream's first frame
+    end: float | None = None
+    segment_frames: int = DEFAULT_SEGMENT_FRAMES
+    strict: bool = False  # lost frames or a stream the output cannot hold fail the video
+    resize: BatchOptions = BatchOptions()  # outscale / width / height (the images' options)
+    warn: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.segment_frames < 1:
+            raise HRXError("--segment-frames must be >= 1")
+        if self.frames is not None and (self.start is not None or self.end is not None):
+            raise HRXError("pass either --frames or --start/--end, not both")
+        if self.frames is not None and (self.frames[0] < 0 or (self.frames[1] is not None
+                                                                and self.frames[1] <= self.frames[0])):
+            raise HRXError(f"--frames {self.frames[0]}:{self.frames[1]}: expected A:B with 0 <= A < B")
+
+
+def parse_frames(text: str) -> tuple[int, int | None]:
+    """``"A:B"`` (``B`` excluded; either may be empty) -> ``(A, B or None)``."""
+    try:
+        a, b = text.split(":")
+        return int(a or 0), (int(b) if b else None)
+    except ValueError:
+        raise HRXError(f"--frames {text!r}: expected A:B (frame numbers, B excluded), e.g. 0:100") from None
+
+
+def parse_codec_options(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HRXError(f"--video-opt {item!r}: expected KEY=VALUE (e.g. tune=film)")
+        out.append((key, value))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    start: int  # pts of its first frame (stream time base)
+    end: int | None  # pts of the next segment's first frame (excluded); None: to the end of the range
+    frames: int
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    source: str
+    stream: int  # index of the video stream in the input
+    time_base: Fraction
+    rate: Fraction | None  # average frame rate, for the encoder's rate control
+    width: int
+    height: int
+    in_pix_fmt: str
+    color: Color
+    codec: str  # encoder
+    pix_fmt: str  # output pixel format
+    out_width: int
+    out_height: int
+    frames: int
+    first_pts: int  # the stream's first frame
+    range_start: float | None  # time span kept of the other streams, seconds (None: from the start / to the end)
+    range_end: float | None
+    segments: tuple[Segment, ...]
+
+
+@dataclass
+class VideoResult:
+    source: str
+    output: str
+    status: str = "failed"  # "done", "failed", "skipped"
+    reason: str = ""
+    frames: int = 0
+    lost_frames: int = 0
+    segments: int = 0
+    resumed_segments: int = 0  # segments found finished in the work folder
+    width: int = 0
+    height: int = 0
+    out_width: int = 0
+    out_height: int = 0
+    codec: str = ""
+    pix_fmt: str = ""
+    dropped_streams: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class VideoProgress(Protocol):
+    def start_video(self, source: Path, frames: int) -> None: ...
+
+    def advance_frames(self, n: int) -> None: ...
+
+
+class NoVideoProgress:
+    def start_video(self, source: Path, frames: int) -> None:
+        pass
+
+    def advance_frames(self, n: int) -> None:
+        pass
+
+
+# -- planning -----------------------------------------------------------------------------------------
+
+def open_input(path: Path):
+    """``av.open`` with one-line errors naming the file."""
+    import av
+
+    if not path.exists():
+        raise HRXError(f"{path}: no such file")
+    try:
+        return av.open(str(path), metadata_errors="replace")
+    except av.FFmpegError as e:
+        raise HRXError(f"{path}: cannot open as a video ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    import av
+
+    if isinstance(e, av.FFmpegError):
+        text = e.strerror or str(e)
+    else:
+        text = str(e) or type(e).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+def video_stream(container, path: Path):
+    """The main video stream (not a cover picture); one-line error when there is none."""
+    for s in container.streams.video:
+        if not s.disposition & 1024:  # AV_DISPOSITION_ATTACHED_PIC
+            return s
+    raise HRXError(f"{path}: no video stream")
+
+
+def _timestamps(container, stream, path: Path, warn) -> tuple[list[int], set[int]]:
+    """Presentation timestamps of the stream's frames (sorted) and those of its key frames, from packets."""
+    import av
+
+    stamps: set[int] = set()
+    keys: set[int] = set()
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if ts is None:
+                raise HRXError(f"{path}: video packets without timestamps")
+            stamps.add(ts)
+            if packet.is_keyframe:
+                keys.add(ts)
+    except av.FFmpegError as e:  # damaged tail: what was read is planned, decoding counts the losses
+        if warn:
+            warn(f"{path}: demuxing stopped early ({_reason(e)}); frames after that point are not in the plan")
+    if not stamps:
+        raise HRXError(f"{path}: the video stream has no frames")
+    return sorted(stamps), keys
+
+
+def _select(pts: list[int], time_base: Fraction, options: VideoOptions) -> tuple[int, int]:
+    """``[lo, hi)`` indices of the frames kept."""
+    if options.frames is not None:
+        lo, hi = options.frames[0], options.frames[1] if options.frames[1] is not None else len(pts)
+    else:
+        first = pts[0]
+        lo, hi = 0, len(pts)
+        if options.start is not None:
+            lo = next((i for i, p in enumerate(pts) if (p - first) * time_base >= Fraction(options.start)), len(pts))
+        if options.end is not None:
+            hi = next((i for i, p in enumerate(pts) if (p - first) * time_base >= Fraction(options.end)), len(pts))
+    hi = min(hi, len(pts))
+    if lo >= hi:
+        raise HRXError(f"the range selects no frames (the video has {len(pts)})")
+    return lo, hi
+
+
+def plan_segments(pts: list[int], keys: set[int], lo: int, hi: int, size: int, total: int) -> tuple[Segment, ...]:
+    """Segments of frames ``pts[lo:hi]``: each starts at a key frame (the first anywhere) and holds at
+    least ``size`` frames (the last may hold fewer)."""
+    starts = [lo]
+    for i in range(lo + 1, hi):
+        if i - starts[-1] >= size and pts[i] in keys:
+            starts.append(i)
+    bounds = starts + [hi]
+    return tuple(Segment(k, pts[a], pts[b] if b < total else None, b - a)
+                 for k, (a, b) in enumerate(zip(bounds, bounds[1:])))
+
+
+def choose_encoder(in_codec: str, in_pix_fmt: str, options: VideoOptions) -> tuple[str, str]:
+    """``(encoder, pixel format)``: ``options``' or the input's family and format; a format the encoder
+    cannot take becomes its closest one of the same depth (with a warning)."""
+    import av
+
+    name = options.codec or SAME_FAMILY.get(in_codec, FALLBACK_CODEC)
+    try:
+        codec = av.codec.Codec(name, "w")
+    except Exception:  # noqa: BLE001 - UnknownCodecError and friends
+        raise HRXError(f"--video-codec {name}: this FFmpeg build has no such encoder "
+                       "(PyAV's wheel has libx264, libx265, libsvtav1, ffv1, prores_ks, libvpx-vp9)") from None
+    if codec.type != "video":
+        raise HRXError(f"--video-codec {name}: not a video encoder")
+    formats = [f.name for f in (codec.video_formats or ())]
+    writable = [f for f in formats if layout(f) is not None]
+    wanted = options.pix_fmt or in_pix_fmt
+    if options.pix_fmt is not None:
+        if formats and wanted not in formats:
+            raise HRXError(f"--pix-fmt {wanted}: {name} takes {', '.join(formats)}")
+        if layout(wanted) is None:
+            raise HRXError(f"--pix-fmt {wanted}: only planar YUV, gray and GBR formats are written")
+        return name, wanted
+    if wanted.startswith("yuvj"):  # the deprecated full-range names: same samples, the range is a tag
+        wanted = "yuv" + wanted[4:]
+    if wanted in writable or (not formats and layout(wanted) is not None):
+        return name, wanted
+    bits = bits_of(in_pix_fmt)
+    base = layout(wanted)
+    candidates = sorted(writable, key=lambda f: (abs(bits_of(f) - bits) + (8 if bits_of(f) < bits else 0),
+                                                 0 if base and layout(f).family == base.family
+                                                 and (layout(f).sub_x, layout(f).sub_y) == (base.sub_x, base.sub_y)
+                                                 else 1))
+    if not candidates:
+        raise HRXError(f"--video-codec {name}: none of its pixel formats can be written ({', '.join(formats)})")
+    choice = candidates[0]
+    if options.warn is not None:
+        options.warn(f"{name} cannot encode {in_pix_fmt}: writing {choice} (--pix-fmt to choose)")
+    return name, choice
+
+
+def probe(source: Path, options: VideoOptions, scale: int) -> VideoPlan:
+    """Plan the upscaling of ``source`` (model ``scale``): timestamps, segments, encoder, sizes."""
+    with open_input(source) as container:
+        stream = video_stream(container, source)
+        time_base = stream.time_base
+        rate = stream.average_rate or stream.guessed_rate
+        in_codec = stream.codec_context.codec.canonical_name
+        width, height, fmt_name, index, color = _first_frame(container, stream, source)
+    with open_input(source) as container:  # from the start again: packets only
+        pts, keys = _timestamps(container, container.streams[index], source, options.warn)
+    lo, hi = _select(pts, time_base, options)
+    segments = plan_segments(pts, keys, lo, hi, options.segment_frames, len(pts))
+    codec, pix_fmt = choose_encoder(in_codec, fmt_name, options)
+    out_w, out_h = output_size(width, height, scale, options.resize)
+    fmt = layout(pix_fmt)
+    out_w, out_h = _even(out_w, fmt.sub_x), _even(out_h, fmt.sub_y)
+    ranged = lo > 0 or hi < len(pts)
+    to_s = lambda i: float(pts[i] * time_base) if i < len(pts) else None  # noqa: E731
+    return VideoPlan(str(source), index, time_base, Fraction(rate) if rate else None, width, height, fmt_name, color,
+                     codec, pix_fmt, out_w, out_h, hi - lo, pts[0],
+                     to_s(lo) if ranged else None, to_s(hi) if ranged else None, segments)
+
+
+def _even(n: int, multiple: int) -> int:
+    return max(multiple, n - n % multiple)
+
+
+def _first_frame(container, stream, source: Path) -> tuple[int, int, str, int, Color]:
+    import av
+
+    try:
+        for frame in container.decode(stream):
+            return frame.width, frame.height, frame.format.name, stream.index, _stream_color(frame, stream)
+    except av.FFmpegError as e:
+        raise HRXError(f"{source}: cannot decode the video stream ({_reason(e)})") from None
+    raise HRXError(f"{source}: the video stream has no decodable frame")
+
+
+def _stream_color(frame, stream) -> Color:
+    """The frame's colour tags, the stream's where the frame has none."""
+    f, c = frame_color(frame), stream.codec_context
+    return Color(f.space if f.space != 2 else int(c.colorspace), f.primaries if f.primaries != 2 else int(c.color_primaries),
+                 f.trc if f.trc != 2 else int(c.color_trc), f.range or int(c.color_range))
+
+
+# -- one segment --------------------------------------------------------------------------------------
+
+_END = object()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event):
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+def decode_segment(plan: VideoPlan, segment: Segment, strict: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """``(pts, float RGB [3, H, W])`` of every decodable frame of ``segment`` in presentation order.
+    Seeks to the key frame at or before the segment's start; a container that cannot seek there is
+    decoded from its start. Corrupt packets are skipped (``strict``: one-line error)."""
+    import av
+
+    source = Path(plan.source)
+    for seek in (segment.start > plan.first_pts, False):
+        with open_input(source) as container:
+            stream = container.streams[plan.stream]
+            stream.thread_type = "AUTO"
+            if seek:
+                try:
+                    container.seek(segment.start, stream=stream, backward=True)
+                except av.FFmpegError:
+                    continue
+            first = True
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError as e:
+                    if strict:
+                        raise HRXError(f"{source}: corrupt video packet at pts {packet.pts} ({_reason(e)})") from None
+                    continue
+                for frame in frames:
+                    pts = frame.pts if frame.pts is not None else frame.dts
+                    if pts is None:
+                        continue
+                    if first and seek and pts > segment.start:
+                        break  # the seek landed after the start: decode from the beginning instead
+                    first = False
+                    if pts < segment.start:
+                        continue
+                    if segment.end is not None and pts >= segment.end:
+                        return
+                    yield pts, to_rgb(frame, plan.color)
+                else:
+                    continue
+                break  # only reached from the seek check above
+            else:
+                return
+
+
+SEGMENT_FORMAT = "matroska"  # holds every codec; its millisecond clock is why the timestamps go beside it
+
+
+def open_encoder(container, plan: VideoPlan, options: VideoOptions):
+    """The output video stream of ``container``, set up from ``plan`` and ``options``."""
+    stream = container.add_stream(plan.codec, rate=plan.rate) if plan.rate else container.add_stream(plan.codec)
+    stream.width, stream.height, stream.pix_fmt = plan.out_width, plan.out_height, plan.pix_fmt
+    stream.time_base = plan.time_base
+    ctx = stream.codec_context
+    ctx.time_base = plan.time_base
+    if plan.rate:
+        ctx.framerate = plan.rate
+    tag(ctx, plan.color)
+    opts = {}
+    if options.crf is not None:
+        opts["crf"] = str(options.crf)
+    if options.preset is not None:
+        opts["preset"] = options.preset
+    opts.update(dict(options.codec_options))
+    stream.options = opts
+    return stream
+
+
+class _Model:
+    """One frame through the tiled model: the pipeline's channel mapping, then resize if asked."""
+
+    def __init__(self, backend: Backend, spec: TileSpec, plan: VideoPlan) -> None:
+        self.backend, self.spec, self.plan = backend, spec, plan
+
+    def run_planes(self, x: np.ndarray) -> np.ndarray:
+        if self.backend.any_tile and max(x.shape[1:]) <= self.spec.tile:
+            return upscale_whole(x, self.backend.infer, self.spec)
+        return upscale_tiled(x, self.backend.infer, self.spec, None, self.backend.infer_many)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        info = self.backend.info
+        picture = Picture(rgb.transpose(1, 2, 0), None, 16)
+        out = upscale_picture(picture, self.run_planes, info.in_channels, info.scale).color.transpose(2, 0, 1)
+        if out.shape[1:] != (self.plan.out_height, self.plan.out_width):
+            out, _ = resample_planes(np.clip(out, 0.0, 1.0), (self.plan.out_width, self.plan.out_height))
+        return out
+
+
+def encode_segment(backend: Backend, spec: TileSpec, plan: VideoPlan, segment: Segment, target: str,
+                   options: VideoOptions, progress: VideoProgress | None = None) -> tuple[int, list]:
+    """Upscale ``segment`` into the file ``target`` (decode, model and encode overlapping on three
+    threads); returns the number of frames written and every packet's ``(pts, dts, duration)`` in the
+    input's time base (the segment container rounds them to milliseconds; the join restores them)."""
+    import av
+
+    progress = progress or NoVideoProgress()
+    stop = threading.Event()
+    decoded: queue.Queue = queue.Queue(QUEUE_FRAMES)
+    upscaled: queue.Queue = queue.Queue(QUEUE_FRAMES)
+    errors: list[BaseException] = []
+    written = [0]
+    stamps: list[tuple[int | None, int | None, int]] = []  # (pts, dts, duration) of every packet, stream time base
+
+    def mux(out, packets) -> None:
+        for packet in packets:
+            stamps.append((packet.pts, packet.dts, packet.duration or 0))
+            out.mux(packet)
+
+    def decode() -> None:
+        try:
+            for item in decode_segment(plan, segment, options.strict):
+                _put(decoded, item, stop)
+            _put(decoded, _END, stop)
+        except _Stop:
+            pass
+        except BaseException as e:  # noqa: BLE001 - handed to the model thread
+            errors.append(e)
+            stop.set()
+
+    def encode() -> None:
+        try:
+            with av.open(target, "w", format=SEGMENT_FORMAT) as out:
+                stream = open_encoder(out, plan, options)
+                while (item := _get(upscaled, stop)) is not _END:
+                    pts, rgb = item
+                    frame = from_rgb(rgb, plan.pix_fmt, plan.color)
+                    frame.pts, frame.time_base = pts, plan.time_base
+                    mux(out, stream.encode(frame))
+                    written[0] += 1
+                mux(out, stream.encode(None))
+        except _Stop:
+            pass
+        except av.FFmpegError as e:
+            errors.append(HRXError(f"{plan.source}: the {plan.codec} encoder failed ({_reason(e)})"))
+            stop.set()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=decode, name="hrx-video-decode", daemon=True),
+               threading.Thread(target=encode, name="hrx-video-encode", daemon=True)]
+    model = _Model(backend, spec, plan)
+    for t in threads:
+        t.start()
+    try:
+        while (item := _get(decoded, stop)) is not _END:
+            pts, rgb = item
+            _put(upscaled, (pts, model(rgb)), stop)
+            progress.advance_frames(1)
+        _put(upscaled, _END, stop)
+    except _Stop:
+        pass
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.1)
+    if errors:
+        raise errors[0]
+    return written[0], stamps
+
+
+# -- one video ----------------------------------------------------------------------------------------
+
+def work_folder(output: Path) -> Path:
+    """Where the finished segments of ``output`` wait: a hidden folder beside it."""
+    return output.parent / f".{output.name}.hrx-work"
+
+
+def _fingerprint(plan: VideoPlan, options: VideoOptions, spec: TileSpec, backend: Backend, model_id: str) -> str:
+    st = Path(plan.source).stat()
+    key = {"source": str(Path(plan.source).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
+           "plan": repr(plan), "codec": [options.crf, options.preset, list(options.codec_options)],
+           "spec": repr(spec), "model": [model_id, repr(backend.info)]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prepare_work(output: Path, fingerprint: str) -> Path:
+    """The work folder for ``output``, kept when it belongs to the same run (same input, model and
+    settings), emptied otherwise."""
+    work = work_folder(output)
+    marker = work / "plan.json"
+    if work.is_dir():
+        try:
+            same = json.loads(marker.read_text()).get("fingerprint") == fingerprint
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not marker.exists():
+        atomic_write_bytes(marker, json.dumps({"fingerprint": fingerprint}).encode())
+    return work
+
+
+def segment_path(work: Path, segment: Segment) -> Path:
+    """The segment's video (complete when it exists); its packets' timestamps are in :func:`stamps_path`."""
+    return work / f"seg-{segment.index:05d}.mkv"
+
+
+def stamps_path(segment_file: Path) -> Path:
+    return segment_file.with_suffix(".json")
+
+
+def run_segment(backend: Backend, spec: TileSpec, plan: VideoPlan, segment: Segment, work: Path,
+                options: VideoOptions, progress: VideoProgress | None = None) -> int:
+    """Encode ``segment`` into the work folder (atomically: a segment file is always complete) and
+    return the frames it lost (frames planned, not decodable); ``options.strict``: losing any fails."""
+    written = [0]
+    path = segment_path(work, segment)
+
+    def write(tmp: str) -> None:
+        written[0], stamps = encode_segment(backend, spec, plan, segment, tmp, options, progress)
+        lost = segment.frames - written[0]
+        if lost and options.strict:
+            raise HRXError(f"{plan.source}: {lost} frame(s) of segment {segment.index} could not be decoded "
+                           "(corrupt data; without --strict they are skipped)")
+        atomic_write_bytes(stamps_path(path), json.dumps({"frames": written[0], "packets": stamps}).encode())
+
+    atomic_write(path, write)
+    return segment.frames - written[0]
+
+
+def upscale_video(backend: Backend, spec: TileSpec, source: Path, output: Path, options: VideoOptions = VideoOptions(),
+                  progress: VideoProgress | None = None, model_id: str = "") -> VideoResult:
+    """Upscale one video file to ``output``, resuming from a previous run's finished segments."""
+    from hrx.runtime.video_mux import join
+
+    progress = progress or NoVideoProgress()
+    started = time.perf_counter()
+    result = VideoResult(str(source), str(output))
+    plan = probe(source, options, backend.info.scale)
+    result.width, result.height, result.out_width, result.out_height = (plan.width, plan.height, plan.out_width,
+                                                                        plan.out_height)
+    result.codec, result.pix_fmt, result.segments = plan.codec, plan.pix_fmt, len(plan.segments)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = prepare_work(output, _fingerprint(plan, options, spec, backend, model_id))
+    done = {s.index for s in plan.segments if segment_path(work, s).is_file()}
+    result.resumed_segments = len(done)
+    lost_file = work / "lost.json"
+    lost: dict[str, int] = json.loads(lost_file.read_text()) if lost_file.is_file() else {}
+    progress.start_video(source, plan.frames)
+    progress.advance_frames(sum(s.frames - lost.get(str(s.index), 0) for s in plan.segments if s.index in done))
+    for segment in plan.segments:
+        if segment.index in done:
+            continue
+        lost[str(segment.index)] = run_segment(backend, spec, plan, segment, work, options, progress)
+        atomic_write_bytes(lost_file, json.dumps(lost).encode())
+    result.lost_frames = sum(lost.values())
+    result.frames = plan.frames - result.lost_frames
+    if result.lost_frames and options.warn is not None:
+        options.warn(f"{source}: {result.lost_frames} frame(s) lost to corrupt data (--strict to fail instead)")
+    result.dropped_streams = join(plan, [segment_path(work, s) for s in plan.segments], output, options)
+    shutil.rmtree(work, ignore_errors=True)
+    result.status = "done"
+    result.seconds = time.perf_counter() - started
+    return result

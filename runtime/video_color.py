@@ -1,0 +1,211 @@
+"""Video frames <-> float RGB with the stream's own matrix, range and bit depth, in NumPy (float32).
+
+Decoding reads the planes of a PyAV frame at their own depth (8 to 16 bits: a 10-bit frame is never cut
+to 8 bits), upsamples 4:2:0 / 4:2:2 chroma (linear: co-sited horizontally, centred vertically, FFmpeg's
+default ``left`` siting) and converts Y'CbCr to R'G'B' with the stream's matrix (BT.601, BT.709,
+BT.2020 non-constant luminance, SMPTE 240M, FCC) and range (limited "MPEG" or full "JPEG"). Encoding is
+the inverse: matrix, chroma averaged with the matching filter, rounded to the output depth.
+
+Untagged streams follow FFmpeg players' convention: BT.709 from 720 lines up, else BT.601; limited range
+except ``yuvj*`` formats. The transfer function is not undone: the model sees the encoded signal (for
+PQ / HLG sources too), and the output carries the input's primaries / transfer / matrix / range tags.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from hrx.errors import HRXError
+
+# AVColorSpace -> (Kr, Kb)
+_KR_KB = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 5: (0.299, 0.114), 6: (0.299, 0.114), 7: (0.212, 0.087),
+          9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
+BT709, BT601 = 1, 6  # AVCOL_SPC_*
+MPEG, JPEG = 1, 2  # AVCOL_RANGE_*: limited, full
+_YUV = re.compile(r"^yuv(j?)(420|422|444|440)p(\d+)?(le)?$")
+_GRAY = re.compile(r"^gray(\d+)?(le)?$")
+_GBR = re.compile(r"^gbrp(\d+)?(le)?$")
+_SUBSAMPLING = {"420": (2, 2), "422": (2, 1), "444": (1, 1), "440": (1, 2)}  # (horizontal, vertical)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A planar pixel format this module reads and writes directly."""
+
+    name: str
+    family: str  # "yuv", "gray" or "gbr"
+    bits: int
+    sub_x: int = 1  # chroma subsampling
+    sub_y: int = 1
+    full_range_only: bool = False  # yuvj*, gbrp*
+
+    @property
+    def dtype(self) -> type:
+        return np.uint8 if self.bits <= 8 else np.uint16
+
+
+def layout(pix_fmt: str) -> Layout | None:
+    """The :class:`Layout` of ``pix_fmt``, or ``None`` for formats converted through FFmpeg first."""
+    m = _YUV.match(pix_fmt)
+    if m and (m.group(3) is None) == (m.group(4) is None):
+        sx, sy = _SUBSAMPLING[m.group(2)]
+        return Layout(pix_fmt, "yuv", int(m.group(3) or 8), sx, sy, bool(m.group(1)))
+    m = _GRAY.match(pix_fmt)
+    if m and (m.group(1) is None) == (m.group(2) is None):
+        return Layout(pix_fmt, "gray", int(m.group(1) or 8))
+    m = _GBR.match(pix_fmt)
+    if m and (m.group(1) is None) == (m.group(2) is None):
+        return Layout(pix_fmt, "gbr", int(m.group(1) or 8), full_range_only=True)
+    return None
+
+
+def bits_of(pix_fmt: str) -> int:
+    """Bits per sample of a pixel format (the deepest component)."""
+    import av
+
+    return max(c.bits for c in av.VideoFormat(pix_fmt).components)
+
+
+@dataclass(frozen=True)
+class Color:
+    """The colour tags of a stream (FFmpeg's AVColor* numbers) and what conversion they mean."""
+
+    space: int = 2  # matrix (AVColorSpace); 2: unspecified
+    primaries: int = 2
+    trc: int = 2
+    range: int = 0  # 0: unspecified, 1: limited, 2: full
+
+    def kr_kb(self, height: int) -> tuple[float, float]:
+        if self.space in _KR_KB:
+            return _KR_KB[self.space]
+        return _KR_KB[BT709 if height >= 720 else BT601]
+
+    def full(self, fmt: Layout) -> bool:
+        return fmt.full_range_only or self.range == JPEG
+
+    @property
+    def is_hdr(self) -> bool:
+        return self.trc in (16, 18)  # SMPTE 2084 (PQ), ARIB STD-B67 (HLG)
+
+
+def frame_color(frame) -> Color:
+    """The colour tags a decoded PyAV frame carries."""
+    return Color(int(frame.colorspace), int(frame.color_primaries), int(frame.color_trc), int(frame.color_range))
+
+
+def read_planes(frame, fmt: Layout) -> list[np.ndarray]:
+    """The planes of ``frame`` as integer arrays (no copy beyond dropping the row padding)."""
+    out = []
+    for plane in frame.planes:
+        item = np.dtype(fmt.dtype).itemsize
+        arr = np.frombuffer(plane, dtype=fmt.dtype if item == 1 else np.dtype("<u2"))
+        out.append(arr.reshape(plane.height, plane.line_size // item)[:, :plane.width])
+    return out
+
+
+def _upsample(c: np.ndarray, sx: int, sy: int, height: int, width: int) -> np.ndarray:
+    """Chroma plane -> full size: linear, horizontal samples co-sited with even luma columns, vertical
+    samples centred between two luma rows."""
+    if sx == 2:
+        right = np.concatenate([c[:, 1:], c[:, -1:]], axis=1)
+        wide = np.empty((c.shape[0], c.shape[1] * 2), np.float32)
+        wide[:, 0::2], wide[:, 1::2] = c, (c + right) * 0.5
+        c = wide
+    if sy == 2:
+        up = np.concatenate([c[:1], c[:-1]], axis=0)
+        down = np.concatenate([c[1:], c[-1:]], axis=0)
+        tall = np.empty((c.shape[0] * 2, c.shape[1]), np.float32)
+        tall[0::2], tall[1::2] = 0.75 * c + 0.25 * up, 0.75 * c + 0.25 * down
+        c = tall
+    return c[:height, :width]
+
+
+def _downsample(c: np.ndarray, sx: int, sy: int) -> np.ndarray:
+    """Full-size chroma -> subsampled, the filters matching :func:`_upsample`'s siting."""
+    if sy == 2:
+        if c.shape[0] % 2:
+            c = np.concatenate([c, c[-1:]], axis=0)
+        c = (c[0::2] + c[1::2]) * 0.5
+    if sx == 2:
+        if c.shape[1] % 2:
+            c = np.concatenate([c, c[:, -1:]], axis=1)
+        left = np.concatenate([c[:, :1], c[:, 1:-1:2]], axis=1)
+        c = 0.25 * left + 0.5 * c[:, 0::2] + 0.25 * c[:, 1::2]
+    return c
+
+
+def _scales(fmt: Layout, full: bool) -> tuple[float, float, float, float]:
+    """(luma offset, luma span, chroma centre, chroma span) in code values."""
+    if full:
+        top = float(2 ** fmt.bits - 1)
+        return 0.0, top, float(2 ** (fmt.bits - 1)), top
+    k = float(2 ** (fmt.bits - 8))
+    return 16 * k, 219 * k, 128 * k, 224 * k
+
+
+def to_rgb(frame, color: Color | None = None) -> np.ndarray:
+    """A decoded PyAV frame -> float32 ``[3, H, W]`` R'G'B' in [0, 1], at the frame's own depth."""
+    fmt = layout(frame.format.name)
+    if fmt is None:  # packed / semi-planar / alpha formats: FFmpeg unpacks them, depth kept
+        deep = bits_of(frame.format.name) > 8  # FFmpeg widens yuv samples by shifting (x << 8): range kept
+        target = ("gbrp16le" if deep else "gbrp") if frame.format.is_rgb else ("yuv444p16le" if deep else "yuv444p")
+        color = color or frame_color(frame)
+        frame = frame.reformat(format=target)
+        fmt = layout(target)
+    color = color or frame_color(frame)
+    h, w = frame.height, frame.width
+    planes = [p.astype(np.float32) for p in read_planes(frame, fmt)]
+    if fmt.family == "gbr":
+        g, b, r = planes[:3]
+        return np.clip(np.stack([r, g, b]) / float(2 ** fmt.bits - 1), 0.0, 1.0)
+    y0, ys, c0, cs = _scales(fmt, color.full(fmt))
+    y = (planes[0] - y0) / ys
+    if fmt.family == "gray":
+        return np.clip(np.repeat(y[None], 3, axis=0), 0.0, 1.0)
+    cb = (_upsample(planes[1], fmt.sub_x, fmt.sub_y, h, w) - c0) / cs
+    cr = (_upsample(planes[2], fmt.sub_x, fmt.sub_y, h, w) - c0) / cs
+    kr, kb = color.kr_kb(h)
+    r = y + (2 - 2 * kr) * cr
+    b = y + (2 - 2 * kb) * cb
+    g = (y - kr * r - kb * b) / (1 - kr - kb)
+    return np.clip(np.stack([r, g, b]), 0.0, 1.0)
+
+
+def from_rgb(rgb: np.ndarray, pix_fmt: str, color: Color):
+    """float32 ``[3, H, W]`` R'G'B' -> a PyAV frame of ``pix_fmt`` tagged with ``color``."""
+    import av
+
+    fmt = layout(pix_fmt)
+    if fmt is None:
+        raise HRXError(f"--pix-fmt {pix_fmt}: only planar YUV, gray and GBR formats are written "
+                       "(e.g. yuv420p, yuv420p10le, yuv444p, gbrp)")
+    rgb = np.clip(rgb, 0.0, 1.0)
+    _, h, w = rgb.shape
+    top = float(2 ** fmt.bits - 1)
+    if fmt.family == "gbr":
+        planes = [rgb[1] * top, rgb[2] * top, rgb[0] * top]
+    else:
+        kr, kb = color.kr_kb(h)
+        y = kr * rgb[0] + (1 - kr - kb) * rgb[1] + kb * rgb[2]
+        y0, ys, c0, cs = _scales(fmt, color.full(fmt))
+        planes = [y * ys + y0]
+        if fmt.family == "yuv":
+            cb = (rgb[2] - y) / (2 - 2 * kb)
+            cr = (rgb[0] - y) / (2 - 2 * kr)
+            planes += [_downsample(c, fmt.sub_x, fmt.sub_y) * cs + c0 for c in (cb, cr)]
+    frame = av.VideoFrame(w, h, pix_fmt)
+    for plane, values in zip(frame.planes, planes):
+        item = np.dtype(fmt.dtype).itemsize
+        buf = np.zeros((plane.height, plane.line_size // item), np.dtype(fmt.dtype).newbyteorder("<"))
+        buf[:, :plane.width] = np.clip(np.rint(values), 0, top)[:plane.height, :plane.width]
+        plane.update(buf.tobytes())
+    tag(frame, color)
+    return frame
+
+
+def tag(target, color: Color) -> None:
+    """Set the colour tags on a frame or a codec context."""
+    target.colorspace, target.color_primaries = color.space, color.primaries
+    target.color_trc, target.color_range = color.trc, color.range

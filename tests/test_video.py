@@ -1,0 +1,211 @@
+"""Videos through ``hrx upscale``: clips made here with PyAV (a moving pattern, 8- and 10-bit, variable frame
+rate, AAC and Opus audio, a subtitle track, chapters), upscaled by a perturbed hrx-t x2 (PyTorch, whole
+48x32 frames). Every stream, timestamp and level is checked against the input or the image path."""
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hrx
+from conftest import randomize_params
+from hrx.runtime.tiling import TileSpec
+from hrx.runtime.torch_backend import TorchBackend
+from hrx.runtime.video import VideoOptions, upscale_video, work_folder
+from hrx.runtime.video_color import Color, from_rgb, tag, to_rgb
+
+av = pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")
+
+W, H, FRAMES = 48, 32, 8
+TB = Fraction(1, 1000)
+VFR_PTS = [0, 40, 80, 170, 210, 250, 340, 380, 420, 460, 500, 540][:FRAMES]  # a 90 ms gap every third frame
+
+
+def pattern(i: int, bits: int = 8) -> np.ndarray:
+    """A moving colour pattern, float RGB [3, H, W] (smooth: 4:2:0 keeps it, a 10-bit frame has > 256 levels)."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    t = i * 0.4
+    return np.stack([0.5 + 0.45 * np.sin(xx / 7 + t), 0.5 + 0.45 * np.cos(yy / 5 - t),
+                     (xx + yy + 4 * i) / (W + H + 4 * FRAMES)]).astype(np.float32)
+
+
+def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: tuple[str, ...] = ("aac", "libopus"),
+              subtitles: bool = True, chapters: bool = True, color: Color = Color(1, 1, 1, 1)) -> Path:
+    with av.open(str(path), "w") as out:
+        out.metadata["title"] = "test clip"
+        v = out.add_stream(codec, rate=25)
+        v.width, v.height, v.pix_fmt, v.time_base = W, H, pix_fmt, TB
+        v.codec_context.time_base = TB
+        v.codec_context.gop_size = 1 if codec == "ffv1" else 4  # key frames to cut segments at
+        v.metadata["language"] = "und"
+        tag(v.codec_context, color)
+        a_streams = []
+        for k, name in enumerate(audio):
+            a = out.add_stream(name, rate=48000)
+            a.layout = "stereo"
+            a.metadata["language"], a.metadata["title"] = ("eng", "fra")[k], f"track {k}"
+            a_streams.append(a)
+        s = None
+        if subtitles:
+            s = out.add_mux_stream("subrip")
+            s.time_base = TB
+            s.metadata["language"] = "deu"
+        for i, pts in enumerate(VFR_PTS):
+            frame = from_rgb(pattern(i), pix_fmt, color)
+            frame.pts, frame.time_base = pts, TB
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+        rng = np.random.default_rng(0)
+        for a in a_streams:
+            for k in range(25):
+                af = av.AudioFrame.from_ndarray((rng.random((2, 960)) * 0.1).astype(np.float32), format="fltp",
+                                                layout="stereo")
+                af.sample_rate, af.pts, af.time_base = 48000, k * 960, Fraction(1, 48000)
+                out.mux(a.encode(af))
+            out.mux(a.encode(None))
+        if s is not None:
+            for k, (t, text) in enumerate([(0, "first line"), (200, "<font color=\"#ff0000\">second</font>")]):
+                p = av.Packet(text.encode())
+                p.stream, p.pts, p.dts, p.duration, p.time_base = s, t, t, 150, TB
+                out.mux(p)
+        if chapters:
+            out.set_chapters([{"id": 1, "start": 0, "end": 200, "time_base": TB, "metadata": {"title": "one"}},
+                              {"id": 2, "start": 200, "end": 540, "time_base": TB, "metadata": {"title": "two"}}])
+    return path
+
+
+@pytest.fixture(scope="module")
+def backend():
+    torch.manual_seed(0)
+    model = hrx.create_model("hrx-t", scale=2)
+    randomize_params(model, 0.05)
+    b = TorchBackend(model, tile=64)  # a 48x32 frame runs whole (one call per frame)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny frames: one thread is several times faster than two on a busy machine
+    yield b
+    torch.set_num_threads(threads)
+    b.close()
+
+
+def spec_of(backend) -> TileSpec:
+    i = backend.info
+    return TileSpec(i.tile, i.tile_overlap, i.scale, i.size_multiple, i.batch, "blend")
+
+
+def frames_of(path: Path) -> list:
+    with av.open(str(path)) as c:
+        return [(f.pts, f.time_base, f.format.name, f.to_ndarray().copy()) for f in c.decode(video=0)]
+
+
+def packets_of(path: Path, kind: str) -> list[list[tuple]]:
+    with av.open(str(path)) as c:
+        streams = [s for s in c.streams if s.type == kind]
+        out = {s.index: [] for s in streams}
+        for p in c.demux(*streams):
+            if p.size:
+                out[p.stream.index].append((bytes(p), float(p.pts * p.time_base)))
+        return list(out.values())
+
+
+def test_streams_timestamps_metadata_kept(backend, tmp_path):
+    src = make_clip(tmp_path / "clip.mkv")
+    out = tmp_path / "out" / "clip.mkv"
+    result = upscale_video(backend, spec_of(backend), src, out, VideoOptions(codec="ffv1", segment_frames=3))
+    assert result.status == "done" and result.frames == FRAMES and result.segments == 3
+    assert not work_folder(out).exists()  # the work folder goes once the output is complete
+    a, b = frames_of(src), frames_of(out)
+    assert [f[0] * f[1] for f in b] == [f[0] * f[1] for f in a] == [p * TB for p in VFR_PTS]  # VFR kept
+    assert b[0][3].shape == (H * 2 * 3 // 2, W * 2)  # yuv420p, twice the size
+    assert packets_of(out, "audio") == packets_of(src, "audio")  # AAC and Opus: byte for byte, same times
+    subs = packets_of(out, "subtitle")
+    assert subs == packets_of(src, "subtitle") and b"color=\"#ff0000\"" in subs[0][1][0]
+    with av.open(str(src)) as ci, av.open(str(out)) as co:
+        assert [(s.type, s.metadata.get("language"), s.metadata.get("title"), s.disposition) for s in co.streams] \
+            == [(s.type, s.metadata.get("language"), s.metadata.get("title"), s.disposition) for s in ci.streams]
+        assert [(c["start"] * c["time_base"], c["metadata"]) for c in co.chapters()] \
+            == [(c["start"] * c["time_base"], c["metadata"]) for c in ci.chapters()]
+        assert co.metadata["title"] == "test clip"
+        v = co.streams.video[0].codec_context
+        assert (int(v.colorspace), int(v.color_primaries), int(v.color_trc), int(v.color_range)) == (1, 1, 1, 1)
+
+
+def test_ffv1_equals_image_path(backend, tmp_path):
+    """FFV1 in 10-bit GBR (lossless RGB) equals the image pipeline on the same decoded frames (16-bit PNGs)."""
+    from hrx.runtime.images import Picture, read_image, write_image
+    from hrx.runtime.pipeline import BatchOptions, Job, run_batch
+
+    src = make_clip(tmp_path / "clip.mkv", audio=(), subtitles=False, chapters=False)
+    out = tmp_path / "clip-up.mkv"
+    upscale_video(backend, spec_of(backend), src, out, VideoOptions(codec="ffv1", pix_fmt="gbrp10le"))
+    jobs = []
+    with av.open(str(src)) as c:
+        for k, frame in enumerate(c.decode(video=0)):
+            write_image(tmp_path / f"f{k}.png", Picture(to_rgb(frame).transpose(1, 2, 0), None, 16), "png")
+            jobs.append(Job(tmp_path / f"f{k}.png", tmp_path / "img" / f"f{k}.png"))
+    report = run_batch(backend, jobs, spec_of(backend), BatchOptions())
+    assert report.count("done") == FRAMES
+    video = frames_of(out)
+    assert len(video) == FRAMES
+    assert {fmt for _, _, fmt, _ in video} == {"gbrp10le"}
+    worst = 0.0
+    with av.open(str(out)) as c:
+        for job, frame in zip(jobs, c.decode(video=0)):
+            image = read_image(job.output).color.transpose(2, 0, 1)  # [3, H, W] in [0, 1]
+            worst = max(worst, float(np.abs(to_rgb(frame) - image).max()) * 255)
+    assert worst <= 1.0, worst
+    bicubic = torch.nn.functional.interpolate(torch.from_numpy(pattern(0)[None]), scale_factor=2, mode="bicubic")
+    assert np.abs(read_image(jobs[0].output).color.transpose(2, 0, 1) - bicubic[0].numpy()).max() > 0.02  # not bicubic
+
+
+def test_ten_bit_stays_ten_bit(backend, tmp_path):
+    src = make_clip(tmp_path / "deep.mkv", pix_fmt="yuv420p10le", audio=(), subtitles=False, chapters=False,
+                    color=Color(9, 9, 14, 1))  # BT.2020, 10-bit transfer, limited
+    out = tmp_path / "deep-up.mkv"
+    result = upscale_video(backend, spec_of(backend), src, out, VideoOptions(codec="ffv1"))
+    assert result.pix_fmt == "yuv420p10le"
+    with av.open(str(out)) as c:
+        ctx = c.streams.video[0].codec_context
+        assert (int(ctx.colorspace), int(ctx.color_primaries), int(ctx.color_trc)) == (9, 9, 14)
+        frame = next(c.decode(video=0))
+        luma = np.frombuffer(frame.planes[0], "<u2").reshape(H * 2, -1)[:, :W * 2]
+    assert len(np.unique(luma)) > 256 and luma.max() <= 940 and luma.min() >= 64
+
+
+class _Interrupt:
+    """The backend, interrupted (as by Ctrl-C) on its ``after``-th call."""
+
+    def __init__(self, inner, after: int) -> None:
+        self.inner, self.after, self.calls = inner, after, 0
+        self.info, self.name, self.any_tile, self.infer_many = inner.info, inner.name, inner.any_tile, None
+
+    def infer(self, x):
+        self.calls += 1
+        if self.calls == self.after:
+            raise KeyboardInterrupt
+        return self.inner.infer(x)
+
+
+def _hashes(path: Path) -> list[tuple]:
+    return [(pts, hashlib.sha256(arr.tobytes()).hexdigest()) for pts, _, _, arr in frames_of(path)]
+
+
+def test_interrupted_run_resumes_to_identical_frames(backend, tmp_path):
+    src = make_clip(tmp_path / "clip.mkv", audio=("aac",), subtitles=False, chapters=False)
+    options = VideoOptions(codec="ffv1", segment_frames=2)
+    whole = tmp_path / "whole.mkv"
+    upscale_video(backend, spec_of(backend), src, whole, options)
+    out = tmp_path / "out.mkv"
+    with pytest.raises(KeyboardInterrupt):
+        upscale_video(_Interrupt(backend, 6), spec_of(backend), src, out, options)
+    assert not out.exists()  # only a complete file ever appears at the output path
+    finished = sorted(p.name for p in work_folder(out).glob("seg-*.mkv"))
+    assert finished == ["seg-00000.mkv", "seg-00001.mkv"]  # frames 0-3 in two closed segments
+    assert not list(out.parent.glob(".out.mkv.*.tmp")) and not list(work_folder(out).glob(".*.tmp"))
+    result = upscale_video(backend, spec_of(backend), src, out, options)
+    assert result.resumed_segments == 2 and result.frames == FRAMES
+    assert _hashes(out) == _hashes(whole)
+    assert packets_of(out, "audio") == packets_of(src, "audio")
