@@ -60,11 +60,22 @@ def upscale(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report here at the end ('-': stdout).")] = None,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="JSON-lines report written as the batch runs: one line per finished image, flushed to disk, then a summary line; valid after a crash. With --skip-existing it is appended to (resume).", show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Print the full traceback of every error (also HRX_DEBUG=1).")] = False,
+    video_codec: Annotated[Optional[str], typer.Option("--video-codec", help="Video encoder: libx264, libx265, libsvtav1, ffv1, prores_ks, libvpx-vp9 ... [default: the input's codec family, else libx264].", show_default=False, rich_help_panel="Videos")] = None,
+    crf: Annotated[Optional[int], typer.Option("--crf", min=0, help="Encoder quality (x264 / x265 / SVT-AV1 CRF; lower is better).", show_default=False, rich_help_panel="Videos")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Encoder preset (e.g. slow, medium; SVT-AV1: 0-13).", show_default=False, rich_help_panel="Videos")] = None,
+    pix_fmt: Annotated[Optional[str], typer.Option("--pix-fmt", help="Output pixel format, e.g. yuv420p, yuv420p10le [default: the input's].", show_default=False, rich_help_panel="Videos")] = None,
+    video_opt: Annotated[Optional[list[str]], typer.Option("--video-opt", help="KEY=VALUE passed to the encoder (repeatable), e.g. tune=film.", show_default=False, rich_help_panel="Videos")] = None,
+    frames: Annotated[Optional[str], typer.Option("--frames", help="Frames A:B only (presentation order, B excluded).", show_default=False, rich_help_panel="Videos")] = None,
+    start: Annotated[Optional[float], typer.Option("--start", min=0, help="Start at this many seconds into the video.", show_default=False, rich_help_panel="Videos")] = None,
+    end: Annotated[Optional[float], typer.Option("--end", min=0, help="End before this many seconds into the video.", show_default=False, rich_help_panel="Videos")] = None,
+    segment_frames: Annotated[int, typer.Option("--segment-frames", min=1, help="Frames per closed segment (cut at key frames): the unit a rerun resumes from.", rich_help_panel="Videos")] = 240,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail a video that loses frames to corrupt data or has a stream the output container cannot hold.", rich_help_panel="Videos")] = False,
 ) -> None:
-    """Upscale images with tiled inference: ONNX Runtime (CPU / CUDA), TensorRT, PyTorch, or a Triton server.
+    """Upscale images and videos with tiled inference: ONNX Runtime (CPU / CUDA), TensorRT, PyTorch, or a Triton server.
 
-    Example: hrx upscale photos/ -r -o out/ --engine model.onnx
+    Example: hrx upscale photos/ -r -o out/ --engine model.onnx; hrx upscale clip.mkv -o out/ (docs/video.md)
     """
+    from hrx.cli.upscale_video import split_inputs
     from hrx.paths import new_run_id
     from hrx.runtime.factory import BackendRequest
     from hrx.runtime.images import configure_pillow
@@ -87,16 +98,27 @@ def upscale(
     options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value, outscale, width, height, warn,
                            run_id, print_traceback if debug_enabled(debug) else None)
     device_list = parse_devices(devices) if devices is not None else ([device] if device is not None else None)
-    jobs = plan_jobs(inputs, output, fmt.value, recursive)
+    videos, inputs = split_inputs(inputs, output, recursive)  # videos: hrx.cli.upscale_video
+    jobs = plan_jobs(inputs, output, fmt.value, recursive) if inputs else []
     if workers == 0:
         cpu = device_list is None and url is None and model_name is None and not (ray or ray_address)
         workers = _auto_workers(cpu and runs_onnxrt_cpu(engine, model, backend.value), threads, jobs, engine, overlap)
     pool = plan_workers(device_list, workers, threads)
-    check_inputs(jobs, output)  # before any model work (a first run exports the bundled model: slow)
+    if jobs:
+        check_inputs(jobs, output)  # before any model work (a first run exports the bundled model: slow)
     configure_pillow(max_pixels)
     log = None if quiet else (lambda line: typer.echo(line, err=True))
     request = BackendRequest(engine, model, backend.value, tile, batch, 0, log=log, url=url, model_name=model_name,
                              timeout=timeout)
+    if videos:
+        from hrx.cli.upscale_video import finish_videos, run_videos_here, video_options
+
+        vopts = video_options(video_codec, crf, preset, pix_fmt, video_opt, frames, start, end, segment_frames, strict,
+                              options, warn)
+        video_results = run_videos_here(request, pool, videos, overlap, merge.value, vopts, quiet, skip_existing,
+                                        ray or bool(ray_address))
+        if not jobs:
+            return finish_videos(video_results, json_path)
     rows = _Rows(_open_report(report_path, run_id, skip_existing, jobs) if report_path is not None else None)
     settings = dict(outscale=outscale, width=width, height=height)
     try:
@@ -112,12 +134,16 @@ def upscale(
     summary = report.to_dict()
     summary.update(model=str(source), model_scale=info.scale, tile=spec.tile, overlap=spec.tile - spec.stride,
                    merge=spec.merge, **settings)
+    if videos:
+        summary["videos"] = [r.to_dict() for r in video_results]
     rows.finish(json_path, summary=summary)
     if not quiet:
         typer.echo(f"{summary['done']} done, {summary['failed']} failed, {summary['skipped']} skipped in "
                    f"{report.seconds:.1f} s: {summary['input_megapixels_per_second']:.3f} MP/s in, "
                    f"{report.output_megapixels / max(report.seconds, 1e-9):.2f} MP/s out, backend {report.backend}",
                    err=True)
+    if videos:
+        finish_videos(video_results, None, raise_failed=not summary["failed"])
     if summary["failed"]:
         failed = [r for r in report.results if r.status == "failed"]
         not_run = [r for r in failed if not r.attempted]

@@ -209,3 +209,70 @@ def test_interrupted_run_resumes_to_identical_frames(backend, tmp_path):
     assert result.resumed_segments == 2 and result.frames == FRAMES
     assert _hashes(out) == _hashes(whole)
     assert packets_of(out, "audio") == packets_of(src, "audio")
+
+
+# -- hrx upscale ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = hrx.create_model("hrx-t", scale=2)
+    randomize_params(model, 0.05)
+    return hrx.save_model(model, tmp_path_factory.mktemp("video_ckpt") / "t.pt")
+
+
+def _upscale(*args: str):
+    from typer.testing import CliRunner
+
+    from hrx.cli.main import app
+
+    threads = torch.get_num_threads()
+    try:
+        return CliRunner().invoke(app, ["upscale", *args, "--tile", "64", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_cli_folder_of_videos_and_images_with_bad_files(checkpoint, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_clip(folder / "clip.mkv", audio=("aac",), chapters=False)
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(folder / "still.png")
+    good = make_clip(tmp_path / "whole.mp4", codec="libx264", audio=("aac",), subtitles=False, chapters=False)
+    (folder / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with av.open(str(folder / "sound.mkv"), "w") as c:  # audio only
+        a = c.add_stream("aac", rate=48000)
+        af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        af.sample_rate, af.pts = 48000, 0
+        c.mux(a.encode(af))
+        c.mux(a.encode(None))
+    out = tmp_path / "out"
+    r = _upscale(str(folder), "-o", str(out), "--model", str(checkpoint), "--video-codec", "ffv1")
+    assert r.exit_code == 1, r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {folder / 'sound.mkv'}: no video stream",
+                      f"error: {folder / 'truncated.mp4'}: cannot open as a video (Invalid data found when "
+                      "processing input)",
+                      "error: 2 of 3 videos failed"]
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mkv", "still.png"]  # nothing else, no work folders
+    assert len(frames_of(out / "clip.mkv")) == FRAMES
+
+
+def test_cli_one_output_file_range_and_streams_it_cannot_hold(checkpoint, tmp_path):
+    src = make_clip(tmp_path / "clip.mkv", audio=("aac",))
+    out = tmp_path / "cut.mp4"
+    common = [str(src), "--model", str(checkpoint), "--video-codec", "libx264", "--crf", "0", "--preset", "ultrafast"]
+    r = _upscale(*common, "-o", str(out), "--strict")
+    assert r.exit_code == 1 and not out.exists()
+    assert f"error: {src}: .mp4 cannot hold #2 subtitle subrip (deu) (choose .mkv" in r.stderr, r.stderr
+    r = _upscale(*common, "-o", str(out), "--frames", "2:6")
+    assert r.exit_code == 0, r.output
+    assert f"warning: {src}: .mp4 cannot hold #2 subtitle subrip (deu): dropped (.mkv keeps them)" in r.stderr
+    got = frames_of(out)
+    assert [f[0] * f[1] for f in got] == [p * TB for p in VFR_PTS[2:6]]
+    with av.open(str(out)) as c:
+        assert [s.type for s in c.streams][:2] == ["video", "audio"]  # then mp4's chapter track
+        assert [ch["metadata"]["title"] for ch in c.chapters()] == ["one", "two"]
+        assert c.streams.video[0].codec_context.name == "h264"

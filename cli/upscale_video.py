@@ -1,0 +1,235 @@
+"""The video side of ``hrx upscale``: which inputs are videos, where their outputs go, and the run.
+
+Videos (``hrx.paths.VIDEO_SUFFIXES``) given as files or found in the input folders are upscaled one after
+the other with the same backend(s) as the images (:mod:`hrx.runtime.video`); the images of the same
+command run afterwards. ``-o out.mkv`` names the output of a single video; otherwise videos go into
+the output folder with their stem and container (``.mkv`` where the input's cannot hold every stream).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import typer
+
+from hrx.errors import HRXError
+from hrx.paths import VIDEO_SUFFIXES, is_image_file, is_video_file
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    source: Path
+    output: Path
+    error: str | None = None
+
+
+def is_video_output(output: Path) -> bool:
+    """``-o`` names a video file (``out.mkv``) rather than a folder."""
+    return output.suffix.lower() in VIDEO_SUFFIXES and not output.is_dir()
+
+
+def split_inputs(inputs: Sequence[Path], output: Path, recursive: bool) -> tuple[list[VideoJob], list[Path]]:
+    """``(video jobs, inputs left for the image pipeline)``: video files as given and those in the folders;
+    a folder stays an image input when it holds images."""
+    from hrx.runtime.video_mux import default_output
+
+    single = is_video_output(output)
+    out_dir = output.parent if single else output
+    exclude = out_dir.resolve()
+    videos: list[VideoJob] = []
+    images: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found, has_images = _scan(given, recursive, exclude)
+            videos.extend(VideoJob(v, default_output(v, out_dir, v.relative_to(given))) for v in found)
+            if has_images or not found:
+                images.append(given)
+        elif is_video_file(given) or (single and not given.exists()):
+            videos.append(VideoJob(given, output if single else default_output(given, out_dir),
+                                   None if given.is_file() else "no such file"))
+        else:
+            images.append(given)
+    if single:
+        if len(videos) != 1 or images:
+            raise HRXError(f"-o {output} names one video file: pass exactly one video (or -o a folder)")
+    unique: dict[Path, VideoJob] = {}
+    for job in videos:
+        unique.setdefault(job.source.resolve(), job)
+    videos = list(unique.values())
+    seen: dict[Path, Path] = {}
+    for job in videos:
+        target = job.output.resolve()
+        if target == job.source.resolve():
+            raise HRXError(f"{job.output}: refusing to write over an input file; choose another -o")
+        if target in seen:
+            raise HRXError(f"{seen[target]} and {job.source} would both be written to {job.output}")
+        seen[target] = job.source
+    return videos, images
+
+
+def _scan(folder: Path, recursive: bool, exclude: Path) -> tuple[list[Path], bool]:
+    videos, has_images = [], False
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if recursive and not d.startswith(".") and (here / d).resolve() != exclude)
+        for name in sorted(files):
+            path = here / name
+            if is_video_file(path):
+                videos.append(path)
+            elif is_image_file(path):
+                has_images = True
+    return videos, has_images
+
+
+class FrameProgress:
+    """Frames, fps and ETA of the video being upscaled (rich, on stderr), when interactive."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[fps]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.task = None
+            self.started = 0.0
+            self.done = 0
+
+    def __enter__(self) -> "FrameProgress":
+        if self.enabled:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bars.stop()
+
+    def start_video(self, source: Path, frames: int) -> None:
+        if self.enabled:
+            if self.task is not None:
+                self.bars.remove_task(self.task)
+            self.task = self.bars.add_task(f"frames of {source.name}", total=frames, fps="")
+            self.started, self.done = time.perf_counter(), 0
+
+    def advance_frames(self, n: int) -> None:
+        if self.enabled:
+            self.done += n
+            fps = self.done / max(time.perf_counter() - self.started, 1e-9)
+            self.bars.update(self.task, advance=n, fps=f"{fps:.2f} fps")
+
+    def print(self, line: str) -> None:
+        if self.enabled:
+            self.bars.console.print(line, markup=False, highlight=False)
+        else:
+            typer.echo(line, err=True)
+
+
+def run_videos(backend, spec, videos: Sequence[VideoJob], options, quiet: bool, skip_existing: bool = False,
+               model_id: str = "") -> list:
+    """Upscale every video with ``backend``; a failing video is a one-line error and the batch goes on.
+    Returns the :class:`hrx.runtime.video.VideoResult` of each."""
+    from hrx.cli.common import is_interactive
+    from hrx.runtime.video import VideoResult, upscale_video
+
+    results = []
+    with FrameProgress(enabled=not quiet and is_interactive()) as progress:
+        for job in videos:
+            result = VideoResult(str(job.source), str(job.output))
+            if skip_existing and job.output.exists():
+                result.status, result.reason = "skipped", "output exists"
+            elif job.error is not None:
+                result.reason = f"{job.source}: {job.error}"
+            else:
+                try:
+                    result = upscale_video(backend, spec, job.source, job.output, options, progress, model_id)
+                except HRXError as e:
+                    result.reason = str(e)
+                except MemoryError:
+                    result.reason = f"{job.source}: out of memory"
+            if result.status == "failed":
+                progress.print(f"error: {result.reason}")
+            elif result.status == "done" and not quiet:
+                fps = result.frames / max(result.seconds, 1e-9)
+                resumed = f", {result.resumed_segments} of {result.segments} segments resumed" \
+                    if result.resumed_segments else ""
+                lost = f", {result.lost_frames} frames lost" if result.lost_frames else ""
+                progress.print(f"{job.source}: {result.frames} frames in {result.seconds:.1f} s ({fps:.2f} fps){lost}"
+                               f"{resumed} -> {job.output} ({result.codec} {result.pix_fmt} "
+                               f"{result.out_width}x{result.out_height})")
+            results.append(result)
+    return results
+
+
+def video_options(codec: Optional[str], crf: Optional[int], preset: Optional[str], pix_fmt: Optional[str],
+                  video_opt: Optional[list[str]], frames: Optional[str], start: Optional[float], end: Optional[float],
+                  segment_frames: int, strict: bool, resize, warn: Callable[[str], None]):
+    from hrx.runtime.video import VideoOptions, parse_codec_options, parse_frames
+
+    return VideoOptions(codec, crf, preset, pix_fmt, parse_codec_options(video_opt),
+                        parse_frames(frames) if frames else None, start, end, segment_frames, strict,
+                        dataclasses.replace(resize, warn=None), warn)
+
+
+def model_id(engine: Optional[Path], model: Optional[str]) -> str:
+    """What names the weights for resuming: the file with its size and time (a re-export restarts)."""
+    path = engine or (Path(model) if model and Path(model).is_file() else None)
+    if path is None:
+        return str(model or "bundled")
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional[int], merge: str, options,
+                    quiet: bool, skip_existing: bool, on_ray: bool) -> list:
+    """Open the backend(s) of ``pool`` (several CPU sessions share each frame's tiles) and run the videos."""
+    from hrx.runtime.factory import open_backend
+    from hrx.runtime.pool import SharedSessions, open_pool
+    from hrx.runtime.tiling import TileSpec
+
+    if on_ray:
+        raise HRXError("--ray runs images; videos run in this process (leave out --ray for them)")
+    runners = open_pool(lambda w: open_backend(dataclasses.replace(
+        request, device=w.device if w.kind == "cuda" else None, threads=w.threads)), pool[:1] if pool[0].kind == "cuda"
+        else pool)
+    backend = SharedSessions(runners) if len(runners) > 1 else runners[0]
+    try:
+        i = backend.info
+        spec = TileSpec(tile=i.tile, overlap=i.tile_overlap if overlap is None else overlap, scale=i.scale,
+                        size_multiple=i.size_multiple, batch=i.batch, merge=merge)
+        if not quiet:
+            typer.echo(f"backend: {backend.name} for {len(videos)} video{'s' * (len(videos) != 1)} ({i.arch} "
+                       f"x{i.scale}, tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, "
+                       f"{spec.merge}{f', {len(runners)} sessions' if len(runners) > 1 else ''})", err=True)
+        return run_videos(backend, spec, videos, options, quiet, skip_existing, model_id(request.engine, request.model))
+    finally:
+        backend.close()  # SharedSessions closes every session
+
+
+def finish_videos(results: list, json_path: Optional[Path], raise_failed: bool = True) -> None:
+    """``--json`` for a run of videos only, and the exit: ``error: N of M videos failed``."""
+    from hrx.cli.common import fail
+
+    if json_path is not None:
+        import json
+        import sys
+
+        from hrx.paths import atomic_write_bytes
+
+        text = json.dumps({"done": sum(r.status == "done" for r in results),
+                           "failed": sum(r.status == "failed" for r in results),
+                           "skipped": sum(r.status == "skipped" for r in results),
+                           "videos": [r.to_dict() for r in results]}, indent=2) + "\n"
+        if str(json_path) == "-":
+            sys.stdout.write(text)
+        else:
+            atomic_write_bytes(json_path, text.encode())
+    failed = sum(r.status == "failed" for r in results)
+    if failed and raise_failed:
+        raise fail(f"{failed} of {len(results)} videos failed")
