@@ -379,7 +379,8 @@ def decode_segment(plan: VideoPlan, segment: Segment, strict: bool = False) -> I
                     frames = packet.decode()
                 except av.FFmpegError as e:
                     if strict:
-                        raise HRXError(f"{source}: corrupt video packet at pts {packet.pts} ({_reason(e)})") from None
+                        raise HRXError(f"{source}: corrupt video data ({_reason(e)}); without --strict the frames "
+                                       "lost are skipped and counted") from None
                     continue
                 for frame in frames:
                     pts = frame.pts if frame.pts is not None else frame.dts

@@ -65,6 +65,8 @@ def kept_streams(source: Path, fmt: str, video_index: int, video_codec: str) -> 
 
 def describe(stream) -> str:
     """``#2 subtitle ass (eng, "Signs")``: how a warning names a stream."""
+    if stream.type == "attachment":
+        return f"#{stream.index} attachment {stream.name} ({stream.mimetype})"
     ctx = stream.codec_context
     name = ctx.codec.canonical_name if ctx is not None else "unknown"
     meta = dict(stream.metadata)
@@ -96,11 +98,9 @@ def _clean(metadata: dict) -> dict:
 
 
 def _copy_stream(out, s):
-    if s.type == "attachment":
-        meta = dict(s.metadata)
-        data = bytes(s.codec_context.extradata or b"") if s.codec_context is not None else b""
-        return out.add_attachment(meta.get("filename", f"attachment{s.index}"),
-                                  meta.get("mimetype", "application/octet-stream"), data)
+    if s.type == "attachment":  # (fonts of styled subtitles) written with the header, no packets
+        return out.add_attachment(s.name or f"attachment{s.index}", s.mimetype or "application/octet-stream",
+                                  bytes(s.data or b""))
     o = out.add_stream_from_template(s)
     o.time_base = s.time_base
     o.metadata.update(_clean(dict(s.metadata)))

@@ -34,11 +34,13 @@ def pattern(i: int, bits: int = 8) -> np.ndarray:
 
 
 def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: tuple[str, ...] = ("aac", "libopus"),
-              subtitles: bool = True, chapters: bool = True, color: Color = Color(1, 1, 1, 1)) -> Path:
+              subtitles: bool = True, chapters: bool = True, color: Color = Color(1, 1, 1, 1),
+              codec_options: dict | None = None) -> Path:
     with av.open(str(path), "w") as out:
         out.metadata["title"] = "test clip"
         v = out.add_stream(codec, rate=25)
         v.width, v.height, v.pix_fmt, v.time_base = W, H, pix_fmt, TB
+        v.options = codec_options or {}
         v.codec_context.time_base = TB
         v.codec_context.gop_size = 1 if codec == "ffv1" else 4  # key frames to cut segments at
         v.metadata["language"] = "und"
@@ -54,6 +56,8 @@ def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: 
             s = out.add_mux_stream("subrip")
             s.time_base = TB
             s.metadata["language"] = "deu"
+        if path.suffix == ".mkv" and subtitles:  # written with the header
+            out.add_attachment("font.ttf", "font/ttf", b"\x00\x01\x00\x00 a font for the subtitles")
         for i, pts in enumerate(VFR_PTS):
             frame = from_rgb(pattern(i), pix_fmt, color)
             frame.pts, frame.time_base = pts, TB
@@ -129,6 +133,8 @@ def test_streams_timestamps_metadata_kept(backend, tmp_path):
         assert [(c["start"] * c["time_base"], c["metadata"]) for c in co.chapters()] \
             == [(c["start"] * c["time_base"], c["metadata"]) for c in ci.chapters()]
         assert co.metadata["title"] == "test clip"
+        assert [(s.name, s.mimetype, bytes(s.data)) for s in co.streams if s.type == "attachment"] \
+            == [("font.ttf", "font/ttf", b"\x00\x01\x00\x00 a font for the subtitles")]
         v = co.streams.video[0].codec_context
         assert (int(v.colorspace), int(v.color_primaries), int(v.color_trc), int(v.color_range)) == (1, 1, 1, 1)
 
@@ -266,13 +272,35 @@ def test_cli_one_output_file_range_and_streams_it_cannot_hold(checkpoint, tmp_pa
     common = [str(src), "--model", str(checkpoint), "--video-codec", "libx264", "--crf", "0", "--preset", "ultrafast"]
     r = _upscale(*common, "-o", str(out), "--strict")
     assert r.exit_code == 1 and not out.exists()
-    assert f"error: {src}: .mp4 cannot hold #2 subtitle subrip (deu) (choose .mkv" in r.stderr, r.stderr
+    dropped = "#2 subtitle subrip (deu); #3 attachment font.ttf (font/ttf)"
+    assert f"error: {src}: .mp4 cannot hold {dropped} (choose .mkv" in r.stderr, r.stderr
     r = _upscale(*common, "-o", str(out), "--frames", "2:6")
     assert r.exit_code == 0, r.output
-    assert f"warning: {src}: .mp4 cannot hold #2 subtitle subrip (deu): dropped (.mkv keeps them)" in r.stderr
+    assert f"warning: {src}: .mp4 cannot hold {dropped}: dropped (.mkv keeps them)" in r.stderr
     got = frames_of(out)
     assert [f[0] * f[1] for f in got] == [p * TB for p in VFR_PTS[2:6]]
     with av.open(str(out)) as c:
         assert [s.type for s in c.streams][:2] == ["video", "audio"]  # then mp4's chapter track
         assert [ch["metadata"]["title"] for ch in c.chapters()] == ["one", "two"]
         assert c.streams.video[0].codec_context.name == "h264"
+
+
+def test_cli_corrupt_packet_is_a_counted_lost_frame(checkpoint, tmp_path):
+    src = make_clip(tmp_path / "clip.mkv", audio=(), subtitles=False, chapters=False,
+                    codec_options={"level": "3", "slicecrc": "1"})  # FFV1 with checksums
+    with av.open(str(src)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
+    data = bytearray(src.read_bytes())
+    pos, size = packets[4]
+    data[pos + size - 200:pos + size] = bytes(200)  # frame 4's last slice zeroed: its checksum fails, no frame
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    r = _upscale(str(bad), "-o", str(out), "--model", str(checkpoint), "--strict")
+    assert r.exit_code == 1 and not (out / "bad.mkv").exists()
+    assert f"error: {bad}: corrupt video data (Invalid data found when processing input); without --strict" \
+        in r.stderr, r.stderr
+    r = _upscale(str(bad), "-o", str(out), "--model", str(checkpoint))
+    assert r.exit_code == 0, r.output
+    assert f"warning: {bad}: 1 frame(s) lost to corrupt data (--strict to fail instead)" in r.stderr
+    assert [f[0] for f in frames_of(out / "bad.mkv")] == VFR_PTS[:4] + VFR_PTS[5:]
