@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import Seed, fail, handle_errors
+from hrx.cli.common import Seed, fail, handle_errors, needs
 
 
 class Method(str, Enum):
@@ -28,6 +28,7 @@ class Target(str, Enum):
 
 
 @handle_errors
+@needs("calibrate")
 def calibrate(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX file from `hrx export` (native or plugin ops).", show_default=False)],
     images: Annotated[Optional[Path], typer.Option("--images", "-i", help="Folder of images like the ones you will upscale. "

@@ -53,11 +53,35 @@ def print_traceback(e: BaseException) -> None:
     typer.echo("".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip(), err=True)
 
 
+def command_name(fn: Callable[..., Any]) -> str:
+    """``hrx triton-repo`` for the command function ``triton_repo``."""
+    return "hrx " + fn.__name__.replace("_", "-")
+
+
+def needs(extra: str) -> Callable[[F], F]:
+    """A command that cannot run without the pip extra ``extra`` (hrx.extras): checked before anything
+    else, one line and exit code 2 when it is missing (``hrx export needs PyTorch: pip install 'hrx[export]'``)."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from hrx.extras import require
+
+            require(extra, command_name(fn))
+            return fn(*args, **kwargs)
+
+        wrapper.hrx_extra = extra  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 def handle_errors(fn: F) -> F:
     """Run a command body; every error becomes one line and an exit code: HRXError its own (exit code
-    from the error), OS errors ``FILE: reason``, anything else ``Type: message``. With ``--debug`` (a
-    ``debug`` parameter of the command, ``hrx --debug``, or ``HRX_DEBUG=1``) the full chained traceback
-    is printed above that line."""
+    from the error), OS errors ``FILE: reason``, an optional module that is not installed the line that
+    names its extra (``hrx export needs PyTorch: pip install 'hrx[export]'``, exit code 2), anything else
+    ``Type: message``. With ``--debug`` (a ``debug`` parameter of the command, ``hrx --debug``, or
+    ``HRX_DEBUG=1``) the full chained traceback is printed above that line."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -76,6 +100,12 @@ def handle_errors(fn: F) -> F:
         except Exception as e:  # noqa: BLE001 - one line (and the traceback with --debug), never a bare crash
             if debug:
                 print_traceback(e)
+            if isinstance(e, ImportError):
+                from hrx.extras import from_import_error
+
+                missing = from_import_error(e, command_name(fn), getattr(fn, "hrx_extra", None))
+                if missing is not None:
+                    e = missing
             if isinstance(e, HRXError):
                 raise fail(str(e), e.exit_code) from None
             if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import Checkpoint, handle_errors
+from hrx.cli.common import Checkpoint, handle_errors, needs
 
 
 class Precision(str, Enum):
@@ -27,6 +27,7 @@ class OpsMode(str, Enum):
 
 
 @handle_errors
+@needs("export")
 def export(
     checkpoint: Checkpoint,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="ONNX file to write [default: CHECKPOINT stem + .onnx].")] = None,

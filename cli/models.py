@@ -9,7 +9,13 @@ from hrx.cli.common import handle_errors
 @handle_errors
 def models() -> None:
     """List the architecture presets, the models bundled with this install and the third-party
-    architectures (spandrel) it can load."""
+    architectures (spandrel) it can load. Without PyTorch (the base install): the bundled models, from
+    their shipped ONNX files."""
+    from hrx.extras import installed
+
+    if not installed("torch"):
+        _bundled_onnx()
+        return
     import hrx
     from hrx.checkpoint import bundled_models, read_checkpoint
     from hrx.registry import get_entry
@@ -26,6 +32,19 @@ def models() -> None:
         val_s = f", val PSNR {val:.2f} dB (bicubic {extra.get('val_psnr_bicubic', float('nan')):.2f})" if val else ""
         typer.echo(f"  {name:12s} {arch}, x{config['scale']}, {n:,} parameters{val_s}")
     _thirdparty()
+
+
+def _bundled_onnx() -> None:
+    """The bundled models as their shipped ONNX files describe them (no PyTorch needed)."""
+    from hrx.checkpoint import bundled_models, bundled_onnx
+    from hrx.interface import ModelInfo
+
+    names = [n for n in bundled_models() if bundled_onnx(n).is_file()]
+    typer.echo("bundled models (ONNX):" if names else "bundled models: none")
+    for name in names:
+        i = ModelInfo.from_onnx(bundled_onnx(name))
+        typer.echo(f"  {name:12s} {i.arch}, x{i.scale}, tile {i.tile}")
+    typer.echo("architectures and third-party checkpoints: need PyTorch: pip install 'hrx[export]'")
 
 
 def _thirdparty() -> None:

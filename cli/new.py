@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from hrx.cli.common import Seed, handle_errors
+from hrx.cli.common import Seed, handle_errors, needs
 
 
 @handle_errors
+@needs("export")
 def new(
     arch: Annotated[str, typer.Argument(help="Architecture preset, e.g. hrx-t, hrx-s, hrx-m (see `hrx models`).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the checkpoint (.pt or .safetensors).")] = Path("model.pt"),

@@ -6,7 +6,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from hrx.cli.common import Seed, handle_errors, is_interactive
+from hrx.cli.common import Seed, handle_errors, is_interactive, needs
 
 
 class TrainReporter:
@@ -61,6 +61,7 @@ class TrainReporter:
 
 
 @handle_errors
+@needs("train")
 def train(
     arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture preset (see `hrx models`).")] = "hrx-s",
     scale: Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor: 2, 3, 4, or 1 for restoration.")] = 2,

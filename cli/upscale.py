@@ -30,7 +30,7 @@ def upscale(
                                                  show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder; relative paths and stems are kept.",
                                          show_default=False)],
-    engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Exported model: .onnx, or a TensorRT .engine / .plan. With neither --engine nor --model: the bundled default-x4 (exported to the user cache on first use).")] = None,
+    engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Exported model: .onnx, or a TensorRT .engine / .plan. With neither --engine nor --model: the bundled default-x4 (shipped as ONNX).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint (.pt / .safetensors) or bundled model name, run with PyTorch.")] = None,
     backend: Annotated[BackendChoice, typer.Option("--backend", "-b", help="Inference backend; auto picks the fastest available for the model and prints it. trt with an .onnx builds a cached TensorRT engine on first use.")] = BackendChoice.auto,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also upscale images in sub-folders.")] = False,

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import Seed, handle_errors
+from hrx.cli.common import Seed, handle_errors, needs
 
 
 def _trt_runners(path: Path, info) -> list:
@@ -16,6 +16,7 @@ def _trt_runners(path: Path, info) -> list:
 
 
 @handle_errors
+@needs("export")
 def verify(
     model: Annotated[Path, typer.Argument(help="ONNX file from `hrx export` (or `hrx calibrate`).", show_default=False)],
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Checkpoint (or bundled name) the model was exported from.",

@@ -7,20 +7,26 @@ Two formats, chosen by extension on save and by content on load:
 * anything else (``*.pt``): ``torch.save`` of a plain dict of tensors, strings and numbers, loaded
   with ``torch.load(weights_only=True)``. A pickle that needs arbitrary code is refused.
 
-Bundled model names (``default-x2``, ...) resolve to files shipped in ``hrx/weights``.
+Bundled model names (``default-x2``, ...) resolve to files shipped in ``hrx/weights``: the checkpoint
+(``NAME.safetensors``) and its ONNX export (``NAME.onnx``, static tile :data:`BUNDLED_TILE`, written by
+``python -m hrx.export.bundle``), which the base install runs without PyTorch.
+
+PyTorch is imported inside the functions that read or write weights, so resolving a bundled name needs
+none of it.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from hrx.errors import CheckpointError
 from hrx.paths import atomic_write, file_sha256  # noqa: F401 - file_sha256 is part of this module's API
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 class NotHRXCheckpoint(CheckpointError):
     """A readable weights file without HRX's header: :func:`load_model` hands it to :mod:`hrx.thirdparty`."""
@@ -31,11 +37,19 @@ FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
+BUNDLED_TILE = 128  # static tile of the shipped ONNX files: the runtime's CPU default tile
+
+
 def bundled_models() -> dict[str, Path]:
     """Names of the models shipped inside the package -> their files."""
     if not WEIGHTS_DIR.is_dir():
         return {}
     return {p.name.split(".")[0]: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+
+
+def bundled_onnx(name: str) -> Path:
+    """Where the shipped ONNX export of bundled model ``name`` lives (it may be absent)."""
+    return WEIGHTS_DIR / f"{name}.onnx"
 
 
 def resolve_checkpoint(ref: str | os.PathLike) -> Path:
@@ -73,6 +87,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] 
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: str) -> None:
+        import torch
+
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
@@ -97,6 +113,8 @@ def read_checkpoint(ref: str | os.PathLike) -> tuple[str, dict[str, Any], dict[s
 
 
 def _read_torch(path: Path):
+    import torch
+
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds here

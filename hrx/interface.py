@@ -85,9 +85,67 @@ class ModelInfo:
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike) -> "ModelInfo":
-        """Read the metadata of an ONNX file without loading its weights."""
-        model = load_onnx(path, load_external_data=False)
-        return cls.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+        """Read the metadata of an ONNX file without loading its weights (nor the ``onnx`` package)."""
+        return cls.from_props(read_onnx_metadata(path), str(path))
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict, read from the protobuf wire format: the graph is
+    skipped, not parsed, and neither ``onnx`` nor ``protobuf`` is needed (the base install has neither)."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            props: dict[str, str] = {}
+            for field_number, value in _proto_fields(buf, 0, len(buf)):
+                if field_number == _MODEL_METADATA_PROPS:
+                    entry = dict(_proto_fields(buf, *value))  # StringStringEntryProto: key = 1, value = 2
+                    key, val = (bytes(buf[slice(*entry.get(n, (0, 0)))]).decode() for n in (1, 2))
+                    props[key] = val
+            return props
+    except (ValueError, UnicodeDecodeError, TypeError) as e:  # mmap of an empty file raises ValueError too
+        raise HRXError(f"{path}: not a readable ONNX file ({e})") from None
+
+
+_MODEL_METADATA_PROPS = 14  # onnx.proto: ModelProto.metadata_props
+
+
+def _proto_fields(buf, start: int, end: int) -> Iterator[tuple[int, tuple[int, int] | int]]:
+    """``(field number, value)`` of the protobuf message in ``buf[start:end]``: length-delimited fields as
+    ``(begin, end)`` offsets, varints and fixed-width ones as ints. Malformed bytes raise ValueError."""
+
+    def varint(pos: int) -> tuple[int, int]:
+        result = shift = 0
+        while True:
+            if pos >= end or shift > 63:
+                raise ValueError("truncated or malformed protobuf")
+            byte = buf[pos]
+            result |= (byte & 0x7F) << shift
+            pos, shift = pos + 1, shift + 7
+            if not byte & 0x80:
+                return result, pos
+
+    pos = start
+    while pos < end:
+        key, pos = varint(pos)
+        field_number, wire = key >> 3, key & 7
+        if field_number == 0:
+            raise ValueError("protobuf field number 0")
+        if wire == 0:
+            value, pos = varint(pos)
+        elif wire == 2:
+            length, pos = varint(pos)
+            if pos + length > end:
+                raise ValueError("truncated protobuf")
+            value, pos = (pos, pos + length), pos + length
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            if pos + size > end:
+                raise ValueError("truncated protobuf")
+            value, pos = int.from_bytes(buf[pos:pos + size], "little"), pos + size
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        yield field_number, value
 
 
 def load_onnx(path: str | os.PathLike, **kwargs):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from hrx.checkpoint import BUNDLED_TILE
 from hrx.errors import HRXError, MissingDependencyError
 from hrx.paths import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from hrx.runtime.backend import Backend
@@ -72,23 +73,36 @@ def open_backend(request: BackendRequest) -> Backend:
 
 
 DEFAULT_MODEL = "default-x4"
-DEFAULT_TILE_CPU = 128  # small tiles keep CPU memory low; the overlap cost at 128 is measured in the README
+DEFAULT_TILE_CPU = BUNDLED_TILE  # small tiles keep CPU memory low; the shipped ONNX files have this tile
 
 
 def default_engine(name: str = DEFAULT_MODEL, tile: int = DEFAULT_TILE_CPU,
                    log: Callable[[str], None] | None = None) -> Path:
-    """The ONNX export of a bundled model, made on first use and cached in the user cache folder,
-    keyed by the checkpoint's sha256 (a new hrx with retrained weights re-exports)."""
-    from hrx.checkpoint import file_sha256, resolve_checkpoint
+    """The ONNX file of a bundled model: the one shipped in ``hrx/weights`` when it has this tile and
+    was exported from this checkpoint (its metadata's ``checkpoint_sha256``), which needs no PyTorch;
+    otherwise an export made on first use (PyTorch: the ``export`` extra) and cached in the user cache
+    folder, keyed by the checkpoint's sha256."""
+    from hrx.checkpoint import bundled_onnx, file_sha256, resolve_checkpoint
+    from hrx.interface import ModelInfo
     from hrx.paths import cache_root
 
     ckpt = resolve_checkpoint(name)
-    path = cache_root() / "onnx" / f"{name}-{file_sha256(ckpt)[:16]}-t{tile}.onnx"
+    sha = file_sha256(ckpt)
+    shipped = bundled_onnx(name)
+    if shipped.is_file():
+        info = ModelInfo.from_onnx(shipped)
+        if info.tile == tile and info.checkpoint_sha256 == sha:
+            return shipped
+    path = cache_root() / "onnx" / f"{name}-{sha[:16]}-t{tile}.onnx"
     if not path.is_file():
+        from hrx.extras import installed, missing_error
+
+        if not installed("torch"):
+            raise missing_error(f"bundled model {name} at tile {tile} is not shipped as ONNX: exporting it", "torch")
         from hrx.export.onnx_export import export_onnx
 
         if log:
-            log(f"first use of bundled model {name}: exporting it to {path} (once)")
+            log(f"first use of bundled model {name} at tile {tile}: exporting it to {path} (once)")
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(ckpt, path, tile=tile)
     return path
@@ -163,6 +177,10 @@ def _open_checkpoint(request: BackendRequest) -> Backend:
         raise HRXError(f"--backend {request.backend} needs an engine file; export the checkpoint with `hrx export` "
                        "and pass it with --engine")
     path = resolve_checkpoint(request.model)
+    from hrx.extras import installed, missing_error
+
+    if not installed("torch"):
+        raise missing_error("hrx upscale --model (the PyTorch backend)", "torch")
     import torch
 
     if request.device is not None:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install hrx with the lean CPU stack (what `hrx upscale` and scripts/demo.sh need).
-# `setup.sh --test` adds what the test suite needs: pytest, Triton's CPU interpreter, spandrel, Ray Data, PyAV,
-# the Triton client, and PyTriton's server in its own .venv-triton. A failed install stops the script.
+# Create .venv (once) and install hrx's base tier (no PyTorch: what `hrx upscale` with an .onnx or the
+# bundled models needs) plus scikit-image's sample photos for scripts/demo.sh.
+# `setup.sh --test` installs the full test stack (extra `test`: PyTorch and the export tools, training,
+# calibration, Ray Data, the Triton client, PyAV, pytest, Triton's CPU interpreter), spandrel, and PyTriton's
+# server in its own .venv-triton. A failed install stops the script.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -30,10 +32,10 @@ fresh_venv() {
 }
 
 fresh_venv .venv
-# torch is pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build
 if [ "$mode" = "--test" ]; then
-  # ray[data] and tritonclient (extras ray, triton) add ~1 minute; their tests run in CI
-  pip_install .venv/bin/python torch==2.13.0 -e ".[data,test,ray,triton,video]"
+  # torch is pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build; ray[data] and
+  # tritonclient (extras ray, triton, part of test) add ~1 minute; their tests run in CI
+  pip_install .venv/bin/python torch==2.13.0 -e ".[test]"
   # spandrel (third-party checkpoints) without its torchvision requirement: PyPI's torchvision for this
   # torch is a CUDA build whose C extension fails next to the CPU torch; hrx.thirdparty imports spandrel
   # with a stand-in for the three torchvision names it uses (see README "Third-party models").
@@ -43,5 +45,5 @@ if [ "$mode" = "--test" ]; then
   fresh_venv .venv-triton
   pip_install .venv-triton/bin/python nvidia-pytriton==0.7.0 "numpy<2" onnxruntime
 else
-  pip_install .venv/bin/python torch==2.13.0 -e ".[data]"
+  pip_install .venv/bin/python -e ".[data]"
 fi

@@ -65,23 +65,3 @@ def test_checkpoint_opens_torch(tmp_path):
         open_backend(BackendRequest(model=str(ckpt), backend="onnxrt-cpu"))
     with pytest.raises(HRXError, match="no such checkpoint file or bundled model"):
         open_backend(BackendRequest(model=str(tmp_path / "nope.pt")))
-
-
-def test_default_engine_is_exported_once_and_cached(tmp_path, monkeypatch):
-    from hrx.checkpoint import bundled_models
-    from hrx.runtime import factory
-
-    if "default-x2" not in bundled_models():
-        pytest.fail("the bundled model default-x2 is missing from hrx/weights")
-    monkeypatch.setenv("HRX_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(factory, "DEFAULT_MODEL", "default-x2")
-    lines = []
-    backend = open_backend(BackendRequest(log=lines.append))  # nothing given: the bundled default
-    try:
-        assert backend.name == "onnxrt-cpu" and backend.info.scale == 2 and backend.info.tile == factory.DEFAULT_TILE_CPU
-    finally:
-        backend.close()
-    path = factory.default_engine("default-x2")
-    assert path.parent == tmp_path / "cache" / "onnx" and len(lines) == 1
-    stamp = path.stat().st_mtime_ns
-    assert factory.default_engine("default-x2") == path and path.stat().st_mtime_ns == stamp
