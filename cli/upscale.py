@@ -115,8 +115,13 @@ def upscale(
 
         vopts = video_options(video_codec, crf, preset, pix_fmt, video_opt, frames, start, end, segment_frames, strict,
                               options, warn)
+        ray_options = None
+        if ray or ray_address:
+            from hrx.runtime.distributed import RayOptions
+
+            ray_options = RayOptions(address=ray_address, actors=ray_actors)
         video_results = run_videos_here(request, pool, videos, overlap, merge.value, vopts, quiet, skip_existing,
-                                        ray or bool(ray_address))
+                                        ray_options)
         if not jobs:
             return finish_videos(video_results, json_path)
     rows = _Rows(_open_report(report_path, run_id, skip_existing, jobs) if report_path is not None else None)

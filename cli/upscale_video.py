@@ -131,12 +131,11 @@ class FrameProgress:
             typer.echo(line, err=True)
 
 
-def run_videos(backend, spec, videos: Sequence[VideoJob], options, quiet: bool, skip_existing: bool = False,
-               model_id: str = "") -> list:
-    """Upscale every video with ``backend``; a failing video is a one-line error and the batch goes on.
-    Returns the :class:`hrx.runtime.video.VideoResult` of each."""
+def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, skip_existing: bool = False) -> list:
+    """``upscale_one(job, progress)`` for every video; a failing video is a one-line error and the batch
+    goes on. Returns the :class:`hrx.runtime.video.VideoResult` of each."""
     from hrx.cli.common import is_interactive
-    from hrx.runtime.video import VideoResult, upscale_video
+    from hrx.runtime.video import VideoResult
 
     results = []
     with FrameProgress(enabled=not quiet and is_interactive()) as progress:
@@ -148,7 +147,7 @@ def run_videos(backend, spec, videos: Sequence[VideoJob], options, quiet: bool, 
                 result.reason = f"{job.source}: {job.error}"
             else:
                 try:
-                    result = upscale_video(backend, spec, job.source, job.output, options, progress, model_id)
+                    result = upscale_one(job, progress)
                 except HRXError as e:
                     result.reason = str(e)
                 except MemoryError:
@@ -187,27 +186,46 @@ def model_id(engine: Optional[Path], model: Optional[str]) -> str:
 
 
 def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional[int], merge: str, options,
-                    quiet: bool, skip_existing: bool, on_ray: bool) -> list:
-    """Open the backend(s) of ``pool`` (several CPU sessions share each frame's tiles) and run the videos."""
+                    quiet: bool, skip_existing: bool, ray_options=None) -> list:
+    """Open the backend(s) of ``pool`` (several CPU sessions share each frame's tiles) and run the videos;
+    with ``ray_options``, this process only plans and joins, Ray Data actors upscale the segments."""
     from hrx.runtime.factory import open_backend
     from hrx.runtime.pool import SharedSessions, open_pool
     from hrx.runtime.tiling import TileSpec
+    from hrx.runtime.video import upscale_video
 
-    if on_ray:
-        raise HRXError("--ray runs images; videos run in this process (leave out --ray for them)")
+    if ray_options is not None:  # every node opens the same files: absolute paths
+        request = dataclasses.replace(request, engine=Path(request.engine).resolve() if request.engine else None,
+                                      model=str(Path(request.model).resolve()) if request.model
+                                      and Path(request.model).is_file() else request.model)
+        pool = pool[:1]
     runners = open_pool(lambda w: open_backend(dataclasses.replace(
         request, device=w.device if w.kind == "cuda" else None, threads=w.threads)), pool[:1] if pool[0].kind == "cuda"
         else pool)
     backend = SharedSessions(runners) if len(runners) > 1 else runners[0]
+    ident = model_id(request.engine, request.model)
     try:
         i = backend.info
         spec = TileSpec(tile=i.tile, overlap=i.tile_overlap if overlap is None else overlap, scale=i.scale,
                         size_multiple=i.size_multiple, batch=i.batch, merge=merge)
+        where = "ray" if ray_options is not None else backend.name
         if not quiet:
-            typer.echo(f"backend: {backend.name} for {len(videos)} video{'s' * (len(videos) != 1)} ({i.arch} "
+            typer.echo(f"backend: {where} for {len(videos)} video{'s' * (len(videos) != 1)} ({i.arch} "
                        f"x{i.scale}, tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, "
                        f"{spec.merge}{f', {len(runners)} sessions' if len(runners) > 1 else ''})", err=True)
-        return run_videos(backend, spec, videos, options, quiet, skip_existing, model_id(request.engine, request.model))
+        if ray_options is not None:
+            from hrx.runtime.video_ray import upscale_video_ray
+
+            backend.close()
+
+            def one(job: VideoJob, progress):
+                return upscale_video_ray(request, i, spec, job.source.resolve(), job.output.resolve(), options,
+                                         ray_options, ident)
+        else:
+            def one(job: VideoJob, progress):
+                return upscale_video(backend, spec, job.source, job.output, options, progress, ident)
+
+        return run_videos(one, videos, quiet, skip_existing)
     finally:
         backend.close()  # SharedSessions closes every session
 

@@ -527,11 +527,11 @@ def work_folder(output: Path) -> Path:
     return output.parent / f".{output.name}.hrx-work"
 
 
-def _fingerprint(plan: VideoPlan, options: VideoOptions, spec: TileSpec, backend: Backend, model_id: str) -> str:
+def _fingerprint(plan: VideoPlan, options: VideoOptions, spec: TileSpec, info, model_id: str) -> str:
     st = Path(plan.source).stat()
     key = {"source": str(Path(plan.source).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
            "plan": repr(plan), "codec": [options.crf, options.preset, list(options.codec_options)],
-           "spec": repr(spec), "model": [model_id, repr(backend.info)]}
+           "spec": repr(spec), "model": [model_id, repr(info)]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -581,37 +581,67 @@ def run_segment(backend: Backend, spec: TileSpec, plan: VideoPlan, segment: Segm
     return segment.frames - written[0]
 
 
-def upscale_video(backend: Backend, spec: TileSpec, source: Path, output: Path, options: VideoOptions = VideoOptions(),
-                  progress: VideoProgress | None = None, model_id: str = "") -> VideoResult:
-    """Upscale one video file to ``output``, resuming from a previous run's finished segments."""
-    from hrx.runtime.video_mux import join
+@dataclass
+class VideoRun:
+    """One video between planning and the join: its plan, work folder and the frames lost per segment."""
 
-    progress = progress or NoVideoProgress()
-    started = time.perf_counter()
+    plan: VideoPlan
+    work: Path
+    output: Path
+    result: VideoResult
+    lost: dict[str, int]
+    started: float
+
+    def todo(self) -> list[Segment]:
+        """The segments not finished yet (by this run or an earlier one)."""
+        return [s for s in self.plan.segments if not segment_path(self.work, s).is_file()]
+
+    def record(self, segment: Segment, lost: int) -> None:
+        self.lost[str(segment.index)] = lost
+        atomic_write_bytes(self.work / "lost.json", json.dumps(self.lost).encode())
+
+
+def begin_video(info, spec: TileSpec, source: Path, output: Path, options: VideoOptions,
+                model_id: str = "") -> VideoRun:
+    """Plan ``source`` for a model described by ``info`` and open (or resume) its work folder."""
     result = VideoResult(str(source), str(output))
-    plan = probe(source, options, backend.info.scale)
+    plan = probe(source, options, info.scale)
     result.width, result.height, result.out_width, result.out_height = (plan.width, plan.height, plan.out_width,
                                                                         plan.out_height)
     result.codec, result.pix_fmt, result.segments = plan.codec, plan.pix_fmt, len(plan.segments)
     output.parent.mkdir(parents=True, exist_ok=True)
-    work = prepare_work(output, _fingerprint(plan, options, spec, backend, model_id))
-    done = {s.index for s in plan.segments if segment_path(work, s).is_file()}
-    result.resumed_segments = len(done)
+    work = prepare_work(output, _fingerprint(plan, options, spec, info, model_id))
     lost_file = work / "lost.json"
     lost: dict[str, int] = json.loads(lost_file.read_text()) if lost_file.is_file() else {}
-    progress.start_video(source, plan.frames)
-    progress.advance_frames(sum(s.frames - lost.get(str(s.index), 0) for s in plan.segments if s.index in done))
-    for segment in plan.segments:
-        if segment.index in done:
-            continue
-        lost[str(segment.index)] = run_segment(backend, spec, plan, segment, work, options, progress)
-        atomic_write_bytes(lost_file, json.dumps(lost).encode())
-    result.lost_frames = sum(lost.values())
+    run = VideoRun(plan, work, output, result, lost, time.perf_counter())
+    result.resumed_segments = len(plan.segments) - len(run.todo())
+    return run
+
+
+def finish_video(run: VideoRun, options: VideoOptions) -> VideoResult:
+    """Join the finished segments into the output, remove the work folder; the video's result."""
+    from hrx.runtime.video_mux import join
+
+    result, plan = run.result, run.plan
+    result.lost_frames = sum(run.lost.get(str(s.index), 0) for s in plan.segments)
     result.frames = plan.frames - result.lost_frames
     if result.lost_frames and options.warn is not None:
-        options.warn(f"{source}: {result.lost_frames} frame(s) lost to corrupt data (--strict to fail instead)")
-    result.dropped_streams = join(plan, [segment_path(work, s) for s in plan.segments], output, options)
-    shutil.rmtree(work, ignore_errors=True)
+        options.warn(f"{plan.source}: {result.lost_frames} frame(s) lost to corrupt data (--strict to fail instead)")
+    result.dropped_streams = join(plan, [segment_path(run.work, s) for s in plan.segments], run.output, options)
+    shutil.rmtree(run.work, ignore_errors=True)
     result.status = "done"
-    result.seconds = time.perf_counter() - started
+    result.seconds = time.perf_counter() - run.started
     return result
+
+
+def upscale_video(backend: Backend, spec: TileSpec, source: Path, output: Path, options: VideoOptions = VideoOptions(),
+                  progress: VideoProgress | None = None, model_id: str = "") -> VideoResult:
+    """Upscale one video file to ``output``, resuming from a previous run's finished segments."""
+    progress = progress or NoVideoProgress()
+    run = begin_video(backend.info, spec, source, output, options, model_id)
+    todo = run.todo()
+    progress.start_video(source, run.plan.frames)
+    progress.advance_frames(sum(s.frames - run.lost.get(str(s.index), 0) for s in run.plan.segments if s not in todo))
+    for segment in todo:
+        run.record(segment, run_segment(backend, spec, run.plan, segment, run.work, options, progress))
+    return finish_video(run, options)
