@@ -53,6 +53,19 @@ def print_traceback(e: BaseException) -> None:
     typer.echo("".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip(), err=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _typer_exits() -> tuple[type[BaseException], ...]:
+    """The exceptions typer turns into exit codes itself (Exit, Abort, usage errors). Recent typer carries
+    its own copy of click and does not install click, so click's classes count only where it is there."""
+    kinds: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    kinds += [k for k in typer.BadParameter.__mro__ if k.__name__ == "ClickException"]
+    try:
+        import click
+    except ImportError:
+        return tuple(kinds)
+    return (*kinds, click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
+
+
 def command_name(fn: Callable[..., Any]) -> str:
     """``hrx triton-repo`` for the command function ``triton_repo``."""
     return "hrx " + fn.__name__.replace("_", "-")
@@ -85,14 +98,12 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import click
-
         from hrx.errors import HRXError, one_line
 
         debug = debug_enabled(bool(kwargs.get("debug")))
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except _typer_exits():
             raise
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
