@@ -227,14 +227,14 @@ def checkpoint(tmp_path_factory) -> Path:
     return hrx.save_model(model, tmp_path_factory.mktemp("video_ckpt") / "t.pt")
 
 
-def _upscale(*args: str):
+def _upscale(*args: str, tile: int = 64):
     from typer.testing import CliRunner
 
     from hrx.cli.main import app
 
     threads = torch.get_num_threads()
     try:
-        return CliRunner().invoke(app, ["upscale", *args, "--tile", "64", "--threads", "1"])
+        return CliRunner().invoke(app, ["upscale", *args, "--tile", str(tile), "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
 
@@ -332,3 +332,34 @@ def test_ray_segments_equal_local_run(checkpoint, tmp_path):
     assert _hashes(tmp_path / "ray.mkv") == _hashes(tmp_path / "local.mkv")
     assert packets_of(tmp_path / "ray.mkv", "audio") == packets_of(src, "audio")
     assert packets_of(tmp_path / "ray.mkv", "subtitle") == packets_of(src, "subtitle")
+
+
+def test_killed_process_resumes_to_identical_frames(checkpoint, tmp_path):
+    """SIGKILL in the middle of a run (a real process): only closed segments survive, no output file; the
+    same command then finishes from them, frame for frame equal to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = make_clip(tmp_path / "clip.mkv", audio=("aac",), subtitles=False, chapters=False)
+    args = [str(src), "--model", str(checkpoint), "--video-codec", "ffv1", "--segment-frames", "1"]
+    out = tmp_path / "out" / "clip.mkv"
+    work = work_folder(out)
+    child = subprocess.Popen([sys.executable, "-c", "from hrx.cli.main import main; main()", "upscale", *args,
+                              "--tile", "32", "--threads", "1", "-q", "-o", str(out.parent)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # tiles of 32: slow enough to stop
+    deadline = time.monotonic() + 120
+    while not list(work.glob("seg-*.mkv")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    finished = len(list(work.glob("seg-*.mkv")))
+    assert 1 <= finished < FRAMES and not out.exists(), child.stderr.read().decode()
+    r = _upscale(*args, "-o", str(out.parent), tile=32)
+    assert r.exit_code == 0 and f"{finished} of {FRAMES} segments resumed" in r.stderr, r.output
+    r = _upscale(*args, "-o", str(tmp_path / "whole"), tile=32)
+    assert r.exit_code == 0, r.output
+    assert _hashes(out) == _hashes(tmp_path / "whole" / "clip.mkv")
+    assert not work.exists()
