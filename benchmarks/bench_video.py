@@ -117,7 +117,7 @@ def phases(backend, spec, clip: Path, options) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, av.open(str(Path(tmp) / "enc.mkv"), "w") as dst:
         stream = open_encoder(dst, plan, options)
         for pts, rgb in outputs:
-            frame = from_rgb(rgb, plan.pix_fmt, plan.color)
+            frame = from_rgb(rgb, plan.pix_fmt, plan.out_color)
             frame.pts, frame.time_base = pts, plan.time_base
             dst.mux(stream.encode(frame))
         dst.mux(stream.encode(None))

@@ -8,6 +8,7 @@ Public API (imported lazily: ``import hrx.runtime`` loads neither onnxruntime, t
     read_image(path) -> Picture / write_image(path, picture, fmt)
     plan_jobs(inputs, out_dir, fmt, recursive) / run_batch(backend, jobs, spec, options) -> BatchReport
     plan_workers(devices, workers, threads) / open_pool(open_one, workers) / run_pool(backends, workers, jobs, ...)
+    upscale_video(backend, spec, source, output, VideoOptions(...)) -> VideoResult   # PyAV (hrx[video])
 
 Heavy backends (onnxruntime, tensorrt, torch) are imported inside the functions that need them.
 """
@@ -32,6 +33,8 @@ _LAZY = {
     "BatchReport": "hrx.runtime.pipeline",
     "plan_jobs": "hrx.runtime.pipeline",
     "run_batch": "hrx.runtime.pipeline",
+    "VideoOptions": "hrx.runtime.video",
+    "upscale_video": "hrx.runtime.video",
     "Worker": "hrx.runtime.pool",
     "plan_workers": "hrx.runtime.pool",
     "open_pool": "hrx.runtime.pool",

@@ -18,6 +18,7 @@ the video fails); a model error fails the video, never drops a frame.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import queue
@@ -37,10 +38,12 @@ from hrx.runtime.backend import Backend
 from hrx.runtime.pipeline import BatchOptions, output_size, resample_planes, upscale_picture
 from hrx.runtime.images import Picture
 from hrx.runtime.tiling import TileSpec, upscale_tiled, upscale_whole
-from hrx.runtime.video_color import Color, bits_of, frame_color, from_rgb, layout, tag, to_rgb
+from hrx.runtime.video_color import (BT601, BT709, JPEG, MPEG, Color, bits_of, frame_color, from_rgb, layout, tag,
+                                     to_rgb)
 
 DEFAULT_SEGMENT_FRAMES = 240
-QUEUE_FRAMES = 4  # frames waiting between two threads (each way)
+DECODED_FRAMES = 4  # decoded frames waiting for the model
+UPSCALED_FRAMES = 2  # upscaled frames waiting for the encoder (float, scale^2 times larger)
 # --video-codec default for an input codec (canonical FFmpeg name): the same family
 SAME_FAMILY = {"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1", "ffv1": "ffv1", "prores": "prores_ks",
                "vp9": "libvpx-vp9"}
@@ -108,7 +111,8 @@ class VideoPlan:
     width: int
     height: int
     in_pix_fmt: str
-    color: Color
+    color: Color  # the input's tags: how frames are decoded
+    out_color: Color  # how frames are encoded and tagged (the input's, unless RGB becomes YUV or back)
     codec: str  # encoder
     pix_fmt: str  # output pixel format
     out_width: int
@@ -218,16 +222,21 @@ def _select(pts: list[int], time_base: Fraction, options: VideoOptions) -> tuple
     if options.frames is not None:
         lo, hi = options.frames[0], options.frames[1] if options.frames[1] is not None else len(pts)
     else:
-        first = pts[0]
         lo, hi = 0, len(pts)
         if options.start is not None:
-            lo = next((i for i, p in enumerate(pts) if (p - first) * time_base >= Fraction(options.start)), len(pts))
+            lo = _first_at(pts, time_base, options.start)
         if options.end is not None:
-            hi = next((i for i, p in enumerate(pts) if (p - first) * time_base >= Fraction(options.end)), len(pts))
+            hi = _first_at(pts, time_base, options.end)
     hi = min(hi, len(pts))
     if lo >= hi:
         raise HRXError(f"the range selects no frames (the video has {len(pts)})")
     return lo, hi
+
+
+def _first_at(pts: list[int], time_base: Fraction, seconds: float) -> int:
+    """Index of the first frame at or after ``seconds`` from the first frame (``len(pts)``: none)."""
+    at = Fraction(str(seconds))  # the decimal the user typed, not its binary float
+    return next((i for i, p in enumerate(pts) if (p - pts[0]) * time_base >= at), len(pts))
 
 
 def plan_segments(pts: list[int], keys: set[int], lo: int, hi: int, size: int, total: int) -> tuple[Segment, ...]:
@@ -301,8 +310,20 @@ def probe(source: Path, options: VideoOptions, scale: int) -> VideoPlan:
     ranged = lo > 0 or hi < len(pts)
     to_s = lambda i: float(pts[i] * time_base) if i < len(pts) else None  # noqa: E731
     return VideoPlan(str(source), index, time_base, Fraction(rate) if rate else None, width, height, fmt_name, color,
-                     codec, pix_fmt, out_w, out_h, hi - lo, pts[0],
+                     output_color(color, fmt_name, pix_fmt, out_h), codec, pix_fmt, out_w, out_h, hi - lo, pts[0],
                      to_s(lo) if ranged else None, to_s(hi) if ranged else None, segments)
+
+
+def output_color(color: Color, in_pix_fmt: str, out_pix_fmt: str, out_height: int) -> Color:
+    """The input's tags, with the matrix made explicit where RGB input becomes YUV (BT.709 from 720 lines,
+    else BT.601) or YUV input becomes RGB (matrix "RGB", full range)."""
+    src, dst = layout(in_pix_fmt), layout(out_pix_fmt)
+    src_rgb = src.family == "gbr" if src is not None else color.space == 0
+    if dst.family == "gbr" and not src_rgb:
+        return dataclasses.replace(color, space=0, range=JPEG)
+    if dst.family != "gbr" and src_rgb:
+        return dataclasses.replace(color, space=BT709 if out_height >= 720 else BT601, range=MPEG)
+    return color
 
 
 def _even(n: int, multiple: int) -> int:
@@ -413,7 +434,7 @@ def open_encoder(container, plan: VideoPlan, options: VideoOptions):
     ctx.time_base = plan.time_base
     if plan.rate:
         ctx.framerate = plan.rate
-    tag(ctx, plan.color)
+    tag(ctx, plan.out_color)
     opts = {}
     if options.crf is not None:
         opts["crf"] = str(options.crf)
@@ -453,8 +474,8 @@ def encode_segment(backend: Backend, spec: TileSpec, plan: VideoPlan, segment: S
 
     progress = progress or NoVideoProgress()
     stop = threading.Event()
-    decoded: queue.Queue = queue.Queue(QUEUE_FRAMES)
-    upscaled: queue.Queue = queue.Queue(QUEUE_FRAMES)
+    decoded: queue.Queue = queue.Queue(DECODED_FRAMES)
+    upscaled: queue.Queue = queue.Queue(UPSCALED_FRAMES)
     errors: list[BaseException] = []
     written = [0]
     stamps: list[tuple[int | None, int | None, int]] = []  # (pts, dts, duration) of every packet, stream time base
@@ -481,7 +502,7 @@ def encode_segment(backend: Backend, spec: TileSpec, plan: VideoPlan, segment: S
                 stream = open_encoder(out, plan, options)
                 while (item := _get(upscaled, stop)) is not _END:
                     pts, rgb = item
-                    frame = from_rgb(rgb, plan.pix_fmt, plan.color)
+                    frame = from_rgb(rgb, plan.pix_fmt, plan.out_color)
                     frame.pts, frame.time_base = pts, plan.time_base
                     mux(out, stream.encode(frame))
                     written[0] += 1

@@ -15,7 +15,9 @@ import hrx
 from conftest import randomize_params
 from hrx.runtime.tiling import TileSpec
 from hrx.runtime.torch_backend import TorchBackend
-from hrx.runtime.video import VideoOptions, upscale_video, work_folder
+from hrx.errors import HRXError
+from hrx.runtime.video import (VideoOptions, _select, output_color, parse_frames, plan_segments, upscale_video,
+                               work_folder)
 from hrx.runtime.video_color import Color, from_rgb, tag, to_rgb
 
 av = pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")
@@ -363,3 +365,24 @@ def test_killed_process_resumes_to_identical_frames(checkpoint, tmp_path):
     assert r.exit_code == 0, r.output
     assert _hashes(out) == _hashes(tmp_path / "whole" / "clip.mkv")
     assert not work.exists()
+
+
+def test_ranges_segments_and_colour_plans():
+    pts = [0, 40, 80, 170, 210, 250, 340, 380]  # time base 1/1000
+    assert _select(pts, TB, VideoOptions(frames=parse_frames("2:5"))) == (2, 5)
+    assert _select(pts, TB, VideoOptions(frames=parse_frames("6:"))) == (6, 8)
+    assert _select(pts, TB, VideoOptions(start=0.08, end=0.25)) == (2, 5)  # [80 ms, 250 ms)
+    with pytest.raises(HRXError, match="selects no frames"):
+        _select(pts, TB, VideoOptions(start=1.0))
+    with pytest.raises(HRXError, match="expected A:B"):
+        parse_frames("3")
+    with pytest.raises(HRXError, match="either --frames or --start"):
+        VideoOptions(frames=(0, 2), start=0.1)
+    segments = plan_segments(pts, {0, 80, 170, 340}, 1, 8, 2, len(pts))  # cut at key frames, >= 2 frames each
+    assert [(s.start, s.end, s.frames) for s in segments] == [(40, 170, 2), (170, 340, 3), (340, None, 2)]
+    assert plan_segments(pts, {0}, 0, 5, 2, len(pts))[-1].end == 250  # a range ends at its first frame left out
+    # RGB input written as YUV gets an explicit matrix; YUV written as GBR is tagged RGB, full range
+    assert output_color(Color(0, 1, 13, 2), "gbrp", "yuv420p", 720) == Color(1, 1, 13, 1)
+    assert output_color(Color(0, 1, 13, 2), "gbrp", "yuv420p", 480) == Color(6, 1, 13, 1)
+    assert output_color(Color(9, 9, 16, 1), "yuv420p10le", "gbrp10le", 64) == Color(0, 9, 16, 2)
+    assert output_color(Color(9, 9, 16, 1), "yuv420p10le", "yuv420p10le", 64) == Color(9, 9, 16, 1)
