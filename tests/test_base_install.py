@@ -48,7 +48,7 @@ def test_base_install_upscales_a_photo_without_torch(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q",
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-compile",
                         "--disable-pip-version-check", str(src)], capture_output=True, text=True)
     assert r.returncode == 0, f"pip install of the base tier failed:\n{r.stderr[-3000:]}"
     site = _site_packages(venv)
