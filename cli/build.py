@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import handle_errors
+from hrx.cli.common import handle_errors, needs
 
 
 class PluginImpl(str, Enum):
@@ -16,6 +16,7 @@ class PluginImpl(str, Enum):
 
 
 @handle_errors
+@needs("tensorrt", check=False)
 def build(
     model: Annotated[Path, typer.Argument(help="ONNX file from `hrx export` (or a Q/DQ model from `hrx calibrate`).",
                                           show_default=False)],

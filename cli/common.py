@@ -71,16 +71,19 @@ def command_name(fn: Callable[..., Any]) -> str:
     return "hrx " + fn.__name__.replace("_", "-")
 
 
-def needs(extra: str) -> Callable[[F], F]:
+def needs(extra: str, check: bool = True) -> Callable[[F], F]:
     """A command that cannot run without the pip extra ``extra`` (hrx.extras): checked before anything
-    else, one line and exit code 2 when it is missing (``hrx export needs PyTorch: pip install 'hrx[export]'``)."""
+    else, one line and exit code 2 when it is missing (``hrx export needs PyTorch: pip install 'hrx[export]'``).
+    ``check=False``: no check up front (the command checks its inputs first); a module of ``extra`` that
+    turns out missing still names ``extra``."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             from hrx.extras import require
 
-            require(extra, command_name(fn))
+            if check:
+                require(extra, command_name(fn))
             return fn(*args, **kwargs)
 
         wrapper.hrx_extra = extra  # type: ignore[attr-defined]

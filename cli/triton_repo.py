@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import handle_errors
+from hrx.cli.common import handle_errors, needs
 
 
 class KindChoice(str, Enum):
@@ -17,6 +17,7 @@ class KindChoice(str, Enum):
 
 
 @handle_errors
+@needs("triton", check=False)
 def triton_repo(
     model: Annotated[Path, typer.Argument(help="An .onnx from `hrx export` (served by Triton's onnxruntime backend) "
                                                "or an .engine / .plan from `hrx build` (tensorrt backend).",

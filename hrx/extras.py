@@ -17,7 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "calibrate": ("torch", "onnx", "skimage"),
     "data": ("skimage",),
     "thirdparty": ("torch", "spandrel"),
-    "tensorrt": ("tensorrt",),
+    "tensorrt": ("tensorrt", "onnx", "torch", "polygraphy"),
     "ray": ("ray",),
     "triton": ("tritonclient", "onnx"),
     "video": ("av",),

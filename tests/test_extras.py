@@ -51,7 +51,8 @@ def base_install(monkeypatch):
     (["new", "hrx-t", "-o", "{tmp}/n.pt"], "hrx new needs PyTorch: pip install 'hrx[export]'"),
     (["upscale", "{tmp}/a.png", "-o", "{tmp}/out", "--model", "default-x2"],
      "hrx upscale --model (the PyTorch backend) needs PyTorch: pip install 'hrx[export]'"),
-    (["triton-repo", "{tmp}/m.onnx", "-o", "{tmp}/repo"], "hrx triton-repo needs onnx: pip install 'hrx[export]'"),
+    (["triton-repo", "{tmp}/m.onnx", "-o", "{tmp}/repo"], "hrx triton-repo needs onnx: pip install 'hrx[triton]'"),
+    (["build", "{tmp}/m.onnx", "-o", "{tmp}/m.engine"], "hrx build needs onnx: pip install 'hrx[tensorrt]'"),
 ])
 def test_a_missing_extra_is_one_line_and_exit_2(base_install, tmp_path, args, line):
     Image.new("RGB", (8, 8), (90, 120, 40)).save(tmp_path / "a.png")
