@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import queue
 import shutil
@@ -378,14 +379,33 @@ def _get(q: queue.Queue, stop: threading.Event):
             continue
 
 
+def _decoded(container, stream, source: Path, strict: bool) -> Iterator:
+    """``(timestamp, frame)`` of the stream's frames (pts, else the decoder's dts: AVI has no pts), skipping
+    packets that fail to decode (``strict``: one-line error)."""
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as e:
+            if strict:
+                raise HRXError(f"{source}: corrupt video data ({_reason(e)}); without --strict the frames "
+                               "lost are skipped and counted") from None
+            continue
+        for frame in frames:
+            ts = frame.pts if frame.pts is not None else frame.dts
+            if ts is not None:
+                yield ts, frame
+
+
 def decode_segment(plan: VideoPlan, segment: Segment, strict: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """``(pts, float RGB [3, H, W])`` of every decodable frame of ``segment`` in presentation order.
-    Seeks to the key frame at or before the segment's start; a container that cannot seek there is
-    decoded from its start. Corrupt packets are skipped (``strict``: one-line error)."""
+    Seeks to the key frame at or before the segment's start; when a container cannot seek there (or
+    lands after it) the video is decoded from its start. Corrupt packets are skipped (``strict``: error)."""
     import av
 
     source = Path(plan.source)
-    for seek in (segment.start > plan.first_pts, False):
+    for seek in ((True, False) if segment.start > plan.first_pts else (False,)):
         with open_input(source) as container:
             stream = container.streams[plan.stream]
             stream.thread_type = "AUTO"
@@ -394,32 +414,21 @@ def decode_segment(plan: VideoPlan, segment: Segment, strict: bool = False) -> I
                     container.seek(segment.start, stream=stream, backward=True)
                 except av.FFmpegError:
                     continue
-            first = True
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.FFmpegError as e:
-                    if strict:
-                        raise HRXError(f"{source}: corrupt video data ({_reason(e)}); without --strict the frames "
-                                       "lost are skipped and counted") from None
-                    continue
-                for frame in frames:
-                    pts = frame.pts if frame.pts is not None else frame.dts
-                    if pts is None:
-                        continue
-                    if first and seek and pts > segment.start:
-                        break  # the seek landed after the start: decode from the beginning instead
-                    first = False
-                    if pts < segment.start:
-                        continue
-                    if segment.end is not None and pts >= segment.end:
-                        return
-                    yield pts, to_rgb(frame, plan.color)
-                else:
-                    continue
-                break  # only reached from the seek check above
-            else:
+            frames = _decoded(container, stream, source, strict)
+            first = next(frames, None)
+            if first is None:
                 return
+            if seek and first[0] > segment.start:
+                continue
+            last = None
+            for ts, frame in itertools.chain([first], frames):
+                if ts < segment.start or (last is not None and ts <= last):  # a repeated stamp (broken muxing)
+                    continue
+                if segment.end is not None and ts >= segment.end:
+                    return
+                last = ts
+                yield ts, to_rgb(frame, plan.color)
+            return
 
 
 SEGMENT_FORMAT = "matroska"  # holds every codec; its millisecond clock is why the timestamps go beside it

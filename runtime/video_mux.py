@@ -16,8 +16,9 @@ from typing import Iterator
 from hrx.errors import HRXError
 from hrx.paths import VIDEO_SUFFIXES, atomic_write
 
-CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi",
-              ".nut": "nut", ".ts": "mpegts", ".m2ts": "mpegts", ".mts": "mpegts"}
+# containers written (AVI is read only: it holds no presentation timestamps, so its videos become .mkv)
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".nut": "nut",
+              ".ts": "mpegts", ".m2ts": "mpegts", ".mts": "mpegts"}
 # metadata the muxer writes itself (a copied value would be stale)
 _MUXER_TAGS = {"encoder", "duration", "number_of_frames", "number_of_bytes", "_statistics_tags",
                "_statistics_writing_app", "_statistics_writing_date_utc", "bps", "major_brand", "minor_version",
@@ -50,7 +51,7 @@ def kept_streams(source: Path, fmt: str, video_index: int, video_codec: str) -> 
     kept, dropped = [], []
     with av.open(str(source), metadata_errors="replace") as c:
         for s in c.streams:
-            if s.index == video_index:
+            if s.index == video_index or internal(s):
                 continue
             name = s.codec_context.codec.canonical_name if s.codec_context is not None else ""
             if s.type == "attachment" and fmt == "matroska" or name in supported:
@@ -61,6 +62,11 @@ def kept_streams(source: Path, fmt: str, video_index: int, video_codec: str) -> 
         raise HRXError(f"the {fmt} container cannot hold {video_codec} video; choose another output suffix "
                        "or --video-codec")
     return kept, dropped
+
+
+def internal(stream) -> bool:
+    """A stream the demuxer keeps for itself (mp4's chapter text track: the chapters are copied as chapters)."""
+    return int(stream.discard) >= 48  # AVDISCARD_ALL
 
 
 def describe(stream) -> str:
@@ -86,7 +92,8 @@ def default_output(source: Path, out_dir: Path, relative: Path | None = None) ->
             with av.open(str(source), metadata_errors="replace") as c:
                 supported = supported_codecs(CONTAINERS[suffix])
                 if all((s.codec_context.codec.canonical_name if s.codec_context is not None else "") in supported
-                       or (s.type == "attachment" and CONTAINERS[suffix] == "matroska") for s in c.streams):
+                       or (s.type == "attachment" and CONTAINERS[suffix] == "matroska") or internal(s)
+                       for s in c.streams):
                     return out_dir / rel
         except Exception:  # noqa: BLE001 - unreadable input: it fails with its own message when it runs
             return out_dir / rel
