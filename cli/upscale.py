@@ -241,9 +241,12 @@ def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows):
                         size_multiple=i.size_multiple, batch=i.batch, merge=merge)
 
     try:
-        info, spec = runners[0].info, spec_for(runners[0])
         source = request.engine or request.model or (f"{request.model_name} at {request.url}" if request.url
                                                      else f"bundled {DEFAULT_MODEL}")
+        try:
+            info, spec = runners[0].info, spec_for(runners[0])
+        except HRXError as e:  # the model's tile / overlap (from its file) do not make a tiling
+            raise HRXError(f"{source}: {e}") from e
         where = f", {len(pool)} workers ({', '.join(w.label for w in pool)})" if len(pool) > 1 else ""
         if not quiet:
             typer.echo(f"backend: {runners[0].name} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "

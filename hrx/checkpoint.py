@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hrx.errors import CheckpointError
+from hrx.errors import CheckpointError, one_line
 from hrx.paths import atomic_write, file_sha256  # noqa: F401 - file_sha256 is part of this module's API
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def _read_torch(path: Path):
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise NotHRXCheckpoint(f"{path}: not an HRX checkpoint (no '{FORMAT}' header); "
                               "convert plain state dicts with hrx.save_model(model, path)")
-    return data["arch"], dict(data["config"]), data["state_dict"], dict(data.get("extra") or {})
+    return _checked(path, data.get("arch"), data.get("config"), data.get("state_dict"), data.get("extra") or {})
 
 
 def _read_safetensors(path: Path):
@@ -140,7 +140,38 @@ def _read_safetensors(path: Path):
         raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if meta.get("hrx_format") != FORMAT:
         raise NotHRXCheckpoint(f"{path}: safetensors file without HRX metadata (arch/config); not an HRX checkpoint")
-    return meta["hrx_arch"], json.loads(meta["hrx_config"]), state, json.loads(meta.get("hrx_extra", "{}"))
+    parsed = {}
+    for key, default in (("hrx_config", None), ("hrx_extra", "{}")):
+        try:
+            parsed[key] = json.loads(meta.get(key, default) if meta.get(key, default) is not None else "null")
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: metadata key {key!r} is not JSON ({e.msg})") from e
+    return _checked(path, meta.get("hrx_arch"), parsed["hrx_config"], state, parsed["hrx_extra"])
+
+
+CONFIG_INT_LIMIT = 1 << 16  # no HRX architecture has a width, depth or count near this: a larger one is a corrupt file
+
+
+def _checked(path: Path, arch: Any, config: Any, state: Any, extra: Any):
+    """The checkpoint's fields, of the types and sizes a real checkpoint has; one line naming the file and
+    key otherwise (a corrupted or hostile file must not build a model of absurd size)."""
+    import torch
+
+    if not isinstance(arch, str) or not arch:
+        raise CheckpointError(f"{path}: key 'arch' is missing or not text")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: key 'config' is missing or not a mapping")
+    for key, value in config.items():
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, bool) or v is None or isinstance(v, str):
+                continue
+            if not isinstance(v, (int, float)) or not abs(v) <= CONFIG_INT_LIMIT or v != v:
+                raise CheckpointError(f"{path}: config key {key!r} = {str(value)[:40]} is out of range")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in state.items()):
+        raise CheckpointError(f"{path}: key 'state_dict' is missing or not a mapping of tensors")
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path}: key 'extra' is not a mapping")
+    return arch, dict(config), state, dict(extra)
 
 
 def load_model(ref: str | os.PathLike, expect_arch: str | None = None) -> nn.Module:
@@ -168,10 +199,13 @@ def load_model(ref: str | os.PathLike, expect_arch: str | None = None) -> nn.Mod
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
     try:
         model = entry.model_cls(entry.config_cls(**config))
-    except TypeError as e:
-        raise CheckpointError(f"{ref}: config does not fit architecture {arch!r}: {e}") from None
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{ref}: config does not fit architecture {arch!r}: {one_line(e)}") from e
     model.arch = arch
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise CheckpointError(f"{ref}: weights do not match architecture {arch!r} ({one_line(e, 200)})") from e
     if missing or unexpected:
         raise CheckpointError(f"{ref}: weights do not match architecture {arch!r} "
                               f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")

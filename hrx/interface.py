@@ -60,6 +60,10 @@ class ModelInfo:
 
     _INTS = ("scale", "in_channels", "out_channels", "tile", "batch", "size_multiple", "tile_overlap", "opset", "min_size")
     _BOOLS = ("square", "fp16", "bf16")
+    # what a file may claim: values outside these come from a corrupted or hostile file, never from an export
+    BOUNDS = {"scale": (1, 16), "in_channels": (1, 64), "out_channels": (1, 64), "tile": (1, 16384),
+              "batch": (1, 4096), "size_multiple": (1, 4096), "tile_overlap": (0, 16384), "opset": (0, 1000),
+              "min_size": (0, 16384), "max_batch": (0, 65536)}
 
     def to_props(self) -> dict[str, str]:
         d = {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
@@ -76,11 +80,19 @@ class ModelInfo:
         kw: dict = {k: props[k] for k in names if k in props}
         for k in cls._INTS:
             if k in kw:
-                kw[k] = int(kw[k])
+                kw[k] = bounded_int(kw[k], cls.BOUNDS[k], source, k)
         for k in cls._BOOLS:
             if k in kw:
                 kw[k] = str(kw[k]).strip().lower() in ("true", "1", "yes")
+        if kw["tile"] % kw["size_multiple"]:  # what hrx export writes, and the tiler needs
+            raise HRXError(f"{source}: metadata key 'tile' = {kw['tile']} is not a multiple of size_multiple "
+                           f"{kw['size_multiple']}")
+        for k in ("arch", "ops", "hrx_version", "checkpoint_sha256", "precision"):
+            if k in kw and not isinstance(kw[k], str):
+                raise HRXError(f"{source}: metadata key {k!r} is not text")
         extra = {k: v for k, v in props.items() if k not in names}
+        if "max_batch" in extra:
+            bounded_int(extra["max_batch"], cls.BOUNDS["max_batch"], source, "max_batch")
         return cls(**kw, extra=extra)
 
     @classmethod
@@ -146,6 +158,22 @@ def _proto_fields(buf, start: int, end: int) -> Iterator[tuple[int, tuple[int, i
         else:
             raise ValueError(f"protobuf wire type {wire}")
         yield field_number, value
+
+
+def bounded_int(value: object, bounds: tuple[int, int], source: str, key: str) -> int:
+    """``value`` (text or a number read from a file) as an int in ``bounds``; one line naming the file and
+    the key otherwise."""
+    shown = repr(value)[:40]
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        number = int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise HRXError(f"{source}: metadata key {key!r} = {shown} is not an integer") from None
+    low, high = bounds
+    if not low <= number <= high:
+        raise HRXError(f"{source}: metadata key {key!r} = {number} is out of range [{low}, {high}]")
+    return number
 
 
 def load_onnx(path: str | os.PathLike, **kwargs):

@@ -7,7 +7,7 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what read_image decodes
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".nut", ".ts", ".m2ts", ".mts")  # hrx upscale videos
@@ -114,6 +114,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, tag: str = "") -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), tag)
+
+
+def atomic_write_all(items: Sequence[tuple[str | os.PathLike, bytes]], tag: str = "") -> None:
+    """Several files that belong together (an engine and its record): every one is written to its
+    temporary file and flushed to disk first, then they are renamed into place in the order given. A
+    failure before the renames (the usual one: disk full) leaves every old file as it was; the renames
+    themselves take microseconds, and a reader must still check that what it reads belongs together
+    (the engine record carries the engine's sha256 for that)."""
+    temps: list[Path] = []
+    paths = [Path(p) for p, _ in items]
+    try:
+        for path, (_, data) in zip(paths, items):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _create_new(path, tag)
+            temps.append(tmp)
+            tmp.write_bytes(data)
+            _fsync(tmp, os.O_RDWR)
+        for path, tmp in zip(paths, temps):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    if os.name == "posix":
+        for folder in dict.fromkeys(p.parent for p in paths):
+            _fsync(folder, os.O_RDONLY)
 
 
 def _create_new(path: Path, tag: str) -> Path:

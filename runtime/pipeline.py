@@ -353,11 +353,12 @@ def _encode(picture: Picture, job: Job, options: BatchOptions) -> None:
 
 
 def fail_result(result: ImageResult, where: Path, e: BaseException, options: BatchOptions) -> None:
-    """Mark ``result`` failed by ``e``: an :class:`HRXError`'s own line (it names the file), else
+    """Mark ``result`` failed by ``e``: an :class:`HRXError`'s own line (``FILE: `` before it if it does not
+    name the file), else
     ``FILE: Type: message``; the type and the exit code it asks for are kept in the row."""
     result.status = "failed"
-    if isinstance(e, HRXError):
-        result.reason = str(e)
+    if isinstance(e, HRXError):  # its own line, naming the file when it does not already
+        result.reason = str(e) if str(where) in str(e) else f"{where}: {e}"
     elif isinstance(e, MemoryError):
         result.reason = f"{where}: out of memory"
     else:

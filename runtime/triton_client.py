@@ -29,6 +29,7 @@ import numpy as np
 
 from hrx.errors import BackendDown, HRXError, MissingDependencyError
 from hrx.runtime.backend import Backend
+from hrx.interface import bounded_int
 from hrx.runtime.model_info import ModelInfo
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -104,15 +105,25 @@ class TritonBackend(Backend):
         self._clients: list = []
         self._lock = threading.Lock()
         self.info, self._config = self._read_model()
-        inputs, outputs = self._config["input"], self._config["output"]
+        inputs, outputs = self._config.get("input"), self._config.get("output")
+        if not isinstance(inputs, list) or not isinstance(outputs, list) or not all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) for t in inputs + outputs):
+            raise TritonError(f"{self._where}: the model config has no readable input / output list")
         if len(inputs) != 1 or len(outputs) != 1:
             raise TritonError(f"{self._where}: expected one input and one output, the config has "
                               f"{len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0]["name"], outputs[0]["name"]
-        self.max_batch_size = int(self._config.get("max_batch_size", 0))
+        try:
+            self.max_batch_size = bounded_int(self._config.get("max_batch_size", 0), (0, 65536), self._where,
+                                              "max_batch_size")
+            raw_dims = inputs[0].get("dims", [])
+            if not isinstance(raw_dims, list) or len(raw_dims) > 8:
+                raise HRXError(f"{self._where}: config key 'dims' of input {self._input!r} is not a list of sizes")
+            dims = [bounded_int(d, (-1, 1 << 20), self._where, "dims") for d in raw_dims]
+        except HRXError as e:
+            raise TritonError(str(e)) from e
         i = self.info
         self.input_shape = (i.batch, i.in_channels, i.tile, i.tile)
-        dims = [int(d) for d in inputs[0].get("dims", [])]
         expected = list(self.input_shape[1:]) if self.max_batch_size > 0 else list(self.input_shape)
         if dims != expected:
             raise TritonError(f"{self._where}: input dims {dims} do not match the HRX metadata {expected}")
@@ -179,7 +190,9 @@ class TritonBackend(Backend):
                                 as_json=True, **self._timeout_kw())["config"]
         else:
             config = self._call("reading the model config", self.client.get_model_config, self.model_name)
-        params = {k: (v.get("string_value", "") if isinstance(v, dict) else str(v))
+        if not isinstance(config, dict) or not isinstance(config.get("parameters", {}), dict):
+            raise TritonError(f"{self._where}: the model config is not a JSON object with parameters")
+        params = {str(k): (str(v.get("string_value", "")) if isinstance(v, dict) else str(v))
                   for k, v in config.get("parameters", {}).items()}
         try:
             info = info_from_parameters(params, self._where)

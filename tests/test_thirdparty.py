@@ -223,10 +223,17 @@ def test_models_lists_thirdparty_archs():
 
 
 STAND_IN_PROBE = textwrap.dedent("""
-    import sys
+    import sys, threading
     from hrx.thirdparty.spandrel_import import import_spandrel, stand_in_notice
-    sp = import_spandrel()
-    assert sp is not None
+    got, barrier = [], threading.Barrier(8)  # eight threads import at once: one import, one module for all
+    def worker():
+        barrier.wait()
+        got.append(import_spandrel())
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    sp = got[0]
+    assert sp is not None and len(got) == 8 and all(m is sp for m in got)
     assert "torchvision" not in sys.modules, "the stand-in leaked"
     from spandrel.architectures.RestoreFormer import RestoreFormer  # noqa: F401 - imports through the stand-in
     import spandrel.architectures.RestoreFormer as rf, torch

@@ -469,3 +469,37 @@ def test_fp16_is_refused_for_a_model_that_declares_it_misbehaves(fake, tmp_path)
         build_engine(path, tmp_path / "x.engine", fp16=True)
     assert not (tmp_path / "x.engine").exists()
     assert build_engine(path, tmp_path / "y.engine").record.precision == "fp32"
+
+
+def test_engine_and_record_are_a_checked_pair_and_a_failed_build_keeps_the_old_one(fake, tmp_path, monkeypatch):
+    """The record carries the engine's sha256 and the reader checks it; a build that fails (in TensorRT, or
+    while writing) leaves the previous engine and record exactly as they were."""
+    import os
+
+    from hrx.runtime.trt.builder import build_engine
+
+    out = tmp_path / "m.engine"
+    report = build_engine(fake["native"], out)
+    old = (out.read_bytes(), cache.sidecar_path(out).read_bytes())
+    assert report.record.engine_sha256 == cache.file_sha256(out)
+    here = cache.RuntimeEnv(fake["trt"].__version__, GPU)
+    assert cache.check_engine(out, env=here)[0] == report.record
+    fake["fail_build"] = True
+    with pytest.raises(HRXError):
+        build_engine(fake["native"], out, fp16=True)
+    fake["fail_build"] = False
+    real_replace = os.replace
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        build_engine(fake["native"], out, fp16=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (out.read_bytes(), cache.sidecar_path(out).read_bytes()) == old
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m.")) == ["m.engine", "m.engine.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    out.write_bytes(old[0] + b"another engine")  # an engine beside another engine's record: refused, one line
+    with pytest.raises(cache.EngineMismatchError, match=r"m.engine.json describes another engine .*hrx build"):
+        cache.check_engine(out, env=here)

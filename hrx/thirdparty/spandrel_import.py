@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import importlib
 import sys
+import threading
 import types
 from typing import Any
 
@@ -25,6 +26,8 @@ SPANDREL_RANGE = (">=0.4.2", "<0.5")  # the versions whose architecture set and 
 INSTALL_HINT = 'pip install --no-deps "spandrel>=0.4.2,<0.5" einops  (--no-deps: spandrel\'s torchvision is not needed)'
 
 _state: dict[str, Any] = {"module": None, "problem": None, "notice": None}
+# one import at a time: the stand-in goes into sys.modules and out again, and _state is written once
+_lock = threading.RLock()
 
 
 class InterpolationMode(enum.Enum):
@@ -82,7 +85,15 @@ def torchvision_problem() -> str | None:
 
 
 def import_spandrel():
-    """The ``spandrel`` module, or ``None`` when it is not installed (see :func:`spandrel_problem`)."""
+    """The ``spandrel`` module, or ``None`` when it is not installed (see :func:`spandrel_problem`).
+    Thread-safe: concurrent callers wait for the first import and share its result."""
+    if _state["module"] is not None or _state["problem"] is not None:
+        return _state["module"]
+    with _lock:
+        return _import_once()
+
+
+def _import_once():
     if _state["module"] is not None or _state["problem"] is not None:
         return _state["module"]
     if importlib.util.find_spec("spandrel") is None:

@@ -68,7 +68,10 @@ class TensorRTBackend(Backend):
 
         log = log or (lambda _msg: None)
         self.engine_path = Path(engine_path)
-        record, warnings = check_engine(self.engine_path, onnx_path=onnx_path)
+        if not self.engine_path.is_file():
+            raise HRXError(f"{self.engine_path}: no such engine file")
+        engine = self.engine_path.read_bytes()  # read once: checked against its record, then loaded
+        record, warnings = check_engine(self.engine_path, onnx_path=onnx_path, engine=engine)
         for w in warnings:
             log(w)
         self.record = record
@@ -80,7 +83,8 @@ class TensorRTBackend(Backend):
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        self._engine = self._runtime.deserialize_cuda_engine(engine)
+        del engine
         if self._engine is None:
             again = rebuild_command(record.onnx_path, record.precision, self.engine_path, record.plugin_impl)
             raise HRXError(f"{self.engine_path}: TensorRT could not load the engine; rebuild it: {again}")

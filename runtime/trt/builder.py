@@ -39,7 +39,7 @@ from hrx.runtime.trt.cache import (
     file_sha256,
     now_iso,
     sidecar_path,
-    write_record,
+    write_engine,
 )
 from hrx.runtime.trt.plugins import PLUGIN_DOMAIN, check_plugin_impl
 
@@ -426,15 +426,9 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
         model_info=model_props, plugins=sorted({f"{PLUGIN_DOMAIN}::{op}" for op in hrx_nodes.values()})
         if use_plugins else [], plugin_impl=opts.plugin_impl if use_plugins else "",
         fp32_islands=_islands(typed), hrx_version=__version__, built_at=now_iso())
-    atomic_write_bytes(out, bytes(serialized))
-    try:
-        write_record(out, record)
-        if cache is not None:
-            atomic_write_bytes(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
-    except BaseException:
-        out.unlink(missing_ok=True)
-        sidecar_path(out).unlink(missing_ok=True)
-        raise
+    if cache is not None:  # before the pair: a cache that cannot be written leaves the old engine as it was
+        atomic_write_bytes(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
+    record = write_engine(out, bytes(serialized), record)
     return BuildReport(out, record, seconds, counts, notes)
 
 

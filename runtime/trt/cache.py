@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hrx.errors import HRXError
-from hrx.paths import atomic_write_bytes, cache_root, file_sha256  # noqa: F401 - all three: this module's API
+from hrx.interface import bounded_int
+from hrx.paths import atomic_write_all, atomic_write_bytes, cache_root, file_sha256  # noqa: F401 - this module's API
 from hrx.runtime.model_info import ModelInfo
 from hrx.runtime.trt.env import GpuInfo
 
@@ -55,6 +57,7 @@ class EngineRecord:
     hrx_version: str = ""
     built_at: str = ""
     schema: int = RECORD_SCHEMA
+    engine_sha256: str = ""  # the engine file this record describes (checked on load; empty in older records)
 
     def info(self) -> ModelInfo:
         return ModelInfo.from_props(self.model_info, source="engine record")
@@ -76,7 +79,31 @@ class EngineRecord:
         missing = sorted(required - set(data))
         if missing:
             raise HRXError(f"{source}: engine record lacks {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        record = cls(**{k: v for k, v in data.items() if k in names})
+        record.check(source)
+        return record
+
+    def check(self, source: str) -> None:
+        """Every field of the type and range an engine build writes; one line naming the file and key."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("input_shape", "output_shape"):
+                if not isinstance(value, list) or not 1 <= len(value) <= 8:
+                    raise HRXError(f"{source}: key {f.name!r} is not a list of 1 to 8 sizes")
+                for d in value:
+                    bounded_int(d, (-1, 1 << 20), source, f.name)
+            elif f.name in ("model_info", "fp32_islands"):
+                if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                    raise HRXError(f"{source}: key {f.name!r} is not an object")
+            elif f.name == "plugins":
+                if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                    raise HRXError(f"{source}: key 'plugins' is not a list of names")
+            elif f.name == "schema":
+                bounded_int(value, (1, RECORD_SCHEMA), source, "schema")
+            elif not isinstance(value, str):
+                raise HRXError(f"{source}: key {f.name!r} is not text")
+        if self.model_info:
+            ModelInfo.from_props({k: str(v) for k, v in self.model_info.items()}, source)
 
 
 @dataclass(frozen=True)
@@ -108,6 +135,16 @@ def write_record(engine_path: str | os.PathLike, record: EngineRecord) -> Path:
     side = sidecar_path(engine_path)
     atomic_write_bytes(side, record.to_json().encode())
     return side
+
+
+def write_engine(engine_path: str | os.PathLike, engine: bytes, record: EngineRecord) -> EngineRecord:
+    """Write an engine and its record as a pair: the record carries the engine's sha256; both are written
+    and flushed to temporary files before either replaces the old pair (record first), so a failed write
+    leaves the old pair intact, and a reader that finds a record of another engine says so
+    (:func:`check_engine`)."""
+    record = dataclasses.replace(record, engine_sha256=hashlib.sha256(engine).hexdigest())
+    atomic_write_all([(sidecar_path(engine_path), record.to_json().encode()), (engine_path, engine)])
+    return record
 
 
 def read_record(engine_path: str | os.PathLike) -> EngineRecord:
@@ -145,8 +182,10 @@ def mismatches(record: EngineRecord, env: RuntimeEnv) -> tuple[list[str], list[s
 
 
 def check_engine(engine_path: str | os.PathLike, *, env: RuntimeEnv | None = None,
-                 onnx_path: str | os.PathLike | None = None) -> tuple[EngineRecord, list[str]]:
-    """Read the engine's record and check it against this machine (and ``onnx_path`` if given).
+                 onnx_path: str | os.PathLike | None = None,
+                 engine: bytes | None = None) -> tuple[EngineRecord, list[str]]:
+    """Read the engine's record and check it against this machine (and ``onnx_path`` if given), and that
+    it is the record of this engine (its sha256; ``engine``: the bytes the caller read and will load).
 
     Returns ``(record, warnings)``; raises :class:`EngineMismatchError` with one line that says
     why and the ``hrx build`` command that rebuilds the engine.
@@ -155,6 +194,13 @@ def check_engine(engine_path: str | os.PathLike, *, env: RuntimeEnv | None = Non
     if not engine_path.is_file():
         raise HRXError(f"{engine_path}: no such engine file")
     record = read_record(engine_path)
+    if record.engine_sha256:
+        sha = hashlib.sha256(engine if engine is not None else engine_path.read_bytes()).hexdigest()
+        if sha != record.engine_sha256:
+            raise EngineMismatchError(
+                f"{engine_path}: its record {sidecar_path(engine_path).name} describes another engine (sha256 "
+                f"{record.engine_sha256[:12]}… there, {sha[:12]}… here: an interrupted build or a copied file). "
+                f"Rebuild it: {rebuild_command(onnx_path or record.onnx_path, record.precision, engine_path, record.plugin_impl)}")
     env = env or current_env()
     errors, warnings = mismatches(record, env)
     source = onnx_path or record.onnx_path
