@@ -152,6 +152,8 @@ def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, s
                     result.reason = str(e)
                 except MemoryError:
                     result.reason = f"{job.source}: out of memory"
+                except OSError as e:  # the output side: a folder that cannot be made, a full disk
+                    result.reason = f"{e.filename or job.output}: {e.strerror or e}"
             if result.status == "failed":
                 progress.print(f"error: {result.reason}")
             elif result.status == "done" and not quiet:

@@ -1,6 +1,7 @@
 """hrx upscale --ray on a real local Ray cluster (ray.init(num_cpus=2)): the same outputs, byte for byte, and
 the same report as a plain run; a corrupt file is a failed row; an actor killed in the middle of a write is
-restarted and every output comes out whole; --skip-existing finishes an interrupted run."""
+restarted and every output comes out whole; --skip-existing finishes an interrupted run; a video's segments
+spread over two actors join into the local run's frames."""
 from __future__ import annotations
 
 import json
@@ -139,3 +140,31 @@ def test_ray_refuses_checkpoints_in_one_line(local, tmp_path):
     lines = text.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "--ray runs exported models" in lines[0], text
     assert os.listdir(tmp_path) == [] or not any((tmp_path / "o").rglob("*.png"))
+
+
+def test_video_segments_on_actors_equal_local_run(cluster, hrx_t_dynamic, tmp_path):
+    """Segments of a video spread over two Ray Data actors, joined by the driver: the local run's output."""
+    pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")
+    from test_video import FRAMES, _hashes, make_clip, packets_of
+
+    from hrx.runtime.factory import open_backend
+    from hrx.runtime.tiling import TileSpec
+    from hrx.runtime.video import VideoOptions, upscale_video
+    from hrx.runtime.video_ray import upscale_video_ray
+
+    src = make_clip(tmp_path / "clip.mkv", audio=("aac",))
+    options = VideoOptions(codec="ffv1", segment_frames=2)
+    request = BackendRequest(engine=hrx_t_dynamic[1], threads=1)
+    local = open_backend(request)
+    i = local.info
+    spec = TileSpec(i.tile, i.tile_overlap, i.scale, i.size_multiple, i.batch, "blend")
+    try:
+        upscale_video(local, spec, src, tmp_path / "local.mkv", options)
+    finally:
+        local.close()
+    result = upscale_video_ray(request, i, spec, src, tmp_path / "ray.mkv", options,
+                               RayOptions(actors=2, cpus_per_actor=0.5))
+    assert result.status == "done" and result.segments == 4 and result.frames == FRAMES
+    assert _hashes(tmp_path / "ray.mkv") == _hashes(tmp_path / "local.mkv")
+    assert packets_of(tmp_path / "ray.mkv", "audio") == packets_of(src, "audio")
+    assert packets_of(tmp_path / "ray.mkv", "subtitle") == packets_of(src, "subtitle")

@@ -1,6 +1,7 @@
 """Videos through ``hrx upscale``: clips made here with PyAV (a moving pattern, 8- and 10-bit, variable frame
 rate, AAC and Opus audio, a subtitle track, chapters), upscaled by a perturbed hrx-t x2 (PyTorch, whole
-48x32 frames). Every stream, timestamp and level is checked against the input or the image path."""
+48x32 frames). Every stream, timestamp and level is checked against the input or the image path.
+Segments on Ray actors: tests/test_ray.py (it has the cluster)."""
 from __future__ import annotations
 
 import hashlib
@@ -306,34 +307,6 @@ def test_cli_corrupt_packet_is_a_counted_lost_frame(checkpoint, tmp_path):
     assert r.exit_code == 0, r.output
     assert f"warning: {bad}: 1 frame(s) lost to corrupt data (--strict to fail instead)" in r.stderr
     assert [f[0] for f in frames_of(out / "bad.mkv")] == VFR_PTS[:4] + VFR_PTS[5:]
-
-
-def test_ray_segments_equal_local_run(checkpoint, tmp_path):
-    """Segments spread over two Ray Data actors (a local two-CPU cluster), joined: the local run's output."""
-    ray = pytest.importorskip("ray", reason="Ray (pip install 'hrx[ray]')")
-    from hrx.runtime.distributed import RayOptions
-    from hrx.runtime.factory import BackendRequest, open_backend
-    from hrx.runtime.video_ray import upscale_video_ray
-
-    src = make_clip(tmp_path / "clip.mkv", audio=("aac",))
-    options = VideoOptions(codec="ffv1", segment_frames=2)
-    request = BackendRequest(model=str(checkpoint), backend="torch", tile=64, threads=1)
-    local = open_backend(request)
-    spec = spec_of(local)
-    try:
-        upscale_video(local, spec, src, tmp_path / "local.mkv", options)
-    finally:
-        local.close()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        result = upscale_video_ray(request, local.info, spec, src, tmp_path / "ray.mkv", options,
-                                   RayOptions(actors=2, cpus_per_actor=0.5))
-    finally:
-        ray.shutdown()
-    assert result.status == "done" and result.segments == 4 and result.frames == FRAMES
-    assert _hashes(tmp_path / "ray.mkv") == _hashes(tmp_path / "local.mkv")
-    assert packets_of(tmp_path / "ray.mkv", "audio") == packets_of(src, "audio")
-    assert packets_of(tmp_path / "ray.mkv", "subtitle") == packets_of(src, "subtitle")
 
 
 def test_killed_process_resumes_to_identical_frames(checkpoint, tmp_path):
