@@ -59,7 +59,7 @@ class CalibrateOptions:
     fallback: bool = True
     seed: int = 0
     ranges: Path | None = None  # ranges cache to read / write (default: next to the output)
-    threads: int = 0  # ONNX Runtime intra-op threads for the gate (0: its default)
+    threads: int = 0  # threads of the gate's engine (0: its default)
     few_image_guard: bool = True  # with few images: warn, stem/head float, augmented gate, max_drop / 3
     precision: str = "fp32"  # outside the INT8 convs: fp32, or fp16/bf16 with FP32 islands (strongly typed TensorRT)
 
@@ -68,7 +68,7 @@ class CalibrateOptions:
 class Attempt:
     quant: QuantResult
     quality: QualityReport
-    fp32_ms: float  # ONNX Runtime CPU, median ms per batch on the held-back tiles
+    fp32_ms: float  # the gate's engine (gate_engine), median ms per batch on the held-back tiles
     int8_ms: float
 
 
@@ -99,6 +99,11 @@ class CalibrationReport:
     @property
     def passed(self) -> bool:
         return self.chosen is not None and self.chosen.quality.passed(self.threshold)
+
+
+def gate_engine(target: str) -> str:
+    """The engine the gate runs both models on: OpenVINO (f32) for ``--target openvino``, else ONNX Runtime."""
+    return "openvino" if target == "openvino" else "onnxruntime"
 
 
 def default_output(model: Path) -> Path:
@@ -259,7 +264,8 @@ def calibrate(opts: CalibrateOptions, log: Log | None = None) -> CalibrationRepo
                 f"augmented held-back tiles too and asking for a drop <= {report.gate_drop:.2f} dB "
                 f"(pass {FEW_IMAGES}+ varied photos for a fuller INT8 model)")
     threshold = report.threshold
-    fp32, fp32_ms = run_model(model_path, eval_lr, info.batch, opts.threads)
+    engine = gate_engine(opts.target)
+    fp32, fp32_ms = run_model(model_path, eval_lr, info.batch, opts.threads, engine)
     ladder = ladder if opts.fallback else ladder[:1]
     tmp_paths = []
     try:
@@ -271,7 +277,7 @@ def calibrate(opts: CalibrateOptions, log: Log | None = None) -> CalibrationRepo
             quant = quantize_qdq(model_path, tmp, cache.ranges, opts.target, step, method)
             if opts.precision != "fp32":
                 half_qdq(tmp, opts.precision)
-            int8, int8_ms = run_model(tmp, eval_lr, info.batch, opts.threads)
+            int8, int8_ms = run_model(tmp, eval_lr, info.batch, opts.threads, engine)
             report.attempts.append(Attempt(quant, compare(fp32, int8, eval_hr, info.scale), fp32_ms, int8_ms))
             if report.attempts[-1].quality.passed(threshold):
                 break

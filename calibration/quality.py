@@ -54,25 +54,40 @@ def psnr(pred: np.ndarray, target: np.ndarray, border: int) -> float:
     return psnr_from_mse(mse, 255.0)
 
 
-def run_model(path: str | os.PathLike, tiles: np.ndarray, batch: int, threads: int = 0) -> tuple[np.ndarray, float]:
-    """Run an ONNX file on ONNX Runtime CPU over ``[N, C, t, t]`` tiles in its static batch.
-    Returns the outputs and the median milliseconds per batch (after one warm-up run)."""
-    from hrx.runtime.onnxrt import CPU, create_session
+GATE_ENGINES = ("onnxruntime", "openvino")
 
-    session = create_session(path, [CPU], threads=threads)
-    name = session.get_inputs()[0].name
+
+def run_model(path: str | os.PathLike, tiles: np.ndarray, batch: int, threads: int = 0,
+              engine: str = "onnxruntime") -> tuple[np.ndarray, float]:
+    """Run an ONNX file on the CPU over ``[N, C, t, t]`` tiles in its static batch, with ONNX Runtime or
+    OpenVINO (``engine``; pinned to f32, so an INT8 file is scored on its INT8 error alone, the same on
+    every CPU). Returns the outputs and the median milliseconds per batch (after one warm-up run)."""
+    if engine == "openvino":
+        from hrx.runtime.openvino import OpenVINOBackend
+
+        backend = OpenVINOBackend(path, precision="fp32", threads=threads, cache=False)
+        infer, close = backend.infer, backend.close
+    else:
+        from hrx.runtime.onnxrt import CPU, create_session
+
+        session = create_session(path, [CPU], threads=threads)
+        name = session.get_inputs()[0].name
+        infer, close = (lambda x: session.run(None, {name: x})[0]), (lambda: None)
     batches = []
     for i in range(0, len(tiles), batch):
         x = tiles[i:i + batch]
         if len(x) < batch:
             x = np.concatenate([x, np.repeat(x[-1:], batch - len(x), axis=0)])
         batches.append(np.ascontiguousarray(x, dtype=np.float32))
-    session.run(None, {name: batches[0]})  # warm-up: allocations, kernel selection
-    outs, times = [], []
-    for x in batches:
-        start = time.perf_counter()
-        outs.append(session.run(None, {name: x})[0])
-        times.append(time.perf_counter() - start)
+    try:
+        infer(batches[0])  # warm-up: allocations, kernel selection
+        outs, times = [], []
+        for x in batches:
+            start = time.perf_counter()
+            outs.append(infer(x))
+            times.append(time.perf_counter() - start)
+    finally:
+        close()
     return np.concatenate(outs)[:len(tiles)], float(np.median(times)) * 1e3
 
 

@@ -10,6 +10,10 @@ Targets (``--target``):
 * ``cpu``: unsigned asymmetric activations and signed symmetric per-channel weights (U8S8, the fast
   path of ONNX Runtime's x86 kernels), int32 biases, quantized Conv outputs, so ONNX Runtime can fuse
   ``DQ -> Conv -> Q`` into ``QLinearConv``.
+* ``openvino``: unsigned asymmetric activations and signed symmetric per-channel weights (U8S8, what
+  OpenVINO's CPU plugin runs as INT8 convolutions on VNNI / AMX), float biases, Q/DQ only on the inputs
+  of Conv / Gemm / MatMul. No ONNX Runtime intensity rule: OpenVINO runs the depthwise and thin 1x1 convs
+  in INT8 as well (``benchmarks/bench_int8_openvino.py``, docs/int8-openvino.md).
 
 Only Conv / ConvTranspose / Gemm and MatMul with a constant operand are quantized (the QDQ
 quantizer ignores ``MatMulConstBOnly``: activation x activation MatMul are excluded by name, with the
@@ -37,7 +41,7 @@ from hrx.calibration.graph import COMPUTE_OPS, MOVE_OPS, Graph, float_plan, labe
 from hrx.errors import HRXError
 
 METHODS = ("entropy", "percentile", "minmax")
-TARGETS = ("trt", "cpu")
+TARGETS = ("trt", "cpu", "openvino")
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CHUNK_PIXELS = 4 * 128 * 128  # input pixels per collect_data call (it holds every intermediate tensor)
 # --target cpu keeps float the Conv / Gemm / MatMul with fewer multiply-adds per activation element than
@@ -79,6 +83,8 @@ TARGET_FORMATS = {
                         quantize_bias=False, dedicated_pairs=True),
     "cpu": TargetFormat("cpu", signed_activations=False, symmetric_activations=False, quantize_outputs=True,
                         quantize_bias=True, dedicated_pairs=False, min_intensity=CPU_MIN_INTENSITY),
+    "openvino": TargetFormat("openvino", signed_activations=False, symmetric_activations=False,
+                             quantize_outputs=False, quantize_bias=False, dedicated_pairs=False),
 }
 
 

@@ -66,8 +66,9 @@ def summary_lines(report: CalibrationReport) -> list[str]:
     for a in report.attempts:
         verdict = "PASS" if a.quality.passed(report.threshold) else "FAIL"
         lines.append(f"    [{a.quant.step.name}] {a.quant.step.describe}: {a.quality.line()} -> {verdict}")
-    lines.append(f"  ONNX Runtime CPU, held-back tiles: FP32 {chosen.fp32_ms:.1f} ms, INT8 {chosen.int8_ms:.1f} ms per batch "
-                 f"({chosen.fp32_ms / max(chosen.int8_ms, 1e-9):.2f}x; see benchmarks/bench_int8.py for a steady measurement)")
+    engine = "OpenVINO CPU (f32 outside INT8)" if report.target == "openvino" else "ONNX Runtime CPU"
+    lines.append(f"  {engine}, held-back tiles: FP32 {chosen.fp32_ms:.1f} ms, INT8 {chosen.int8_ms:.1f} ms per batch "
+                 f"({chosen.fp32_ms / max(chosen.int8_ms, 1e-9):.2f}x; see benchmarks/{'bench_cpu_engines' if report.target == 'openvino' else 'bench_int8'}.py for a steady measurement)")
     if report.target == "trt":
         status = "; ".join(report.trt_problems) if report.trt_problems else "ops, opset, INT8 zero-point-0 Q/DQ OK"
         lines.append(f"  TensorRT static check (no engine built here): {status}")

@@ -1,4 +1,4 @@
-"""``hrx calibrate``: FP32 ONNX + a folder of images -> INT8 QDQ ONNX (TensorRT / ONNX Runtime) behind a quality gate."""
+"""``hrx calibrate``: FP32 ONNX + a folder of images -> INT8 QDQ ONNX (TensorRT / ONNX Runtime / OpenVINO) behind a quality gate."""
 from __future__ import annotations
 
 from enum import Enum
@@ -25,6 +25,7 @@ class Precision(str, Enum):
 class Target(str, Enum):
     trt = "trt"
     cpu = "cpu"
+    openvino = "openvino"
 
 
 @handle_errors
@@ -36,7 +37,8 @@ def calibrate(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="QDQ model to write (default: MODEL stem + .int8.onnx).")] = None,
     method: Annotated[Optional[Method], typer.Option("--method", help="Range calibration (ONNX Runtime's calibrators); "
                                                      "default: percentile, or the cached method without --images.")] = None,
-    target: Annotated[Target, typer.Option("--target", help="trt: symmetric S8S8 Q/DQ for TensorRT. cpu: U8S8 for ONNX Runtime on x86.")] = Target.trt,
+    target: Annotated[Target, typer.Option("--target", help="trt: symmetric S8S8 Q/DQ for TensorRT. cpu: U8S8 for ONNX Runtime on x86. "
+                                                   "openvino: U8S8 for OpenVINO's CPU plugin (the gate runs on OpenVINO).")] = Target.trt,
     samples: Annotated[int, typer.Option("--samples", min=1, help="Random calibration crops of the model's tile size.")] = 32,
     eval_tiles: Annotated[int, typer.Option("--eval-tiles", min=1, help="Held-back tiles for the quality gate.")] = 16,
     max_drop: Annotated[float, typer.Option("--max-drop", min=0.0, help="Largest allowed PSNR drop of INT8 vs FP32 (dB).")] = 0.3,
@@ -47,7 +49,7 @@ def calibrate(
                                                  "the FP32 islands of `hrx export --precision` (what a strongly "
                                                  "typed INT8 TensorRT engine needs for FP16 elsewhere).")] = Precision.fp32,
     seed: Seed = 0,
-    threads: Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime intra-op threads for the gate (0: one per core).")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=0, help="Threads of the gate's engine (ONNX Runtime, or OpenVINO for --target openvino; 0: one per core).")] = 0,
 ) -> None:
     """Quantize an exported model to INT8 with explicit Q/DQ nodes, calibrated on real image tiles.
 
