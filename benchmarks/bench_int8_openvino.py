@@ -23,7 +23,6 @@ SRVGGNetCompact x4 at its published size with perturbed weights (``tests/zoo.py`
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys

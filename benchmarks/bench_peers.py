@@ -1,4 +1,4 @@
-"""hrx upscale (ONNX Runtime CPU, FP32 and INT8) vs the ways people run third-party models today, in one run.
+"""hrx upscale (its default CPU path; ONNX Runtime FP32 and INT8) vs the ways people run third-party models today, in one run.
 
     python benchmarks/bench_peers.py                           # RRDBNet, SRVGGNetCompact, SPAN at x4
     python benchmarks/bench_peers.py --arch SPAN --size 256 --repeats 5
@@ -12,9 +12,12 @@ and the same photo (a crop of scikit-image's astronaut) for every path:
 * ``spandrel-whole``: spandrel's ``ImageModelDescriptor`` called on the whole image under
   ``torch.inference_mode`` in FP32, as chaiNNer runs a model on the CPU when the image fits in memory
   (its auto-split only tiles after an out-of-memory error). Its output is the reference for PSNR.
-* ``hrx-fp32`` / ``hrx-int8``: what ``hrx upscale --engine`` runs: ``hrx export`` (fused, static tile,
-  the architecture's overlap), ``hrx calibrate --target cpu`` on the other bundled photos for INT8, then
-  the tiled runtime (blend merge) on ONNX Runtime CPU.
+* ``hrx-default``: what ``hrx upscale --engine model.onnx`` runs with no backend named: the backend and
+  precision :func:`hrx.runtime.factory.open_backend` picks by default (OpenVINO on CPUs where it is
+  installed), named in the row;
+* ``hrx-fp32`` / ``hrx-int8``: ``--backend onnxrt-cpu``: ``hrx export`` (fused, static tile, the
+  architecture's overlap), ``hrx calibrate --target cpu`` on the other bundled photos for INT8, then the
+  tiled runtime (blend merge) on ONNX Runtime CPU.
 
 All paths use every thread of the machine (torch.set_num_threads / ORT intra-op threads = cores).
 Timing: ``--repeats`` rounds, each round runs every path once in turn (interleaved), median per path.
@@ -60,6 +63,12 @@ def photo(size: int) -> np.ndarray:
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return np.ascontiguousarray(arr[40:40 + size, 120:120 + size].transpose(2, 0, 1))
+
+
+def openvino_note() -> str:
+    from hrx.runtime.openvino import openvino_problem, openvino_version
+
+    return openvino_problem() or f"openvino {openvino_version()}"
 
 
 def realesrgan_tiled(net, img, scale: int, tile: int, tile_pad: int = 10, pre_pad: int = 10) -> np.ndarray:
@@ -114,6 +123,7 @@ def main() -> None:
     from hrx.calibration.pipeline import CalibrateOptions, calibrate
     from hrx.data import skimage_photos
     from hrx.export.onnx_export import export_onnx
+    from hrx.runtime.factory import BackendRequest, open_backend
     from hrx.runtime.onnxrt import OnnxRuntimeBackend
     from hrx.runtime.tiling import TileSpec, upscale_tiled
     from hrx.thirdparty import zoo
@@ -129,7 +139,7 @@ def main() -> None:
             shutil.copy(rec.path, calib / Path(rec.path).name)
     print(f"command: python benchmarks/bench_peers.py {' '.join(sys.argv[1:])}")
     print(f"x{args.scale}, {args.threads} threads, torch {torch.__version__}, onnxruntime "
-          f"{__import__('onnxruntime').__version__}, {args.repeats} interleaved rounds, median\n")
+          f"{__import__('onnxruntime').__version__}, {openvino_note()}, {args.repeats} interleaved rounds, median\n")
     print("| model | params | photo | path | tile / overlap | MP/s | hrx speed-up | PSNR vs whole-image PyTorch |")
     print("|---|---|---|---|---|---|---|---|")
     try:
@@ -152,9 +162,12 @@ def main() -> None:
             spec = TileSpec(info.tile, overlap, info.scale, info.size_multiple, info.batch, "blend")
             backends = {k: OnnxRuntimeBackend(p, "cpu", args.threads) for k, p in
                         (("hrx-fp32", onnx_fp32), ("hrx-int8", onnx_int8))}
+            backends["hrx-default"] = open_backend(BackendRequest(engine=onnx_fp32, threads=args.threads))
+            default = f"{backends['hrx-default'].name} {getattr(backends['hrx-default'], 'precision', 'fp32')}"
             paths = {
                 "realesrgan-tiled": lambda: realesrgan_tiled(descriptor.model, img, args.scale, peer_tile),
                 "spandrel-whole": lambda: spandrel_whole(descriptor, img),
+                "hrx-default": lambda: upscale_tiled(img, backends["hrx-default"].infer, spec),
                 "hrx-fp32": lambda: upscale_tiled(img, backends["hrx-fp32"].infer, spec),
                 "hrx-int8": lambda: upscale_tiled(img, backends["hrx-int8"].infer, spec),
             }
@@ -171,12 +184,14 @@ def main() -> None:
             ref = outs["spandrel-whole"]
             params = sum(p.numel() for p in model.parameters())
             tiles = {"realesrgan-tiled": f"{peer_tile} / pad 10", "spandrel-whole": "whole image",
-                     "hrx-fp32": f"{spec.tile} / {overlap}", "hrx-int8": f"{spec.tile} / {overlap}"}
+                     "hrx-default": f"{spec.tile} / {overlap}", "hrx-fp32": f"{spec.tile} / {overlap}",
+                     "hrx-int8": f"{spec.tile} / {overlap}"}
             for k in paths:
                 speed = "" if not k.startswith("hrx") else \
                     f"{med['realesrgan-tiled'] / med[k]:.2f}x vs tiled, {med['spandrel-whole'] / med[k]:.2f}x vs whole"
                 q = psnr(outs[k], ref)
-                print(f"| {name} x{args.scale} | {params:,} | {size}x{size} | {k} | {tiles[k]} | {mp / med[k]:.4f} | {speed} | "
+                label = f"hrx-default ({default})" if k == "hrx-default" else k
+                print(f"| {name} x{args.scale} | {params:,} | {size}x{size} | {label} | {tiles[k]} | {mp / med[k]:.4f} | {speed} | "
                       f"{'ref' if k == 'spandrel-whole' else f'{q:.1f} dB'} |", flush=True)
             for b in backends.values():
                 b.close()
