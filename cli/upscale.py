@@ -15,6 +15,7 @@ from hrx.errors import HRXError
 from hrx.runtime.factory import BACKENDS  # the choices come from the runtime's tuples (light modules: numpy)
 from hrx.runtime.images import FORMATS
 from hrx.runtime.pipeline import ALPHA_MODES
+from hrx.runtime.precision_policy import DEFAULT_MIN_PSNR, PRECISION_CHOICES
 from hrx.runtime.report import ReportWriter
 from hrx.runtime.tiling import MERGE_MODES
 
@@ -22,6 +23,7 @@ BackendChoice = choices("BackendChoice", BACKENDS)
 FormatChoice = choices("FormatChoice", FORMATS)
 MergeChoice = choices("MergeChoice", MERGE_MODES)
 AlphaChoice = choices("AlphaChoice", ALPHA_MODES)
+PrecisionOption = choices("PrecisionOption", PRECISION_CHOICES)
 
 
 @handle_errors
@@ -32,7 +34,10 @@ def upscale(
                                          show_default=False)],
     engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Exported model: .onnx, or a TensorRT .engine / .plan. With neither --engine nor --model: the bundled default-x4 (shipped as ONNX).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint (.pt / .safetensors) or bundled model name, run with PyTorch.")] = None,
-    backend: Annotated[BackendChoice, typer.Option("--backend", "-b", help="Inference backend; auto picks the fastest available for the model and prints it. trt with an .onnx builds a cached TensorRT engine on first use.")] = BackendChoice.auto,
+    backend: Annotated[BackendChoice, typer.Option("--backend", "-b", help="Inference backend; auto picks the fastest available for the model and prints it: ONNX Runtime CUDA with a GPU, else OpenVINO on the CPU (ONNX Runtime CPU when OpenVINO is missing or cannot compile the graph). trt with an .onnx builds a cached TensorRT engine on first use.")] = BackendChoice.auto,
+    precision: Annotated[PrecisionOption, typer.Option("--precision", "-p", help="CPU compute precision (OpenVINO; PyTorch: fp32 / bf16). auto: bf16 where the CPU has AMX-BF16 or AVX512-BF16 and the model passes the fidelity gate (BF16 vs FP32 PSNR >= --min-psnr on fixed photo tiles, measured once and cached), fp32 otherwise and for 16-bit outputs; int8 for an INT8 Q/DQ file (hrx calibrate). The first line says what was chosen and why.")] = PrecisionOption.auto,
+    min_psnr: Annotated[float, typer.Option("--min-psnr", help="The fidelity gate's threshold for --precision auto: BF16 against FP32, dB.")] = DEFAULT_MIN_PSNR,
+    gate_images: Annotated[Optional[Path], typer.Option("--gate-images", help="Folder of photos for the fidelity gate (its first 4, centre crops) [default: photo crops bundled with hrx].", show_default=False)] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also upscale images in sub-folders.")] = False,
     fmt: Annotated[FormatChoice, typer.Option("--format", "-f", help="Output format.")] = FormatChoice.png,
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG / WebP quality.")] = 95,
@@ -48,7 +53,7 @@ def upscale(
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels than this (decompression bombs, memory).")] = 50_000_000,
     device: Annotated[Optional[int], typer.Option("--device", min=0, help="CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="Several CUDA devices, e.g. 0,1: one worker per device, all taking images from one queue.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="CPU sessions sharing the work: every image's tiles go to whichever session is free; --threads is split between them. 0 (default): one single-thread session per core for ONNX Runtime CPU (measured faster than one session with every core, on a folder and on one large image; a single image of fewer tile batches gets that many sessions, so one small image runs on every core), 1 for other backends.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="CPU sessions sharing the work: every image's tiles go to whichever session is free; --threads is split between them. 0 (default): one single-thread session per core for OpenVINO and ONNX Runtime CPU (measured faster than one session with every core, on a folder and on one large image; a single image of fewer tile batches gets that many sessions, so one small image runs on every core), 1 for other backends.")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="CPU intra-op threads in all (0: every core this process may use).")] = 0,
     url: Annotated[Optional[str], typer.Option("--url", help="Triton server for --backend triton: http://HOST:PORT (or HOST:PORT) or grpc://HOST:PORT.", show_default=False)] = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Model name on the Triton server (its config carries HRX's metadata: see hrx triton-repo).", show_default=False)] = None,
@@ -71,7 +76,8 @@ def upscale(
     segment_frames: Annotated[int, typer.Option("--segment-frames", min=1, help="Frames per closed segment (cut at key frames): the unit a rerun resumes from.", rich_help_panel="Videos")] = 240,
     strict: Annotated[bool, typer.Option("--strict", help="Fail a video that loses frames to corrupt data or has a stream the output container cannot hold.", rich_help_panel="Videos")] = False,
 ) -> None:
-    """Upscale images and videos with tiled inference: ONNX Runtime (CPU / CUDA), TensorRT, PyTorch, or a Triton server.
+    """Upscale images and videos with tiled inference: OpenVINO (CPU), ONNX Runtime (CPU / CUDA), TensorRT,
+    PyTorch, or a Triton server.
 
     Example: hrx upscale photos/ -r -o out/ --engine model.onnx; hrx upscale clip.mkv -o out/ (docs/video.md)
     """
@@ -80,7 +86,7 @@ def upscale(
     from hrx.runtime.factory import BackendRequest
     from hrx.runtime.images import configure_pillow
     from hrx.runtime.pipeline import BatchOptions, check_inputs, plan_jobs
-    from hrx.runtime.pool import parse_devices, plan_workers, runs_onnxrt_cpu
+    from hrx.runtime.pool import parse_devices, plan_workers, runs_cpu_sessions
 
     if device is not None and devices is not None:
         raise fail("pass either --device or --devices, not both")
@@ -102,14 +108,17 @@ def upscale(
     jobs = plan_jobs(inputs, output, fmt.value, recursive) if inputs else []
     if workers == 0:
         cpu = device_list is None and url is None and model_name is None and not (ray or ray_address)
-        workers = _auto_workers(cpu and runs_onnxrt_cpu(engine, model, backend.value), threads, jobs, engine, overlap)
+        workers = _auto_workers(cpu and runs_cpu_sessions(engine, model, backend.value), threads, jobs, engine, overlap)
     pool = plan_workers(device_list, workers, threads)
     if jobs:
         check_inputs(jobs, output)  # before any model work (a first run exports the bundled model: slow)
     configure_pillow(max_pixels)
-    log = None if quiet else (lambda line: typer.echo(line, err=True))
+    log = None if quiet else _once(lambda line: typer.echo(line, err=True))
     request = BackendRequest(engine, model, backend.value, tile, batch, 0, log=log, url=url, model_name=model_name,
-                             timeout=timeout)
+                             timeout=timeout, precision=precision.value, min_psnr=min_psnr, gate_images=gate_images,
+                             sixteen_bit_output=_sixteen_bit_output(jobs, fmt.value, precision.value, backend.value))
+    bundled = engine is None and model is None and url is None and model_name is None  # named so in the lines below
+    request = _resolve(request, quiet)
     if videos:
         from hrx.cli.upscale_video import finish_videos, run_videos_here, video_options
 
@@ -129,9 +138,10 @@ def upscale(
     try:
         if ray or ray_address:  # Ray Data actors: hrx.runtime.distributed
             report, info, spec, source = _run_on_ray(request, jobs, overlap, merge.value, options, ray_address,
-                                                     ray_actors, quiet, rows)
+                                                     ray_actors, quiet, rows, bundled)
         else:
-            report, info, spec, source = _run_here(request, pool, jobs, overlap, merge.value, options, quiet, rows)
+            report, info, spec, source = _run_here(request, pool, jobs, overlap, merge.value, options, quiet, rows,
+                                                   bundled)
     except BaseException as e:  # the report says what was done before the run ended
         rows.finish(json_path, request.backend, settings, interrupted=isinstance(e, (KeyboardInterrupt, SystemExit)),
                     error=e)
@@ -208,12 +218,47 @@ class _Rows:
             _write_json(json_path, summary)
 
 
-def _auto_workers(onnxrt_cpu: bool, threads: int, jobs, engine: Optional[Path], overlap: Optional[int]) -> int:
-    """One single-thread session per core for ONNX Runtime CPU; but one image of fewer tile batches than
+def _once(echo):
+    """``echo`` that prints each distinct line once (workers opening backends repeat the same notes)."""
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def log(line: str) -> None:
+        with lock:
+            if line in seen:
+                return
+            seen.add(line)
+        echo(line)
+
+    return log
+
+
+def _sixteen_bit_output(jobs, fmt: str, precision: str, backend: str) -> bool:
+    """Whether ``--precision auto`` must consider 16-bit outputs: some input has 16 bits per channel and
+    the format keeps them (headers only; only asked where the answer can matter)."""
+    from hrx.runtime.images import EIGHT_BIT_FORMATS, sixteen_bit
+
+    if precision != "auto" or backend not in ("auto", "openvino") or fmt in EIGHT_BIT_FORMATS:
+        return False
+    return any(sixteen_bit(job.source) for job in jobs)
+
+
+def _resolve(request, quiet: bool):
+    """Backend and precision decided once for every worker; the precision line comes first."""
+    from hrx.runtime.factory import resolve_request
+
+    request, choice = resolve_request(request)
+    if choice is not None and not quiet:
+        typer.echo(choice.line, err=True)
+    return request
+
+
+def _auto_workers(cpu_sessions: bool, threads: int, jobs, engine: Optional[Path], overlap: Optional[int]) -> int:
+    """One single-thread session per core for OpenVINO and ONNX Runtime CPU; but one image of fewer tile batches than
     that gets as many sessions as it has batches (one small image: one session with every core)."""
     from hrx.runtime.pool import auto_workers, batches_in
 
-    workers = auto_workers(onnxrt_cpu, threads)
+    workers = auto_workers(cpu_sessions, threads)
     if workers > 1 and len(jobs) == 1 and engine is not None and engine.is_file():
         from hrx.runtime.model_info import ModelInfo
 
@@ -226,14 +271,28 @@ def _auto_workers(onnxrt_cpu: bool, threads: int, jobs, engine: Optional[Path], 
     return workers
 
 
-def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows):
+def _open_runners(request, pool) -> list:
+    """One backend per worker; OpenVINO in streams mode (``hrx.runtime.openvino.CPU_PARALLELISM``): one
+    compiled model with a stream per CPU worker, shared by all of them."""
+    from hrx.runtime.factory import open_backend
+    from hrx.runtime.openvino import CPU_PARALLELISM
+    from hrx.runtime.pool import open_pool
+
+    cpu = all(w.kind == "cpu" for w in pool)
+    if request.backend == "openvino" and CPU_PARALLELISM == "streams" and cpu and len(pool) > 1:
+        shared = open_backend(dataclasses.replace(request, threads=sum(w.threads for w in pool), streams=len(pool)))
+        return [shared] * len(pool)
+    return open_pool(lambda w: open_backend(dataclasses.replace(
+        request, device=w.device if w.kind == "cuda" else None, threads=w.threads)), pool)
+
+
+def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows, bundled: bool = False):
     """This process: one backend per worker of ``pool``."""
-    from hrx.runtime.factory import DEFAULT_MODEL, open_backend
-    from hrx.runtime.pool import open_pool, run_pool
+    from hrx.runtime.factory import DEFAULT_MODEL
+    from hrx.runtime.pool import run_pool
     from hrx.runtime.tiling import TileSpec
 
-    runners = open_pool(lambda w: open_backend(dataclasses.replace(
-        request, device=w.device if w.kind == "cuda" else None, threads=w.threads)), pool)
+    runners = _open_runners(request, pool)
 
     def spec_for(runner) -> TileSpec:
         i = runner.info
@@ -241,8 +300,8 @@ def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows):
                         size_multiple=i.size_multiple, batch=i.batch, merge=merge)
 
     try:
-        source = request.engine or request.model or (f"{request.model_name} at {request.url}" if request.url
-                                                     else f"bundled {DEFAULT_MODEL}")
+        source = f"bundled {DEFAULT_MODEL}" if bundled else (request.engine or request.model or
+                                                             f"{request.model_name} at {request.url}")
         try:
             info, spec = runners[0].info, spec_for(runners[0])
         except HRXError as e:  # the model's tile / overlap (from its file) do not make a tiling
@@ -260,7 +319,7 @@ def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows):
     return report, info, spec, source
 
 
-def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet, rows):
+def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet, rows, bundled: bool = False):
     """Ray Data actors (hrx.runtime.distributed); the driver reads the model's metadata only."""
     from hrx.runtime.distributed import RayOptions, run_batch_ray
     from hrx.runtime.factory import DEFAULT_MODEL, default_engine
@@ -270,7 +329,7 @@ def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet, 
     if request.model is not None or request.backend in ("torch", "triton") or request.url:
         raise fail("--ray runs exported models: pass --engine model.onnx (or .engine), not --model / --backend "
                    f"{request.backend}", 2)
-    source = request.engine or f"bundled {DEFAULT_MODEL}"
+    source = f"bundled {DEFAULT_MODEL}" if bundled or request.engine is None else request.engine
     if request.engine is None:  # export the bundled model once here, not once per actor
         request = dataclasses.replace(request, engine=default_engine(DEFAULT_MODEL, log=request.log))
     engine = Path(request.engine)

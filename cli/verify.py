@@ -9,6 +9,12 @@ import typer
 from hrx.cli.common import Seed, handle_errors, needs
 
 
+def _openvino_runners(path: Path, info) -> list:
+    from hrx.runtime.openvino import polygraphy_runner
+
+    return [polygraphy_runner(path)]
+
+
 def _trt_runners(path: Path, info) -> list:
     from hrx.runtime.trt import polygraphy_runner
 
@@ -21,7 +27,7 @@ def verify(
     model: Annotated[Path, typer.Argument(help="ONNX file from `hrx export` (or `hrx calibrate`).", show_default=False)],
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Checkpoint (or bundled name) the model was exported from.",
                                             show_default=False)],
-    backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: onnxrt, trt, fp16-ref (the "
+    backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: onnxrt, openvino (pinned to f32), trt, fp16-ref (the "
                                                     "graph on the CPU with every op rounded to its FP16/BF16 type; "
                                                     "slow, use small tiles). Default: onnxrt, plus trt when "
                                                     "TensorRT is installed.")] = None,
@@ -44,7 +50,7 @@ def verify(
     else:
         chosen = [b.strip() for b in backends.split(",") if b.strip()]
     report = run_verify(model, checkpoint, chosen, atol=atol, rtol=rtol, images=images, seed=seed, bisect=bisect,
-                        runners={"trt": _trt_runners})
+                        runners={"trt": _trt_runners, "openvino": _openvino_runners})
     typer.echo(f"verify {model} against {checkpoint} (unfused PyTorch), {report.inputs} input batches, "
                f"atol={report.atol:g} rtol={report.rtol:g}")
     for r in report.reports:

@@ -1,9 +1,10 @@
-"""Tiled inference over images of any size on ONNX Runtime, TensorRT or PyTorch.
+"""Tiled inference over images of any size on OpenVINO, ONNX Runtime, TensorRT or PyTorch.
 
 Public API (imported lazily: ``import hrx.runtime`` loads neither onnxruntime, torch nor tensorrt)::
 
     create_session(path, providers=None)          # the one onnxruntime.InferenceSession factory
-    open_backend(BackendRequest(engine=..., model=..., backend="auto"))  # -> Backend
+    open_backend(BackendRequest(engine=..., model=..., backend="auto", precision="auto"))  # -> Backend
+    resolve_request(request) -> (request, PrecisionChoice | None)  # what auto means here, decided once
     TileSpec(tile, overlap, scale, size_multiple, batch, merge) / upscale_tiled(image, backend.infer, spec)
     read_image(path) -> Picture / write_image(path, picture, fmt)
     plan_jobs(inputs, out_dir, fmt, recursive) / run_batch(backend, jobs, spec, options) -> BatchReport
@@ -22,6 +23,9 @@ _LAZY = {
     "create_session": "hrx.runtime.onnxrt",
     "OnnxRuntimeBackend": "hrx.runtime.onnxrt",
     "TorchBackend": "hrx.runtime.torch_backend",
+    "OpenVINOBackend": "hrx.runtime.openvino",
+    "choose_precision": "hrx.runtime.precision_policy",
+    "resolve_request": "hrx.runtime.factory",
     "BackendRequest": "hrx.runtime.factory",
     "open_backend": "hrx.runtime.factory",
     "TileSpec": "hrx.runtime.tiling",

@@ -1,10 +1,14 @@
 """Pick and open a backend from what the user passed: an engine file (``.onnx``, ``.engine`` / ``.plan``)
-or a checkpoint, and ``--backend``.
+or a checkpoint, ``--backend`` and ``--precision``.
 
-``auto``: ``.onnx`` -> ONNX Runtime CUDA when onnxruntime-gpu can start CUDA here, else ONNX Runtime CPU
-(``--backend trt`` with an ``.onnx`` builds a TensorRT engine into the user cache on first use: minutes, so
-``auto`` never does it unasked); ``.engine`` / ``.plan`` -> TensorRT; a checkpoint -> PyTorch (CUDA when
-available).
+``auto``: ``.onnx`` -> ONNX Runtime CUDA when onnxruntime-gpu can start CUDA here, else OpenVINO on the CPU
+with the precision :mod:`hrx.runtime.precision_policy` picks; when OpenVINO is missing or cannot compile
+the graph (``--ops plugin`` files), ONNX Runtime CPU, with one line that says why (``--backend trt`` with
+an ``.onnx`` builds a TensorRT engine into the user cache on first use: minutes, so ``auto`` never does
+it unasked); ``.engine`` / ``.plan`` -> TensorRT; a checkpoint -> PyTorch (CUDA when available).
+
+:func:`resolve_request` makes these decisions once (the CLI calls it before opening one backend per
+worker, and prints the precision line); :func:`open_backend` resolves what is left and opens.
 """
 from __future__ import annotations
 
@@ -30,7 +34,11 @@ class BackendRequest:
     tile: int | None = None  # PyTorch only: engines have a static tile
     batch: int | None = None  # PyTorch only
     threads: int = 0  # CPU intra-op threads, ONNX Runtime, OpenVINO and PyTorch (0: the library's default)
-    precision: str = "fp32"  # OpenVINO compute precision: fp32 or bf16 (see hrx.runtime.openvino)
+    precision: str = "auto"  # auto | fp32 | bf16 | int8 (hrx.runtime.precision_policy)
+    min_psnr: float = 50.0  # auto: the BF16 fidelity gate's threshold, dB against FP32
+    gate_images: Path | None = None  # auto: photos for the fidelity gate (None: the bundled ones)
+    sixteen_bit_output: bool = False  # auto: some output has 16 bits per channel (then FP32)
+    fallback: bool = False  # an OpenVINO that cannot compile the graph falls back to ONNX Runtime CPU (auto)
     streams: int = 1  # OpenVINO streams of one compiled model (hrx.runtime.openvino.CPU_PARALLELISM "streams")
     device: int | None = None  # CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch); None: the current one
     log: Callable[[str], None] | None = None  # progress lines of slow steps (TensorRT engine build)
@@ -39,12 +47,22 @@ class BackendRequest:
     timeout: float = 60.0  # Triton: seconds for connecting and for each request
 
 
-def open_backend(request: BackendRequest) -> Backend:
-    """Open the backend ``request`` asks for; raises :class:`HRXError` for combinations that cannot work."""
+def resolve_request(request: BackendRequest) -> tuple[BackendRequest, "PrecisionChoice | None"]:  # noqa: F821
+    """Decide, once, what ``auto`` means here: the bundled model's export (made on first use), OpenVINO or
+    ONNX Runtime for an ``.onnx`` on the CPU, and the precision. Returns the request with those decisions
+    (``backend="openvino"`` and a concrete ``precision``; ``fallback`` when ``auto`` chose OpenVINO) and,
+    for OpenVINO and PyTorch, the :class:`~hrx.runtime.precision_policy.PrecisionChoice` whose ``line``
+    says what was chosen and why. Raises :class:`HRXError` for combinations that cannot work."""
+    from hrx.runtime.precision_policy import PRECISION_CHOICES
+
     if request.backend not in BACKENDS:
         raise HRXError(f"unknown backend {request.backend!r}; choose from {', '.join(BACKENDS)}")
+    if request.precision not in PRECISION_CHOICES:
+        raise HRXError(f"unknown precision {request.precision!r}; choose from {', '.join(PRECISION_CHOICES)}")
     if request.backend == "triton" or request.url is not None or request.model_name is not None:
-        return _open_triton(request)
+        if request.precision != "auto":
+            raise HRXError("--precision applies to local engines; a Triton server runs its model as deployed")
+        return request, None
     if request.engine is None and request.model is None:
         if request.backend == "torch":
             request = dataclasses.replace(request, model=DEFAULT_MODEL)
@@ -52,6 +70,96 @@ def open_backend(request: BackendRequest) -> Backend:
             request = dataclasses.replace(request, engine=default_engine(DEFAULT_MODEL, log=request.log))
     if request.engine is not None and request.model is not None:
         raise HRXError("pass either --engine or --model, not both")
+    if request.model is not None:
+        return request, _torch_precision(request.precision)
+    engine = Path(request.engine)
+    if request.backend in ("trt", "torch"):
+        if request.precision != "auto":
+            raise HRXError(f"--precision applies to OpenVINO, ONNX Runtime and PyTorch checkpoints, not --backend "
+                           f"{request.backend} with {engine.name} (TensorRT builds the precision the file was "
+                           "exported or calibrated in)")
+        return request, None
+    if engine.suffix.lower() not in ONNX_SUFFIXES or not engine.is_file():
+        if request.precision != "auto" and engine.suffix.lower() in ENGINE_SUFFIXES:
+            raise HRXError(f"{engine}: a TensorRT engine's precision is fixed when it is built; drop --precision")
+        return request, None  # open_backend reports the missing file / unknown type
+    if request.backend == "openvino" or (request.backend == "auto" and request.device is None and not _cuda()):
+        try:
+            return _resolve_openvino(engine, request)
+        except MissingDependencyError as e:
+            if request.backend == "openvino":
+                raise
+            _say(request, f"{e}: running ONNX Runtime CPU instead")
+        except _openvino_compile_error() as e:
+            if request.backend == "openvino":
+                raise
+            _say(request, f"{e}; running ONNX Runtime CPU instead")
+        request = dataclasses.replace(request, backend="onnxrt-cpu")
+    _check_onnxruntime_precision(engine, request.precision)
+    return request, None
+
+
+def _resolve_openvino(engine: Path, request: BackendRequest):
+    from hrx.interface import ModelInfo
+    from hrx.runtime.openvino import OpenVINOCompileError, plugin_refusal, require_openvino
+    from hrx.runtime.precision_policy import choose_precision
+
+    require_openvino()
+    info = ModelInfo.from_onnx(engine)
+    if info.ops == "plugin":
+        raise OpenVINOCompileError(plugin_refusal(engine))
+    choice = choose_precision(request.precision, engine, info, sixteen_bit_output=request.sixteen_bit_output,
+                              images=request.gate_images, min_psnr=request.min_psnr)
+    return dataclasses.replace(request, engine=engine, backend="openvino", precision=choice.precision,
+                               fallback=request.fallback or request.backend == "auto"), choice
+
+
+def _openvino_compile_error() -> type[Exception]:
+    from hrx.runtime.openvino import OpenVINOCompileError
+
+    return OpenVINOCompileError
+
+
+def _cuda() -> bool:
+    from hrx.runtime.onnxrt import cuda_available
+
+    return cuda_available()
+
+
+def _say(request: BackendRequest, line: str) -> None:
+    if request.log is not None:
+        request.log(line)
+
+
+def _torch_precision(precision: str):
+    from hrx.runtime.precision_policy import PrecisionChoice
+
+    if precision == "int8":
+        raise HRXError("--precision int8 runs an INT8 Q/DQ ONNX file (hrx calibrate); PyTorch runs fp32 or bf16")
+    if precision == "bf16":
+        return PrecisionChoice("bf16", "bf16", "asked: PyTorch autocast BF16, channels_last")
+    return None  # FP32, as always
+
+
+def _check_onnxruntime_precision(engine: Path, precision: str) -> None:
+    """ONNX Runtime runs a file as written: no BF16 path on the CPU, INT8 only from a Q/DQ file."""
+    if precision in ("auto", "fp32"):
+        return
+    from hrx.interface import ModelInfo
+
+    int8 = ModelInfo.from_onnx(engine).precision.startswith("int8")
+    if precision == "bf16":
+        raise HRXError("--precision bf16: ONNX Runtime has no BF16 path on the CPU; use --backend openvino (or auto)")
+    if precision == "int8" and not int8:
+        raise HRXError(f"{engine}: --precision int8 needs an INT8 Q/DQ file; make one with "
+                       f"`hrx calibrate {engine} --images PHOTOS`")
+
+
+def open_backend(request: BackendRequest) -> Backend:
+    """Open the backend ``request`` asks for; raises :class:`HRXError` for combinations that cannot work."""
+    request, _ = resolve_request(request)
+    if request.backend == "triton" or request.url is not None or request.model_name is not None:
+        return _open_triton(request)
     if request.model is not None:
         return _open_checkpoint(request)
     if request.device is not None and request.backend == "onnxrt-cpu":
@@ -117,6 +225,8 @@ def _open_onnx(path: Path, request: BackendRequest) -> Backend:
         return _open_tensorrt(path, from_onnx=True, log=request.log, device=request.device)
     if request.backend == "openvino":
         return _open_openvino(path, request)
+    if request.precision not in ("auto", "fp32", "int8"):
+        _check_onnxruntime_precision(path, request.precision)
     cuda_device = request.device or 0
     if request.backend == "onnxrt-cuda":
         return OnnxRuntimeBackend(path, "cuda", request.threads, cuda_device)
@@ -133,11 +243,24 @@ def _open_onnx(path: Path, request: BackendRequest) -> Backend:
 
 
 def _open_openvino(path: Path, request: BackendRequest) -> Backend:
-    from hrx.runtime.openvino import OpenVINOBackend
+    """OpenVINO with the precision :func:`resolve_request` chose (``int8``: the float ops in BF16 where the
+    CPU runs it natively); ``fallback``: ONNX Runtime CPU, with one line, when it cannot compile."""
+    from hrx.runtime.onnxrt import OnnxRuntimeBackend
+    from hrx.runtime.openvino import OpenVINOBackend, OpenVINOCompileError
+    from hrx.runtime.precision_policy import bf16_native, cpu_flags
 
     if request.device is not None:
         raise HRXError("--device/--devices choose CUDA devices; --backend openvino runs on the CPU (--workers, --threads)")
-    return OpenVINOBackend(path, precision=request.precision, threads=request.threads, streams=request.streams)
+    compute = request.precision
+    if compute == "int8":
+        compute = "bf16" if bf16_native(cpu_flags()) else "fp32"
+    try:
+        return OpenVINOBackend(path, precision=compute, threads=request.threads, streams=request.streams)
+    except OpenVINOCompileError as e:
+        if not request.fallback:
+            raise
+        _say(request, f"{e}; running ONNX Runtime CPU instead")
+        return OnnxRuntimeBackend(path, "cpu", request.threads)
 
 
 def _open_tensorrt(path: Path, from_onnx: bool = False, log: Callable[[str], None] | None = None,
@@ -191,4 +314,5 @@ def _open_checkpoint(request: BackendRequest) -> Backend:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu" and request.threads:
             torch.set_num_threads(request.threads)  # process-wide: CPU workers share one pool of threads
-    return TorchBackend(os.fspath(path), tile=request.tile or DEFAULT_TILE, batch=request.batch or 1, device=device)
+    return TorchBackend(os.fspath(path), tile=request.tile or DEFAULT_TILE, batch=request.batch or 1, device=device,
+                        precision="bf16" if request.precision == "bf16" else "fp32")

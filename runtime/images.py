@@ -151,6 +151,20 @@ def _to_picture(im, path: Path) -> Picture:
     return Picture(arr, None, 8, icc, exif)
 
 
+def sixteen_bit(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds 16 bits per channel (from its header; ``False`` for anything unreadable, which
+    the pipeline reports when it reads the file)."""
+    from PIL import Image
+
+    try:
+        if _sixteen_bit_container(Path(path)) is not None:
+            return True
+        with Image.open(path) as im:
+            return im.mode in _SIXTEEN_BIT_MODES
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
 def _sixteen_bit_container(path: Path) -> str | None:
     """``"png"`` / ``"tiff"`` when ``path`` holds 16-bit unsigned samples that need a 16-bit decoder,
     from the file's header (not its suffix); ``None`` otherwise (Pillow reads it)."""

@@ -10,8 +10,8 @@ CPU: ``threads`` intra-op threads in all (default: every core this process may u
 between ``workers`` sessions. Several CPU sessions are one :class:`SharedSessions` backend: every image
 stream hands its tile batches to whichever session is free, so the sessions share the TILES of one
 large image as well as the images of a folder (a graph of many small ops keeps k one-thread sessions
-busier than one k-thread session: see the README). ``hrx upscale`` runs ONNX Runtime CPU with one
-single-thread session per core by default (:func:`auto_workers`).
+busier than one k-thread session: see the README). ``hrx upscale`` runs OpenVINO (and ONNX Runtime
+CPU) with one single-thread session per core by default (:func:`auto_workers`).
 """
 from __future__ import annotations
 
@@ -79,14 +79,15 @@ def plan_workers(devices: Sequence[int] | None, workers: int = 1, threads: int =
     return [Worker("cpu", k, share[k]) for k in range(workers)]
 
 
-def runs_onnxrt_cpu(engine: str | os.PathLike | None, model: str | None, backend: str) -> bool:
-    """Whether ``hrx upscale`` with these flags will open ONNX Runtime on the CPU (an ``.onnx`` file or the
-    bundled model, ``--backend onnxrt-cpu``, or ``auto`` with no CUDA provider), before opening anything."""
-    if model is not None or backend not in ("auto", "onnxrt-cpu"):
+def runs_cpu_sessions(engine: str | os.PathLike | None, model: str | None, backend: str) -> bool:
+    """Whether ``hrx upscale`` with these flags will run an ``.onnx`` file (or the bundled model) on the CPU
+    with OpenVINO or ONNX Runtime (``--backend openvino`` / ``onnxrt-cpu``, or ``auto`` with no CUDA
+    provider), before opening anything."""
+    if model is not None or backend not in ("auto", "onnxrt-cpu", "openvino"):
         return False
     if engine is not None and not str(engine).lower().endswith(".onnx"):
         return False
-    if backend == "onnxrt-cpu":
+    if backend in ("onnxrt-cpu", "openvino"):
         return True
     from hrx.runtime.onnxrt import cuda_available
 
@@ -112,12 +113,12 @@ def batches_in(image: str | os.PathLike, info, overlap: int | None = None) -> in
     return math.ceil(tile_count(height, width, spec) / max(1, info.batch))
 
 
-def auto_workers(onnxrt_cpu: bool, threads: int = 0) -> int:
+def auto_workers(cpu_sessions: bool, threads: int = 0) -> int:
     """``--workers`` when the user gave none: one single-thread session per core (``threads`` cores, 0: all)
     for ONNX Runtime CPU, where it measured faster than one session with every core on a folder and on
-    one large image alike (README, runtime benchmark); 1 for every other backend (GPUs, PyTorch, whose
-    CPU threads are process-wide)."""
-    return max(1, threads or available_cores()) if onnxrt_cpu else 1
+    one large image alike (README, runtime benchmark), and for OpenVINO (one stream per core in its
+    streams mode); 1 for every other backend (GPUs, PyTorch, whose CPU threads are process-wide)."""
+    return max(1, threads or available_cores()) if cpu_sessions else 1
 
 
 class SharedSessions(Backend):

@@ -1,5 +1,6 @@
 """PyTorch backend for ``hrx upscale --model CHECKPOINT``: the checkpoint's fused deploy copy, any tile
-that is a multiple of the model's ``size_multiple``."""
+that is a multiple of the model's ``size_multiple``; ``precision="bf16"`` runs it under BF16 autocast in
+channels_last memory format (the layout oneDNN's BF16 convolutions use on AVX512-BF16 / AMX CPUs)."""
 from __future__ import annotations
 
 import math
@@ -27,16 +28,21 @@ class TorchBackend(Backend):
     any_tile = True
 
     def __init__(self, model: "str | os.PathLike | torch.nn.Module", tile: int = DEFAULT_TILE,  # noqa: F821
-                 batch: int = 1, device: str = "cpu", fuse: bool = True) -> None:
+                 batch: int = 1, device: str = "cpu", fuse: bool = True, precision: str = "fp32") -> None:
         import torch
 
         import hrx
 
         if device == "cuda" and not torch.cuda.is_available():
             raise MissingDependencyError("PyTorch has no CUDA device here; use --device cpu")
+        if precision not in ("fp32", "bf16"):
+            raise HRXError(f"PyTorch runs fp32 or bf16, not {precision!r}")
+        self.precision = precision
         if isinstance(model, (str, os.PathLike)):
             model = hrx.load_model(model)
         self.model = (hrx.fuse(model) if fuse else model).eval().to(device)
+        if precision == "bf16":
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.device = device
         self.name = "torch"
         m = int(getattr(model, "size_multiple", 1))
@@ -58,7 +64,12 @@ class TorchBackend(Backend):
                            f"got {list(tiles.shape)}")
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)).to(self.device)
-            return self.model(x).float().cpu().numpy()
+            if self.precision == "fp32":
+                return self.model(x).float().cpu().numpy()
+            device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                y = self.model(x.contiguous(memory_format=torch.channels_last))
+            return y.float().contiguous().cpu().numpy()
 
     def close(self) -> None:
         self.model = None

@@ -50,7 +50,7 @@ def test_folder_end_to_end(tmp_path):
     result = runner.invoke(app, ["upscale", str(tmp_path / "in"), "-r", "-o", str(tmp_path / "out"),
                                  "--engine", str(engine), "--json", str(report)])
     assert result.exit_code == 1, result.output
-    assert "backend: onnxrt-cpu" in result.stderr
+    assert "backend: openvino" in result.stderr
     assert f"error: {tmp_path / 'in' / 'broken.png'}: " in result.stderr
     assert "error: 1 of 12 images failed" in result.stderr
     out = tmp_path / "out"
@@ -66,7 +66,7 @@ def test_folder_end_to_end(tmp_path):
     assert not (out / "broken.png").exists() and not list(tmp_path.rglob("*.tmp"))
     data = json.loads(report.read_text())
     assert (data["done"], data["failed"], data["skipped"]) == (11, 1, 0)
-    assert data["backend"].startswith("onnxrt-cpu")  # " x2 (cpu:0, cpu:1)" with 2 cores: one session per core
+    assert data["backend"].startswith("openvino")  # the default on the CPU; " x2 (cpu:0, cpu:1)" with 2 cores: one session per core
     assert data["input_megapixels_per_second"] > 0 and len(data["images"]) == 12
 
     # resume: everything that exists is skipped; the broken file still fails

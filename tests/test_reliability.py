@@ -52,7 +52,8 @@ def models(tmp_path_factory):
     torch.manual_seed(0)
     ckpt = hrx.save_model(hrx.create_model("hrx-t", scale=2), tmp / "t.pt")
     threads = torch.get_num_threads()  # --threads sets PyTorch's process-wide pool: restored after the module
-    yield {"ort": ["--engine", str(write_toy(tmp / "toy.onnx", tile=16, batch=2)), "--workers", "1"],
+    yield {"ort": ["--engine", str(write_toy(tmp / "toy.onnx", tile=16, batch=2)), "--workers", "1",
+                   "--backend", "onnxrt-cpu"],
             "torch": ["--model", str(ckpt), "--tile", "32", "--threads", "1"]}
     torch.set_num_threads(threads)
 

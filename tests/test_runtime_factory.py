@@ -24,10 +24,11 @@ def test_both_given():
         open_backend(BackendRequest(engine="a.onnx", model="b.pt"))
 
 
-def test_onnx_auto_is_onnxruntime(tmp_path):
+def test_onnx_auto_is_openvino_on_the_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("HRX_CACHE_DIR", str(tmp_path / "cache"))
     path = write_toy(tmp_path / "toy.onnx")
     backend = open_backend(BackendRequest(engine=path))
-    assert backend.name in ("onnxrt-cpu", "onnxrt-cuda")
+    assert backend.name in ("openvino", "onnxrt-cuda")
     assert open_backend(BackendRequest(engine=path, backend="onnxrt-cpu")).name == "onnxrt-cpu"
     with pytest.raises(HRXError, match="--backend torch cannot run an ONNX file"):
         open_backend(BackendRequest(engine=path, backend="torch"))

@@ -134,10 +134,21 @@ def test_errors_are_one_line_like_onnxruntime(tmp_path):
 
 def test_factory_opens_openvino(tmp_path):
     path = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
-    backend = open_backend(BackendRequest(engine=path, backend="openvino", threads=1))
+    backend = open_backend(BackendRequest(engine=path, backend="openvino", threads=1, precision="fp32"))
     assert backend.name == "openvino" and backend.precision == "fp32"
     ort = OnnxRuntimeBackend(path)
     x = _tiles(backend)
     assert np.abs(backend.infer(x) - ort.infer(x)).max() <= 1e-5
     with pytest.raises(HRXError, match="--backend openvino runs on the CPU"):
         open_backend(BackendRequest(engine=path, backend="openvino", device=0))
+
+
+def test_verify_compares_openvino_with_pytorch(hrx_t_dynamic):
+    from typer.testing import CliRunner
+
+    from hrx.cli.main import app
+
+    ckpt, path = hrx_t_dynamic
+    res = CliRunner().invoke(app, ["verify", str(path), "-c", str(ckpt), "--backends", "onnxrt,openvino"])
+    assert res.exit_code == 0, res.output
+    assert any(line.split()[:2] == ["openvino-f32", "PASS"] for line in res.output.splitlines()), res.output

@@ -15,7 +15,7 @@ from hrx.errors import HRXError
 from hrx.interface import Backend, ModelInfo
 from hrx.runtime.pipeline import plan_jobs, run_batch
 from hrx.runtime.pool import (SharedSessions, Worker, auto_workers, batches_in, open_pool, parse_devices, plan_workers, run_pool,
-                              runs_onnxrt_cpu)
+                              runs_cpu_sessions)
 from hrx.runtime.tiling import TileSpec, upscale_tiled
 from test_runtime_support import write_toy
 
@@ -207,9 +207,10 @@ def test_one_image_on_two_cpu_workers_runs_its_tiles_on_both_sessions(tmp_path):
     assert (tmp_path / "two" / "big.png").read_bytes() == (tmp_path / "one" / "big.png").read_bytes()
 
 
-def test_cli_shares_tiles_between_onnxruntime_sessions_byte_identically(tmp_path):
-    """ONNX Runtime toy model: one large image and a folder, one single-thread session vs two (the
-    default with 2 threads): byte-identical files (sessions with the same thread count give the same
+@pytest.mark.parametrize("backend", ["onnxrt-cpu", "openvino"])
+def test_cli_shares_tiles_between_sessions_byte_identically(tmp_path, backend):
+    """ONNX Runtime / OpenVINO toy model: one large image and a folder, one single-thread session vs two
+    (the default with 2 threads): byte-identical files (sessions with the same thread count give the same
     floats, whichever runs a tile)."""
     big = tmp_path / "big"
     big.mkdir()
@@ -219,10 +220,10 @@ def test_cli_shares_tiles_between_onnxruntime_sessions_byte_identically(tmp_path
     runner = CliRunner()
     for src in (big, folder):
         one = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "one" / src.name), "--engine", str(engine),
-                                  "--workers", "1", "--threads", "1"])
+                                  "--workers", "1", "--threads", "1", "--backend", backend, "--precision", "fp32"])
         assert one.exit_code == 0, one.output
         two = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "two" / src.name), "--engine", str(engine),
-                                  "--threads", "2", "--backend", "onnxrt-cpu"])
+                                  "--threads", "2", "--backend", backend, "--precision", "fp32"])
         assert two.exit_code == 0, two.output
         assert "2 workers (cpu:0, cpu:1)" in two.stderr  # the default: one single-thread session per core
         files = sorted((tmp_path / "one" / src.name).iterdir())
@@ -245,12 +246,13 @@ def test_default_workers(monkeypatch):
     import hrx.runtime.onnxrt as onnxrt
 
     monkeypatch.setattr(onnxrt, "cuda_available", lambda: False)
-    assert runs_onnxrt_cpu("m.onnx", None, "auto") and runs_onnxrt_cpu(None, None, "auto")
-    assert runs_onnxrt_cpu("m.onnx", None, "onnxrt-cpu")
-    assert not runs_onnxrt_cpu("m.engine", None, "auto") and not runs_onnxrt_cpu(None, "default-x2", "auto")
-    assert not runs_onnxrt_cpu("m.onnx", None, "onnxrt-cuda") and not runs_onnxrt_cpu("m.onnx", None, "trt")
+    assert runs_cpu_sessions("m.onnx", None, "auto") and runs_cpu_sessions(None, None, "auto")
+    assert runs_cpu_sessions("m.onnx", None, "onnxrt-cpu") and runs_cpu_sessions("m.onnx", None, "openvino")
+    assert not runs_cpu_sessions("m.engine", None, "auto") and not runs_cpu_sessions(None, "default-x2", "auto")
+    assert not runs_cpu_sessions("m.onnx", None, "onnxrt-cuda") and not runs_cpu_sessions("m.onnx", None, "trt")
     monkeypatch.setattr(onnxrt, "cuda_available", lambda: True)
-    assert not runs_onnxrt_cpu("m.onnx", None, "auto") and runs_onnxrt_cpu("m.onnx", None, "onnxrt-cpu")
+    assert not runs_cpu_sessions("m.onnx", None, "auto") and runs_cpu_sessions("m.onnx", None, "onnxrt-cpu")
+    assert runs_cpu_sessions(None, None, "openvino")
     assert auto_workers(True, 3) == 3 and auto_workers(False, 3) == 1 and auto_workers(True) >= 1
 
 

@@ -1,0 +1,217 @@
+"""Which precision a CPU engine computes in: ``hrx upscale --precision auto|fp32|bf16|int8``.
+
+``auto`` (OpenVINO):
+
+* an INT8 Q/DQ file (``hrx calibrate``) runs as INT8; a file exported in FP16/BF16 runs as written;
+* FP32 when any output is written with 16 bits per channel (BF16 keeps 8 bits of mantissa: below a
+  16-bit file's resolution), when the CPU has neither AMX-BF16 nor AVX512-BF16 (read from
+  ``/proc/cpuinfo``; BF16 would be emulated, slower than FP32), or when the model says it misbehaves in
+  BF16 (metadata ``bf16=False``);
+* otherwise BF16 when it passes the fidelity gate: BF16 against FP32, both OpenVINO, on fixed photo tiles
+  (``runtime/gate_photos``, or the user's ``--images``), PSNR >= ``min_psnr`` (50 dB; 8-bit rounding alone
+  is about 59 dB). The gate is measured once per (model sha256, precision, CPU flags, OpenVINO version,
+  images) and kept as JSON in ``cache_root()/precision-gate``; the threshold is applied on reading, so
+  changing it needs no new measurement.
+
+``fp32`` / ``bf16`` / ``int8`` are taken as asked, after checking they can run (BF16 needs the CPU
+flags, INT8 a Q/DQ file). :attr:`PrecisionChoice.line` is the run's first line: what was chosen and why.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hrx.errors import HRXError
+from hrx.interface import ModelInfo
+
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # either runs BF16 natively (AMX tiles or AVX-512 dot products)
+REPORTED_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512f")
+DEFAULT_MIN_PSNR = 50.0
+GATE_PHOTOS = Path(__file__).parent / "gate_photos"
+GATE_IMAGES = 4  # photos taken from --images
+GATE_SIDE = 128  # centre crops of that side (at most)
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags (first ``flags`` line of ``/proc/cpuinfo``, or of ``cpuinfo`` given as text).
+    Empty where there is no /proc/cpuinfo (not Linux): then nothing is assumed."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def bf16_native(flags: frozenset[str]) -> bool:
+    return any(f in flags for f in BF16_FLAGS)
+
+
+def flags_summary(flags: frozenset[str]) -> str:
+    """The flags that matter here, e.g. ``avx512_bf16 avx512_fp16 avx512f`` (``none`` when none)."""
+    return " ".join(f for f in REPORTED_FLAGS if f in flags) or "none"
+
+
+def is_int8(info: ModelInfo) -> bool:
+    return info.precision.startswith("int8")
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    precision: str  # fp32 | bf16 | int8: what the run is
+    compute: str  # fp32 | bf16: OpenVINO's inference precision for the float ops
+    reason: str
+
+    @property
+    def line(self) -> str:
+        return f"precision: {self.precision} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    psnr: float  # dB, BF16 against FP32 over every gate tile
+    tiles: int
+    source: str  # "bundled photos" or the --images folder
+    cached: bool = False
+
+    def passed(self, min_psnr: float) -> bool:
+        return self.psnr >= min_psnr
+
+
+def choose_precision(requested: str, path: str | os.PathLike, info: ModelInfo, *, sixteen_bit_output: bool = False,
+                     images: str | os.PathLike | None = None, min_psnr: float = DEFAULT_MIN_PSNR,
+                     flags: frozenset[str] | None = None) -> PrecisionChoice:
+    """The precision OpenVINO runs ``path`` in for ``--precision requested`` (see the module doc)."""
+    if requested not in PRECISION_CHOICES:
+        raise HRXError(f"unknown precision {requested!r}; choose from {', '.join(PRECISION_CHOICES)}")
+    flags = cpu_flags() if flags is None else flags
+    native = bf16_native(flags)
+    rest = "bf16" if native else "fp32"  # the float ops around an INT8 file's quantized ones
+    if requested == "int8" or (requested == "auto" and is_int8(info)):
+        if not is_int8(info):
+            raise HRXError(f"{path}: --precision int8 needs an INT8 Q/DQ file (this one is {info.precision}); make "
+                           f"one with `hrx calibrate {path} --images PHOTOS`")
+        why = "asked" if requested == "int8" else "the file is an INT8 Q/DQ export"
+        return PrecisionChoice("int8", rest, f"{why}; other ops in {rest}")
+    if is_int8(info):
+        raise HRXError(f"{path}: an INT8 Q/DQ file runs with --precision int8 or auto, not {requested}")
+    if requested == "fp32":
+        return PrecisionChoice("fp32", "fp32", "asked")
+    if requested == "bf16":
+        if not native:
+            raise HRXError(f"--precision bf16: this CPU has neither AMX-BF16 nor AVX512-BF16 (flags: "
+                           f"{flags_summary(flags)}); use --precision auto or fp32")
+        return PrecisionChoice("bf16", "bf16", "asked")
+    if info.precision != "fp32":
+        return PrecisionChoice(info.precision, "fp32", f"the file is a {info.precision} export; it runs as written")
+    if sixteen_bit_output:
+        return PrecisionChoice("fp32", "fp32", "16-bit outputs; --precision bf16 to override")
+    if not native:
+        return PrecisionChoice("fp32", "fp32", f"this CPU has neither AMX-BF16 nor AVX512-BF16 (flags: "
+                                               f"{flags_summary(flags)})")
+    if not info.bf16:
+        return PrecisionChoice("fp32", "fp32", f"{info.arch} is marked as not BF16-safe in its metadata")
+    gate = fidelity_gate(path, info, images=images, flags=flags)
+    passed = gate.passed(min_psnr)
+    measured = (f"{gate.psnr:.1f} dB {'>=' if passed else '<'} {min_psnr:g} dB against FP32 on {gate.tiles} tiles "
+                f"of {gate.source}{'; measured earlier' if gate.cached else ''}")
+    if passed:
+        return PrecisionChoice("bf16", "bf16", f"BF16 passed the fidelity gate: {measured}")
+    return PrecisionChoice("fp32", "fp32", f"BF16 failed the fidelity gate: {measured}")
+
+
+def gate_images(info: ModelInfo, images: str | os.PathLike | None = None) -> tuple[list[np.ndarray], str]:
+    """The gate's pictures, float32 ``[C, H, W]`` in [0, 1] with the model's channels: the bundled photo
+    crops, or centre crops (<= ``GATE_SIDE``) of the first ``GATE_IMAGES`` images of ``images``."""
+    from PIL import Image
+
+    from hrx.paths import image_files
+
+    if images is not None:
+        files, source = image_files(images)[:GATE_IMAGES], str(images)
+        if not files:
+            raise HRXError(f"{images}: no images for the fidelity gate")
+    else:
+        files, source = sorted(GATE_PHOTOS.glob("*.png")), "the bundled photos"
+    if info.in_channels not in (1, 3):
+        raise HRXError(f"the fidelity gate runs models of 1 or 3 channels, not {info.in_channels}")
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if info.in_channels == 1 else "RGB")
+        except (OSError, ValueError) as e:
+            raise HRXError(f"{f}: cannot read it for the fidelity gate ({e})") from None
+        w, h = im.size
+        side_w, side_h = min(w, GATE_SIDE), min(h, GATE_SIDE)
+        left, top = (w - side_w) // 2, (h - side_h) // 2
+        arr = np.asarray(im.crop((left, top, left + side_w, top + side_h)), dtype=np.float32) / 255.0
+        out.append(np.ascontiguousarray(arr.reshape(side_h, side_w, -1).transpose(2, 0, 1)))
+    return out, source
+
+
+def gate_key(path: str | os.PathLike, flags: frozenset[str], images: str | os.PathLike | None) -> str:
+    """``<model sha256[:16]>-bf16-<hash of CPU flags, OpenVINO version, images>``."""
+    from hrx.paths import file_sha256
+    from hrx.runtime.openvino import openvino_version
+
+    h = hashlib.sha256()
+    h.update(" ".join(sorted(flags)).encode())
+    h.update(openvino_version().encode())
+    if images is not None:
+        from hrx.paths import image_files
+
+        for f in image_files(images)[:GATE_IMAGES]:
+            st = f.stat()
+            h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return f"{file_sha256(path)[:16]}-bf16-{h.hexdigest()[:12]}"
+
+
+def fidelity_gate(path: str | os.PathLike, info: ModelInfo, *, images: str | os.PathLike | None = None,
+                  flags: frozenset[str] | None = None, cache: bool = True) -> GateResult:
+    """PSNR of BF16 against FP32 (both OpenVINO) over the gate's pictures, measured once and cached."""
+    from hrx.paths import atomic_write_bytes, cache_root
+
+    flags = cpu_flags() if flags is None else flags
+    record = cache_root() / "precision-gate" / f"{gate_key(path, flags, images)}.json"
+    if cache and record.is_file():
+        try:
+            data = json.loads(record.read_text())
+            return GateResult(float(data["psnr"]), int(data["tiles"]), str(data["source"]), cached=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: measure again
+    result = measure_gate(path, info, images)
+    if cache:
+        data = asdict(result) | {"model": str(path), "cpu_flags": flags_summary(flags)}
+        data.pop("cached")
+        atomic_write_bytes(record, (json.dumps(data, indent=2) + "\n").encode())
+    return result
+
+
+def measure_gate(path: str | os.PathLike, info: ModelInfo, images: str | os.PathLike | None = None) -> GateResult:
+    from hrx.metrics import psnr_from_mse
+    from hrx.runtime.openvino import OpenVINOBackend
+    from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled
+
+    pictures, source = gate_images(info, images)
+    spec = TileSpec(info.tile, info.tile_overlap, info.scale, info.size_multiple, info.batch, "blend")
+    outputs: list[Sequence[np.ndarray]] = []
+    for precision in ("fp32", "bf16"):
+        with OpenVINOBackend(path, precision=precision) as backend:
+            outputs.append([np.clip(upscale_tiled(p, backend.infer, spec, infer_many=backend.infer_many), 0, 1)
+                            for p in pictures])
+    sq = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(*outputs))
+    n = sum(a.size for a in outputs[0])
+    tiles = sum(tile_count(p.shape[1], p.shape[2], spec) for p in pictures)
+    return GateResult(psnr_from_mse(sq / n), tiles, source)
