@@ -110,7 +110,8 @@ def _resolve_openvino(engine: Path, request: BackendRequest):
         raise OpenVINOCompileError(plugin_refusal(engine))
     choice = choose_precision(request.precision, engine, info, sixteen_bit_output=request.sixteen_bit_output,
                               images=request.gate_images, min_psnr=request.min_psnr)
-    return dataclasses.replace(request, engine=engine, backend="openvino", precision=choice.precision,
+    precision = choice.precision if choice.precision in ("bf16", "int8") else "fp32"  # fp16 files: as written
+    return dataclasses.replace(request, engine=engine, backend="openvino", precision=precision,
                                fallback=request.fallback or request.backend == "auto"), choice
 
 
@@ -243,17 +244,14 @@ def _open_onnx(path: Path, request: BackendRequest) -> Backend:
 
 
 def _open_openvino(path: Path, request: BackendRequest) -> Backend:
-    """OpenVINO with the precision :func:`resolve_request` chose (``int8``: the float ops in BF16 where the
-    CPU runs it natively); ``fallback``: ONNX Runtime CPU, with one line, when it cannot compile."""
+    """OpenVINO with the precision :func:`resolve_request` chose (``int8``: the Q/DQ file's float ops in FP32,
+    as its quality gate measured them); ``fallback``: ONNX Runtime CPU, with one line, when it cannot compile."""
     from hrx.runtime.onnxrt import OnnxRuntimeBackend
     from hrx.runtime.openvino import OpenVINOBackend, OpenVINOCompileError
-    from hrx.runtime.precision_policy import bf16_native, cpu_flags
 
     if request.device is not None:
         raise HRXError("--device/--devices choose CUDA devices; --backend openvino runs on the CPU (--workers, --threads)")
-    compute = request.precision
-    if compute == "int8":
-        compute = "bf16" if bf16_native(cpu_flags()) else "fp32"
+    compute = "bf16" if request.precision == "bf16" else "fp32"
     try:
         return OpenVINOBackend(path, precision=compute, threads=request.threads, streams=request.streams)
     except OpenVINOCompileError as e:

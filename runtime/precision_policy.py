@@ -2,7 +2,8 @@
 
 ``auto`` (OpenVINO):
 
-* an INT8 Q/DQ file (``hrx calibrate``) runs as INT8; a file exported in FP16/BF16 runs as written;
+* an INT8 Q/DQ file (``hrx calibrate``) runs as INT8, the ops around its INT8 convolutions in FP32 (as the
+  calibration's quality gate measured them); a file exported in FP16/BF16 runs as written;
 * FP32 when any output is written with 16 bits per channel (BF16 keeps 8 bits of mantissa: below a
   16-bit file's resolution), when the CPU has neither AMX-BF16 nor AVX512-BF16 (read from
   ``/proc/cpuinfo``; BF16 would be emulated, slower than FP32), or when the model says it misbehaves in
@@ -97,13 +98,13 @@ def choose_precision(requested: str, path: str | os.PathLike, info: ModelInfo, *
         raise HRXError(f"unknown precision {requested!r}; choose from {', '.join(PRECISION_CHOICES)}")
     flags = cpu_flags() if flags is None else flags
     native = bf16_native(flags)
-    rest = "bf16" if native else "fp32"  # the float ops around an INT8 file's quantized ones
     if requested == "int8" or (requested == "auto" and is_int8(info)):
         if not is_int8(info):
             raise HRXError(f"{path}: --precision int8 needs an INT8 Q/DQ file (this one is {info.precision}); make "
                            f"one with `hrx calibrate {path} --images PHOTOS`")
         why = "asked" if requested == "int8" else "the file is an INT8 Q/DQ export"
-        return PrecisionChoice("int8", rest, f"{why}; other ops in {rest}")
+        # the float ops around the INT8 convolutions in FP32: what hrx calibrate's quality gate measured
+        return PrecisionChoice("int8", "fp32", f"{why}; the other ops in FP32")
     if is_int8(info):
         raise HRXError(f"{path}: an INT8 Q/DQ file runs with --precision int8 or auto, not {requested}")
     if requested == "fp32":

@@ -19,7 +19,7 @@ from hrx.cli.main import app
 from hrx.errors import HRXError
 from hrx.interface import ModelInfo
 from hrx.runtime import precision_policy as policy
-from test_runtime_support import write_toy
+from test_runtime_support import toy_model, write_toy
 
 pytest.importorskip("openvino")
 runner = CliRunner()
@@ -85,6 +85,25 @@ def test_impossible_requests_are_one_line_errors(tmp_path):
         policy.choose_precision("bf16", path, info, flags=WITHOUT_BF16)
     with pytest.raises(HRXError, match=r"toy.onnx: --precision int8 needs an INT8 Q/DQ file .*`hrx calibrate "):
         policy.choose_precision("int8", path, info, flags=WITH_BF16)
+
+
+def test_int8_files_run_as_int8_with_float_ops_in_fp32(tmp_path):
+    """The policy reads the file's metadata (the INT8 numerics on OpenVINO: tests/test_calibrate_openvino.py)."""
+    model = toy_model(tile=16)
+    for p in model.metadata_props:
+        if p.key == "precision":
+            p.value = "int8-qdq"
+    onnx.save(model, str(tmp_path / "q.onnx"))
+    info = ModelInfo.from_onnx(tmp_path / "q.onnx")
+    for asked in ("auto", "int8"):
+        choice = policy.choose_precision(asked, tmp_path / "q.onnx", info, flags=WITH_BF16)
+        assert (choice.precision, choice.compute) == ("int8", "fp32")
+    with pytest.raises(HRXError, match="q.onnx: an INT8 Q/DQ file runs with --precision int8 or auto, not bf16"):
+        policy.choose_precision("bf16", tmp_path / "q.onnx", info, flags=WITH_BF16)
+    res = runner.invoke(app, ["upscale", str(_photo(tmp_path / "in")), "-o", str(tmp_path / "out"), "--engine",
+                              str(tmp_path / "q.onnx"), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines()[0] == "precision: int8 (the file is an INT8 Q/DQ export; the other ops in FP32)"
 
 
 @needs_bf16
