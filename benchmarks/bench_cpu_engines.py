@@ -147,10 +147,7 @@ def build(name: str, size: str, tile: int, work: Path) -> Model:
         source: object = HRX_MODELS[name]
         net = hrx.load_model(resolve_checkpoint(HRX_MODELS[name])).eval()
     else:
-        try:
-            import zoo  # tests/zoo.py
-        except ImportError:
-            from hrx.thirdparty import zoo
+        import zoo  # tests/zoo.py
         net = zoo.build(ZOO_MODELS[name], 4, size=size).eval()
         source = work / f"{name}.pth"
         zoo.save(net, source)

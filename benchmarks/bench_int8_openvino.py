@@ -42,10 +42,8 @@ UNSEEN = ("astronaut", "camera", "retina", "gravel")
 
 
 def zoo_module():
-    try:
-        import zoo  # tests/zoo.py
-    except ImportError:
-        from hrx.thirdparty import zoo
+    import zoo  # tests/zoo.py
+
     return zoo
 
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_peers.py                           # RRDBNet, SRVGGNetCompact, SPAN at x4
     python benchmarks/bench_peers.py --arch SPAN --size 256 --repeats 5
 
-Same weights (spandrel's own classes at their published sizes, perturbed, see :mod:`hrx.thirdparty.zoo`)
+Same weights (spandrel's own classes at their published sizes, perturbed, see ``tests/zoo.py``)
 and the same photo (a crop of scikit-image's astronaut) for every path:
 
 * ``realesrgan-tiled``: PyTorch eager with Real-ESRGAN's ``RealESRGANer`` logic, re-implemented from its
@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # zoo: spandrel networks with perturbed weights
 
 ARCHS = ("RRDBNet", "SRVGGNetCompact", "SPAN")
 # photo side, hrx tile, Real-ESRGAN tile per architecture: photo = 2 * tile - overlap(32), so hrx runs exactly
@@ -126,8 +127,8 @@ def main() -> None:
     from hrx.runtime.factory import BackendRequest, open_backend
     from hrx.runtime.onnxrt import OnnxRuntimeBackend
     from hrx.runtime.tiling import TileSpec, upscale_tiled
-    from hrx.thirdparty import zoo
-    from hrx.thirdparty.spandrel_import import import_spandrel
+    import zoo
+    from hrx.spandrel_models.spandrel_import import import_spandrel
 
     torch.set_num_threads(args.threads)
     sp = import_spandrel()

@@ -31,7 +31,7 @@ def models() -> None:
         val = extra.get("val_psnr")
         val_s = f", val PSNR {val:.2f} dB (bicubic {extra.get('val_psnr_bicubic', float('nan')):.2f})" if val else ""
         typer.echo(f"  {name:12s} {arch}, x{config['scale']}, {n:,} parameters{val_s}")
-    _thirdparty()
+    _spandrel_models()
 
 
 def _bundled_onnx() -> None:
@@ -47,10 +47,10 @@ def _bundled_onnx() -> None:
     typer.echo("architectures and third-party checkpoints: need PyTorch: pip install 'hrx[export]'")
 
 
-def _thirdparty() -> None:
+def _spandrel_models() -> None:
     """The spandrel architectures this install can load (``hrx export some_esrgan.pth`` etc.)."""
-    from hrx.thirdparty.loader import known_architectures
-    from hrx.thirdparty.spandrel_import import spandrel_problem, stand_in_notice
+    from hrx.spandrel_models.loader import known_architectures
+    from hrx.spandrel_models.spandrel_import import spandrel_problem, stand_in_notice
 
     problem = spandrel_problem()
     if problem is not None:

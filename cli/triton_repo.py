@@ -38,7 +38,7 @@ def triton_repo(
 
     Example: hrx triton-repo model.onnx -o repo/ --name hrx --instances 2
     """
-    from hrx.runtime.triton_repo import write_repository
+    from hrx.runtime.inference_server_repo import write_repository
 
     kinds = {"auto": "", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
     folder = write_repository(model, output, name, instances, kinds[kind.value])

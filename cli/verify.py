@@ -41,7 +41,7 @@ def verify(
 ) -> None:
     """Run the ONNX model on ONNX Runtime (and TensorRT) and the unfused PyTorch model on the same
     inputs; print max abs/rel error and PSNR per backend, PASS/FAIL; exit 1 on FAIL."""
-    from hrx.export.verify import verify as run_verify
+    from hrx.export.compare import verify as run_verify
 
     if backends is None:
         from hrx.runtime.trt.env import tensorrt_problem

@@ -18,7 +18,7 @@ _LAZY = {
     "list_models": "hrx.registry",
     "save_model": "hrx.checkpoint",
     "load_model": "hrx.checkpoint",
-    "fuse": "hrx.deploy",
+    "fuse": "hrx.fusion",
     "HRXError": "hrx.errors",
 }
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 class NotHRXCheckpoint(CheckpointError):
-    """A readable weights file without HRX's header: :func:`load_model` hands it to :mod:`hrx.thirdparty`."""
+    """A readable weights file without HRX's header: :func:`load_model` hands it to :mod:`hrx.spandrel_models`."""
 
 
 FORMAT = "hrx-checkpoint"
@@ -177,15 +177,15 @@ def _checked(path: Path, arch: Any, config: Any, state: Any, extra: Any):
 def load_model(ref: str | os.PathLike, expect_arch: str | None = None) -> nn.Module:
     """Rebuild the model recorded in a checkpoint (eval mode). ``expect_arch`` guards against
     loading the wrong architecture. A weights file that is not an HRX checkpoint goes to spandrel
-    (:func:`hrx.thirdparty.load_thirdparty`: ESRGAN, Compact, SPAN, SwinIR, ...)."""
+    (:func:`hrx.spandrel_models.load_spandrel_model`: ESRGAN, Compact, SPAN, SwinIR, ...)."""
     from hrx.registry import get_entry
 
     try:
         arch, config, state, extra = read_checkpoint(ref)
     except NotHRXCheckpoint:
-        from hrx.thirdparty.loader import load_thirdparty
+        from hrx.spandrel_models.loader import load_spandrel_model
 
-        model = load_thirdparty(resolve_checkpoint(ref), hrx_archs=__import__("hrx").list_models())
+        model = load_spandrel_model(resolve_checkpoint(ref), hrx_archs=__import__("hrx").list_models())
         if expect_arch is not None and model.arch != expect_arch:
             raise CheckpointError(f"{ref}: checkpoint is architecture {model.arch!r}, expected {expect_arch!r}") from None
         return model

@@ -16,7 +16,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "safetensors", "skimage"),
     "calibrate": ("torch", "onnx", "skimage"),
     "data": ("skimage",),
-    "thirdparty": ("torch", "spandrel"),
+    "spandrel": ("torch", "spandrel"),
     "tensorrt": ("tensorrt", "onnx", "torch", "polygraphy"),
     "ray": ("ray",),
     "triton": ("tritonclient", "onnx"),
@@ -27,7 +27,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 MODULE_EXTRAS: dict[str, str] = {
     "torch": "export", "onnx": "export", "onnxscript": "export", "onnxsim": "export", "onnxslim": "export",
     "polygraphy": "export", "onnxconverter_common": "export", "safetensors": "export", "skimage": "data",
-    "spandrel": "thirdparty", "einops": "thirdparty", "tensorrt": "tensorrt", "ray": "ray",
+    "spandrel": "spandrel", "einops": "spandrel", "tensorrt": "tensorrt", "ray": "ray",
     "tritonclient": "triton", "av": "video",
 }
 

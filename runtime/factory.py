@@ -278,7 +278,7 @@ def _open_tensorrt(path: Path, from_onnx: bool = False, log: Callable[[str], Non
 
 def _open_triton(request: BackendRequest) -> Backend:
     """A model on a Triton server: metadata from the server, tiles inferred remotely."""
-    from hrx.runtime.triton_client import TritonBackend, TritonError
+    from hrx.runtime.inference_server import TritonBackend, TritonError
 
     if request.backend not in ("auto", "triton"):
         raise HRXError(f"--url and --model-name go with --backend triton, not --backend {request.backend}")

@@ -37,7 +37,7 @@ if [ "$mode" = "--test" ]; then
   # tritonclient (extras ray, triton, part of test) add ~1 minute; their tests run in CI
   pip_install .venv/bin/python torch==2.13.0 -e ".[test]"
   # spandrel (third-party checkpoints) without its torchvision requirement: PyPI's torchvision for this
-  # torch is a CUDA build whose C extension fails next to the CPU torch; hrx.thirdparty imports spandrel
+  # torch is a CUDA build whose C extension fails next to the CPU torch; hrx.spandrel_models imports spandrel
   # with a stand-in for the three torchvision names it uses (see README "Third-party models").
   pip_install .venv/bin/python --no-deps "spandrel>=0.4.2,<0.5"
   # PyTriton bundles a real tritonserver (Python backend) but pins NumPy < 2, so it gets its own venv; the

@@ -18,7 +18,7 @@ from hrx.blocks.naf import NAFBlock, RepDWConv3
 from hrx.blocks.replk import RepLK
 from hrx.blocks.ssm import SSMixer, selective_scan_chunked, selective_scan_ref, use_scan_impl
 from hrx.blocks.window_attention import WindowAttention
-from hrx.deploy import count_convs
+from hrx.fusion import count_convs
 
 FUSE_ATOL = 1e-5
 

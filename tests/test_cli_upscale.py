@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import hrx
 from hrx.cli.main import app
-from test_runtime_support import write_toy
+from runtime_support import write_toy
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)
@@ -157,7 +157,7 @@ def _gradient16(h: int, w: int) -> np.ndarray:
 def test_sixteen_bit_png_round_trips_through_upscale_without_banding(tmp_path):
     import imagecodecs
 
-    from test_runtime_support import toy_whole
+    from runtime_support import toy_whole
 
     src = _gradient16(40, 56)
     (tmp_path / "in").mkdir()

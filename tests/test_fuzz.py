@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 import hrx
 from hrx.cli.main import app
-from test_runtime_support import write_toy
+from runtime_support import write_toy
 
 runner = CliRunner()
 FUZZ = settings(max_examples=20, deadline=None, derandomize=True, database=None,

@@ -17,7 +17,7 @@ from hrx.blocks.moe import DetailMoE, texture_cues, top1_combine
 from hrx.blocks.moe_x import MOEX_EXPERT_NAMES, MoEX
 from hrx.blocks.noise import NoiseInjection
 from hrx.blocks.summary_tokens import GlobalSummaryTokens
-from hrx.deploy import count_convs
+from hrx.fusion import count_convs
 from hrx.models.hydra import HydraFusionIR
 
 

@@ -12,7 +12,7 @@ import hrx
 from conftest import assert_not_bicubic, randomize_params
 from hrx.blocks.moe import DetailMoE
 from hrx.errors import CheckpointError
-from hrx.deploy import count_convs
+from hrx.fusion import count_convs
 
 
 ARCHS = hrx.list_models()

@@ -19,7 +19,7 @@ import hrx
 from hrx.export.onnx_export import export_onnx
 from hrx.export.precision import NAIVE_RULES, compute_types, convert_precision, tensor_types
 from hrx.export.reference import HalfReference
-from hrx.export.verify import _metrics
+from hrx.export.compare import _metrics
 from tests.graphs import norm_softmax_graph
 
 FP32, FP16, BF16 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16

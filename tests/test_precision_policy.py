@@ -19,7 +19,7 @@ from hrx.cli.main import app
 from hrx.errors import HRXError
 from hrx.interface import ModelInfo
 from hrx.runtime import precision_policy as policy
-from test_runtime_support import toy_model, write_toy
+from runtime_support import toy_model, write_toy
 
 pytest.importorskip("openvino")
 runner = CliRunner()

@@ -21,7 +21,7 @@ import hrx
 import hrx.runtime.pipeline as pipeline
 from hrx.cli.main import app
 from hrx.runtime.report import read_report
-from test_runtime_support import write_toy
+from runtime_support import write_toy
 
 runner = CliRunner()
 POISON = 77  # the 8-bit gray level of the image whose inference fails: every tile of it is this constant

@@ -7,7 +7,7 @@ import torch
 import hrx
 from hrx.errors import HRXError, MissingDependencyError
 from hrx.runtime.factory import BackendRequest, open_backend
-from test_runtime_support import write_toy
+from runtime_support import write_toy
 
 
 def _tensorrt_usable() -> bool:

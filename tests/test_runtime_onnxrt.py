@@ -15,7 +15,7 @@ from hrx import metrics
 from hrx.errors import HRXError, MissingDependencyError
 from hrx.runtime.onnxrt import OnnxRuntimeBackend, create_session, cuda_available
 from hrx.runtime.tiling import TileSpec, upscale_tiled
-from test_runtime_support import toy_model, toy_whole, write_toy
+from runtime_support import toy_model, toy_whole, write_toy
 
 
 def test_backend_runs_toy_and_checks_shapes(tmp_path):

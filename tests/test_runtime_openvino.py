@@ -16,7 +16,7 @@ from hrx.errors import HRXError
 from hrx.runtime.factory import BackendRequest, open_backend
 from hrx.runtime.onnxrt import OnnxRuntimeBackend
 from hrx.runtime.openvino import OpenVINOBackend, OpenVINOCompileError
-from test_runtime_support import toy_model, write_toy
+from runtime_support import toy_model, write_toy
 
 pytest.importorskip("openvino")
 
@@ -29,7 +29,7 @@ def _tiles(backend, seed: int = 0) -> np.ndarray:
 def span_onnx(tmp_path_factory):
     """spandrel's SPAN x2 (tiny, perturbed), exported at tile 32."""
     from hrx.export.onnx_export import export_onnx
-    from hrx.thirdparty import zoo
+    import zoo
 
     root = tmp_path_factory.mktemp("ov_span")
     zoo.save(zoo.build("SPAN", 2), root / "span.safetensors")

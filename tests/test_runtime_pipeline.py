@@ -12,7 +12,7 @@ from hrx.interface import Backend, ModelInfo
 from hrx.runtime.onnxrt import OnnxRuntimeBackend
 from hrx.runtime.pipeline import BatchOptions, plan_jobs, run_batch, upscale_picture
 from hrx.runtime.tiling import TileSpec
-from test_runtime_support import write_toy
+from runtime_support import write_toy
 
 RNG = np.random.default_rng(0)
 

@@ -17,7 +17,7 @@ from hrx.runtime.pipeline import plan_jobs, run_batch
 from hrx.runtime.pool import (SharedSessions, Worker, auto_workers, batches_in, open_pool, parse_devices, plan_workers, run_pool,
                               runs_cpu_sessions)
 from hrx.runtime.tiling import TileSpec, upscale_tiled
-from test_runtime_support import write_toy
+from runtime_support import write_toy
 
 RNG = np.random.default_rng(0)
 

@@ -11,7 +11,7 @@ from conftest import assert_not_bicubic, randomize_params
 from hrx.errors import HRXError
 from hrx.metrics import psnr_from_mse
 from hrx.runtime.tiling import TileSpec, axis_windows, plan_axis, tile_count, upscale_tiled
-from test_runtime_support import toy_whole
+from runtime_support import toy_whole
 
 
 def _toy_infer(calls: list[int] | None = None):

@@ -25,7 +25,7 @@ import hrx
 from conftest import randomize_params
 from hrx.cli.main import app
 from hrx.runtime.model_info import ModelInfo
-from hrx.runtime.triton_repo import info_from_parameters
+from hrx.runtime.inference_server_repo import info_from_parameters
 from tritonclient.grpc import model_config_pb2  # the triton extra, installed by scripts/setup.sh --test
 
 runner = CliRunner()
@@ -35,7 +35,7 @@ TILE = 32  # 2 x hrx-t's size_multiple
 @pytest.fixture(scope="module")
 def exports(hrx_t_dynamic, tmp_path_factory) -> dict:
     """The session's hrx-t dynamic-batch export, and the toy static-batch model (batch 2) for the static config."""
-    from test_runtime_support import write_toy
+    from runtime_support import write_toy
 
     ckpt, dynamic = hrx_t_dynamic
     tmp = tmp_path_factory.mktemp("triton")
@@ -233,7 +233,7 @@ def test_concurrent_clients_are_batched_and_get_their_own_tiles(exports, server)
     import onnxruntime as ort
     import tritonclient.http as httpclient
 
-    from hrx.runtime.triton_client import TritonBackend
+    from hrx.runtime.inference_server import TritonBackend
 
     def counts() -> tuple[int, int, dict[int, int]]:
         stats = httpclient.InferenceServerClient(server["http"]).get_inference_statistics(
@@ -307,9 +307,9 @@ def test_server_killed_mid_batch_fails_the_rest_at_once_exit_2(exports, server, 
     import json
     import signal
 
-    import hrx.runtime.triton_client as triton_client
+    import hrx.runtime.inference_server as inference_server
 
-    monkeypatch.setattr(triton_client, "BACKOFF_S", 0.05)
+    monkeypatch.setattr(inference_server, "BACKOFF_S", 0.05)
     folder = tmp_path / "in"
     folder.mkdir()
     rng = np.random.default_rng(5)
@@ -345,5 +345,5 @@ def test_server_killed_mid_batch_fails_the_rest_at_once_exit_2(exports, server, 
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "not run after the backend went down" in errors[-1], result.stderr
     tried = [r for r in failed if r["attempted"]]  # each tried after the kill: retried, then counted
-    assert 1 <= len(tried) <= triton_client.DEFAULT_BREAKER and len(errors) == len(tried) + 1, result.stderr
+    assert 1 <= len(tried) <= inference_server.DEFAULT_BREAKER and len(errors) == len(tried) + 1, result.stderr
     assert tried[-1]["error"] == "TritonDown" and "stopped answering" in tried[-1]["reason"]

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import hrx
 from hrx.cli.main import app
 from hrx.errors import CheckpointError
-from hrx.thirdparty import zoo
+import zoo
 
 runner = CliRunner()
 CASES = [(name, s) for name, e in zoo.ZOO.items() for s in e.scales]
@@ -36,7 +36,7 @@ def _x(h: int = 32, w: int = 32, seed: int = 1) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """``{(name, scale): (spandrel net, .pth path, .safetensors path)}``."""
-    root = tmp_path_factory.mktemp("thirdparty")
+    root = tmp_path_factory.mktemp("spandrel")
     out = {}
     for name, s in CASES:
         net = zoo.build(name, s)
@@ -122,7 +122,7 @@ def test_upscale_engine_rgb_gray_rgba(exported, tmp_path, name, scale):
 
 
 def test_span_conv3xc_fuses_within_1e5(saved):
-    from hrx.thirdparty.fuse import FusedConv3XC
+    from hrx.spandrel_models.fuse import FusedConv3XC
 
     model = hrx.load_model(saved[("SPAN", 4)][2])
     deploy = hrx.fuse(model)
@@ -139,7 +139,7 @@ def test_span_conv3xc_fuses_within_1e5(saved):
 
 
 def test_archs_without_reparam_pass_through(saved):
-    from hrx.thirdparty.fuse import fuse_reparam
+    from hrx.spandrel_models.fuse import fuse_reparam
 
     model = hrx.load_model(saved[("SRVGGNetCompact", 2)][1])
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -213,7 +213,7 @@ def test_export_failure_names_arch_and_op(tmp_path, monkeypatch, saved):
     assert not (tmp_path / "bad.onnx").exists()
 
 
-def test_models_lists_thirdparty_archs():
+def test_models_lists_spandrel_archs():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     text = result.output
@@ -224,7 +224,7 @@ def test_models_lists_thirdparty_archs():
 
 STAND_IN_PROBE = textwrap.dedent("""
     import sys, threading
-    from hrx.thirdparty.spandrel_import import import_spandrel, stand_in_notice
+    from hrx.spandrel_models.spandrel_import import import_spandrel, stand_in_notice
     got, barrier = [], threading.Barrier(8)  # eight threads import at once: one import, one module for all
     def worker():
         barrier.wait()
@@ -256,14 +256,14 @@ def test_spandrel_imports_with_broken_torchvision(tmp_path):
 
 
 def test_stand_in_rotate_fails_loudly():
-    from hrx.thirdparty.spandrel_import import InterpolationMode, rotate
+    from hrx.spandrel_models.spandrel_import import InterpolationMode, rotate
 
     assert InterpolationMode.BILINEAR.value == "bilinear"
     with pytest.raises(RuntimeError, match="LaMa"):
         rotate(torch.rand(3, 4, 4), 90.0)
 
 
-def test_verify_and_upscale_model_take_a_thirdparty_checkpoint(saved, exported, tmp_path):
+def test_verify_and_upscale_model_take_a_spandrel_checkpoint(saved, exported, tmp_path):
     """hrx verify --checkpoint (Polygraphy, unfused spandrel model vs ONNX Runtime) and hrx upscale --model."""
     key = next(k for k in EXPORTED if k[0] == "SPAN")
     _, pth, _ = saved[key]

@@ -1,5 +1,5 @@
-"""Third-party networks built with spandrel's own classes, for tests, the support table and the peer
-benchmark (no weights can be downloaded).
+"""Test support (not shipped in the package): networks of other architectures built with spandrel's
+own classes, for tests, the support table and the peer benchmark (no weights can be downloaded).
 
 ``build(name, scale, size)`` returns spandrel's ``nn.Module`` with random but non-trivial weights:
 default initialisation plus a seeded perturbation of every tensor, including the ones that are
@@ -56,7 +56,7 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
 
 
 def spandrel_class(entry: ZooEntry) -> type[nn.Module]:
-    from hrx.thirdparty.spandrel_import import import_spandrel, spandrel_problem
+    from hrx.spandrel_models.spandrel_import import import_spandrel, spandrel_problem
 
     if import_spandrel() is None:
         raise RuntimeError(spandrel_problem())

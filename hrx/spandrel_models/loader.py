@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from hrx.errors import CheckpointError, MissingDependencyError
-from hrx.thirdparty.spandrel_import import announce, import_spandrel, spandrel_problem
+from hrx.spandrel_models.spandrel_import import announce, import_spandrel, spandrel_problem
 
 SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 
@@ -52,9 +52,9 @@ def known_architectures() -> list[str]:
     return [a.architecture.id for a in sp.MAIN_REGISTRY.architectures("insertion")]
 
 
-def load_thirdparty(ref: str | os.PathLike, hrx_archs: list[str] | None = None):
-    """A :class:`~hrx.thirdparty.model.ThirdPartyModel` (eval mode) for a checkpoint spandrel recognises."""
-    from hrx.thirdparty.model import ThirdPartyModel
+def load_spandrel_model(ref: str | os.PathLike, hrx_archs: list[str] | None = None):
+    """A :class:`~hrx.spandrel_models.model.SpandrelModel` (eval mode) for a checkpoint spandrel recognises."""
+    from hrx.spandrel_models.model import SpandrelModel
 
     path = Path(ref)
     hrx_known = f"HRX architectures: {', '.join(hrx_archs)}; " if hrx_archs else ""
@@ -78,6 +78,6 @@ def load_thirdparty(ref: str | os.PathLike, hrx_archs: list[str] | None = None):
         raise CheckpointError(f"{path}: {descriptor.architecture.name} is a {descriptor.purpose} model (needs a mask); "
                               "hrx deploys image-to-image models only")
     announce()
-    model = ThirdPartyModel(descriptor)
+    model = SpandrelModel(descriptor)
     model.checkpoint_extra = {}
     return model.eval()

@@ -168,7 +168,7 @@ class TritonBackend(Backend):
         return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
 
     def _read_model(self) -> tuple[ModelInfo, dict]:
-        from hrx.runtime.triton_repo import info_from_parameters
+        from hrx.runtime.inference_server_repo import info_from_parameters
 
         try:
             live = self.client.is_server_live(**self._timeout_kw())

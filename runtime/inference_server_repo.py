@@ -10,7 +10,7 @@ Input and output names, dtypes and dims come from the graph (the ONNX file, or t
 A dynamic batch axis (``hrx export --batch dynamic``) becomes ``max_batch_size`` (the metadata's
 ``max_batch``) plus ``dynamic_batching``, with per-request dims ``[C, tile, tile]``; a static batch gives
 ``max_batch_size: 0`` and the full dims. HRX's metadata goes under ``parameters`` with an ``hrx_`` prefix, so
-a client (:mod:`hrx.runtime.triton_client`) can tile with nothing but the server. A ``.plan`` is listed under
+a client (:mod:`hrx.runtime.inference_server`) can tile with nothing but the server. A ``.plan`` is listed under
 ``cc_model_filenames`` with the compute capability it was built for.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A spandrel model as an HRX deployable model.
 
-:class:`ThirdPartyModel` wraps the ``torch.nn.Module`` that spandrel built and exposes what the
+:class:`SpandrelModel` wraps the ``torch.nn.Module`` that spandrel built and exposes what the
 exporter, the runtime and the calibrator read from an HRX model: ``arch, scale, in_channels,
 out_channels, size_multiple, tile_overlap`` plus spandrel's other size requirements
 (``min_size``, ``square``) and dtype support (``fp16``, ``bf16``). ``forward`` is spandrel's own call
@@ -12,7 +12,7 @@ hyper-parameters of each architecture (every 3x3 conv adds 1, a k x k conv ``k /
 attention adds its window per block; global pooling / GroupNorm make it unbounded). The default
 ``blend`` merge gives each pixel at least a quarter of the overlap as context, so the overlap is
 ``4 * r``, rounded up to the size multiple and capped at :data:`MAX_OVERLAP` (for unbounded fields the
-cap). ``hrx.thirdparty.support`` measures tiled-vs-whole PSNR at that overlap and at 0.
+cap). ``benchmarks/spandrel_support.py`` measures tiled-vs-whole PSNR at that overlap and at 0.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def overlap_rule(arch: str, net: nn.Module, size_multiple: int) -> OverlapChoice
     return OverlapChoice(radius, cap, f"{how}: r={radius}, 4r={want} > cap {cap}")
 
 
-class ThirdPartyModel(nn.Module):
+class SpandrelModel(nn.Module):
     """spandrel's network with HRX's deploy attributes. ``self.net`` is spandrel's module."""
 
     source = "spandrel"
@@ -130,6 +130,6 @@ class ThirdPartyModel(nn.Module):
 
     def fuse(self) -> None:
         """Called by :func:`hrx.fuse` on the deploy copy: re-parameterizable blocks become plain convs."""
-        from hrx.thirdparty.fuse import fuse_reparam
+        from hrx.spandrel_models.fuse import fuse_reparam
 
         fuse_reparam(self.net)

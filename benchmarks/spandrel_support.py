@@ -1,10 +1,10 @@
 """Support table of third-party architectures (spandrel) through the hrx toolchain; prints Markdown.
 
-    python benchmarks/thirdparty_support.py                  # all architectures, x2 and x4, tiny configs
-    python benchmarks/thirdparty_support.py --arch SPAN --size real --tile 64
+    python benchmarks/spandrel_support.py                  # all architectures, x2 and x4, tiny configs
+    python benchmarks/spandrel_support.py --arch SPAN --size real --tile 64
 
 Per (architecture, scale): build the network with spandrel's own class (perturbed weights, see
-:mod:`hrx.thirdparty.zoo`), save it as a plain ``.pth`` state dict, then through hrx:
+``tests/zoo.py``), save it as a plain ``.pth`` state dict, then through hrx:
 ``hrx.load_model`` (spandrel detection) -> ``export_onnx`` (fuse, static tile) -> ONNX Runtime CPU vs
 spandrel's PyTorch model on 3 random tiles (max abs error) -> tiled (the exported tile and the
 architecture's overlap, blend merge) vs whole-image PyTorch on a photo (PSNR; and at overlap 0, to show
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # zoo: spandrel networks with perturbed weights
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -59,7 +60,7 @@ def row(name: str, scale: int, size: str, tile: int, work: Path, calib_dir: Path
     import hrx
     from hrx.export.onnx_export import export_onnx
     from hrx.runtime.tiling import TileSpec, upscale_tiled
-    from hrx.thirdparty import zoo
+    import zoo
 
     r: dict = {"arch": name, "scale": scale}
     net = zoo.build(name, scale, size=size)
@@ -141,7 +142,7 @@ def markdown(rows: list[dict], args) -> str:
 
 
 def main() -> None:
-    from hrx.thirdparty import zoo
+    import zoo
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", action="append", choices=list(zoo.ZOO), help="repeatable; default: all")
