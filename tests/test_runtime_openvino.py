@@ -152,3 +152,31 @@ def test_verify_compares_openvino_with_pytorch(hrx_t_dynamic):
     res = CliRunner().invoke(app, ["verify", str(path), "-c", str(ckpt), "--backends", "onnxrt,openvino"])
     assert res.exit_code == 0, res.output
     assert any(line.split()[:2] == ["openvino-f32", "PASS"] for line in res.output.splitlines()), res.output
+
+
+def test_streams_mode_one_compiled_model_shared_by_the_workers(tmp_path, monkeypatch):
+    """CPU_PARALLELISM "streams": one compiled model with a stream per worker, its infer called from every
+    worker thread at once; the same numbers as one stream (f32)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import hrx.runtime.openvino as ov_mod
+    from hrx.cli.main import app
+    from hrx.runtime.pool import SharedSessions
+
+    path = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    one = OpenVINOBackend(path, threads=1)
+    two = OpenVINOBackend(path, threads=2, streams=2)
+    batches = [_tiles(one, seed) for seed in range(6)]
+    want = [one.infer(b) for b in batches]
+    shared = SharedSessions([two, two])
+    for got, ref in zip(shared.infer_many(iter(batches)), want):
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+    shared.stop()
+    monkeypatch.setattr(ov_mod, "CPU_PARALLELISM", "streams")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(tmp_path / "in" / "a.png")
+    res = CliRunner().invoke(app, ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--engine", str(path),
+                                   "--backend", "openvino", "--precision", "fp32", "--threads", "2"])
+    assert res.exit_code == 0, res.output
+    assert "2 workers (cpu:0, cpu:1)" in res.stderr and (tmp_path / "out" / "a.png").is_file()
