@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import queue
 import shutil
 import threading
@@ -39,8 +40,8 @@ from hrx.runtime.backend import Backend
 from hrx.runtime.pipeline import BatchOptions, output_size, resample_planes, upscale_picture
 from hrx.runtime.images import Picture
 from hrx.runtime.tiling import TileSpec, upscale_tiled, upscale_whole
-from hrx.runtime.video_color import (BT601, BT709, JPEG, MPEG, Color, bits_of, frame_color, from_rgb, layout, tag,
-                                     to_rgb)
+from hrx.runtime.video_color import (BT601, BT709, JPEG, MPEG, Color, HdrInfo, bits_of, frame_color, from_rgb,
+                                     hdr_encoder_options, hdr_info, layout, tag, to_rgb)
 
 DEFAULT_SEGMENT_FRAMES = 240
 DECODED_FRAMES = 4  # decoded frames waiting for the model
@@ -114,6 +115,7 @@ class VideoPlan:
     in_pix_fmt: str
     color: Color  # the input's tags: how frames are decoded
     out_color: Color  # how frames are encoded and tagged (the input's, unless RGB becomes YUV or back)
+    hdr: HdrInfo  # mastering display / content light of the input, written again where the encoder can
     codec: str  # encoder
     pix_fmt: str  # output pixel format
     out_width: int
@@ -299,19 +301,22 @@ def probe(source: Path, options: VideoOptions, scale: int) -> VideoPlan:
         time_base = stream.time_base
         rate = stream.average_rate or stream.guessed_rate
         in_codec = stream.codec_context.codec.canonical_name
-        width, height, fmt_name, index, color = _first_frame(container, stream, source)
+        width, height, fmt_name, index, color, hdr = _first_frame(container, stream, source)
     with open_input(source) as container:  # from the start again: packets only
         pts, keys = _timestamps(container, container.streams[index], source, options.warn)
     lo, hi = _select(pts, time_base, options)
     segments = plan_segments(pts, keys, lo, hi, options.segment_frames, len(pts))
     codec, pix_fmt = choose_encoder(in_codec, fmt_name, options)
+    if hdr and hdr_encoder_options(codec, hdr) is None and options.warn is not None:
+        options.warn(f"{source}: {codec} cannot write the HDR mastering display / light level metadata "
+                     "(libx265 and libsvtav1 can); the colour tags are kept")
     out_w, out_h = output_size(width, height, scale, options.resize)
     fmt = layout(pix_fmt)
     out_w, out_h = _even(out_w, fmt.sub_x), _even(out_h, fmt.sub_y)
     ranged = lo > 0 or hi < len(pts)
     to_s = lambda i: float(pts[i] * time_base) if i < len(pts) else None  # noqa: E731
     return VideoPlan(str(source), index, time_base, Fraction(rate) if rate else None, width, height, fmt_name, color,
-                     output_color(color, fmt_name, pix_fmt, out_h), codec, pix_fmt, out_w, out_h, hi - lo, pts[0],
+                     output_color(color, fmt_name, pix_fmt, out_h), hdr, codec, pix_fmt, out_w, out_h, hi - lo, pts[0],
                      to_s(lo) if ranged else None, to_s(hi) if ranged else None, segments)
 
 
@@ -331,12 +336,13 @@ def _even(n: int, multiple: int) -> int:
     return max(multiple, n - n % multiple)
 
 
-def _first_frame(container, stream, source: Path) -> tuple[int, int, str, int, Color]:
+def _first_frame(container, stream, source: Path) -> tuple[int, int, str, int, Color, HdrInfo]:
     import av
 
     try:
         for frame in container.decode(stream):
-            return frame.width, frame.height, frame.format.name, stream.index, _stream_color(frame, stream)
+            return (frame.width, frame.height, frame.format.name, stream.index, _stream_color(frame, stream),
+                    hdr_info(frame))
     except av.FFmpegError as e:
         raise HRXError(f"{source}: cannot decode the video stream ({_reason(e)})") from None
     raise HRXError(f"{source}: the video stream has no decodable frame")
@@ -449,7 +455,14 @@ def open_encoder(container, plan: VideoPlan, options: VideoOptions):
         opts["crf"] = str(options.crf)
     if options.preset is not None:
         opts["preset"] = options.preset
-    opts.update(dict(options.codec_options))
+    if plan.codec == "libx265":
+        opts["x265-params"] = "log-level=error"  # x265 prints its settings to stderr for every segment
+    elif plan.codec == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # errors only (SVT-AV1 reads its log level from the environment)
+    for key, value in (hdr_encoder_options(plan.codec, plan.hdr) or {}).items():
+        opts[key] = f"{opts[key]}:{value}" if key in opts else value
+    for key, value in options.codec_options:  # the user's; x265-params / svtav1-params add to the HDR ones
+        opts[key] = f"{opts[key]}:{value}" if key in opts and key.endswith("-params") else value
     stream.options = opts
     return stream
 

@@ -209,3 +209,62 @@ def tag(target, color: Color) -> None:
     """Set the colour tags on a frame or a codec context."""
     target.colorspace, target.color_primaries = color.space, color.primaries
     target.color_trc, target.color_range = color.trc, color.range
+
+
+# -- HDR metadata -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HdrInfo:
+    """Mastering display (SMPTE ST 2086) and content light level of a stream, from its first frame."""
+
+    primaries: tuple[float, ...] | None = None  # Rx, Ry, Gx, Gy, Bx, By, white x, white y (CIE 1931)
+    luminance: tuple[float, float] | None = None  # min, max cd/m2
+    light: tuple[int, int] | None = None  # MaxCLL, MaxFALL cd/m2
+
+    def __bool__(self) -> bool:
+        return bool(self.primaries or self.luminance or self.light)
+
+
+def hdr_info(frame) -> HdrInfo:
+    """Read AVMasteringDisplayMetadata / AVContentLightMetadata from a decoded frame's side data."""
+    primaries = luminance = light = None
+    for item in frame.side_data:
+        name = getattr(item.type, "name", str(item.type))
+        raw = bytes(item)
+        if name == "MASTERING_DISPLAY_METADATA" and len(raw) >= 88:
+            v = np.frombuffer(raw[:88], "<i4")  # 10 rationals (R, G, B, white xy; min, max), has_primaries, has_luminance
+            q = [float(v[2 * k]) / float(v[2 * k + 1]) if v[2 * k + 1] else 0.0 for k in range(10)]
+            if v[20]:
+                primaries = tuple(q[:8])
+            if v[21]:
+                luminance = (q[8], q[9])
+        elif name == "CONTENT_LIGHT_LEVEL" and len(raw) >= 8:
+            light = tuple(int(x) for x in np.frombuffer(raw[:8], "<u4"))
+    return HdrInfo(primaries, luminance, light)
+
+
+def hdr_encoder_options(codec: str, hdr: HdrInfo) -> dict[str, str] | None:
+    """Encoder options that write ``hdr`` into the bitstream (x265 SEI, SVT-AV1 metadata OBUs); ``None``
+    when ``codec`` has no such option (the caller warns)."""
+    if not hdr:
+        return {}
+    if codec == "libx265":
+        parts = []
+        if hdr.primaries and hdr.luminance:
+            rx, ry, gx, gy, bx, by, wx, wy = (round(c * 50000) for c in hdr.primaries)
+            lo, hi = (round(x * 10000) for x in hdr.luminance)
+            parts.append(f"master-display=G({gx},{gy})B({bx},{by})R({rx},{ry})WP({wx},{wy})L({hi},{lo})")
+        if hdr.light:
+            parts.append(f"max-cll={hdr.light[0]},{hdr.light[1]}")
+        return {"x265-params": ":".join(parts)} if parts else {}
+    if codec == "libsvtav1":
+        parts = []
+        if hdr.primaries and hdr.luminance:
+            rx, ry, gx, gy, bx, by, wx, wy = hdr.primaries
+            lo, hi = hdr.luminance
+            parts.append(f"mastering-display=G({gx:.4f},{gy:.4f})B({bx:.4f},{by:.4f})R({rx:.4f},{ry:.4f})"
+                         f"WP({wx:.4f},{wy:.4f})L({hi:.4f},{lo:.4f})")
+        if hdr.light:
+            parts.append(f"content-light={hdr.light[0]},{hdr.light[1]}")
+        return {"svtav1-params": ":".join(parts)} if parts else {}
+    return None

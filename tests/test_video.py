@@ -28,21 +28,21 @@ TB = Fraction(1, 1000)
 VFR_PTS = [0, 40, 80, 170, 210, 250, 340, 380, 420, 460, 500, 540][:FRAMES]  # a 90 ms gap every third frame
 
 
-def pattern(i: int, bits: int = 8) -> np.ndarray:
-    """A moving colour pattern, float RGB [3, H, W] (smooth: 4:2:0 keeps it, a 10-bit frame has > 256 levels)."""
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+def pattern(i: int, w: int = W, h: int = H) -> np.ndarray:
+    """A moving colour pattern, float RGB [3, h, w] (smooth: 4:2:0 keeps it, a 10-bit frame has > 256 levels)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     t = i * 0.4
     return np.stack([0.5 + 0.45 * np.sin(xx / 7 + t), 0.5 + 0.45 * np.cos(yy / 5 - t),
-                     (xx + yy + 4 * i) / (W + H + 4 * FRAMES)]).astype(np.float32)
+                     (xx + yy + 4 * i) / (w + h + 4 * FRAMES)]).astype(np.float32)
 
 
 def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: tuple[str, ...] = ("aac", "libopus"),
               subtitles: bool = True, chapters: bool = True, color: Color = Color(1, 1, 1, 1),
-              codec_options: dict | None = None) -> Path:
+              codec_options: dict | None = None, size: tuple[int, int] = (W, H)) -> Path:
     with av.open(str(path), "w") as out:
         out.metadata["title"] = "test clip"
         v = out.add_stream(codec, rate=25)
-        v.width, v.height, v.pix_fmt, v.time_base = W, H, pix_fmt, TB
+        v.width, v.height, v.pix_fmt, v.time_base = *size, pix_fmt, TB
         v.options = codec_options or {}
         v.codec_context.time_base = TB
         v.codec_context.gop_size = 1 if codec == "ffv1" else 4  # key frames to cut segments at
@@ -62,7 +62,7 @@ def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: 
         if path.suffix == ".mkv" and subtitles:  # written with the header
             out.add_attachment("font.ttf", "font/ttf", b"\x00\x01\x00\x00 a font for the subtitles")
         for i, pts in enumerate(VFR_PTS):
-            frame = from_rgb(pattern(i), pix_fmt, color)
+            frame = from_rgb(pattern(i, *size), pix_fmt, color)
             frame.pts, frame.time_base = pts, TB
             out.mux(v.encode(frame))
         out.mux(v.encode(None))
@@ -182,6 +182,25 @@ def test_ten_bit_stays_ten_bit(backend, tmp_path):
         frame = next(c.decode(video=0))
         luma = np.frombuffer(frame.planes[0], "<u2").reshape(H * 2, -1)[:, :W * 2]
     assert len(np.unique(luma)) > 256 and luma.max() <= 940 and luma.min() >= 64
+
+
+def test_hdr_tags_and_mastering_metadata_kept(backend, tmp_path):
+    """PQ BT.2020 10-bit HEVC with mastering display and light level SEI: the output (libx265, the input's
+    family) carries the same tags and metadata, read back from its decoded frames."""
+    from hrx.runtime.video_color import hdr_info
+
+    master = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+    src = make_clip(tmp_path / "hdr.mkv", pix_fmt="yuv420p10le", codec="libx265", audio=(), subtitles=False,
+                    chapters=False, color=Color(9, 9, 16, 1), size=(64, 64),  # x265 breaks on frames under 64
+                    codec_options={"x265-params": f"master-display={master}:max-cll=1000,400:log-level=error"})
+    out = tmp_path / "hdr-up.mkv"
+    result = upscale_video(backend, spec_of(backend), src, out, VideoOptions(crf=20))
+    assert (result.codec, result.pix_fmt) == ("libx265", "yuv420p10le")
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        before, after = hdr_info(next(a.decode(video=0))), hdr_info(next(b.decode(video=0)))
+        ctx = b.streams.video[0].codec_context
+        assert (int(ctx.colorspace), int(ctx.color_primaries), int(ctx.color_trc), int(ctx.color_range)) == (9, 9, 16, 1)
+    assert after == before and after.light == (1000, 400) and after.luminance == (0.005, 1000.0)
 
 
 class _Interrupt:
