@@ -1,19 +1,23 @@
 """Video throughput: `hrx upscale` on a clip against a Real-ESRGAN-style raw-pipe pipeline, same model and weights.
 
-    python benchmarks/bench_video.py [--size 1280x720] [--frames 24] [--model hrx-t] [--tile 256] [--threads 0]
+    python benchmarks/bench_video.py [--size 1280x720] [--frames 24] [--model hrx-t] [--tile 0] [--threads 0]
                                      [--rounds 2]
 
 The clip (libx264 yuv420p, a moving textured pattern, AAC audio) is made here. Both sides run the same
 PyTorch model (``--model``: a bundled name or checkpoint; ``hrx-t``: hrx-t x2 with perturbed weights):
 
 * hrx: :func:`hrx.runtime.video.upscale_video` (decode and encode on their own threads, stream matrix to
-  float RGB, the tiled runtime with ``--tile``, exact timestamps, audio copied), libx264 ``--crf 18``.
+  float RGB, the tiled runtime, exact timestamps, audio copied), libx264 ``--crf 18``. ``--tile 0`` (default)
+  makes the tile cover the frame, so both sides run one whole-frame call per frame and differ only in
+  the pipeline around it; ``--tile 256`` shows the cost of tiling on top.
 * raw pipe (what Real-ESRGAN's video script does through ffmpeg pipes, here in-process with PyAV since no
   ffmpeg binary is assumed): decode to rgb24 bytes, one PyTorch call per whole frame, rgb24 back to the
   same encoder, one thread, no timestamps, no audio.
 
 Then the hrx path's parts alone on the same clip: decode (to float RGB), inference, encode; their shares
-of the sum say how much decode / encode cost next to inference. The two pipelines alternate for
+of the sum say how much decode / encode cost next to inference. Peak memory (max RSS of a fresh process
+running hrx on the clip at ``--frames`` and at four times as many frames) shows whether memory follows the
+video's length. The two pipelines alternate for
 ``--rounds`` rounds (the first warms the model up) and each keeps its fastest. Prints one table; recorded with
 benchmarks/results.py.
 """
@@ -125,14 +129,41 @@ def phases(backend, spec, clip: Path, options) -> dict[str, float]:
     return {"decode": t1 - t0, "inference": t2 - t1, "encode": t3 - t2}
 
 
+def peak_rss(args, frames: int) -> float:
+    """Max RSS (MB) of a fresh process that makes a ``frames``-frame clip and upscales it with hrx."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--child-rss", str(frames), "--size", args.size, "--model", args.model,
+           "--tile", str(args.tile), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def child_rss(args, width: int, height: int) -> None:
+    import resource
+
+    from hrx.runtime.tiling import TileSpec
+    from hrx.runtime.torch_backend import TorchBackend
+    from hrx.runtime.video import VideoOptions, upscale_video
+
+    backend = TorchBackend(load_model(args.model), tile=args.tile)
+    i = backend.info
+    spec = TileSpec(i.tile, i.tile_overlap, i.scale, i.size_multiple, i.batch, "blend")
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = make_clip(Path(tmp) / "clip.mp4", width, height, args.child_rss)
+        upscale_video(backend, spec, clip, Path(tmp) / "out.mp4", VideoOptions(codec="libx264", crf=18))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--model", default="hrx-t", help="bundled name or checkpoint (hrx-t: perturbed hrx-t x2)")
-    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--tile", type=int, default=0, help="hrx tile (0: the whole frame)")
     parser.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: its default)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--child-rss", type=int, default=0, help=argparse.SUPPRESS)  # one hrx run, prints max RSS
     args = parser.parse_args()
     width, height = map(int, args.size.lower().split("x"))
 
@@ -144,6 +175,11 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tile == 0:
+        args.tile = max(width, height)  # rounded up to the model's size multiple by TorchBackend
+    if args.child_rss:
+        child_rss(args, width, height)
+        return
     model = load_model(args.model)
     backend = TorchBackend(model, tile=args.tile)
     i = backend.info
@@ -159,11 +195,13 @@ def main() -> None:
             raw_s = min(raw_s, raw_pipe(deploy, clip, tmp / "raw.mp4"))
         parts = phases(backend, spec, clip, options)
     total = sum(parts.values())
+    rss = {n: peak_rss(args, n) for n in (args.frames, 4 * args.frames)}
     rows = [{"pipeline": "hrx upscale (threads, float path, timestamps, audio copied)", "seconds": round(hrx_s, 3),
              "fps": round(args.frames / hrx_s, 3)},
             {"pipeline": "raw pipe (rgb24, one whole-frame PyTorch call per frame, sequential)",
              "seconds": round(raw_s, 3), "fps": round(args.frames / raw_s, 3)}]
     rows += [{"phase": k, "seconds": round(v, 3), "share": round(v / total, 4)} for k, v in parts.items()]
+    rows += [{"frames": n, "peak_rss_mb": round(mb, 1)} for n, mb in rss.items()]
     print(f"{args.frames} frames {width}x{height} -> x{i.scale}, model {args.model}, tile {spec.tile}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'pipeline':72s} {'s':>8s} {'fps':>8s}")
@@ -171,6 +209,7 @@ def main() -> None:
         print(f"{r['pipeline']:72s} {r['seconds']:8.2f} {r['fps']:8.3f}")
     print(f"hrx / raw pipe fps: {raw_s / hrx_s:.2f}x")
     print("hrx path, each part alone: " + ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in parts.items()))
+    print("hrx peak RSS: " + ", ".join(f"{n} frames {mb:.0f} MB" for n, mb in rss.items()))
     try:
         from results import save
     except ImportError:

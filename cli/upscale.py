@@ -28,9 +28,9 @@ PrecisionOption = choices("PrecisionOption", PRECISION_CHOICES)
 
 @handle_errors
 def upscale(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (PNG, JPEG, WebP, BMP, TIFF).",
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, video files and/or folders (PNG, JPEG, WebP, BMP, TIFF; MP4, MKV, MOV, WebM, ...: docs/video.md).",
                                                  show_default=False)],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder; relative paths and stems are kept.",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder; relative paths and stems are kept. For one video, a file name (out.mkv) instead.",
                                          show_default=False)],
     engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Exported model: .onnx, or a TensorRT .engine / .plan. With neither --engine nor --model: the bundled default-x4 (shipped as ONNX).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint (.pt / .safetensors) or bundled model name, run with PyTorch.")] = None,
@@ -65,10 +65,10 @@ def upscale(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report here at the end ('-': stdout).")] = None,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="JSON-lines report written as the batch runs: one line per finished image, flushed to disk, then a summary line; valid after a crash. With --skip-existing it is appended to (resume).", show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Print the full traceback of every error (also HRX_DEBUG=1).")] = False,
-    video_codec: Annotated[Optional[str], typer.Option("--video-codec", help="Video encoder: libx264, libx265, libsvtav1, ffv1, prores_ks, libvpx-vp9 ... [default: the input's codec family, else libx264].", show_default=False, rich_help_panel="Videos")] = None,
+    video_codec: Annotated[Optional[str], typer.Option("--video-codec", help="Video encoder: libx264, libx265, libsvtav1, ffv1, prores_ks, libvpx-vp9 ... (default: the input's codec family, else libx264).", show_default=False, rich_help_panel="Videos")] = None,
     crf: Annotated[Optional[int], typer.Option("--crf", min=0, help="Encoder quality (x264 / x265 / SVT-AV1 CRF; lower is better).", show_default=False, rich_help_panel="Videos")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="Encoder preset (e.g. slow, medium; SVT-AV1: 0-13).", show_default=False, rich_help_panel="Videos")] = None,
-    pix_fmt: Annotated[Optional[str], typer.Option("--pix-fmt", help="Output pixel format, e.g. yuv420p, yuv420p10le [default: the input's].", show_default=False, rich_help_panel="Videos")] = None,
+    pix_fmt: Annotated[Optional[str], typer.Option("--pix-fmt", help="Output pixel format, e.g. yuv420p, yuv420p10le (default: the input's).", show_default=False, rich_help_panel="Videos")] = None,
     video_opt: Annotated[Optional[list[str]], typer.Option("--video-opt", help="KEY=VALUE passed to the encoder (repeatable), e.g. tune=film.", show_default=False, rich_help_panel="Videos")] = None,
     frames: Annotated[Optional[str], typer.Option("--frames", help="Frames A:B only (presentation order, B excluded).", show_default=False, rich_help_panel="Videos")] = None,
     start: Annotated[Optional[float], typer.Option("--start", min=0, help="Start at this many seconds into the video.", show_default=False, rich_help_panel="Videos")] = None,
