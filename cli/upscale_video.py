@@ -191,6 +191,9 @@ def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional
                     quiet: bool, skip_existing: bool, ray_options=None) -> list:
     """Open the backend(s) of ``pool`` (several CPU sessions share each frame's tiles) and run the videos;
     with ``ray_options``, this process only plans and joins, Ray Data actors upscale the segments."""
+    from hrx.extras import require
+
+    require("video", f"upscaling videos ({videos[0].source})")  # before the model is opened
     from hrx.runtime.factory import open_backend
     from hrx.runtime.pool import SharedSessions, open_pool
     from hrx.runtime.tiling import TileSpec
