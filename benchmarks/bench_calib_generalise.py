@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({args.samples} tiles, percentile); unseen photos: {', '.join(names)} ({args.per_photo} crops each)")
         print(f"{'target':<6} {'guard':<5} {'rung':<7} {'gate drop':>9}  " + "  ".join(f"{n[:12]:>12}" for n in names)
               + f"  {'worst':>7}")
+        rows = []
         for target in args.targets.split(","):
             for guard in (False, True):
                 out = work / f"{target}.{guard}.int8.onnx"
@@ -98,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
                 worst = f"{max(drops):>+7.3f}" if drops else ""
                 print(f"{target:<6} {'on' if guard else 'off':<5} {a.quant.step.name:<7} {a.quality.drop:>+9.3f}  "
                       f"{cells}  {worst}", flush=True)
+                rows.append({"target": target, "few_image_guard": guard, "rung": a.quant.step.name,
+                             "gate_drop_db": a.quality.drop, **{f"{n}_drop_db": d for n, d in zip(names, drops)},
+                             "worst_drop_db": max(drops) if drops else None})
+        from results import save
+
+        save("calib_generalise", rows, params={"model": args.model, "calib": args.calib, "tile": info.tile,
+                                               "samples": args.samples, "per_photo": args.per_photo,
+                                               "threads": args.threads, "seed": args.seed})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

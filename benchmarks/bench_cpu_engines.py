@@ -417,11 +417,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not args.no_save:
-        try:
-            from results import save  # benchmarks/results.py
-        except ImportError:
-            log("benchmarks/results.py not found: results not saved")
-            return
+        from results import save  # benchmarks/results.py
+
         save("cpu_engines", results, params={k: v for k, v in vars(args).items()})
 
 

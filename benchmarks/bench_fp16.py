@@ -37,7 +37,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def bundled(names: list[str], tile: int, count: int, folder: Path) -> None:
+def bundled(names: list[str], tile: int, count: int, folder: Path) -> list[dict]:
     import onnxruntime as ort
 
     import hrx
@@ -47,6 +47,7 @@ def bundled(names: list[str], tile: int, count: int, folder: Path) -> None:
     print(f"\nBundled models, FP16 graph vs FP32 PyTorch, {count} photo tiles of {tile}x{tile} (PSNR dB, min over tiles)")
     print(f"{'model':12s} {'fp16-ref':>9s} {'ORT-CPU fp16':>13s} {'ORT-CPU fp32':>13s} {'bicubic':>8s} "
           f"{'Casts':>6s} {'s/tile ref':>10s}")
+    out = []
     for name in names:
         fp16_path, fp32_path = folder / f"{name}.fp16.onnx", folder / f"{name}.onnx"
         res = export_onnx(name, fp16_path, tile=tile, precision="fp16")
@@ -73,9 +74,13 @@ def bundled(names: list[str], tile: int, count: int, folder: Path) -> None:
         print(f"{name:12s} {min(rows['ref']):9.2f} {min(rows['ort16']):13.2f} {min(rows['ort32']):13.2f} "
               f"{min(rows['bic']):8.2f} {casts:6d} {seconds / count:10.2f}")
         print(f"{'':12s} {res.precision_line}")
+        out.append({"model": name, "fp16_ref_psnr": min(rows["ref"]), "ort_cpu_fp16_psnr": min(rows["ort16"]),
+                    "ort_cpu_fp32_psnr": min(rows["ort32"]), "bicubic_psnr": min(rows["bic"]), "casts": casts,
+                    "ref_s_per_tile": seconds / count})
+    return out
 
 
-def overflow_probe(tile: int, folder: Path, scales: list[float]) -> None:
+def overflow_probe(tile: int, folder: Path, scales: list[float]) -> list[dict]:
     import onnx
     import onnxruntime as ort
 
@@ -93,17 +98,21 @@ def overflow_probe(tile: int, folder: Path, scales: list[float]) -> None:
     x0 = photo_tiles(tile, 1)
     print(f"\nOverflow probe: default-x2 {tile}x{tile}, photo tile x scale, vs the FP32 graph (max |error| / max |FP32|)")
     print(f"{'scale':>6s} {'max |FP32|':>11s} " + " ".join(f"{k:>24s}" for k in runs))
+    out = []
     for s in scales:
         x = (x0 * s).astype(np.float32)
         want = sess.run(None, {"input": x})[0].astype(np.float64)
         top = float(np.abs(want).max())
-        cells = []
-        for ref in runs.values():
+        cells, row = [], {"scale": s, "max_abs_fp32": top}
+        for label, ref in runs.items():
             got = ref.run({"input": x})[0].astype(np.float64)
             finite = bool(np.isfinite(got).all())
             err = float(np.abs(got - want).max()) / top if finite else float("nan")
             cells.append(f"{'finite' if finite else 'inf/NaN':>8s} {err:>15.2e}")
+            row[f"{label} finite"], row[f"{label} rel_err"] = finite, err
         print(f"{s:6g} {top:11.1f} " + " ".join(cells))
+        out.append(row)
+    return out
 
 
 def main() -> None:
@@ -114,9 +123,13 @@ def main() -> None:
     p.add_argument("--probe-tile", type=int, default=32)
     p.add_argument("--scales", default="1,100,300,1000,3000")
     args = p.parse_args()
+    from results import save
+
     with tempfile.TemporaryDirectory() as tmp:
-        bundled(args.models.split(","), args.tile, args.tiles, Path(tmp))
-        overflow_probe(args.probe_tile, Path(tmp), [float(s) for s in args.scales.split(",")])
+        rows = bundled(args.models.split(","), args.tile, args.tiles, Path(tmp))
+        save("fp16", rows, params={"tile": args.tile, "tiles": args.tiles, "models": args.models})
+        rows = overflow_probe(args.probe_tile, Path(tmp), [float(s) for s in args.scales.split(",")])
+        save("fp16_overflow", rows, params={"model": "default-x2", "tile": args.probe_tile, "scales": args.scales})
 
 
 if __name__ == "__main__":

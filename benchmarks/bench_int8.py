@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| format | quantized / kept float | PSNR-Y FP32 | PSNR-Y INT8 | drop | INT8 vs FP32 | ms / tile | speed vs FP32 |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| FP32 | - | {reports['trt'].chosen.quality.psnr_fp32:.3f} dB | - | - | - | {ms['fp32']:.1f} | 1.00x |")
+    rows = [{"format": "FP32", "psnr_y_fp32": reports["trt"].chosen.quality.psnr_fp32, "ms_per_tile": ms["fp32"],
+             "speed_vs_fp32": 1.0}]
     for target, name in (("cpu", "INT8 --target cpu (U8S8)"), ("trt", "INT8 --target trt (S8S8 sym)")):
         a = reports[target].chosen
         q = a.quality
@@ -140,12 +142,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {len(a.quant.quantized)} / {kept} (fallback {a.quant.step.name}) | {q.psnr_fp32:.3f} dB | "
               f"{q.psnr_int8:.3f} dB | {q.drop:+.3f} dB | {q.psnr_int8_vs_fp32:.2f} dB | {ms[target]:.1f} | "
               f"{ms['fp32'] / ms[target]:.2f}x |")
+        rows.append({"format": name, "quantized": len(a.quant.quantized), "kept_float": kept, "fallback": a.quant.step.name,
+                     "psnr_y_fp32": q.psnr_fp32, "psnr_y_int8": q.psnr_int8, "drop_db": q.drop,
+                     "int8_vs_fp32_db": q.psnr_int8_vs_fp32, "ms_per_tile": ms[target],
+                     "speed_vs_fp32": ms["fp32"] / ms[target]})
     print()
     print(f"FP32 kernel time in Conv/Gemm: {share * 100:.1f}% -> INT8 of those ops can make the model at most "
           f"{1 / max(1e-9, 1 - share):.2f}x faster on ONNX Runtime CPU")
     print("FP32 kernel time by op: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in top))
     print(f"calibrate wall time: trt {seconds['trt']:.1f} s (with range collection), "
           f"cpu {seconds['cpu']:.1f} s (cached ranges)")
+    from results import save
+
+    save("int8", rows, params={"checkpoint": args.checkpoint, "tile": args.tile, "ops": args.ops, "batch": info.batch,
+                               "threads": args.threads, "repeats": args.repeats, "method": args.method,
+                               "samples": args.samples, "conv_gemm_share_fp32": share,
+                               "ceiling_if_conv_gemm_free": 1 / max(1e-9, 1 - share)})
     return 0
 
 

@@ -165,6 +165,7 @@ def main() -> None:
           f"{', '.join(UNSEEN)} ({args.per_photo} crops each), tile {args.tile}, {args.samples} calibration tiles\n")
     print("| model | method | OpenVINO precision | INT8 convs | FP32 PSNR | INT8 PSNR | drop | INT8 vs FP32 | ms/tile (smoke) | vs FP32 same precision |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     try:
         for name in args.model or MODELS:
             fp32, info = export(name, args.tile, work)
@@ -209,8 +210,17 @@ def main() -> None:
                     vs = "ref" if m == "fp32" else f"{q.psnr_int8_vs_fp32:.1f} dB"
                     print(f"| {name} | {m} | {precision} | {int8_convs(c)} | {q.psnr_fp32:.3f} | {q.psnr_int8:.3f} | "
                           f"{q.drop:+.3f} | {vs} | {ms[m]:.1f} | {ms['fp32'] / ms[m]:.2f}x |", flush=True)
+                    rows.append({"model": name, "method": m, "precision": precision, "int8_convs": int8_convs(c),
+                                 "psnr_fp32": q.psnr_fp32, "psnr_int8": q.psnr_int8, "drop_db": q.drop,
+                                 "int8_vs_fp32_db": None if m == "fp32" else q.psnr_int8_vs_fp32,
+                                 "ms_per_tile_smoke": ms[m], "vs_fp32_same_precision": ms["fp32"] / ms[m]})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from results import save
+
+    save("int8_openvino", rows, params={"tile": args.tile, "samples": args.samples, "per_photo": args.per_photo,
+                                        "threads": args.threads, "rounds": args.rounds, "seed": args.seed,
+                                        "unseen": ",".join(UNSEEN)})
 
 
 if __name__ == "__main__":

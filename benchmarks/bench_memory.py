@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
           f"`python -m hrx.cli.main upscale {src.name} -o out/ ...`; goal: output float32 + 1 GiB")
     print(f"{'backend':<12} {'scale':>5} {'output':>11} {'out f32':>9} {'goal':>9} {'peak RSS':>9} {'vs goal':>8} "
           f"{'seconds':>8}")
+    rows = []
     for scale in (int(s) for s in args.scales.split(",")):
         name = f"default-x{scale}"
         for backend in args.backends.split(","):
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             status = f"{rss / goal:>7.2f}x" if code == 0 else f"exit {code}"
             print(f"{backend:<12} {'x' + str(scale):>5} {f'{side}x{side}':>11} {f32 / GIB:>7.2f}Gi {goal / GIB:>7.2f}Gi "
                   f"{rss / GIB:>7.2f}Gi {status:>8} {seconds:>8.1f}", flush=True)
+            rows.append({"backend": backend, "scale": scale, "output": f"{side}x{side}", "output_f32_gib": f32 / GIB,
+                         "goal_gib": goal / GIB, "peak_rss_gib": rss / GIB, "exit_code": code, "seconds": seconds})
+    from results import save
+
+    save("memory", rows, params={"side": args.side, "threads": args.threads})
     return 0
 
 

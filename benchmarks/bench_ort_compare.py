@@ -68,10 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.tiles} tiles of {shape[-1]}x{shape[-1]}, {args.threads} thread(s), {args.rounds} interleaved rounds")
     print("| spec | ms / tile (median) | speed vs first | fastest round vs first's | max abs diff vs first |")
     print("|---|---|---|---|---|")
+    rows = []
     for spec, ts, out in zip(args.specs, times, outs):
         med = statistics.median(ts)
         print(f"| {spec} | {med:.1f} ({min(ts):.0f}-{max(ts):.0f}) | {base / med:.3f}x | {fastest / min(ts):.3f}x | "
               f"{float(np.abs(out - outs[0]).max()):.3g} |")
+        rows.append({"spec": spec, "ms_per_tile_median": med, "ms_min": min(ts), "ms_max": max(ts),
+                     "speed_vs_first": base / med, "fastest_vs_first": fastest / min(ts),
+                     "max_abs_diff_vs_first": float(np.abs(out - outs[0]).max())})
+    from results import save
+
+    save("ort_compare", rows, params={"tile": int(shape[-1]), "tiles": args.tiles, "threads": args.threads,
+                                      "rounds": args.rounds, "seed": args.seed})
     return 0
 
 

@@ -143,6 +143,7 @@ def main() -> None:
           f"{__import__('onnxruntime').__version__}, {openvino_note()}, {args.repeats} interleaved rounds, median\n")
     print("| model | params | photo | path | tile / overlap | MP/s | hrx speed-up | PSNR vs whole-image PyTorch |")
     print("|---|---|---|---|---|---|---|---|")
+    rows = []
     try:
         for name in args.arch or ARCHS:
             size, tile, peer_tile = PRESETS[name]
@@ -194,10 +195,19 @@ def main() -> None:
                 label = f"hrx-default ({default})" if k == "hrx-default" else k
                 print(f"| {name} x{args.scale} | {params:,} | {size}x{size} | {label} | {tiles[k]} | {mp / med[k]:.4f} | {speed} | "
                       f"{'ref' if k == 'spandrel-whole' else f'{q:.1f} dB'} |", flush=True)
+                rows.append({"model": f"{name} x{args.scale}", "params": params, "photo": f"{size}x{size}", "path": k,
+                             "tile_overlap": tiles[k], "mp_per_s": mp / med[k],
+                             "speed_vs_tiled": med["realesrgan-tiled"] / med[k] if k.startswith("hrx") else None,
+                             "speed_vs_whole": med["spandrel-whole"] / med[k] if k.startswith("hrx") else None,
+                             "psnr_vs_whole_db": None if k == "spandrel-whole" else q})
             for b in backends.values():
                 b.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from results import save
+
+    save("peers", rows, params={"scale": args.scale, "threads": args.threads, "repeats": args.repeats,
+                                "model_size": args.model_size})
 
 
 if __name__ == "__main__":

@@ -96,6 +96,11 @@ def main() -> None:
         print(f"{args.images} images of {args.size}x{args.size}, tile {i.tile}: plain {p:.2f} s "
               f"({p / args.images * 1000:.0f} ms/image), ray 1 actor {d:.2f} s, ratio ray/plain {d / p:.2f}, "
               f"overhead {(d - p) / args.images * 1000:.0f} ms/image (actor start included)")
+        from results import save
+
+        save("ray", [{"images": args.images, "size": f"{args.size}x{args.size}", "tile": i.tile, "plain_s": p,
+                      "ray_1_actor_s": d, "ratio": d / p, "overhead_ms_per_image": (d - p) / args.images * 1000}],
+             params={"rounds": args.rounds, "threads": 1, "engine": str(args.engine or "hrx-t x2, dynamic batch")})
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -265,21 +265,32 @@ def main() -> None:
               f"median (range) of {args.repeats} interleaved passes\n")
         print("| runtime | ms / tile | MP/s out | vs eager |")
         print("|---|---|---|---|")
+        rows = []
         for name, ts in times.items():
             med = statistics.median(ts)
+            rows.append({"runtime": name, "ms_per_tile": 1000 * med / args.tiles, "ms_min": 1000 * min(ts) / args.tiles,
+                         "ms_max": 1000 * max(ts) / args.tiles, "mp_per_s_out": mp_out / med, "vs_eager": eager / med})
             print(f"| {name} | {1000 * med / args.tiles:.1f} ({1000 * min(ts) / args.tiles:.0f}-"
                   f"{1000 * max(ts) / args.tiles:.0f}) | {mp_out / med:.3f} | {eager / med:.2f}x |")
         eager_run = per_tile["pytorch eager (training model)"]
         err = max(float(np.abs(ort.infer(t) - eager_run(t)).max()) for t in tiles[:4])
         print(f"\nmax |onnxruntime fp32 - eager| on 4 tiles: {err:.2e}")
+        params = {"model": label, "tile": args.tile, "tiles": args.tiles, "repeats": args.repeats, "threads": threads,
+                  "max_abs_ort_fp32_vs_eager": err}
         if "torch.compile fused (inductor)" in per_tile:
             cerr = max(float(np.abs(per_tile["torch.compile fused (inductor)"](t) - per_tile["pytorch fused"](t)).max())
                        for t in tiles[:4])
             print(f"max |torch.compile - pytorch fused| on 4 tiles: {cerr:.2e}")
+            params["max_abs_compile_vs_fused"] = cerr
         if int8 is not None:
             int8_run = session_runner(int8, threads)
             q = [psnr(int8_run(t), eager_run(t)) for t in tiles[:4]]
             print(f"PSNR of onnxruntime int8 against eager on 4 tiles: {min(q):.1f}-{max(q):.1f} dB")
+            params["int8_vs_eager_psnr_min_db"] = min(q)
+        from results import save
+
+        save("runtime", rows, params=params)
+        profile_rows = []
 
         # 2. where ONNX Runtime spends its time
         for name, file in (("fp32", path),) + ((("int8", int8),) if int8 is not None else ()):
@@ -288,8 +299,13 @@ def main() -> None:
                   f"({', '.join(DATA_MOVEMENT)}) {100 * moving:.1f}% of kernel time")
             print("| op type | share | nodes run per tile |")
             print("|---|---|---|")
+            profile_rows.append({"graph": name, "op": "data movement (" + ", ".join(DATA_MOVEMENT) + ")",
+                                 "share": moving, "nodes_per_tile": None})
             for op, share, n in ops[:14]:
                 print(f"| {op} | {100 * share:.1f}% | {n} |")
+                profile_rows.append({"graph": name, "op": op, "share": share, "nodes_per_tile": n})
+        save("runtime_profile", profile_rows, params={"model": label, "tile": args.tile, "tiles": len(tiles),
+                                                      "threads": threads})
 
         # 3. tiling overhead on the whole photo
         info = ort.info
@@ -309,12 +325,17 @@ def main() -> None:
                   f"{rate[name]:7.3f} MP/s in")
         first, second = rate.values()
         print(f"default overlap costs {100 * (1 - first / second):.0f}% of the non-overlapping throughput")
+        save("runtime_tiling", [{"setting": k, "stride": spec.stride, "tiles": tile_count(*img.shape[1:], spec),
+                                 "mp_per_s_in": rate[k]} for k, spec in specs.items()],
+             params={"model": label, "photo": f"{img.shape[2]}x{img.shape[1]}", "repeats": args.repeats,
+                     "threads": threads})
 
         # 4. tiled vs whole-image quality on the photo
         if not args.skip_quality:
             with torch.inference_mode():
                 whole = model(torch.from_numpy(img)[None]).numpy()[0]
             print(f"\n## tiled (onnxruntime, tile {info.tile}) vs whole-image PyTorch eager, same model, {img.shape[2]}x{img.shape[1]} photo")
+            quality_rows = []
             for overlap in (info.tile_overlap, 0):
                 for merge in ("blend", "crop"):
                     spec = TileSpec(info.tile, overlap, info.scale, info.size_multiple, 1, merge)
@@ -322,6 +343,12 @@ def main() -> None:
                     print(f"overlap {overlap:3d} (stride {spec.stride:3d}) {merge:5s}  PSNR {psnr(tiled, whole):6.2f} dB  "
                           f"max |diff| {float(np.abs(tiled - whole).max()):.4f}  "
                           f"seam score {seam_score(tiled, whole, spec, *img.shape[1:]):.2f}")
+                    quality_rows.append({"overlap": overlap, "stride": spec.stride, "merge": merge,
+                                         "psnr_vs_whole_db": psnr(tiled, whole),
+                                         "max_abs_diff": float(np.abs(tiled - whole).max()),
+                                         "seam_score": seam_score(tiled, whole, spec, *img.shape[1:])})
+            save("runtime_tiled_vs_whole", quality_rows, params={"model": label, "tile": info.tile,
+                                                                 "photo": f"{img.shape[2]}x{img.shape[1]}"})
         ort.close()
 
 

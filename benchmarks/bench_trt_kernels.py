@@ -45,7 +45,7 @@ def cuda_ms(fn: Callable[..., object], args: tuple, iters: int, warmup: int = 3)
     return statistics.median(times)
 
 
-def bench_scan(iters: int, dtype: torch.dtype) -> list[str]:
+def bench_scan(iters: int, dtype: torch.dtype) -> list[dict]:
     from hrx.blocks.ssm import selective_scan_chunked, selective_scan_ref
     from hrx.runtime.trt import kernels
 
@@ -63,13 +63,13 @@ def bench_scan(iters: int, dtype: torch.dtype) -> list[str]:
         chunked = cuda_ms(selective_scan_chunked, args, iters)
         want = selective_scan_chunked(x.float(), dt, A, B.float(), C.float(), D, chunk)
         err = (kernels.selective_scan(*args).float() - want).abs().max().item()
-        ref = f"{cuda_ms(selective_scan_ref, args, max(1, iters // 10), 1):.2f}" if i == 0 else "-"
-        rows.append(f"| scan {label} [{b}, {H}, {P}, {L}] N={N} | {ours:.3f} | {chunked:.3f} | {ref} | "
-                    f"{chunked / ours:.1f}x | {err:.1e} |")
+        ref = cuda_ms(selective_scan_ref, args, max(1, iters // 10), 1) if i == 0 else None
+        rows.append({"case": f"scan {label} [{b}, {H}, {P}, {L}] N={N}", "triton_ms": ours, "pytorch_ms": chunked,
+                     "sequential_ref_ms": ref, "speed_up": chunked / ours, "max_abs_err": err})
     return rows
 
 
-def bench_moe(iters: int, dtype: torch.dtype) -> list[str]:
+def bench_moe(iters: int, dtype: torch.dtype) -> list[dict]:
     from hrx.blocks.moe import top1_combine
     from hrx.runtime.trt import kernels
 
@@ -81,8 +81,8 @@ def bench_moe(iters: int, dtype: torch.dtype) -> list[str]:
         ours = cuda_ms(kernels.moe_top1, (logits, experts), iters)
         torch_ms = cuda_ms(top1_combine, (logits, experts), iters)
         err = (kernels.moe_top1(logits, experts).float() - top1_combine(logits, experts).float()).abs().max().item()
-        rows.append(f"| moe {label} [{Bn}, {E}, {C}, {H}, {W}] | {ours:.3f} | {torch_ms:.3f} | - | "
-                    f"{torch_ms / ours:.1f}x | {err:.1e} |")
+        rows.append({"case": f"moe {label} [{Bn}, {E}, {C}, {H}, {W}]", "triton_ms": ours, "pytorch_ms": torch_ms,
+                     "sequential_ref_ms": None, "speed_up": torch_ms / ours, "max_abs_err": err})
     return rows
 
 
@@ -102,8 +102,15 @@ def main() -> None:
     print()
     print("| case | Triton ms | PyTorch ms | sequential ref ms | speed-up | max abs err |")
     print("|---|---|---|---|---|---|")
-    for row in bench_scan(args.iters, dtype) + bench_moe(args.iters, dtype):
-        print(row)
+    rows = bench_scan(args.iters, dtype) + bench_moe(args.iters, dtype)
+    for r in rows:
+        ref = "-" if r["sequential_ref_ms"] is None else f"{r['sequential_ref_ms']:.2f}"
+        print(f"| {r['case']} | {r['triton_ms']:.3f} | {r['pytorch_ms']:.3f} | {ref} | {r['speed_up']:.1f}x | "
+              f"{r['max_abs_err']:.1e} |")
+    from results import save
+
+    save("trt_kernels" + ("_fp16" if args.fp16 else ""), rows,
+         params={"gpu": torch.cuda.get_device_name(), "dtype": str(dtype), "iters": args.iters})
 
 
 if __name__ == "__main__":

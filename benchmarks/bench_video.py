@@ -210,11 +210,8 @@ def main() -> None:
     print(f"hrx / raw pipe fps: {raw_s / hrx_s:.2f}x")
     print("hrx path, each part alone: " + ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in parts.items()))
     print("hrx peak RSS: " + ", ".join(f"{n} frames {mb:.0f} MB" for n, mb in rss.items()))
-    try:
-        from results import save
-    except ImportError:
-        print("benchmarks/results.py not found: not recorded")
-        return
+    from results import save
+
     save("bench_video", rows, params=vars(args))
 
 

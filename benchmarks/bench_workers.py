@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"# {engine.name}, {cores} cores, median of {args.repeats} interleaved runs, load average "
               f"{os.getloadavg()[0]:.1f}")
+        rows = []
         for name, src in (("6 photos 200x200", folder), ("one photo 640x480", big)):
             times: dict[str, list[float]] = {m: [] for m in modes}
             cpu: dict[str, list[float]] = {m: [] for m in modes}
@@ -105,7 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             for mode, ts in times.items():
                 med = statistics.median(ts)
                 print(f"| {mode} | {med:.2f} | {base / med:.2f}x | {statistics.median(cpu[mode]):.2f} |")
+                rows.append({"input": name, "mode": mode, "seconds": med, "speed_vs_one_session": base / med,
+                             "cpu_s_per_s": statistics.median(cpu[mode])})
             print(f"batches per shared session (last run): {shared_calls}")
+    from results import save
+
+    save("workers", rows, params={"engine": engine.name, "tile": args.tile, "threads": cores, "repeats": args.repeats,
+                                  "load_average": os.getloadavg()[0]})
     return 0
 
 

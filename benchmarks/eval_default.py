@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--figure-image", default=None, help="validation image for --figure (default: the largest)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    out = []
     for i, ref in enumerate(args.models):
         arch, config, _, extra = read_checkpoint(ref)
         model = hrx.load_model(ref)
@@ -94,6 +95,7 @@ def main() -> None:
         print(f"\n### {ref}: {arch} x{model.scale}, {n:,} parameters, {extra.get('steps', '?')} steps, "
               f"seed {extra.get('seed', '?')}, data {extra.get('data', '?')} ({time.perf_counter() - t:.1f} s)\n")
         print(format_table(rows))
+        out += [{"model": ref, **r.as_dict()} for r in rows]
         command = training_command(extra)
         if command:
             print(f"\ntrained with: `{command}`")
@@ -104,6 +106,9 @@ def main() -> None:
             name, hr = max(chosen, key=lambda im: im[1].shape[-1] * im[1].shape[-2])
             before_after(model, name, hr, model.scale, args.figure)
             print(f"\nwrote {args.figure}")
+    from results import save
+
+    save("eval_default", out, params={"models": ",".join(args.models), "threads": args.threads})
 
 
 if __name__ == "__main__":

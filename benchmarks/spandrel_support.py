@@ -176,6 +176,9 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(f"command: python benchmarks/{Path(__file__).name} " + " ".join(sys.argv[1:]))
     print(markdown(rows, args))
+    from results import save
+
+    save("spandrel_support", rows, params={"size": args.size, "tile": args.tile, "samples": args.samples})
 
 
 if __name__ == "__main__":
