@@ -19,6 +19,9 @@ from hrx.paths import VIDEO_SUFFIXES, atomic_write
 # containers written (AVI is read only: it holds no presentation timestamps, so its videos become .mkv)
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".nut": "nut",
               ".ts": "mpegts", ".m2ts": "mpegts", ".mts": "mpegts"}
+# Matroska / WebM would shift every stream so that none starts below zero (AAC's priming packets do):
+# timestamps are kept as they are instead (negative block times are valid there)
+MUXER_OPTIONS = {"matroska": {"avoid_negative_ts": "disabled"}, "webm": {"avoid_negative_ts": "disabled"}}
 # metadata the muxer writes itself (a copied value would be stale)
 _MUXER_TAGS = {"encoder", "duration", "number_of_frames", "number_of_bytes", "_statistics_tags",
                "_statistics_writing_app", "_statistics_writing_date_utc", "bps", "major_brand", "minor_version",
@@ -169,10 +172,11 @@ def join(plan, segments: list[Path], output: Path, options) -> list[str]:
 
     def write(tmp: str) -> None:
         with av.open(str(source), metadata_errors="replace") as inp, \
-                av.open(tmp, "w", format=fmt) as out, av.open(str(segments[0])) as first:
+                av.open(tmp, "w", format=fmt, options=MUXER_OPTIONS.get(fmt, {})) as out, \
+                av.open(str(segments[0])) as first:
             out.metadata.update(_clean(dict(inp.metadata)))
             video_in = inp.streams[plan.stream]
-            video = out.add_stream_from_template(first.streams.video[0])
+            video = out.add_stream_from_template(first.streams.video[0], opaque=True)  # no encoder: remux (AV1)
             video.time_base = plan.time_base
             video.metadata.update(_clean(dict(video_in.metadata)))
             video.disposition = video_in.disposition

@@ -378,3 +378,21 @@ def test_ranges_segments_and_colour_plans():
     assert output_color(Color(0, 1, 13, 2), "gbrp", "yuv420p", 480) == Color(6, 1, 13, 1)
     assert output_color(Color(9, 9, 16, 1), "yuv420p10le", "gbrp10le", 64) == Color(0, 9, 16, 2)
     assert output_color(Color(9, 9, 16, 1), "yuv420p10le", "yuv420p10le", 64) == Color(9, 9, 16, 1)
+
+
+def test_cli_h264_with_b_frames_in_mp4_to_av1_in_mkv(checkpoint, tmp_path):
+    """H.264 with B-frames and AAC (priming packets before 0) in mp4, two segments of SVT-AV1 joined into
+    mkv: every frame time and every audio packet where it was."""
+    src = make_clip(tmp_path / "clip.mp4", codec="libx264", audio=("aac",), subtitles=False, chapters=False,
+                    codec_options={"bf": "2"})
+    out = tmp_path / "clip-av1.mkv"
+    r = _upscale(str(src), "-o", str(out), "--model", str(checkpoint), "--video-codec", "libsvtav1",
+                 "--segment-frames", "4", "--preset", "12")
+    assert r.exit_code == 0, r.output
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name in ("libdav1d", "av1")
+    assert [f[0] * f[1] for f in frames_of(out)] == [f[0] * f[1] for f in frames_of(src)] == [p * TB for p in VFR_PTS]
+    (audio_in,), (audio_out,) = packets_of(src, "audio"), packets_of(out, "audio")
+    assert [b for b, _ in audio_out] == [b for b, _ in audio_in]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(audio_in, audio_out)) <= 0.0005  # mkv counts milliseconds
+    assert audio_out[0][1] < 0  # the AAC priming packet stays before 0 (nothing shifted)
