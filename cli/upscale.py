@@ -35,7 +35,7 @@ def upscale(
     engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Exported model: .onnx, or a TensorRT .engine / .plan. With neither --engine nor --model: the bundled default-x4 (shipped as ONNX).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint (.pt / .safetensors) or bundled model name, run with PyTorch.")] = None,
     backend: Annotated[BackendChoice, typer.Option("--backend", "-b", help="Inference backend; auto picks the fastest available for the model and prints it: ONNX Runtime CUDA with a GPU, else OpenVINO on the CPU (ONNX Runtime CPU when OpenVINO is missing or cannot compile the graph). trt with an .onnx builds a cached TensorRT engine on first use.")] = BackendChoice.auto,
-    precision: Annotated[PrecisionOption, typer.Option("--precision", "-p", help="CPU compute precision (OpenVINO; PyTorch: fp32 / bf16). auto: bf16 where the CPU has AMX-BF16 or AVX512-BF16 and the model passes the fidelity gate (BF16 vs FP32 PSNR >= --min-psnr on fixed photo tiles, measured once and cached), fp32 otherwise and for 16-bit outputs; int8 for an INT8 Q/DQ file (hrx calibrate). The first line says what was chosen and why.")] = PrecisionOption.auto,
+    precision: Annotated[PrecisionOption, typer.Option("--precision", "-p", help="CPU compute precision (OpenVINO; PyTorch: fp32 / bf16). auto: bf16 where the CPU has AMX-BF16 or AVX512-BF16 and the model passes the fidelity gate (BF16 vs FP32 PSNR >= --min-psnr on fixed photo tiles, measured once and cached), fp32 otherwise and for outputs deeper than 8 bits (16-bit images, 10-bit video); int8 for an INT8 Q/DQ file (hrx calibrate). The first line says what was chosen and why.")] = PrecisionOption.auto,
     min_psnr: Annotated[float, typer.Option("--min-psnr", help="The fidelity gate's threshold for --precision auto: BF16 against FP32, dB.")] = DEFAULT_MIN_PSNR,
     gate_images: Annotated[Optional[Path], typer.Option("--gate-images", help="Folder of photos for the fidelity gate (its first 4, centre crops) [default: photo crops bundled with hrx].", show_default=False)] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also upscale images in sub-folders.")] = False,
@@ -113,10 +113,16 @@ def upscale(
     if jobs:
         check_inputs(jobs, output)  # before any model work (a first run exports the bundled model: slow)
     configure_pillow(max_pixels)
+    if videos:  # before any model work (the precision gate runs models)
+        from hrx.extras import require
+
+        require("video", f"upscaling videos ({videos[0].source})")
     log = None if quiet else _once(lambda line: typer.echo(line, err=True))
+    deep = precision.value == "auto" and backend.value in ("auto", "openvino") and (
+        _sixteen_bit_images(jobs, fmt.value) or _deep_videos(videos, pix_fmt))
     request = BackendRequest(engine, model, backend.value, tile, batch, 0, log=log, url=url, model_name=model_name,
                              timeout=timeout, precision=precision.value, min_psnr=min_psnr, gate_images=gate_images,
-                             sixteen_bit_output=_sixteen_bit_output(jobs, fmt.value, precision.value, backend.value))
+                             deep_output=deep)
     bundled = engine is None and model is None and url is None and model_name is None  # named so in the lines below
     request = _resolve(request, quiet)
     if videos:
@@ -233,14 +239,37 @@ def _once(echo):
     return log
 
 
-def _sixteen_bit_output(jobs, fmt: str, precision: str, backend: str) -> bool:
-    """Whether ``--precision auto`` must consider 16-bit outputs: some input has 16 bits per channel and
-    the format keeps them (headers only; only asked where the answer can matter)."""
+def _sixteen_bit_images(jobs, fmt: str) -> bool:
+    """Whether an image will be written with 16 bits per channel: a 16-bit input in a format that keeps
+    them (headers only)."""
     from hrx.runtime.images import EIGHT_BIT_FORMATS, sixteen_bit
 
-    if precision != "auto" or backend not in ("auto", "openvino") or fmt in EIGHT_BIT_FORMATS:
+    return fmt not in EIGHT_BIT_FORMATS and any(sixteen_bit(job.source) for job in jobs)
+
+
+def _deep_videos(videos, pix_fmt: Optional[str]) -> bool:
+    """Whether a video will be written with more than 8 bits per sample: ``--pix-fmt`` says so, or (without
+    it) an input stream has them (the output keeps the input's depth). Unreadable videos are reported later."""
+    if not videos:
         return False
-    return any(sixteen_bit(job.source) for job in jobs)
+    from hrx.runtime.video_color import bits_of
+
+    if pix_fmt:
+        try:
+            return bits_of(pix_fmt) > 8
+        except ValueError:  # not a pixel format: the video path reports it in one line
+            return False
+    from hrx.runtime.video import open_input
+
+    for job in videos:
+        try:
+            with open_input(job.source) as container:
+                fmt = container.streams.video[0].codec_context.format
+                if fmt is not None and bits_of(fmt.name) > 8:
+                    return True
+        except (HRXError, IndexError, ValueError, OSError):
+            continue
+    return False
 
 
 def _resolve(request, quiet: bool):

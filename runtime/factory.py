@@ -37,7 +37,7 @@ class BackendRequest:
     precision: str = "auto"  # auto | fp32 | bf16 | int8 (hrx.runtime.precision_policy)
     min_psnr: float = 50.0  # auto: the BF16 fidelity gate's threshold, dB against FP32
     gate_images: Path | None = None  # auto: photos for the fidelity gate (None: the bundled ones)
-    sixteen_bit_output: bool = False  # auto: some output has 16 bits per channel (then FP32)
+    deep_output: bool = False  # auto: some output has more than 8 bits per channel (then FP32)
     fallback: bool = False  # an OpenVINO that cannot compile the graph falls back to ONNX Runtime CPU (auto)
     streams: int = 1  # OpenVINO streams of one compiled model (hrx.runtime.openvino.CPU_PARALLELISM "streams")
     device: int | None = None  # CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch); None: the current one
@@ -108,7 +108,7 @@ def _resolve_openvino(engine: Path, request: BackendRequest):
     info = ModelInfo.from_onnx(engine)
     if info.ops == "plugin":
         raise OpenVINOCompileError(plugin_refusal(engine))
-    choice = choose_precision(request.precision, engine, info, sixteen_bit_output=request.sixteen_bit_output,
+    choice = choose_precision(request.precision, engine, info, deep_output=request.deep_output,
                               images=request.gate_images, min_psnr=request.min_psnr)
     precision = choice.precision if choice.precision in ("bf16", "int8") else "fp32"  # fp16 files: as written
     return dataclasses.replace(request, engine=engine, backend="openvino", precision=precision,

@@ -4,8 +4,8 @@
 
 * an INT8 Q/DQ file (``hrx calibrate``) runs as INT8, the ops around its INT8 convolutions in FP32 (as the
   calibration's quality gate measured them); a file exported in FP16/BF16 runs as written;
-* FP32 when any output is written with 16 bits per channel (BF16 keeps 8 bits of mantissa: below a
-  16-bit file's resolution), when the CPU has neither AMX-BF16 nor AVX512-BF16 (read from
+* FP32 when any output is written with more than 8 bits per channel, 16-bit images or 10-bit video (BF16
+  keeps 8 bits of mantissa: below such a file's resolution), when the CPU has neither AMX-BF16 nor AVX512-BF16 (read from
   ``/proc/cpuinfo``; BF16 would be emulated, slower than FP32), or when the model says it misbehaves in
   BF16 (metadata ``bf16=False``);
 * otherwise BF16 when it passes the fidelity gate: BF16 against FP32, both OpenVINO, on fixed photo tiles
@@ -90,7 +90,7 @@ class GateResult:
         return self.psnr >= min_psnr
 
 
-def choose_precision(requested: str, path: str | os.PathLike, info: ModelInfo, *, sixteen_bit_output: bool = False,
+def choose_precision(requested: str, path: str | os.PathLike, info: ModelInfo, *, deep_output: bool = False,
                      images: str | os.PathLike | None = None, min_psnr: float = DEFAULT_MIN_PSNR,
                      flags: frozenset[str] | None = None) -> PrecisionChoice:
     """The precision OpenVINO runs ``path`` in for ``--precision requested`` (see the module doc)."""
@@ -116,8 +116,9 @@ def choose_precision(requested: str, path: str | os.PathLike, info: ModelInfo, *
         return PrecisionChoice("bf16", "bf16", "asked")
     if info.precision != "fp32":
         return PrecisionChoice(info.precision, "fp32", f"the file is a {info.precision} export; it runs as written")
-    if sixteen_bit_output:
-        return PrecisionChoice("fp32", "fp32", "16-bit outputs; --precision bf16 to override")
+    if deep_output:
+        return PrecisionChoice("fp32", "fp32", "outputs deeper than 8 bits (16-bit images, 10-bit video); "
+                                               "--precision bf16 to override")
     if not native:
         return PrecisionChoice("fp32", "fp32", f"this CPU has neither AMX-BF16 nor AVX512-BF16 (flags: "
                                                f"{flags_summary(flags)})")

@@ -73,9 +73,39 @@ def test_auto_without_bf16_flags_is_fp32_without_measuring(tmp_path, monkeypatch
     choice = policy.choose_precision("auto", path, ModelInfo.from_onnx(path), flags=WITHOUT_BF16)
     assert (choice.precision, choice.compute) == ("fp32", "fp32")
     assert choice.line == "precision: fp32 (this CPU has neither AMX-BF16 nor AVX512-BF16 (flags: avx512f))"
-    choice = policy.choose_precision("auto", path, ModelInfo.from_onnx(path), flags=WITH_BF16, sixteen_bit_output=True)
-    assert choice.precision == "fp32" and "16-bit outputs" in choice.reason
+    choice = policy.choose_precision("auto", path, ModelInfo.from_onnx(path), flags=WITH_BF16, deep_output=True)
+    assert choice.precision == "fp32" and "outputs deeper than 8 bits" in choice.reason
     assert policy.choose_precision("fp32", path, ModelInfo.from_onnx(path), flags=WITH_BF16).line == "precision: fp32 (asked)"
+
+
+def test_deep_outputs_are_found_from_headers(tmp_path):
+    """16-bit images (kept by PNG / TIFF, not JPEG) and 10-bit videos (unless --pix-fmt says 8) ask for FP32."""
+    from hrx.cli.upscale import _deep_videos as deep_videos, _sixteen_bit_images as sixteen_bit_output
+
+    from hrx.runtime.images import Picture, write_image
+    from hrx.runtime.pipeline import plan_jobs
+
+    folder = _photo(tmp_path / "in")
+    assert not sixteen_bit_output(plan_jobs([folder], tmp_path / "o", "png", False), "png")
+    write_image(folder / "deep.png", Picture(np.zeros((8, 8, 3), np.float32), None, 16), "png")
+    jobs = plan_jobs([folder], tmp_path / "o", "png", False)
+    assert sixteen_bit_output(jobs, "png") and sixteen_bit_output(jobs, "tiff") and not sixteen_bit_output(jobs, "jpeg")
+    av = pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")
+    from hrx.cli.upscale_video import VideoJob
+
+    clips = {}
+    for pix_fmt in ("yuv420p", "yuv420p10le"):
+        clips[pix_fmt] = tmp_path / f"{pix_fmt}.mkv"
+        with av.open(str(clips[pix_fmt]), "w") as out:
+            stream = out.add_stream("ffv1", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 16, 16, pix_fmt
+            frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24").reformat(format=pix_fmt)
+            for packet in [*stream.encode(frame), *stream.encode()]:
+                out.mux(packet)
+    assert not deep_videos([VideoJob(clips["yuv420p"], tmp_path / "a.mkv")], None)
+    assert deep_videos([VideoJob(clips["yuv420p10le"], tmp_path / "b.mkv")], None)
+    assert not deep_videos([VideoJob(clips["yuv420p10le"], tmp_path / "b.mkv")], "yuv420p")
+    assert deep_videos([VideoJob(clips["yuv420p"], tmp_path / "a.mkv")], "yuv420p10le")
 
 
 def test_impossible_requests_are_one_line_errors(tmp_path):
