@@ -145,6 +145,22 @@ def _scales(fmt: Layout, full: bool) -> tuple[float, float, float, float]:
     return 16 * k, 219 * k, 128 * k, 224 * k
 
 
+def _matrix(kr: float, kb: float) -> np.ndarray:
+    """R'G'B' -> Y' Cb Cr (Cb, Cr in [-0.5, 0.5])."""
+    kg = 1.0 - kr - kb
+    return np.array([[kr, kg, kb],
+                     [-kr / (2 - 2 * kb), -kg / (2 - 2 * kb), 0.5],
+                     [0.5, -kg / (2 - 2 * kr), -kb / (2 - 2 * kr)]], np.float64)
+
+
+def _apply(m: np.ndarray, x: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``m @ x + offset`` over ``[3, H, W]`` in float32, one matrix product (BLAS) for the whole frame."""
+    _, h, w = x.shape
+    out = (m.astype(np.float32) @ x.reshape(3, h * w)).reshape(len(m), h, w)
+    out += offset.astype(np.float32)[:, None, None]
+    return out
+
+
 def to_rgb(frame, color: Color | None = None) -> np.ndarray:
     """A decoded PyAV frame -> float32 ``[3, H, W]`` R'G'B' in [0, 1], at the frame's own depth."""
     fmt = layout(frame.format.name)
@@ -156,21 +172,24 @@ def to_rgb(frame, color: Color | None = None) -> np.ndarray:
         fmt = layout(target)
     color = color or frame_color(frame)
     h, w = frame.height, frame.width
-    planes = [p.astype(np.float32) for p in read_planes(frame, fmt)]
+    planes = read_planes(frame, fmt)
     if fmt.family == "gbr":
         g, b, r = planes[:3]
-        return np.clip(np.stack([r, g, b]) / float(2 ** fmt.bits - 1), 0.0, 1.0)
+        out = np.stack([r, g, b]).astype(np.float32)
+        out *= 1.0 / float(2 ** fmt.bits - 1)
+        return np.clip(out, 0.0, 1.0, out=out)
     y0, ys, c0, cs = _scales(fmt, color.full(fmt))
-    y = (planes[0] - y0) / ys
     if fmt.family == "gray":
+        y = (planes[0].astype(np.float32) - y0) / ys
         return np.clip(np.repeat(y[None], 3, axis=0), 0.0, 1.0)
-    cb = (_upsample(planes[1], fmt.sub_x, fmt.sub_y, h, w) - c0) / cs
-    cr = (_upsample(planes[2], fmt.sub_x, fmt.sub_y, h, w) - c0) / cs
-    kr, kb = color.kr_kb(h)
-    r = y + (2 - 2 * kr) * cr
-    b = y + (2 - 2 * kb) * cb
-    g = (y - kr * r - kb * b) / (1 - kr - kb)
-    return np.clip(np.stack([r, g, b]), 0.0, 1.0)
+    codes = np.empty((3, h, w), np.float32)  # Y', Cb, Cr as code values, chroma at full size
+    codes[0] = planes[0]
+    for k in (1, 2):
+        codes[k] = _upsample(planes[k].astype(np.float32), fmt.sub_x, fmt.sub_y, h, w)
+    # code values -> R'G'B': the inverse matrix with the range's offsets and spans folded in
+    m = np.linalg.inv(_matrix(*color.kr_kb(h))) / np.array([ys, cs, cs])
+    out = _apply(m, codes, -m @ np.array([y0, c0, c0]))
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def from_rgb(rgb: np.ndarray, pix_fmt: str, color: Color):
@@ -181,26 +200,27 @@ def from_rgb(rgb: np.ndarray, pix_fmt: str, color: Color):
     if fmt is None:
         raise HRXError(f"--pix-fmt {pix_fmt}: only planar YUV, gray and GBR formats are written "
                        "(e.g. yuv420p, yuv420p10le, yuv444p, gbrp)")
-    rgb = np.clip(rgb, 0.0, 1.0)
+    rgb = np.clip(rgb, 0.0, 1.0, dtype=np.float32)
     _, h, w = rgb.shape
     top = float(2 ** fmt.bits - 1)
     if fmt.family == "gbr":
-        planes = [rgb[1] * top, rgb[2] * top, rgb[0] * top]
+        rgb *= top
+        planes = [rgb[1], rgb[2], rgb[0]]
     else:
-        kr, kb = color.kr_kb(h)
-        y = kr * rgb[0] + (1 - kr - kb) * rgb[1] + kb * rgb[2]
         y0, ys, c0, cs = _scales(fmt, color.full(fmt))
-        planes = [y * ys + y0]
-        if fmt.family == "yuv":
-            cb = (rgb[2] - y) / (2 - 2 * kb)
-            cr = (rgb[0] - y) / (2 - 2 * kr)
-            planes += [_downsample(c, fmt.sub_x, fmt.sub_y) * cs + c0 for c in (cb, cr)]
+        m = _matrix(*color.kr_kb(h)) * np.array([ys, cs, cs])[:, None]  # R'G'B' -> code values
+        if fmt.family == "gray":
+            planes = [_apply(m[:1], rgb, np.array([y0]))[0]]
+        else:
+            codes = _apply(m, rgb, np.array([y0, c0, c0]))
+            planes = [codes[0]] + [_downsample(codes[k], fmt.sub_x, fmt.sub_y) for k in (1, 2)]
     frame = av.VideoFrame(w, h, pix_fmt)
     for plane, values in zip(frame.planes, planes):
         item = np.dtype(fmt.dtype).itemsize
-        buf = np.zeros((plane.height, plane.line_size // item), np.dtype(fmt.dtype).newbyteorder("<"))
-        buf[:, :plane.width] = np.clip(np.rint(values), 0, top)[:plane.height, :plane.width]
-        plane.update(buf.tobytes())
+        view = np.frombuffer(plane, np.dtype(fmt.dtype).newbyteorder("<"))  # the frame's own memory
+        view = view[:plane.height * (plane.line_size // item)].reshape(plane.height, plane.line_size // item)
+        values = values[:plane.height, :plane.width]
+        view[:, :plane.width] = np.clip(np.rint(values), 0, top)
     tag(frame, color)
     return frame
 
