@@ -108,14 +108,14 @@ def phases(backend, spec, clip: Path, options) -> dict[str, float]:
     """Decode, inference and encode of the hrx path, each alone over the whole clip (seconds)."""
     import av
 
-    from hrx.runtime.video import _Model, decode_segment, open_encoder, probe
+    from hrx.runtime.video import FrameUpscaler, decode_segment, open_encoder, probe
     from hrx.runtime.video_color import from_rgb
 
     plan = probe(clip, options, backend.info.scale)
     t0 = time.perf_counter()
     frames = [item for segment in plan.segments for item in decode_segment(plan, segment)]
     t1 = time.perf_counter()
-    model = _Model(backend, spec, plan)
+    model = FrameUpscaler(backend, spec, plan)
     outputs = [(pts, model(rgb)) for pts, rgb in frames]
     t2 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, av.open(str(Path(tmp) / "enc.mkv"), "w") as dst:

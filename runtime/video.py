@@ -467,7 +467,7 @@ def open_encoder(container, plan: VideoPlan, options: VideoOptions):
     return stream
 
 
-class _Model:
+class FrameUpscaler:
     """One frame through the tiled model: the pipeline's channel mapping, then resize if asked."""
 
     def __init__(self, backend: Backend, spec: TileSpec, plan: VideoPlan) -> None:
@@ -540,7 +540,7 @@ def encode_segment(backend: Backend, spec: TileSpec, plan: VideoPlan, segment: S
 
     threads = [threading.Thread(target=decode, name="hrx-video-decode", daemon=True),
                threading.Thread(target=encode, name="hrx-video-encode", daemon=True)]
-    model = _Model(backend, spec, plan)
+    model = FrameUpscaler(backend, spec, plan)
     for t in threads:
         t.start()
     try:
