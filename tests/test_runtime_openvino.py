@@ -1,5 +1,6 @@
 """OpenVINO backend: f32 against ONNX Runtime FP32 (hrx-t and a spandrel network, perturbed weights), BF16
-within a PSNR bound and not f32, the compiled-model cache, plugin-op refusal, shapes and errors.
+within a PSNR bound and not f32, the compiled-model cache, plugin-op refusal, shapes and errors, hrx verify,
+OpenVINO streams.
 
 OpenVINO computes in BF16 by default on CPUs with AVX512-BF16 / AMX: every comparison here pins the
 precision (the backend always sets INFERENCE_PRECISION_HINT)."""
@@ -57,6 +58,10 @@ def test_f32_matches_onnxruntime_on_hrx_t(hrx_t_dynamic):
         np.testing.assert_allclose(out, ort.infer(batch), atol=1e-4)
     with pytest.raises(HRXError, match="expected tiles of shape"):
         ov.infer(x[:, :, :16])
+    # BF16 differs from f32 (the hint is honoured) and stays within a PSNR bound (measured 54.7 dB here)
+    with OpenVINOBackend(path, precision="bf16") as bf16:
+        psnr = metrics.psnr(np.clip(bf16.infer(x), 0, 1), np.clip(got, 0, 1))
+    assert 45.0 < psnr < 90.0, psnr
     ov.close()
     ov.close()  # idempotent
 
@@ -67,16 +72,6 @@ def test_f32_matches_onnxruntime_on_spandrel_span(span_onnx):
     got, want = ov.infer(x), ort.infer(x)
     assert np.abs(got - want).max() <= 1e-4
     assert_not_bicubic(got, x, ov.info.scale)
-
-
-def test_bf16_is_bf16_and_close(hrx_t_dynamic):
-    """BF16 differs from f32 (the hint is honoured) and stays within a PSNR bound (measured 54.7 dB here)."""
-    _, path = hrx_t_dynamic
-    f32, bf16 = OpenVINOBackend(path, precision="fp32"), OpenVINOBackend(path, precision="bf16")
-    x = _tiles(f32, 1)
-    a, b = f32.infer(x), bf16.infer(x)
-    psnr = metrics.psnr(np.clip(b, 0, 1), np.clip(a, 0, 1))
-    assert 45.0 < psnr < 90.0, psnr
 
 
 def test_compiled_model_cache_is_hit_on_second_open(tmp_path):
@@ -149,7 +144,7 @@ def test_verify_compares_openvino_with_pytorch(hrx_t_dynamic):
     from hrx.cli.main import app
 
     ckpt, path = hrx_t_dynamic
-    res = CliRunner().invoke(app, ["verify", str(path), "-c", str(ckpt), "--backends", "onnxrt,openvino"])
+    res = CliRunner().invoke(app, ["verify", str(path), "-c", str(ckpt), "--backends", "openvino"])
     assert res.exit_code == 0, res.output
     assert any(line.split()[:2] == ["openvino-f32", "PASS"] for line in res.output.splitlines()), res.output
 
