@@ -16,10 +16,18 @@ all. All rows use every core the process may use (``--threads``) and the same ph
 scikit-image's astronaut, tile ``--tile``). Rows (``--row``, repeatable):
 
 * ``ort-1xN`` / ``ort-Nx1``: ONNX Runtime FP32, one session of N threads / N one-thread sessions;
-* ``ov-{f32,bf16,int8}-{latency,throughput}``: OpenVINO (:class:`hrx.runtime.openvino.OpenVINOBackend`),
-  one stream of N threads (latency) or N streams (throughput, tiles through its asynchronous queue).
+* ``default``: what ``hrx upscale --engine model.onnx`` runs with no backend or precision named
+  (:func:`hrx.runtime.factory.resolve_request`: OpenVINO, ``--precision auto``), in the parallel mode of
+  :data:`hrx.runtime.openvino.CPU_PARALLELISM`; the note says the precision it chose;
+* ``ov-{f32,bf16,int8,int8bf16}-{latency,throughput,Nx1}``: OpenVINO
+  (:class:`hrx.runtime.openvino.OpenVINOBackend`): one stream of N threads (latency), N streams of one
+  compiled model (throughput, tiles through its asynchronous queue), or N one-thread compiled models
+  sharing the tiles (Nx1, :class:`hrx.runtime.pool.SharedSessions`, as ``hrx upscale --workers N``).
   ``int8`` is ``hrx calibrate --target openvino`` of the same export (bundled photos except the
-  astronaut; ``--samples``), with bf16 outside the INT8 convolutions where the CPU has BF16, else f32;
+  astronaut; ``--samples``) with f32 outside the INT8 convolutions (``--precision int8``), ``int8bf16``
+  the same file with bf16 there;
+Default rows: all but ``torch-compile`` and the rarer OpenVINO combinations (:data:`DEFAULT_ROWS`).
+
 * ``torch-fp32`` / ``torch-bf16``: PyTorch eager (the model as loaded: HRX's training-side model, spandrel's
   class), bf16 under ``torch.autocast`` with channels_last; ``torch-compile`` (``--compile``, minutes of
   compiling per model): inductor on the FP32 model.
@@ -61,8 +69,13 @@ HRX_MODELS = {"default-x2": "default-x2", "default-x4": "default-x4"}
 ZOO_MODELS = {"compact-x4": "SRVGGNetCompact", "span-x4": "SPAN", "realplksr-x4": "RealPLKSR", "rrdbnet-x4": "RRDBNet"}
 MODELS = tuple(HRX_MODELS) + tuple(ZOO_MODELS)
 ONE_TILE = ("rrdbnet-x4",)  # ~18 MMAC per input pixel: one tile per pass is enough
-ROWS = ("ort-1xN", "ort-Nx1", "ov-f32-latency", "ov-f32-throughput", "ov-bf16-latency", "ov-bf16-throughput",
-        "ov-int8-latency", "ov-int8-throughput", "torch-fp32", "torch-bf16", "torch-compile")
+OV_KINDS = ("f32", "bf16", "int8", "int8bf16")  # compute precision; int8*: the hrx calibrate --target openvino file
+OV_MODES = ("latency", "throughput", "Nx1")  # 1 stream of N threads, N streams, N one-thread compiled models
+ROWS = ("ort-1xN", "ort-Nx1", "default") + tuple(f"ov-{k}-{m}" for k in OV_KINDS for m in OV_MODES) + \
+    ("torch-fp32", "torch-bf16", "torch-compile")
+DEFAULT_ROWS = ("ort-1xN", "ort-Nx1", "default", "ov-f32-latency", "ov-f32-Nx1", "ov-bf16-latency",
+                "ov-bf16-throughput", "ov-bf16-Nx1", "ov-int8-latency", "ov-int8-throughput", "ov-int8-Nx1",
+                "ov-int8bf16-latency", "torch-fp32", "torch-bf16")
 FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni")
 CALIB_EXCLUDE = ("astronaut",)  # the benchmark photo
 # pause before each timed pass: ONNX Runtime's and OpenVINO's worker threads spin for a while after a run,
@@ -178,27 +191,42 @@ Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
 def ort_runner(path: Path, threads: int, sessions: int) -> Runner:
-    from concurrent.futures import ThreadPoolExecutor
-
     from hrx.runtime.onnxrt import OnnxRuntimeBackend
+    from hrx.runtime.pool import SharedSessions
 
-    backends = [OnnxRuntimeBackend(path, "cpu", threads=threads) for _ in range(sessions)]
     if sessions == 1:
-        return lambda tiles: [backends[0].infer(t) for t in tiles]
-    pool = ThreadPoolExecutor(sessions)
-
-    def run(tiles: list[np.ndarray]) -> list[np.ndarray]:
-        return list(pool.map(lambda k: backends[k % sessions].infer(tiles[k]), range(len(tiles))))
-    return run
+        backend = OnnxRuntimeBackend(path, "cpu", threads=threads)
+        return lambda tiles: [backend.infer(t) for t in tiles]
+    shared = SharedSessions([OnnxRuntimeBackend(path, "cpu", threads=1) for _ in range(sessions)])
+    return lambda tiles: list(shared.infer_many(tiles))
 
 
-def ov_runner(path: Path, precision: str, threads: int, streams: int) -> Runner:
+def ov_runner(path: Path, precision: str, threads: int, mode: str) -> Runner:
     from hrx.runtime.openvino import OpenVINOBackend
+    from hrx.runtime.pool import SharedSessions
 
+    if mode == "Nx1":
+        shared = SharedSessions([OpenVINOBackend(path, precision=precision, threads=1, cache=False)
+                                 for _ in range(threads)])
+        return lambda tiles: list(shared.infer_many(tiles))
+    streams = 1 if mode == "latency" else threads
     backend = OpenVINOBackend(path, precision=precision, threads=threads, streams=streams, cache=False)
     if streams == 1:
         return lambda tiles: [backend.infer(t) for t in tiles]
     return lambda tiles: list(backend.infer_many(tiles))
+
+
+def default_runner(path: Path, threads: int) -> tuple[Runner, str]:
+    """What ``hrx upscale --engine path`` picks with no backend or precision named, and its precision line."""
+    from hrx.runtime.factory import BackendRequest, resolve_request
+    from hrx.runtime.openvino import CPU_PARALLELISM
+
+    request, choice = resolve_request(BackendRequest(engine=path, threads=threads))
+    line = choice.line if choice is not None else f"backend {request.backend}"
+    if request.backend != "openvino":
+        return ort_runner(path, 1, threads), f"{request.backend}, N x 1; {line}"
+    mode = "Nx1" if CPU_PARALLELISM == "sessions" else "throughput"
+    return ov_runner(path, request.precision, threads, mode), f"openvino {request.precision} {mode}; {line}"
 
 
 def torch_runner(net, bf16: bool) -> Runner:
@@ -231,31 +259,30 @@ def compile_runner(net, tile0: np.ndarray) -> tuple[Runner, float]:
     return run, time.perf_counter() - t0
 
 
-def measure(model: Model, rows: list[str], tiles: list[np.ndarray], rounds: int, threads: int, flags: set[str],
-            work: Path, samples: int, log) -> list[dict]:
+def measure(model: Model, rows: list[str], tiles: list[np.ndarray], rounds: int, threads: int, work: Path,
+            samples: int, log) -> list[dict]:
     runners: dict[str, Runner] = {}
     notes: dict[str, str] = {}
-    int8_rest = "bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else "fp32"
     for row in rows:
         try:
             if row == "ort-1xN":
                 runners[row] = ort_runner(model.onnx, threads, 1)
             elif row == "ort-Nx1":
                 runners[row] = ort_runner(model.onnx, 1, threads)
+            elif row == "default":
+                runners[row], notes[row] = default_runner(model.onnx, threads)
             elif row.startswith("ov-"):
                 _, kind, mode = row.split("-")
-                path, precision = model.onnx, ("fp32" if kind == "f32" else kind)
-                if kind == "int8":
+                path, precision = model.onnx, {"f32": "fp32", "bf16": "bf16", "int8": "fp32", "int8bf16": "bf16"}[kind]
+                if kind.startswith("int8"):
                     if "int8" not in notes:
                         t0 = time.perf_counter()
-                        path, gate = calibrate_openvino(model, work, samples, threads)
+                        notes["int8_path"], gate = calibrate_openvino(model, work, samples, threads)
                         notes["int8"] = f"{gate}, calibrated in {time.perf_counter() - t0:.0f} s"
                         log(f"{model.name} INT8 (hrx calibrate --target openvino): {notes['int8']}")
-                        notes["int8_path"] = str(path)
-                    path, precision = Path(notes["int8_path"]), int8_rest
-                    notes[row] = f"int8 + {precision}"
-                streams = 1 if mode == "latency" else threads
-                runners[row] = ov_runner(path, precision, threads, streams)
+                    path = Path(notes["int8_path"])
+                    notes[row] = f"int8 + {precision} elsewhere"
+                runners[row] = ov_runner(path, precision, threads, mode)
             elif row == "torch-fp32":
                 runners[row] = torch_runner(model.torch, False)
             elif row == "torch-bf16":
@@ -350,7 +377,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", choices=MODELS, help="repeatable; default: all")
-    ap.add_argument("--row", action="append", choices=ROWS, help="repeatable; default: all but torch-compile")
+    ap.add_argument("--row", action="append", choices=ROWS, help="repeatable; default: DEFAULT_ROWS")
     ap.add_argument("--compile", action="store_true", help="add the torch.compile row (minutes per model)")
     ap.add_argument("--size", choices=("real", "tiny"), default="real", help="spandrel models' size")
     ap.add_argument("--tile", type=int, default=128)
@@ -369,7 +396,7 @@ def main() -> None:
 
     threads = args.threads or available_cores()
     torch.set_num_threads(threads)
-    rows = list(args.row or [r for r in ROWS if r != "torch-compile"])
+    rows = list(args.row or DEFAULT_ROWS)
     if args.compile and "torch-compile" not in rows:
         rows.append("torch-compile")
     flags = cpu_flags()
@@ -399,7 +426,7 @@ def main() -> None:
                 print(f"| {name} | export | FAIL: {str(e).strip().splitlines()[0][:140]} |||||", flush=True)
                 continue
             tiles = photo_tiles(args.tile, 1 if name in ONE_TILE else args.tiles)
-            for r in measure(model, rows, tiles, args.rounds, threads, flags, work, args.samples, log):
+            for r in measure(model, rows, tiles, args.rounds, threads, work, args.samples, log):
                 results.append(r)
                 ratio = lambda v: "" if v is None else f"{v:.2f}x"  # noqa: E731
                 print(f"| {r['model']} | {r['row']} | {r['ms_per_tile']:.1f} | {ratio(r['vs_ort_fp32'])} | "

@@ -9,6 +9,9 @@ Methods, all calibrated on the same bundled scikit-image photos (``--unseen`` on
   quantizer, HRX's float plan; first rung of the ladder, no fallback), a Q/DQ ONNX file;
 * ``nncf-onnx``: NNCF's post-training quantization of the FP32 ONNX file (its ONNX backend), a Q/DQ ONNX
   file, with HRX's float plan as NNCF's ignored scope; ``nncf-onnx-plain`` without it;
+  ``nncf-onnx-convs`` with the float plan and every op type but Conv / Gemm ignored (only convolution
+  inputs quantized, as HRX does) and mean-quantile activation ranges (``--nncf-ranges``);
+  ``--nncf-preset`` picks NNCF's preset (performance: symmetric activations, mixed: asymmetric);
 * ``nncf-ir``: NNCF on the OpenVINO model read from the same ONNX file (an in-memory IR);
 * ``openvino``: ``hrx calibrate --target openvino`` (what the CLI ships).
 
@@ -36,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-METHODS = ("qdq-cpu", "qdq-trt", "nncf-onnx", "nncf-onnx-plain", "nncf-ir", "openvino")
+METHODS = ("qdq-cpu", "qdq-trt", "nncf-onnx", "nncf-onnx-plain", "nncf-onnx-convs", "nncf-ir", "openvino")
+# what nncf-onnx-convs leaves float besides HRX's float plan: every op but Conv / Gemm
+NNCF_FLOAT_TYPES = ("Add", "Mul", "Sub", "Div", "Resize", "PRelu", "MatMul", "Concat", "Sigmoid")
 MODELS = ("default-x2", "compact-x4")
 UNSEEN = ("astronaut", "camera", "retina", "gravel")
 
@@ -78,9 +83,13 @@ def calib_tiles(folder: Path, tile: int, samples: int, seed: int) -> np.ndarray:
     return sample_tiles(folder, tile, 1, 3, samples, 1, seed).calib
 
 
-def nncf_onnx(fp32: Path, out: Path, tiles: np.ndarray, ignore_plan: bool) -> Path:
+def nncf_onnx(fp32: Path, out: Path, tiles: np.ndarray, ignore_plan: bool, convs_only: bool = False,
+              preset: str = "performance", ranges: str | None = None) -> Path:
+    """NNCF's ``quantize`` of the ONNX file; ``ranges`` None: NNCF's default activation ranges."""
     import nncf
     import onnx
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     from hrx.calibration.graph import float_plan
 
@@ -90,9 +99,15 @@ def nncf_onnx(fp32: Path, out: Path, tiles: np.ndarray, ignore_plan: bool) -> Pa
             node.name = f"hrx_unnamed_{i}_{node.op_type}"
     name = model.graph.input[0].name
     names = sorted({n for nodes in float_plan(model).values() for n in nodes}) if ignore_plan else []
+    types = list(NNCF_FLOAT_TYPES) if convs_only else []
+    advanced = None
+    if ranges is not None:
+        estimator = {"minmax": RangeEstimatorParametersSet.MINMAX, "quantile": RangeEstimatorParametersSet.MEAN_QUANTILE}
+        advanced = AdvancedQuantizationParameters(activations_range_estimator_params=estimator[ranges])
     q = nncf.quantize(model, nncf.Dataset([t[None] for t in tiles], lambda x: {name: x}),
-                      preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
-                      subset_size=len(tiles), ignored_scope=nncf.IgnoredScope(names=names, validate=False))
+                      preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
+                      subset_size=len(tiles), ignored_scope=nncf.IgnoredScope(names=names, types=types, validate=False),
+                      advanced_parameters=advanced)
     onnx.save(q, str(out))
     return out
 
@@ -143,6 +158,9 @@ def main() -> None:
     ap.add_argument("--precision", action="append", choices=("f32", "bf16"), help="OpenVINO inference precision "
                     "(repeatable; default: f32 and bf16)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--nncf-preset", choices=("performance", "mixed"), default="performance")
+    ap.add_argument("--nncf-ranges", choices=("minmax", "quantile"), default="quantile",
+                    help="activation ranges of nncf-onnx-convs (the others use NNCF's default, min/max)")
     ap.add_argument("--threads", type=int, default=0, help="OpenVINO threads (0: all cores)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -182,8 +200,12 @@ def main() -> None:
                                                    samples=args.samples, eval_tiles=8, force=True,
                                                    fallback=method == "openvino", seed=args.seed))
                         files[method] = out
+                    elif method == "nncf-onnx-convs":
+                        files[method] = nncf_onnx(fp32, work / f"{name}.{method}.onnx", tiles, True, True,
+                                                  args.nncf_preset, args.nncf_ranges)
                     elif method.startswith("nncf-onnx"):
-                        files[method] = nncf_onnx(fp32, work / f"{name}.{method}.onnx", tiles, method == "nncf-onnx")
+                        files[method] = nncf_onnx(fp32, work / f"{name}.{method}.onnx", tiles, method == "nncf-onnx",
+                                                  preset=args.nncf_preset)
                     else:
                         files[method] = nncf_ir(fp32, tiles)
                 except Exception as e:  # noqa: BLE001 - one line, the table goes on
