@@ -417,6 +417,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     results: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix="hrx-cpu-engines-"))
+    # a cache of its own (compiled models, the BF16 gate's figures), so every run starts alike and the
+    # user's cache is left alone; the e2e commands inherit it
+    os.environ["HRX_CACHE_DIR"] = str(work / "cache")
     try:
         for name in args.model or MODELS:
             log(f"{name}: export ...")
