@@ -76,42 +76,24 @@ ROWS = ("ort-1xN", "ort-Nx1", "default") + tuple(f"ov-{k}-{m}" for k in OV_KINDS
 DEFAULT_ROWS = ("ort-1xN", "ort-Nx1", "default", "ov-f32-latency", "ov-f32-Nx1", "ov-bf16-latency",
                 "ov-bf16-throughput", "ov-bf16-Nx1", "ov-int8-latency", "ov-int8-throughput", "ov-int8-Nx1",
                 "ov-int8bf16-latency", "torch-fp32", "torch-bf16")
-FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni")
 CALIB_EXCLUDE = ("astronaut",)  # the benchmark photo
 # pause before each timed pass: ONNX Runtime's and OpenVINO's worker threads spin for a while after a run,
 # and a row timed right after another ran several times slower (PyTorch eager after ORT, tiny tiles: 6x)
 SETTLE_S = 0.2
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def describe_cpu(flags: set[str]) -> list[str]:
+def describe_cpu(flags: frozenset[str]) -> list[str]:
     """The CPU line and what its flags mean for BF16 and INT8."""
-    have = [f for f in FLAGS if f in flags]
-    lines = [f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; flags: {', '.join(have) or 'none of ' + ', '.join(FLAGS)}"]
+    from results import cpu  # benchmarks/results.py
+
+    from hrx.runtime.precision_policy import REPORTED_FLAGS, bf16_native
+
+    have = [f for f in REPORTED_FLAGS if f in flags]
+    lines = [f"CPU: {cpu()['model']}, {os.cpu_count()} logical cores; flags: "
+             f"{', '.join(have) or 'none of ' + ', '.join(REPORTED_FLAGS)}"]
     if "amx_bf16" in flags:
         lines.append("AMX present: BF16 and INT8 matrix tiles")
-    elif "avx512_bf16" in flags:
+    elif bf16_native(flags):
         lines.append("NO AMX on this CPU: BF16 runs on AVX512-BF16 (dot products), INT8 on "
                      + ("AVX512-VNNI" if "avx512_vnni" in flags else "AVX2 / AVX-512 without VNNI"))
     else:
@@ -137,6 +119,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     b8 = np.round(np.clip(b, 0, 1) * 255)
     mse = float(np.mean((a8 - b8) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def finite(db: float) -> float | None:
+    return None if math.isinf(db) else round(db, 2)
+
+
+def psnr_text(db: float | None) -> str:
+    return "identical (8-bit)" if db is None else f"{db:.1f} dB"
 
 
 @dataclass
@@ -309,7 +299,7 @@ def measure(model: Model, rows: list[str], tiles: list[np.ndarray], rounds: int,
             "ms_per_tile": round(ms[row], 2), "ms_min": round(min(times[row]) * 1e3, 2),
             "vs_ort_fp32": round(ms["ort-1xN"] / ms[row], 3) if "ort-1xN" in ms else None,
             "vs_torch_eager": round(ms["torch-fp32"] / ms[row], 3) if "torch-fp32" in ms else None,
-            "psnr_vs_fp32": round(min(psnr(o, r) for o, r in zip(outs[row], reference)), 2),
+            "psnr_vs_fp32": finite(min(psnr(o, r) for o, r in zip(outs[row], reference))),  # None: identical
             "note": notes.get(row, ""),
         })
     return results
@@ -399,6 +389,8 @@ def main() -> None:
     rows = list(args.row or DEFAULT_ROWS)
     if args.compile and "torch-compile" not in rows:
         rows.append("torch-compile")
+    from hrx.runtime.precision_policy import cpu_flags
+
     flags = cpu_flags()
 
     def log(line: str) -> None:
@@ -433,7 +425,7 @@ def main() -> None:
                 results.append(r)
                 ratio = lambda v: "" if v is None else f"{v:.2f}x"  # noqa: E731
                 print(f"| {r['model']} | {r['row']} | {r['ms_per_tile']:.1f} | {ratio(r['vs_ort_fp32'])} | "
-                      f"{ratio(r['vs_torch_eager'])} | {r['psnr_vs_fp32']:.1f} dB | {r['note']} |", flush=True)
+                      f"{ratio(r['vs_torch_eager'])} | {psnr_text(r['psnr_vs_fp32'])} | {r['note']} |", flush=True)
         if args.e2e:
             model = work / f"{args.e2e_model}.onnx"
             if not model.exists():
@@ -449,7 +441,7 @@ def main() -> None:
     if not args.no_save:
         from results import save  # benchmarks/results.py
 
-        save("cpu_engines", results, params={k: v for k, v in vars(args).items()})
+        save("cpu_engines", results, params={**vars(args), "threads": threads})
 
 
 if __name__ == "__main__":
