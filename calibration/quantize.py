@@ -13,7 +13,7 @@ Targets (``--target``):
 * ``openvino``: unsigned asymmetric activations and signed symmetric per-channel weights (U8S8, what
   OpenVINO's CPU plugin runs as INT8 convolutions on VNNI / AMX), float biases, Q/DQ only on the inputs
   of Conv / Gemm / MatMul. No ONNX Runtime intensity rule: OpenVINO runs the depthwise and thin 1x1 convs
-  in INT8 as well (``benchmarks/bench_int8_openvino.py``, docs/int8-openvino.md).
+  in INT8 as well (``benchmarks/bench_int8_openvino.py``, docs/cpu-engines.md).
 
 Only Conv / ConvTranspose / Gemm and MatMul with a constant operand are quantized (the QDQ
 quantizer ignores ``MatMulConstBOnly``: activation x activation MatMul are excluded by name, with the
