@@ -1,6 +1,7 @@
 """CPU engines side by side in one run: ONNX Runtime, OpenVINO f32 / bf16 / INT8, PyTorch eager and torch.compile.
 
-The figures (run on an idle machine; everything else stopped; ~40 minutes on 2 cores)::
+The figures (run on an idle machine, everything else stopped; an hour or more on 2 cores, RRDBNet,
+RealPLKSR and torch.compile take most of it)::
 
     python benchmarks/bench_cpu_engines.py --rounds 7 --compile --e2e
 
@@ -36,7 +37,8 @@ Models (``--model``): the bundled ``default-x2`` / ``default-x4`` (trained), and
 SRVGGNetCompact, SPAN, RealPLKSR and RRDBNet at x4 at their published sizes (``--size real``; perturbed
 weights, ``tests/zoo.py``); RRDBNet times one tile per pass. Each row: ms per tile (median of ``--rounds``
 interleaved rounds, each round runs every row once), the ratio to ORT FP32 single-session and to PyTorch
-eager FP32, and the PSNR (8-bit) of its output against ORT FP32 on the same tiles.
+eager FP32 and to the ``default`` row, the PSNR (8-bit) of its output against ORT FP32 on the same tiles,
+and the share of 8-bit output values more than one level away from ORT FP32's.
 
 ``--e2e``: ``hrx upscale`` of a folder of photos (``--e2e-photos`` bundled photos) with the ``--e2e-model``
 export (default-x2), the default path (no backend named) against ``--backend onnxrt-cpu --precision fp32``, in input
@@ -123,6 +125,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def finite(db: float) -> float | None:
     return None if math.isinf(db) else round(db, 2)
+
+
+def off_by_more_than_one(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of 8-bit values of ``a`` more than one level away from ``b``'s (what a written file shows)."""
+    a8 = np.round(np.clip(a, 0, 1) * 255)
+    b8 = np.round(np.clip(b, 0, 1) * 255)
+    return float(np.mean(np.abs(a8 - b8) > 1))
 
 
 def psnr_text(db: float | None) -> str:
@@ -299,7 +308,9 @@ def measure(model: Model, rows: list[str], tiles: list[np.ndarray], rounds: int,
             "ms_per_tile": round(ms[row], 2), "ms_min": round(min(times[row]) * 1e3, 2),
             "vs_ort_fp32": round(ms["ort-1xN"] / ms[row], 3) if "ort-1xN" in ms else None,
             "vs_torch_eager": round(ms["torch-fp32"] / ms[row], 3) if "torch-fp32" in ms else None,
+            "vs_default": round(ms["default"] / ms[row], 3) if "default" in ms else None,
             "psnr_vs_fp32": finite(min(psnr(o, r) for o, r in zip(outs[row], reference))),  # None: identical
+            "off_by_2_levels": round(float(np.mean([off_by_more_than_one(o, r) for o, r in zip(outs[row], reference)])), 6),
             "note": notes.get(row, ""),
         })
     return results
@@ -405,8 +416,9 @@ def main() -> None:
         print(line)
     print(f"{threads} threads for every row; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
           f"openvino {openvino_version()}; tile {args.tile}, {args.rounds} interleaved rounds, median\n")
-    print("| model | row | ms / tile | vs ORT FP32 1xN | vs PyTorch eager FP32 | PSNR vs ORT FP32 | note |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | row | ms / tile | vs ORT FP32 1xN | vs PyTorch eager FP32 | vs default | PSNR vs ORT FP32 | "
+          "8-bit values > 1 level off | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix="hrx-cpu-engines-"))
     # a cache of its own (compiled models, the BF16 gate's figures), so every run starts alike and the
@@ -425,7 +437,8 @@ def main() -> None:
                 results.append(r)
                 ratio = lambda v: "" if v is None else f"{v:.2f}x"  # noqa: E731
                 print(f"| {r['model']} | {r['row']} | {r['ms_per_tile']:.1f} | {ratio(r['vs_ort_fp32'])} | "
-                      f"{ratio(r['vs_torch_eager'])} | {psnr_text(r['psnr_vs_fp32'])} | {r['note']} |", flush=True)
+                      f"{ratio(r['vs_torch_eager'])} | {ratio(r['vs_default'])} | {psnr_text(r['psnr_vs_fp32'])} | "
+                      f"{100 * r['off_by_2_levels']:.4f}% | {r['note']} |", flush=True)
         if args.e2e:
             model = work / f"{args.e2e_model}.onnx"
             if not model.exists():
