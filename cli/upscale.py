@@ -168,7 +168,7 @@ def upscale(
     if summary["failed"]:
         failed = [r for r in report.results if r.status == "failed"]
         not_run = [r for r in failed if not r.attempted]
-        why = f" ({len(not_run)} not run after the backend went down)" if not_run else ""
+        why = f" ({len(not_run)} not run)" if not_run else ""
         raise fail(f"{summary['failed']} of {len(jobs)} images failed{why}", max(r.exit_code or 1 for r in failed))
 
 
@@ -387,7 +387,7 @@ class _Progress:
     """Files and tiles bars on stderr (rich); errors printed above the bars, one line each."""
 
     def __init__(self, total: int, enabled: bool, on_result=None) -> None:
-        self.enabled, self.on_result = enabled, on_result
+        self.enabled, self.on_result, self.not_run_shown = enabled, on_result, False
         if not enabled:
             return
         from rich.console import Console
@@ -418,11 +418,18 @@ class _Progress:
     def finish_image(self, result) -> None:
         if self.on_result is not None:
             self.on_result(result)
-        if result.status == "failed" and result.attempted:  # images never tried: one line at the end
+        if result.status == "failed" and not result.attempted:  # images never tried: the first one's line only
+            if self.not_run_shown:
+                return self._advance()
+            self.not_run_shown = True
+        if result.status == "failed":
             if self.enabled:
                 self.bars.console.print(f"error: {result.reason}", markup=False, highlight=False)
             else:
                 typer.echo(f"error: {result.reason}", err=True)
+        self._advance()
+
+    def _advance(self) -> None:
         if self.enabled:
             self.bars.advance(self.files)
 

@@ -9,8 +9,14 @@
   ``compute=ActorPoolStrategy(size=actors)``; ``num_gpus=1`` per actor when the cluster has GPUs.
 * A bad image is a ``failed`` row with its reason (``run_batch`` catches it), never a failed Ray task.
   An actor that dies is restarted by Ray and its images are retried; outputs are renamed into place
-  whole, so none is ever half-written, and the temporary files a killed actor leaves are swept at the end.
-  If the driver dies, re-running with ``--skip-existing`` does the rest.
+  whole, so none is ever half-written. Temporary files carry the run's id (``.NAME.RUNID.XXXXXXXX.tmp``);
+  at the end, once no actor of the run is inside a call, the ones a killed actor left are removed, and only
+  those: another run writing into the same folder keeps its own. When the job succeeded every call has
+  returned; after a failed job Ray Data leaves its actors alive for a while, so the cleanup waits up to
+  ``stop_timeout`` seconds for them to stop and is skipped (temporary files may stay) if they do not.
+* A Ray job that fails for good (an actor that cannot open the model, a task that keeps failing) still
+  returns a report: the rows that came back, and every other image as a ``failed`` row (``attempted``
+  false) with the job's error. If the driver dies, re-running with ``--skip-existing`` does the rest.
 * Defaults leave a core to Ray Data's readers: at most N-1 CPU actors on N CPUs (a pool that takes every
   core can stall Ray Data for a long time), one ONNX Runtime thread per actor CPU.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hrx.errors import HRXError, MissingDependencyError
+from hrx.errors import HRXError, MissingDependencyError, one_line
+from hrx.paths import new_run_id, remove_temporaries
 from hrx.runtime.pipeline import BatchOptions, BatchReport, ImageResult, Job, NoProgress, Progress, run_batch
 
 
@@ -36,7 +44,7 @@ class RayOptions:
     actors: int = 0  # 0: CPU: N-1 of the cluster's N CPUs (at least 1); GPU: one per GPU
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 1.0  # used only when the cluster has GPUs
-    crash_once: str = ""  # tests: the first actor to see no file here creates it and dies mid-write
+    stop_timeout: float = 10.0  # after a failed job: how long to wait for its actors to stop before cleaning up
 
 
 def _ray():
@@ -81,13 +89,13 @@ def default_actors(cpus: float, gpus: float, options: RayOptions, todo: int) -> 
 class UpscaleActor:
     """Ray Data callable class: opens the backend once, then upscales one image per row."""
 
-    def __init__(self, request, overlap: int | None, merge: str, options: BatchOptions, crash_once: str = "") -> None:
+    def __init__(self, request, overlap: int | None, merge: str, options: BatchOptions) -> None:
         from hrx.runtime.factory import open_backend
         from hrx.runtime.images import configure_pillow
 
         configure_pillow(options.max_pixels)
         self.backend = open_backend(request)
-        self.options, self.crash_once = options, crash_once
+        self.options = options
         from hrx.runtime.tiling import TileSpec
 
         i = self.backend.info
@@ -99,26 +107,21 @@ class UpscaleActor:
         rows: list[dict] = []
         for index, source, output, error in zip(batch["index"], batch["source"], batch["output"], batch["error"]):
             job = Job(Path(str(source)), Path(str(output)), str(error) or None)
-            if self.crash_once:
-                self._maybe_crash(job)
             report = run_batch(self.backend, [job], self.spec, self.options)
             row = dataclasses.asdict(report.results[0])
             row.update(index=int(index), worker=self.worker)
             rows.append(row)
         return {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]} if rows else {}
 
-    def _maybe_crash(self, job: Job) -> None:
-        """Fault injection for the tests: die (as a killed process would) in the middle of writing."""
-        try:
-            fd = os.open(self.crash_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        job.output.parent.mkdir(parents=True, exist_ok=True)
-        with open(job.output.with_name(f".{job.output.name}.crashed.tmp"), "wb") as f:
-            f.write(b"\x89PNG\r\n\x1a\n half an image")
-            f.flush()
-            os._exit(1)
+
+def _job_error(e: BaseException) -> str:
+    """The user-code error inside a Ray error (``Type: message``, the last such line of the traceback text
+    Ray carries), else its first line; at most 300 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.findall(r"^(\w+(?:Error|Exception): .+)$", text, flags=re.MULTILINE)
+    if found:
+        return found[-1].strip()[:300]
+    return one_line(e)
 
 
 def _result(row: dict) -> ImageResult:
@@ -127,26 +130,37 @@ def _result(row: dict) -> ImageResult:
     return ImageResult(**values)
 
 
-def sweep_temporaries(jobs: Sequence[Job]) -> int:
-    """Remove the hidden ``.NAME.*.tmp`` files a killed writer left beside the outputs; returns how many."""
-    removed = 0
-    for job in jobs:
-        folder = job.output.parent
-        if not folder.is_dir():
-            continue
-        for tmp in folder.glob(f".{job.output.name}.*.tmp"):
-            try:
-                tmp.unlink()
-                removed += 1
-            except OSError:
-                pass
-    return removed
+def actors_stopped(ray, timeout: float, class_name: str = "UpscaleActor") -> bool:
+    """Whether every actor of this job whose class is ``class_name`` has stopped (dead, after a kill or the
+    end of the job), waiting up to ``timeout`` seconds; ``False`` when it cannot be told (no actor table).
+    Ray Data names its actors ``MapWorker(MapBatches(CLASS))``."""
+    try:
+        from ray._private.state import actors as actor_table
+
+        job = ray.get_runtime_context().get_job_id()
+    except Exception:  # noqa: BLE001 - an older / newer Ray without this table
+        return False
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            live = [a for a in actor_table().values() if class_name in str(a.get("ActorClassName", ""))
+                    and str(a.get("JobID", job)) in (job, "") and a.get("State") != "DEAD"]
+        except Exception:  # noqa: BLE001
+            return False
+        if not live:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def run_batch_ray(request, jobs: Sequence[Job], overlap: int | None, merge: str, options: BatchOptions,
-                  ray_options: RayOptions = RayOptions(), progress: Progress | None = None) -> BatchReport:
-    """Upscale ``jobs`` on Ray Data actors; the report lists every image in the planned order."""
+                  ray_options: RayOptions = RayOptions(), progress: Progress | None = None,
+                  actor: type = UpscaleActor) -> BatchReport:
+    """Upscale ``jobs`` on Ray Data actors (``actor``: :class:`UpscaleActor` or a subclass); the report lists
+    every image in the planned order, also when the Ray job fails part way (see the module doc)."""
     progress = progress or NoProgress()
+    options = dataclasses.replace(options, run_id=options.run_id or new_run_id())
     started = time.perf_counter()
     results: dict[int, ImageResult] = {}
     todo: list[tuple[int, Job]] = []
@@ -164,33 +178,37 @@ def run_batch_ray(request, jobs: Sequence[Job], overlap: int | None, merge: str,
         resources = ray.cluster_resources()
         actors, cpus, gpus = default_actors(resources.get("CPU", 1.0), resources.get("GPU", 0.0), ray_options, len(todo))
         request = dataclasses.replace(request, log=None, threads=max(1, int(cpus)))
-        options = dataclasses.replace(options, warn=None, on_error=None)  # callables of this process
+        actor_options = dataclasses.replace(options, warn=None, on_error=None)  # callables of this process
         context = DataContext.get_current()
         context.enable_progress_bars = False
         context.max_errored_blocks = 0
         items = [{"index": k, "source": str(j.source), "output": str(j.output), "error": j.error or ""}
                  for k, j in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(UpscaleActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
-                            fn_constructor_kwargs=dict(request=request, overlap=overlap, merge=merge, options=options,
-                                                       crash_once=ray_options.crash_once),
+        ds = ds.map_batches(actor, batch_size=1, compute=ActorPoolStrategy(size=actors),
+                            fn_constructor_kwargs=dict(request=request, overlap=overlap, merge=merge,
+                                                       options=actor_options),
                             num_cpus=cpus, num_gpus=gpus or None)  # Ray Data restarts actors and retries by default
         backend_name = f"ray ({actors} actor{'s' * (actors != 1)}, {cpus:g} CPU{f', {gpus:g} GPU' if gpus else ''} each)"
+        failure: str | None = None
         try:
             for row in ds.iter_rows():
                 result = _result(row)
                 results[int(row["index"])] = result
                 progress.finish_image(result)
-        except HRXError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a task that failed for good (an actor that cannot open the model)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-            raise HRXError(f"the Ray job failed: {first[:300]}") from None
-        finally:
-            sweep_temporaries([j for _, j in todo])
+        except Exception as e:  # noqa: BLE001 - the job failed for good (an actor that cannot open the model, ...)
+            failure = _job_error(e)
+        # every row back: no actor is inside a write; a failed job: wait until its actors have stopped
+        if failure is None or actors_stopped(ray, ray_options.stop_timeout, actor.__name__):
+            remove_temporaries([j.output for _, j in todo], options.run_id)
+        if failure is None and len(results) < len(jobs):
+            failure = f"it returned {len(results)} of {len(jobs)} images"
+        for k, job in todo:
+            if k not in results:
+                results[k] = ImageResult(str(job.source), str(job.output), "failed",
+                                         f"{job.source}: not run (the Ray job failed: {failure})", error="RayJobError",
+                                         exit_code=1, attempted=False)
+                progress.finish_image(results[k])
     report = BatchReport(backend_name, [results[k] for k in sorted(results)])
-    missing = len(jobs) - len(report.results)
-    if missing:
-        raise HRXError(f"the Ray job returned {len(report.results)} of {len(jobs)} images")
     report.seconds = time.perf_counter() - started
     return report

@@ -100,7 +100,7 @@ def read_report(path: str | os.PathLike) -> list[dict]:
 
 
 def unfinished_runs(rows: list[dict]) -> list[str]:
-    """Ids of the runs in a report that started and never wrote their summary (killed, crashed)."""
+    """Ids of the runs in a report that did not finish: no summary (killed, crashed) or an interrupted one."""
     started = [r["run"] for r in rows if r.get("type") == "run" and is_run_id(r.get("run"))]
-    finished = {r.get("run") for r in rows if r.get("type") == "summary"}
+    finished = {r.get("run") for r in rows if r.get("type") == "summary" and not r.get("interrupted")}
     return [run for run in dict.fromkeys(started) if run not in finished]

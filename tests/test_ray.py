@@ -14,7 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from hrx.cli.main import app
-from hrx.runtime.distributed import RayOptions, default_actors, run_batch_ray
+from hrx.paths import temporary_name
+from hrx.runtime.distributed import RayOptions, UpscaleActor, default_actors, run_batch_ray
 from hrx.runtime.factory import BackendRequest
 from hrx.runtime.pipeline import BatchOptions, plan_jobs
 
@@ -91,17 +92,68 @@ def test_ray_matches_plain_upscale_byte_for_byte(cluster, local, tmp_path):
     assert len(failed) == 1 and failed[0]["reason"].startswith(str(local["images"] / "broken.png"))
 
 
+def _crashing_actor(marker: str):
+    """An UpscaleActor whose first call anywhere (``marker`` does not exist yet) dies as a killed process
+    would, in the middle of writing this run's temporary file beside an output. Defined in a function so
+    that Ray ships the class by value to its workers."""
+
+    class CrashOnce(UpscaleActor):
+        def __call__(self, batch):
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return super().__call__(batch)
+            os.close(fd)
+            output = Path(str(batch["output"][0]))
+            output.parent.mkdir(parents=True, exist_ok=True)
+            with open(temporary_name(output, self.options.run_id), "wb") as f:
+                f.write(b"\x89PNG\r\n\x1a\n half an image")
+                f.flush()
+                os._exit(1)
+
+    return CrashOnce
+
+
 def test_actor_killed_mid_write_is_restarted_and_outputs_are_whole(cluster, local, tmp_path):
     out = tmp_path / "ray"
     marker = tmp_path / "crashed"
     jobs = plan_jobs([local["images"]], out, "png", recursive=True)
+    out.mkdir()
+    other = out / ".rgb.png.0123abcd.deadbeef.tmp"  # another run writing into the same folder
+    other.write_bytes(b"another run's image in flight")
     request = BackendRequest(engine=Path(local["onnx"]))
-    report = run_batch_ray(request, jobs, None, "blend", BatchOptions(), RayOptions(crash_once=str(marker)))
+    report = run_batch_ray(request, jobs, None, "blend", BatchOptions(run_id="feedf00d"), RayOptions(),
+                           actor=_crashing_actor(str(marker)))
     assert marker.exists()  # an actor did die, in the middle of writing a .tmp beside an output
     statuses = {Path(r.source).name: r.status for r in report.results}
     assert statuses == {"rgb.png": "done", "gray.png": "done", "alpha.png": "done", "cat.jpg": "done",
                         "broken.png": "failed"}
+    other.unlink()  # it was kept: this run removes its own temporaries only
     assert _outputs(out) == local["outputs"]  # every output whole and identical, no temporary left
+
+
+def test_a_failed_ray_job_returns_what_was_done_and_fails_the_rest(cluster, local, tmp_path):
+    """An error outside the per-image handling (here: the actor raises on one image, every time) fails the
+    Ray job: the images whose rows came back keep them, the others are failed rows that say why."""
+
+    class FailsOnGray(UpscaleActor):
+        def __call__(self, batch):
+            if Path(str(batch["source"][0])).name == "gray.png":
+                raise RuntimeError("the actor lost its device")
+            return super().__call__(batch)
+
+    out = tmp_path / "ray"
+    jobs = plan_jobs([local["images"]], out, "png", recursive=True)
+    report = run_batch_ray(BackendRequest(engine=Path(local["onnx"])), jobs, None, "blend", BatchOptions(),
+                           RayOptions(stop_timeout=1), actor=FailsOnGray)
+    assert [r.source for r in report.results] == [str(j.source) for j in jobs]  # every image has its row
+    rows = {Path(r.source).name: r for r in report.results}
+    gray = rows["gray.png"]
+    assert gray.status == "failed" and not gray.attempted and "the Ray job failed" in gray.reason, gray
+    assert "the actor lost its device" in gray.reason, gray.reason
+    for name, row in rows.items():
+        if row.status == "done":
+            assert _outputs(out)[str(Path(row.output).relative_to(out))] == local["outputs"][str(Path(row.output).relative_to(out))]
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
