@@ -124,7 +124,7 @@ def upscale(
                              timeout=timeout, precision=precision.value, min_psnr=min_psnr, gate_images=gate_images,
                              deep_output=deep)
     bundled = engine is None and model is None and url is None and model_name is None  # named so in the lines below
-    request = _resolve(request, quiet)
+    request = _named(lambda: _resolve(request, quiet), engine or model)
     if videos:
         from hrx.cli.upscale_video import finish_videos, run_videos_here, video_options
 
@@ -300,6 +300,19 @@ def _auto_workers(cpu_sessions: bool, threads: int, jobs, engine: Optional[Path]
     return workers
 
 
+def _named(step, source):
+    """``step()``, with its one-line error naming the model file ``source`` when it does not already (an
+    error found while opening or gating a model is about that file)."""
+    try:
+        return step()
+    except HRXError as e:
+        if source is None or str(source) in str(e) or str(e).startswith("--"):  # named, or about a flag
+            raise
+        named = HRXError(f"{source}: {e}")
+        named.exit_code = e.exit_code
+        raise named from e
+
+
 def _open_runners(request, pool) -> list:
     """One backend per worker; OpenVINO in streams mode (``hrx.runtime.openvino.CPU_PARALLELISM``): one
     compiled model with a stream per CPU worker, shared by all of them."""
@@ -321,7 +334,7 @@ def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows, bundled
     from hrx.runtime.pool import run_pool
     from hrx.runtime.tiling import TileSpec
 
-    runners = _open_runners(request, pool)
+    runners = _named(lambda: _open_runners(request, pool), request.engine or request.model)
 
     def spec_for(runner) -> TileSpec:
         i = runner.info

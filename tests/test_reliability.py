@@ -47,13 +47,15 @@ def _is_poison(tiles: np.ndarray) -> bool:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The CLI arguments of each backend: the toy ONNX model (ORT) and an hrx-t checkpoint (PyTorch)."""
+    """The CLI arguments of each backend: the toy ONNX model (ONNX Runtime, OpenVINO at f32) and an hrx-t
+    checkpoint (PyTorch)."""
     tmp = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     ckpt = hrx.save_model(hrx.create_model("hrx-t", scale=2), tmp / "t.pt")
     threads = torch.get_num_threads()  # --threads sets PyTorch's process-wide pool: restored after the module
-    yield {"ort": ["--engine", str(write_toy(tmp / "toy.onnx", tile=16, batch=2)), "--workers", "1",
-                   "--backend", "onnxrt-cpu"],
+    toy = str(write_toy(tmp / "toy.onnx", tile=16, batch=2))
+    yield {"ort": ["--engine", toy, "--workers", "1", "--backend", "onnxrt-cpu"],
+           "openvino": ["--engine", toy, "--workers", "1", "--backend", "openvino", "--precision", "fp32"],
             "torch": ["--model", str(ckpt), "--tile", "32", "--threads", "1"]}
     torch.set_num_threads(threads)
 
@@ -72,17 +74,23 @@ def _inject(monkeypatch, stage: str, backend: str) -> str:
         return "ValueError"
     if stage == "infer":
         from hrx.runtime.onnxrt import OnnxRuntimeBackend
+        from hrx.runtime.openvino import OpenVINOBackend
         from hrx.runtime.torch_backend import TorchBackend
 
-        cls = OnnxRuntimeBackend if backend == "ort" else TorchBackend
-        real_infer = cls.infer
+        cls = {"ort": OnnxRuntimeBackend, "openvino": OpenVINOBackend, "torch": TorchBackend}[backend]
+        for name in ("infer", "infer_many"):  # OpenVINO runs tile batches through infer_many
+            real = getattr(cls, name)
 
-        def infer(self, tiles):
-            if _is_poison(tiles):
-                raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : injected")
-            return real_infer(self, tiles)
+            def poisoned(self, tiles, real=real, name=name):
+                if name == "infer_many":
+                    tiles = list(tiles)
+                    if any(_is_poison(t) for t in tiles):
+                        raise RuntimeError("Exception from src/inference: injected")
+                elif _is_poison(tiles):
+                    raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : injected")
+                return real(self, tiles)
 
-        monkeypatch.setattr(cls, "infer", infer)
+            monkeypatch.setattr(cls, name, poisoned)
         return "RuntimeError"
     real_write = pipeline.write_image
 
@@ -112,7 +120,7 @@ def _check_outputs(out: Path, images: list[Path], failed: set[str]) -> None:
     assert not [p for p in out.parent.rglob("*") if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("backend", ["ort", "torch"])
+@pytest.mark.parametrize("backend", ["ort", "openvino", "torch"])
 @pytest.mark.parametrize("stage", ["read", "infer", "write"])
 def test_an_exception_at_any_stage_fails_that_image_only(models, stage, backend, tmp_path, monkeypatch):
     images = _images(tmp_path / "in")
@@ -232,14 +240,15 @@ def test_debug_prints_the_chained_traceback_and_errors_stay_one_line_without_it(
 
     monkeypatch.setattr(factory, "open_backend", broken)
     args = ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *models["ort"]]
+    line = f"error: {models['ort'][1]}: cannot open the model"  # an error opening the model names its file
     plain = runner.invoke(app, args)
-    assert plain.exit_code == 1 and plain.stderr.strip().splitlines() == ["error: cannot open the model"]
+    assert plain.exit_code == 1 and plain.stderr.strip().splitlines() == [line]
     for how in (["--debug"], []):
         env = {} if how else {"HRX_DEBUG": "1"}
         debug = runner.invoke(app, args + how, env=env)
         assert debug.exit_code == 1
         assert "Traceback" in debug.stderr and "ZeroDivisionError: the root cause" in debug.stderr, debug.stderr
-        assert debug.stderr.strip().splitlines()[-1] == "error: cannot open the model"
+        assert debug.stderr.strip().splitlines()[-1] == line
     # an error that is not HRX's own is one line too, not a bare traceback
     monkeypatch.setattr(factory, "open_backend", lambda *a, **k: {}["missing key"])
     other = runner.invoke(app, args)
