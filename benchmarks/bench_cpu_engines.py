@@ -4,6 +4,7 @@ The figures (run on an idle machine, everything else stopped; an hour or more on
 RealPLKSR and torch.compile take most of it)::
 
     python benchmarks/bench_cpu_engines.py --rounds 7 --compile --e2e
+    python benchmarks/bench_cpu_engines.py --rows int8 --model default-x2 --model compact-x4 --model span-x4 --rounds 7
 
 A smoke run (< 1 minute)::
 
@@ -20,14 +21,15 @@ scikit-image's astronaut, tile ``--tile``). Rows (``--row``, repeatable):
 * ``default``: what ``hrx upscale --engine model.onnx`` runs with no backend or precision named
   (:func:`hrx.runtime.factory.resolve_request`: OpenVINO, ``--precision auto``), in the parallel mode of
   :data:`hrx.runtime.openvino.CPU_PARALLELISM`; the note says the precision it chose;
-* ``ov-{f32,bf16,int8,int8bf16}-{latency,throughput,Nx1}``: OpenVINO
+* ``ov-{f32,bf16,int8,int8bf16,int8trt,int8cpu}-{latency,throughput,Nx1}``: OpenVINO
   (:class:`hrx.runtime.openvino.OpenVINOBackend`): one stream of N threads (latency), N streams of one
   compiled model (throughput, tiles through its asynchronous queue), or N one-thread compiled models
   sharing the tiles (Nx1, :class:`hrx.runtime.pool.SharedSessions`, as ``hrx upscale --workers N``).
   ``int8`` is ``hrx calibrate --target openvino`` of the same export (bundled photos except the
   astronaut; ``--samples``) with f32 outside the INT8 convolutions (``--precision int8``), ``int8bf16``
-  the same file with bf16 there;
-Default rows: all but ``torch-compile`` and the rarer OpenVINO combinations (:data:`DEFAULT_ROWS`).
+  the same file with bf16 there, ``int8trt`` / ``int8cpu`` the ``--target trt`` / ``--target cpu`` files;
+Default rows (``--rows default``): all but ``torch-compile`` and the rarer OpenVINO combinations
+(:data:`ROW_SETS`); ``--rows int8``: the three INT8 formats on OpenVINO against its BF16 path.
 
 * ``torch-fp32`` / ``torch-bf16``: PyTorch eager (the model as loaded: HRX's training-side model, spandrel's
   class), bf16 under ``torch.autocast`` with channels_last; ``torch-compile`` (``--compile``, minutes of
@@ -44,7 +46,8 @@ and the share of 8-bit output values more than one level away from ORT FP32's.
 export (default-x2), the default path (no backend named) against ``--backend onnxrt-cpu --precision fp32``, in input
 MP/s per command (the process start and model load included), interleaved over ``--rounds``.
 
-Results are saved with ``benchmarks/results.py`` (``--no-save`` to skip) as ``cpu_engines``.
+Results are saved with ``benchmarks/results.py`` (``--no-save`` to skip) as ``cpu_engines`` (``--rows int8``:
+``cpu_engines_int8``; ``--name`` to choose).
 """
 from __future__ import annotations
 
@@ -71,13 +74,20 @@ HRX_MODELS = {"default-x2": "default-x2", "default-x4": "default-x4"}
 ZOO_MODELS = {"compact-x4": "SRVGGNetCompact", "span-x4": "SPAN", "realplksr-x4": "RealPLKSR", "rrdbnet-x4": "RRDBNet"}
 MODELS = tuple(HRX_MODELS) + tuple(ZOO_MODELS)
 ONE_TILE = ("rrdbnet-x4",)  # ~18 MMAC per input pixel: one tile per pass is enough
-OV_KINDS = ("f32", "bf16", "int8", "int8bf16")  # compute precision; int8*: the hrx calibrate --target openvino file
+# compute precision, and for INT8 which hrx calibrate --target wrote the file (int8: openvino)
+OV_KINDS = ("f32", "bf16", "int8", "int8bf16", "int8trt", "int8cpu")
+INT8_FILES = {"int8": ("openvino", "fp32"), "int8bf16": ("openvino", "bf16"), "int8trt": ("trt", "fp32"),
+              "int8cpu": ("cpu", "fp32")}  # kind -> (--target, precision elsewhere)
 OV_MODES = ("latency", "throughput", "Nx1")  # 1 stream of N threads, N streams, N one-thread compiled models
 ROWS = ("ort-1xN", "ort-Nx1", "default") + tuple(f"ov-{k}-{m}" for k in OV_KINDS for m in OV_MODES) + \
     ("torch-fp32", "torch-bf16", "torch-compile")
 DEFAULT_ROWS = ("ort-1xN", "ort-Nx1", "default", "ov-f32-latency", "ov-f32-Nx1", "ov-bf16-latency",
                 "ov-bf16-throughput", "ov-bf16-Nx1", "ov-int8-latency", "ov-int8-throughput", "ov-int8-Nx1",
                 "ov-int8bf16-latency", "torch-fp32", "torch-bf16")
+# --rows int8: the INT8 formats on OpenVINO against its BF16 path (which --target runs fastest there)
+ROW_SETS = {"default": DEFAULT_ROWS,
+            "int8": ("ort-1xN", "ov-bf16-latency", "ov-bf16-Nx1") + tuple(
+                f"ov-{k}-{m}" for k in ("int8", "int8trt", "int8cpu", "int8bf16") for m in ("latency", "Nx1"))}
 CALIB_EXCLUDE = ("astronaut",)  # the benchmark photo
 # pause before each timed pass: ONNX Runtime's and OpenVINO's worker threads spin for a while after a run,
 # and a row timed right after another ran several times slower (PyTorch eager after ORT, tiny tiles: 6x)
@@ -168,7 +178,9 @@ def build(name: str, size: str, tile: int, work: Path) -> Model:
     return Model(name, out, net, info.scale)
 
 
-def calibrate_openvino(model: Model, work: Path, samples: int, threads: int) -> tuple[Path, str]:
+def calibrate_int8(model: Model, target: str, work: Path, samples: int, threads: int) -> tuple[Path, str]:
+    """``hrx calibrate --target target`` of the model's export on the bundled photos (all targets of one
+    model share one ranges cache); returns the file and its gate's line."""
     from hrx.calibration.pipeline import CalibrateOptions, calibrate
     from hrx.data import skimage_photos
 
@@ -178,9 +190,10 @@ def calibrate_openvino(model: Model, work: Path, samples: int, threads: int) -> 
         for r in skimage_photos():
             if r.name not in CALIB_EXCLUDE:
                 shutil.copy(r.path, photos / f"{r.name}{Path(r.path).suffix}")
-    out = work / f"{model.name}.int8.onnx"
-    report = calibrate(CalibrateOptions(model=model.onnx, output=out, images=photos, target="openvino",
-                                        samples=samples, eval_tiles=8, force=True, threads=threads))
+    out = work / f"{model.name}.int8-{target}.onnx"
+    report = calibrate(CalibrateOptions(model=model.onnx, output=out, images=photos, target=target, samples=samples,
+                                        eval_tiles=8, force=True, threads=threads,
+                                        ranges=work / f"{model.name}.ranges.json"))
     q = report.chosen.quality
     return out, (f"{report.chosen.quant.step.name}, drop {q.drop:+.3f} dB, INT8 vs FP32 {q.psnr_int8_vs_fp32:.1f} dB"
                  f"{'' if report.passed else ' (FAILED the gate; timed anyway)'}")
@@ -262,6 +275,7 @@ def measure(model: Model, rows: list[str], tiles: list[np.ndarray], rounds: int,
             samples: int, log) -> list[dict]:
     runners: dict[str, Runner] = {}
     notes: dict[str, str] = {}
+    files: dict[str, Path] = {}  # --target -> INT8 file
     for row in rows:
         try:
             if row == "ort-1xN":
@@ -272,15 +286,16 @@ def measure(model: Model, rows: list[str], tiles: list[np.ndarray], rounds: int,
                 runners[row], notes[row] = default_runner(model.onnx, threads)
             elif row.startswith("ov-"):
                 _, kind, mode = row.split("-")
-                path, precision = model.onnx, {"f32": "fp32", "bf16": "bf16", "int8": "fp32", "int8bf16": "bf16"}[kind]
-                if kind.startswith("int8"):
-                    if "int8" not in notes:
+                path, precision = model.onnx, {"f32": "fp32", "bf16": "bf16"}.get(kind, "")
+                if kind in INT8_FILES:
+                    target, precision = INT8_FILES[kind]
+                    if target not in files:
                         t0 = time.perf_counter()
-                        notes["int8_path"], gate = calibrate_openvino(model, work, samples, threads)
-                        notes["int8"] = f"{gate}, calibrated in {time.perf_counter() - t0:.0f} s"
-                        log(f"{model.name} INT8 (hrx calibrate --target openvino): {notes['int8']}")
-                    path = Path(notes["int8_path"])
-                    notes[row] = f"int8 + {precision} elsewhere"
+                        files[target], gate = calibrate_int8(model, target, work, samples, threads)
+                        log(f"{model.name} INT8 (hrx calibrate --target {target}): {gate}, "
+                            f"calibrated in {time.perf_counter() - t0:.0f} s")
+                    path = files[target]
+                    notes[row] = f"--target {target}, {precision} elsewhere"
                 runners[row] = ov_runner(path, precision, threads, mode)
             elif row == "torch-fp32":
                 runners[row] = torch_runner(model.torch, False)
@@ -378,7 +393,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", choices=MODELS, help="repeatable; default: all")
-    ap.add_argument("--row", action="append", choices=ROWS, help="repeatable; default: DEFAULT_ROWS")
+    ap.add_argument("--row", action="append", choices=ROWS, help="repeatable; replaces --rows")
+    ap.add_argument("--rows", choices=tuple(ROW_SETS), default="default", help="a set of rows")
     ap.add_argument("--compile", action="store_true", help="add the torch.compile row (minutes per model)")
     ap.add_argument("--size", choices=("real", "tiny"), default="real", help="spandrel models' size")
     ap.add_argument("--tile", type=int, default=128)
@@ -390,14 +406,15 @@ def main() -> None:
     ap.add_argument("--e2e-model", choices=MODELS, default="default-x2", help="the export --e2e upscales with")
     ap.add_argument("--e2e-photos", type=int, default=6)
     ap.add_argument("--e2e-side", type=int, default=0, help="crop the --e2e photos to this side (0: whole photos)")
-    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/cpu_engines.json")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/NAME.json")
+    ap.add_argument("--name", default=None, help="results name (default: cpu_engines, cpu_engines_int8 with --rows int8)")
     args = ap.parse_args()
 
     import torch
 
     threads = args.threads or available_cores()
     torch.set_num_threads(threads)
-    rows = list(args.row or DEFAULT_ROWS)
+    rows = list(args.row or ROW_SETS[args.rows])
     if args.compile and "torch-compile" not in rows:
         rows.append("torch-compile")
     from hrx.runtime.precision_policy import cpu_flags
@@ -454,7 +471,8 @@ def main() -> None:
     if not args.no_save:
         from results import save  # benchmarks/results.py
 
-        save("cpu_engines", results, params={**vars(args), "threads": threads})
+        name = args.name or ("cpu_engines" if args.rows == "default" else f"cpu_engines_{args.rows}")
+        save(name, results, params={**vars(args), "threads": threads})
 
 
 if __name__ == "__main__":
