@@ -300,6 +300,67 @@ def test_triton_errors_are_one_line_exit_2(exports, server, tmp_path):
         silent.close()
 
 
+class _ScriptedServer:
+    """Stands in for the client calls of TritonBackend: ``script`` says, request by request, whether the
+    result comes back (a tile) or raises ``error``; records what was cancelled."""
+
+    def __init__(self, script: list[bool], error: Exception) -> None:
+        self.script, self.error, self.sent, self.cancelled = list(script), error, 0, []
+
+    def backend(self, retries: int = 2, breaker: int = 2):
+        from hrx.runtime.inference_server import TritonBackend
+
+        b = TritonBackend.__new__(TritonBackend)  # no server: only the retry / breaker / cancel logic runs
+        b.url, b.model_name, b.retries, b.breaker, b.backoff, b.inflight = "x:1", "hrx", retries, breaker, 0.0, 3
+        b._failures, b._down, b._lock = 0, None, threading.Lock()
+        b._submit = self.submit
+        b._result = self.result
+        b._cancel = self.cancelled.append
+        return b
+
+    def submit(self, tiles):
+        self.sent += 1
+        return (self.sent, self.script.pop(0) if self.script else True, tiles)
+
+    def result(self, handle):
+        _, ok, tiles = handle
+        if not ok:
+            raise self.error
+        return tiles * 2
+
+
+def test_retries_breaker_and_cancel_without_a_server():
+    """Transient errors are retried (then counted), a success resets the count, ``breaker`` failures in a
+    row open the breaker (every later call fails at once with TritonDown, nothing sent), a refused request
+    is not retried, and a stream closed early cancels the requests still in flight."""
+    from hrx.errors import BackendDown
+    from hrx.runtime.inference_server import TritonDown, TritonError
+
+    tile = np.ones((1, 3, 2, 2), np.float32)
+    server = _ScriptedServer([False, True], ConnectionRefusedError("[Errno 111] Connection refused"))
+    assert float(server.backend().infer(tile).max()) == 2.0 and server.sent == 2  # one retry, then fine
+    server = _ScriptedServer([False] * 3 + [False] * 3, ConnectionResetError("connection reset by peer"))
+    b = server.backend(retries=2, breaker=2)
+    with pytest.raises(TritonError, match="failed after 3 tries") as first:
+        b.infer(tile)
+    assert not isinstance(first.value, BackendDown) and server.sent == 3
+    with pytest.raises(TritonDown, match="stopped answering"):
+        b.infer(tile)
+    sent = server.sent
+    with pytest.raises(TritonDown):
+        list(b.infer_many([tile, tile]))
+    assert server.sent == sent == 6 and TritonDown.exit_code == 2
+    server = _ScriptedServer([False], RuntimeError("[400] unexpected shape for input 'input'"))
+    with pytest.raises(TritonError, match="unexpected shape"):
+        server.backend().infer(tile)
+    assert server.sent == 1  # not a connection failure: no retry
+    server = _ScriptedServer([], OSError())
+    stream = server.backend().infer_many(iter([tile] * 10))
+    next(stream)  # three sent, the first returned: two in flight
+    stream.close()
+    assert [h[0] for h in server.cancelled] == [2, 3] and server.sent == 3
+
+
 def test_server_killed_mid_batch_fails_the_rest_at_once_exit_2(exports, server, tmp_path, monkeypatch):
     """Last in this module: it kills the server. SIGKILL of its whole process group once the report shows
     two finished images: the images done stay whole, the request in flight is retried then fails, the
