@@ -143,10 +143,11 @@ class OpenVINOBackend(Backend):
         except RuntimeError:
             self.loaded_from_cache = False
         inp = self.compiled.input(0)
-        declared = tuple(d.get_length() if d.is_static else -1 for d in inp.get_partial_shape())
-        if len(declared) != 4 or any(d not in (-1, e) for d, e in zip(declared, self.input_shape)):
-            raise HRXError(f"{self.path}: input {inp.get_any_name()} has shape {list(declared)}, but the metadata "
-                           f"says {list(self.input_shape)}")
+        for port, want, what in ((inp, self.input_shape, "input"), (self.compiled.output(0), self.output_shape, "output")):
+            declared = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
+            if len(declared) != 4 or any(d not in (-1, e) for d, e in zip(declared, want)):
+                raise HRXError(f"{self.path}: {what} {port.get_any_name()} has shape {list(declared)}, but the "
+                               f"metadata says {list(want)}")
         self._dtype = np.float16 if inp.get_element_type() == ov.Type.f16 else np.float32
         self.streams = streams
         self._queue = ov.AsyncInferQueue(self.compiled, requests or 2 * streams)

@@ -24,7 +24,6 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -203,17 +202,28 @@ def fidelity_gate(path: str | os.PathLike, info: ModelInfo, *, images: str | os.
 
 def measure_gate(path: str | os.PathLike, info: ModelInfo, images: str | os.PathLike | None = None) -> GateResult:
     from hrx.metrics import psnr_from_mse
+
+    pictures, source = gate_images(info, images)
+    try:
+        outputs, tiles = _gate_outputs(path, info, pictures)
+    except HRXError as e:  # metadata that does not make a tiling, or disagrees with the graph: name the file
+        if str(e).startswith(str(path)):
+            raise
+        raise HRXError(f"{path}: the fidelity gate cannot run it ({e})") from None
+    sq = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(*outputs))
+    n = sum(a.size for a in outputs[0])
+    return GateResult(psnr_from_mse(sq / n), tiles, source)
+
+
+def _gate_outputs(path, info: ModelInfo, pictures: list[np.ndarray]) -> tuple[list[list[np.ndarray]], int]:
+    """The pictures upscaled in FP32 and in BF16 (OpenVINO), clipped to [0, 1]; and the tiles per run."""
     from hrx.runtime.openvino import OpenVINOBackend
     from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled
 
-    pictures, source = gate_images(info, images)
     spec = TileSpec(info.tile, info.tile_overlap, info.scale, info.size_multiple, info.batch, "blend")
-    outputs: list[Sequence[np.ndarray]] = []
+    outputs = []
     for precision in ("fp32", "bf16"):
         with OpenVINOBackend(path, precision=precision) as backend:
             outputs.append([np.clip(upscale_tiled(p, backend.infer, spec, infer_many=backend.infer_many), 0, 1)
                             for p in pictures])
-    sq = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(*outputs))
-    n = sum(a.size for a in outputs[0])
-    tiles = sum(tile_count(p.shape[1], p.shape[2], spec) for p in pictures)
-    return GateResult(psnr_from_mse(sq / n), tiles, source)
+    return outputs, sum(tile_count(p.shape[1], p.shape[2], spec) for p in pictures)
