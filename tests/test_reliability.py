@@ -254,3 +254,36 @@ def test_debug_prints_the_chained_traceback_and_errors_stay_one_line_without_it(
     other = runner.invoke(app, args)
     assert other.exit_code == 1 and other.stderr.strip().splitlines() == [
         "error: KeyError: 'missing key' (--debug shows the traceback)"]
+
+
+def test_files_get_their_final_mode_without_touching_the_umask(tmp_path, monkeypatch):
+    """Encoder threads write at once: every file gets 0666 less the umask, and the umask is never set (a
+    set-and-restore would hand a concurrent thread's files mode 0666)."""
+    import stat
+    import threading
+
+    from hrx.paths import atomic_write_bytes, remove_temporaries, temporary_name
+
+    mask = os.umask(0o027)
+    try:
+        def no_umask(*args):
+            raise AssertionError("the process umask was changed")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        threads = [threading.Thread(target=atomic_write_bytes, args=(tmp_path / f"f{k}.bin", b"x" * k, "0badc0de"))
+                   for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        monkeypatch.undo()
+        os.umask(mask)
+    modes = {stat.S_IMODE((tmp_path / f"f{k}.bin").stat().st_mode) for k in range(16)}
+    assert modes == {0o666 & ~0o027}
+    # a cleanup removes the temporaries of its own run id only
+    target = tmp_path / "f0.bin"
+    mine, other = temporary_name(target, "0badc0de"), temporary_name(target, "12345678")
+    mine.write_bytes(b"half")
+    other.write_bytes(b"another run's, in flight")
+    assert remove_temporaries([target], "0badc0de") == 1 and not mine.exists() and other.exists()
