@@ -10,7 +10,7 @@ CPU: ``threads`` intra-op threads in all (default: every core this process may u
 between ``workers`` sessions. Several CPU sessions are one :class:`SharedSessions` backend: every image
 stream hands its tile batches to whichever session is free, so the sessions share the TILES of one
 large image as well as the images of a folder (a graph of many small ops keeps k one-thread sessions
-busier than one k-thread session: see the README). ``hrx upscale`` runs OpenVINO (and ONNX Runtime
+busier than one k-thread session: benchmarks/bench_workers.py). ``hrx upscale`` runs OpenVINO (and ONNX Runtime
 CPU) with one single-thread session per core by default (:func:`auto_workers`).
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ def batches_in(image: str | os.PathLike, info, overlap: int | None = None) -> in
 def auto_workers(cpu_sessions: bool, threads: int = 0) -> int:
     """``--workers`` when the user gave none: one single-thread session per core (``threads`` cores, 0: all)
     for ONNX Runtime CPU, where it measured faster than one session with every core on a folder and on
-    one large image alike (README, runtime benchmark), and for OpenVINO (one stream per core in its
+    one large image alike (benchmarks/bench_workers.py), and for OpenVINO (one stream per core in its
     streams mode); 1 for every other backend (GPUs, PyTorch, whose CPU threads are process-wide)."""
     return max(1, threads or available_cores()) if cpu_sessions else 1
 

@@ -38,7 +38,7 @@ if [ "$mode" = "--test" ]; then
   pip_install .venv/bin/python torch==2.13.0 -e ".[test]"
   # spandrel (third-party checkpoints) without its torchvision requirement: PyPI's torchvision for this
   # torch is a CUDA build whose C extension fails next to the CPU torch; hrx.spandrel_models imports spandrel
-  # with a stand-in for the three torchvision names it uses (see README "Third-party models").
+  # with a stand-in for the three torchvision names it uses (see docs/third-party-models.md).
   pip_install .venv/bin/python --no-deps "spandrel>=0.4.2,<0.5"
   # PyTriton bundles a real tritonserver (Python backend) but pins NumPy < 2, so it gets its own venv; the
   # Triton tests start scripts/pytriton_serve.py from it on loopback ports (~75 s to create, once)

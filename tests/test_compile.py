@@ -13,7 +13,7 @@ import hrx
 from tests.conftest import randomize_params
 
 
-@pytest.mark.parametrize("arch", ["hrx-t"])  # hydra-t and the larger presets: see the README (one compile is minutes on 2 cores)
+@pytest.mark.parametrize("arch", ["hrx-t"])  # hydra-t and the larger presets: one compile is minutes on 2 cores
 def test_torch_compile_of_fused_model_matches_eager(arch):
     torch.manual_seed(0)
     model = hrx.create_model(arch, scale=2).eval()

@@ -238,7 +238,7 @@ def test_cli_new(tmp_path):
     assert isinstance(model, HydraFusionIR) and model.scale == 2
 
 
-@pytest.mark.parametrize("arch,scale", [("hydra-t", 2), ("hydra-base", 4)])  # the pairs the README quotes
+@pytest.mark.parametrize("arch,scale", [("hydra-t", 2), ("hydra-base", 4)])  # the smallest and the largest hydra preset
 def test_onnx_runtime_matches_pytorch(tmp_path, arch, scale):
     import onnxruntime as ort
 

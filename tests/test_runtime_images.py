@@ -242,7 +242,7 @@ def test_sixteen_bit_keeps_icc_and_exif(tmp_path, fmt):
     out = write_image(tmp_path / f"o{FORMATS[fmt][1]}", pic, fmt)
     back = read_image(out)
     assert back.bits == 16 and back.icc == icc
-    if fmt == "png":  # tifffile writes no EXIF IFD (README)
+    if fmt == "png":  # tifffile writes no EXIF IFD (docs/upscale.md)
         assert Image.open(out).getexif().get(0x010F) == "HRX test camera"
         assert back.exif is not None
 

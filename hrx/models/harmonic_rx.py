@@ -1,4 +1,4 @@
-"""HARMONIC-RX: hybrid restoration / super-resolution network (``shared/design/HARMONIC-RX.md``).
+"""HARMONIC-RX: hybrid restoration / super-resolution network (docs/architecture.md).
 
 Dataflow (H, W multiples of ``size_multiple`` = 4 * window)::
 

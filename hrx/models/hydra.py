@@ -1,5 +1,5 @@
 """HydraFusionIR: restoration / super-resolution by frequency split, MSG U-Net and MoE-X
-(``shared/design/HydraFusionIR.md``), built from the HRX blocks.
+(docs/architecture.md), built from the HRX blocks.
 
 Dataflow (H, W multiples of ``size_multiple``; widths C, 2C, 4C at H, H/2, H/4 for 3 scales)::
 
