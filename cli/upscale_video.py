@@ -148,6 +148,9 @@ def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, s
             else:
                 try:
                     result = upscale_one(job, progress)
+                except KeyboardInterrupt:
+                    _say_resumable(job, progress)
+                    raise
                 except HRXError as e:
                     result.reason = str(e)
                 except MemoryError:
@@ -166,6 +169,16 @@ def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, s
                                f"{result.out_width}x{result.out_height})")
             results.append(result)
     return results
+
+
+def _say_resumable(job: VideoJob, progress: FrameProgress) -> None:
+    """After Ctrl-C: how many finished segments wait in the work folder for the same command."""
+    from hrx.runtime.video import work_folder
+
+    done = len(list(work_folder(job.output).glob("seg-*.mkv")))
+    if done:
+        progress.print(f"{job.source}: interrupted; {done} finished segment{'s' * (done != 1)} kept in "
+                       f"{work_folder(job.output)}: the same command continues from them")
 
 
 def video_options(codec: Optional[str], crf: Optional[int], preset: Optional[str], pix_fmt: Optional[str],
