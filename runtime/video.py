@@ -301,7 +301,7 @@ def probe(source: Path, options: VideoOptions, scale: int) -> VideoPlan:
         time_base = stream.time_base
         rate = stream.average_rate or stream.guessed_rate
         in_codec = stream.codec_context.codec.canonical_name
-        width, height, fmt_name, index, color, hdr = _first_frame(container, stream, source)
+        width, height, fmt_name, index, color, hdr = _first_frame(container, stream, source, options.warn)
     with open_input(source) as container:  # from the start again: packets only
         pts, keys = _timestamps(container, container.streams[index], source, options.warn)
     lo, hi = _select(pts, time_base, options)
@@ -336,11 +336,14 @@ def _even(n: int, multiple: int) -> int:
     return max(multiple, n - n % multiple)
 
 
-def _first_frame(container, stream, source: Path) -> tuple[int, int, str, int, Color, HdrInfo]:
+def _first_frame(container, stream, source: Path, warn) -> tuple[int, int, str, int, Color, HdrInfo]:
     import av
 
     try:
         for frame in container.decode(stream):
+            if frame.interlaced_frame and warn is not None:
+                warn(f"{source}: interlaced video is upscaled as progressive frames (deinterlace it first for "
+                     "a clean result)")
             return (frame.width, frame.height, frame.format.name, stream.index, _stream_color(frame, stream),
                     hdr_info(frame))
     except av.FFmpegError as e:

@@ -203,6 +203,21 @@ def test_hdr_tags_and_mastering_metadata_kept(backend, tmp_path):
     assert after == before and after.light == (1000, 400) and after.luminance == (0.005, 1000.0)
 
 
+def test_interlaced_input_is_named_in_a_warning(backend, tmp_path):
+    from hrx.runtime.video import probe
+
+    src = make_clip(tmp_path / "tff.mkv", codec="libx264", audio=(), subtitles=False, chapters=False,
+                    codec_options={"flags": "+ilme+ildct", "x264-params": "tff=1"})
+    warnings: list[str] = []
+    probe(src, VideoOptions(warn=warnings.append), 2)
+    assert warnings == [f"{src}: interlaced video is upscaled as progressive frames (deinterlace it first for a "
+                        "clean result)"]
+    warnings.clear()
+    probe(make_clip(tmp_path / "p.mkv", codec="libx264", audio=(), subtitles=False, chapters=False),
+          VideoOptions(warn=warnings.append), 2)
+    assert warnings == []
+
+
 class _Interrupt:
     """The backend, interrupted (as by Ctrl-C) on its ``after``-th call."""
 
