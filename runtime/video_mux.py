@@ -144,16 +144,23 @@ def _segment_packets(paths: list[Path], stream, time_base) -> Iterator[tuple[flo
 
     for path in paths:
         stamps = json.loads(path.with_suffix(".json").read_text())["packets"]
-        with av.open(str(path)) as c:
-            packets = [p for p in c.demux(c.streams.video[0]) if p.size]
-            if len(packets) != len(stamps):
-                raise HRXError(f"{path}: {len(packets)} packets, {len(stamps)} timestamps; delete the work folder")
-            for packet, (pts, dts, duration) in zip(packets, stamps):
+        with av.open(str(path)) as c:  # read as muxed, one packet at a time (FFV1 4K segments are GBs)
+            count = 0
+            for packet in c.demux(c.streams.video[0]):
+                if not packet.size:
+                    continue
+                if count >= len(stamps):
+                    break
+                pts, dts, duration = stamps[count]
+                count += 1
                 packet.time_base = time_base
                 packet.pts, packet.dts, packet.duration = pts, dts, duration
                 packet.stream = stream
                 ts = dts if dts is not None else pts
                 yield float(ts * time_base), 0, packet
+            if count != len(stamps) or any(p.size for p in c.demux(c.streams.video[0])):
+                raise HRXError(f"{path}: its packets do not match its timestamps file; delete the work folder "
+                               "and run again")
 
 
 def join(plan, segments: list[Path], output: Path, options) -> list[str]:
