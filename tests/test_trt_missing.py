@@ -154,7 +154,7 @@ def test_engine_cache_without_tensorrt(no_tensorrt, relu_onnx):
 def test_importing_the_package_loads_no_tensorrt_or_triton():
     code = ("import sys\n"
             "import hrx.runtime.trt, hrx.runtime.trt.builder, hrx.runtime.trt.backend, hrx.runtime.trt.cache\n"
-            "import hrx.runtime.trt.kernels, hrx.runtime.trt.plugins, hrx.runtime.trt.verify, hrx.runtime.trt.ops\n"
+            "import hrx.runtime.trt.kernels, hrx.runtime.trt.plugins, hrx.runtime.trt.runner, hrx.runtime.trt.ops\n"
             "import hrx.cli.build\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'triton', 'cuda', 'cupy'))\n"
             "assert not bad, bad\n")

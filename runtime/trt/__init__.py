@@ -25,7 +25,7 @@ _LAZY = {
     "check_engine": "hrx.runtime.trt.cache",
     "cached_engine_for": "hrx.runtime.trt.cache",
     "TensorRTBackend": "hrx.runtime.trt.backend",
-    "polygraphy_runner": "hrx.runtime.trt.verify",
+    "polygraphy_runner": "hrx.runtime.trt.runner",
     "register_plugins": "hrx.runtime.trt.plugins",
     "unsupported_ops": "hrx.runtime.trt.ops",
     "missing_for_tensorrt": "hrx.runtime.trt.env",
