@@ -485,9 +485,35 @@ class FrameUpscaler:
         info = self.backend.info
         picture = Picture(rgb.transpose(1, 2, 0), None, 16)
         out = upscale_picture(picture, self.run_planes, info.in_channels, info.scale).color.transpose(2, 0, 1)
+        return self._sized(out)
+
+    def _sized(self, out: np.ndarray) -> np.ndarray:
         if out.shape[1:] != (self.plan.out_height, self.plan.out_width):
             out, _ = resample_planes(np.clip(out, 0.0, 1.0), (self.plan.out_width, self.plan.out_height))
         return out
+
+    @property
+    def frames_per_call(self) -> int:
+        """Whole frames per inference call: the backend's batch when it takes any size (PyTorch), the frame
+        fits in one tile and the model is RGB in and out; else 1 (the tiles of a frame are batched)."""
+        i = self.backend.info
+        if self.backend.any_tile and max(self.plan.width, self.plan.height) <= self.spec.tile \
+                and i.in_channels == 3 and i.out_channels == 3:
+            return self.spec.batch
+        return 1
+
+    def many(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Several frames of one size, ``[3, H, W]`` each, in one call when :attr:`frames_per_call` allows:
+        padded at the bottom / right by reflection as :func:`upscale_whole` pads one frame."""
+        if len(frames) == 1 or self.frames_per_call == 1:
+            return [self(f) for f in frames]
+        x = np.stack(frames)  # [N, 3, H, W]
+        _, _, h, w = x.shape
+        m, s = max(1, self.spec.size_multiple), self.spec.scale
+        if h % m or w % m:
+            x = np.pad(x, ((0, 0), (0, 0), (0, -h % m), (0, -w % m)), mode="reflect")
+        y = np.asarray(self.backend.infer(np.ascontiguousarray(x, dtype=np.float32)))  # [N, 3, Hp*s, Wp*s]
+        return [self._sized(out[:, :h * s, :w * s]) for out in y]
 
 
 def encode_segment(backend: Backend, spec: TileSpec, plan: VideoPlan, segment: Segment, target: str,
@@ -546,11 +572,22 @@ def encode_segment(backend: Backend, spec: TileSpec, plan: VideoPlan, segment: S
     model = FrameUpscaler(backend, spec, plan)
     for t in threads:
         t.start()
+    per_call = model.frames_per_call
     try:
-        while (item := _get(decoded, stop)) is not _END:
-            pts, rgb = item
-            _put(upscaled, (pts, model(rgb)), stop)
-            progress.advance_frames(1)
+        ended = False
+        while not ended:
+            items = []
+            while len(items) < per_call:
+                item = _get(decoded, stop)
+                if item is _END:
+                    ended = True
+                    break
+                items.append(item)
+            if items:
+                for (pts, _), out in zip(items, model.many([rgb for _, rgb in items])):
+                    _put(upscaled, (pts, out), stop)
+                progress.advance_frames(len(items))
+            del items
         _put(upscaled, _END, stop)
     except _Stop:
         pass

@@ -170,6 +170,25 @@ def test_ffv1_equals_image_path(backend, tmp_path):
     assert np.abs(read_image(jobs[0].output).color.transpose(2, 0, 1) - bicubic[0].numpy()).max() > 0.02  # not bicubic
 
 
+def test_frames_batched_in_one_call_equal_one_at_a_time(backend, tmp_path):
+    """--batch 3 with a backend that takes whole frames: three frames per call (the last call two), the
+    same frames as one call each (10-bit GBR FFV1, within a quarter of an 8-bit level)."""
+    batched = TorchBackend(backend.model, tile=64, batch=3, fuse=False)  # the fixture's fused model
+    calls = []
+    infer = batched.infer
+    batched.infer = lambda x: calls.append(len(x)) or infer(x)
+    src = make_clip(tmp_path / "clip.mkv", audio=(), subtitles=False, chapters=False)
+    options = VideoOptions(codec="ffv1", pix_fmt="gbrp10le", segment_frames=FRAMES)
+    upscale_video(backend, spec_of(backend), src, tmp_path / "one.mkv", options)
+    upscale_video(batched, spec_of(batched), src, tmp_path / "three.mkv", options)
+    assert calls == [3, 3, 2]
+    with av.open(str(tmp_path / "one.mkv")) as a, av.open(str(tmp_path / "three.mkv")) as b:
+        pairs = list(zip(a.decode(video=0), b.decode(video=0)))
+        assert len(pairs) == FRAMES
+        worst = max(float(np.abs(to_rgb(x) - to_rgb(y)).max()) for x, y in pairs)
+    assert worst * 255 <= 0.25, worst
+
+
 def test_ten_bit_stays_ten_bit(backend, tmp_path):
     src = make_clip(tmp_path / "deep.mkv", pix_fmt="yuv420p10le", audio=(), subtitles=False, chapters=False,
                     color=Color(9, 9, 14, 1))  # BT.2020, 10-bit transfer, limited
