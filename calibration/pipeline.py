@@ -238,6 +238,10 @@ def calibrate(opts: CalibrateOptions, log: Log | None = None) -> CalibrationRepo
         raise HRXError(f"--precision must be one of fp32, fp16, bf16, not {opts.precision!r}")
     model_path = Path(opts.model)
     _, info = check_model(model_path)
+    if opts.target == "openvino" and info.ops == "plugin":  # refused before any tile is collected
+        from hrx.runtime.openvino import plugin_refusal
+
+        raise HRXError(plugin_refusal(model_path))
     output = Path(opts.output) if opts.output is not None else default_output(model_path)
     if output.resolve() == model_path.resolve():
         raise HRXError(f"{output}: the output would overwrite the FP32 model; pick another -o")

@@ -261,6 +261,10 @@ def test_plugin_nodes_and_their_functions_stay_float(plugin_onnx, photos, work):
     assert all(n.op_type not in ("QuantizeLinear", "DequantizeLinear") for f in model.functions for n in f.node)
     x = _tile(photos / "camera.png")
     assert np.abs(_ort(out, x) - _ort(plugin_onnx, x)).mean() < 0.01
+    # OpenVINO cannot run hrx:: plugin ops: --target openvino refuses the file before calibrating
+    line = _one_line_error(_run(str(plugin_onnx), "--images", str(photos), "-o", str(work / "p.ov.onnx"),
+                                "--target", "openvino", *FAST))
+    assert "--ops native" in line and not (work / "p.ov.onnx").exists()
 
 
 def test_gate_fails_on_unrepresentative_calibration(native_onnx, flat_folder, work):
