@@ -149,7 +149,7 @@ def _read_safetensors(path: Path):
     return _checked(path, meta.get("hrx_arch"), parsed["hrx_config"], state, parsed["hrx_extra"])
 
 
-CONFIG_INT_LIMIT = 1 << 16  # no HRX architecture has a width, depth or count near this: a larger one is a corrupt file
+CONFIG_INT_LIMIT = 4096  # the largest width, depth or count of an HRX preset is 64: a value over this is a corrupt file
 
 
 def _checked(path: Path, arch: Any, config: Any, state: Any, extra: Any):
