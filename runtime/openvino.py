@@ -128,8 +128,11 @@ class OpenVINOBackend(Backend):
                 from hrx.paths import file_sha256
 
                 folder = cache_dir(self.path, file_sha256(self.path))
-                folder.mkdir(parents=True, exist_ok=True)
-                config["CACHE_DIR"] = str(folder)
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    config["CACHE_DIR"] = str(folder)
+                except OSError:  # a read-only cache: compile every time
+                    pass
             if i.extra.get("batch_axis") == "dynamic":  # `hrx export --batch dynamic`: compiled at this run's batch
                 model = core().read_model(str(self.path))
                 model.reshape({model.input(0): ov.PartialShape(list(self.input_shape))})

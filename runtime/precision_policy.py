@@ -196,7 +196,10 @@ def fidelity_gate(path: str | os.PathLike, info: ModelInfo, *, images: str | os.
     if cache:
         data = asdict(result) | {"model": str(path), "cpu_flags": flags_summary(flags)}
         data.pop("cached")
-        atomic_write_bytes(record, (json.dumps(data, indent=2) + "\n").encode())
+        try:
+            atomic_write_bytes(record, (json.dumps(data, indent=2) + "\n").encode())
+        except OSError:  # a read-only cache: measured again next time
+            pass
     return result
 
 

@@ -274,3 +274,18 @@ def test_torch_bf16_autocast_channels_last(tmp_path):
     assert 35.0 < psnr < 90.0, psnr  # BF16 ran (not identical) and stays close
     with pytest.raises(HRXError, match="PyTorch runs fp32 or bf16"):
         TorchBackend(model, precision="int8")
+
+
+def test_a_read_only_cache_still_runs(tmp_path, monkeypatch):
+    """No writable cache folder: the gate is measured (not kept) and OpenVINO compiles without its cache."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("HRX_CACHE_DIR", str(blocker))
+    path = write_toy(tmp_path / "toy.onnx", tile=16)
+    calls = []
+    real = policy.measure_gate
+    monkeypatch.setattr(policy, "measure_gate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(2):
+        choice = policy.choose_precision("auto", path, ModelInfo.from_onnx(path), flags=WITH_BF16)
+        assert choice.precision in ("bf16", "fp32") and "fidelity gate" in choice.reason
+    assert len(calls) == 2 and blocker.is_file()
