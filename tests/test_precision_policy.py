@@ -231,6 +231,13 @@ def test_upscale_falls_back_to_onnxruntime_with_one_line(tmp_path, monkeypatch):
                               "--backend", "openvino"])
     assert res.exit_code == 1 and res.stderr.strip().splitlines()[-1].startswith("error: ") and "--ops native" in res.stderr
     assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
+    # a graph OpenVINO fails to compile (the same local function, without the metadata that says plugin)
+    unlabelled = _plugin_toy(tmp_path / "unlabelled.onnx", ops_metadata=False)
+    res = runner.invoke(app, ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "o4"), "--engine", str(unlabelled)])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if "running ONNX Runtime CPU instead" in line]
+    assert len(notes) == 1 and "unlabelled.onnx: OpenVINO cannot compile it (" in notes[0], res.stderr
+    assert "backend: onnxrt-cpu" in res.stderr and (tmp_path / "o4" / "p.png").is_file()
     # OpenVINO not installed: the same fallback, naming the install command
     import hrx.runtime.openvino as ov_mod
 
