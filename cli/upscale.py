@@ -303,11 +303,13 @@ def _auto_workers(cpu_sessions: bool, threads: int, jobs, engine: Optional[Path]
 def _named(step, source):
     """``step()``, with its one-line error naming the model file ``source`` when it does not already (an
     error found while opening or gating a model is about that file)."""
+    from hrx.errors import MissingDependencyError
+
     try:
         return step()
     except HRXError as e:
-        if source is None or str(source) in str(e) or str(e).startswith("--"):  # named, or about a flag
-            raise
+        if source is None or str(source) in str(e) or str(e).startswith("--") or isinstance(e, MissingDependencyError):
+            raise  # named already, about a flag, or about what to install
         named = HRXError(f"{source}: {e}")
         named.exit_code = e.exit_code
         raise named from e
