@@ -283,12 +283,18 @@ def count_macs(model: onnx.ModelProto) -> int:
 def save_onnx(model: onnx.ModelProto, output: Path) -> None:
     """Write ``model`` to ``output`` atomically (:func:`hrx.paths.atomic_write`); a missing or
     read-only folder is a one-line error."""
+    check_output_folder(output)
+    atomic_write(output, lambda tmp: onnx.save(model, tmp))
+
+
+def check_output_folder(output: Path) -> None:
+    """One-line error when ``output``'s folder is missing or read-only (checked before an export's
+    minutes of tracing, and again when writing)."""
     out_dir = output.parent if str(output.parent) else Path(".")
     if not out_dir.is_dir():
         raise HRXError(f"{output}: output folder {out_dir} does not exist")
     if not os.access(out_dir, os.W_OK):
         raise HRXError(f"{output}: output folder {out_dir} is not writable")
-    atomic_write(output, lambda tmp: onnx.save(model, tmp))
 
 
 def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.PathLike, tile: int = 256,
@@ -317,6 +323,7 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     if io != "fp32" and precision == "fp32":
         raise HRXError("--io fp16 needs --precision fp16 or bf16")
     output = Path(output)
+    check_output_folder(output)
     model, sha = _load(checkpoint)
     if precision != "fp32" and _requirements(model).get(precision) is False:
         raise HRXError(f"{getattr(model, 'arch', type(model).__name__)} is known to misbehave in {precision} "
