@@ -29,6 +29,7 @@ QUEUE_DELAY_US = 2000  # how long Triton waits to merge requests into one batch
 # ONNX TensorProto element types -> Triton data types
 _ONNX_DTYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 11: "TYPE_FP64", 2: "TYPE_UINT8", 3: "TYPE_INT8",
                 6: "TYPE_INT32", 7: "TYPE_INT64"}
+_IO_DTYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16", "bf16": "TYPE_BF16"}  # metadata io_precision -> Triton
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SKIP_PROPS = {"hrx_bisect_map"}  # large, and only `hrx verify --bisect` needs it
 
@@ -107,8 +108,9 @@ def describe_onnx(path: Path, name: str, instances: int, kind: str) -> RepoModel
 
 
 def describe_engine(path: Path, name: str, instances: int, kind: str) -> RepoModel:
-    """Names and dims from the engine's build record (TensorRT need not be installed to write the repo).
-    HRX engines take and return FP32 (precision is inside the engine)."""
+    """Names, dims and I/O type from the engine's build record (TensorRT need not be installed to write the
+    repo). The engine's input and output have the types of the graph it was built from: FP32, or FP16 for
+    an ``hrx export --io fp16`` file (the metadata's ``io_precision``, which the record keeps)."""
     from hrx.runtime.trt.cache import read_record
 
     record = read_record(path)
@@ -122,8 +124,12 @@ def describe_engine(path: Path, name: str, instances: int, kind: str) -> RepoMod
             raise HRXError(f"{path}: a dynamic-batch engine whose record has no max_batch; rebuild it with hrx build")
     if any(d < 0 for s in shapes for d in s):
         raise HRXError(f"{path}: only the batch axis may be dynamic (record: input {record.input_shape})")
-    return RepoModel(name, "tensorrt", max_batch, [TensorSpec(record.input_name, "TYPE_FP32", shapes[0])],
-                     [TensorSpec(record.output_name, "TYPE_FP32", shapes[1])], info, instances, kind or "KIND_GPU",
+    io = info.extra.get("io_precision", "fp32")
+    if io not in _IO_DTYPES:
+        raise HRXError(f"{path}: its record names I/O precision {io!r}; expected one of {', '.join(_IO_DTYPES)}")
+    dtype = _IO_DTYPES[io]
+    return RepoModel(name, "tensorrt", max_batch, [TensorSpec(record.input_name, dtype, shapes[0])],
+                     [TensorSpec(record.output_name, dtype, shapes[1])], info, instances, kind or "KIND_GPU",
                      record.compute_capability)
 
 

@@ -132,6 +132,27 @@ def test_repo_for_engine_records_compute_capability(exports, tmp_path):
     assert [(g.count, g.kind) for g in cfg.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_GPU)]
 
 
+@pytest.mark.parametrize("io, dtype", [("fp32", "TYPE_FP32"), ("fp16", "TYPE_FP16")])
+def test_repo_for_engine_declares_the_io_type_of_its_graph(tmp_path, io, dtype):
+    """An engine built from an `hrx export --precision fp16 --io fp16` file takes and returns FP16: its
+    config must say so (Triton refuses requests whose type differs from the engine's)."""
+    from hrx.runtime.trt.cache import EngineRecord, write_record
+
+    info = ModelInfo(arch="hrx-t", scale=2, in_channels=3, out_channels=3, tile=TILE, batch=1, size_multiple=16,
+                     tile_overlap=8, precision="fp16", extra={"io_precision": io})
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not a real plan")
+    write_record(engine, EngineRecord(
+        onnx_sha256="0" * 64, onnx_path="m.onnx", precision="fp16", tensorrt_version="10.13", gpu_name="stand-in",
+        compute_capability="8.9", input_name="input", input_shape=[1, 3, TILE, TILE], output_name="output",
+        output_shape=[1, 3, 2 * TILE, 2 * TILE], model_info=info.to_props()))
+    r = runner.invoke(app, ["triton-repo", str(engine), "-o", str(tmp_path / "repo")])
+    assert r.exit_code == 0, r.output
+    cfg = _parse(tmp_path / "repo" / "m")
+    want = model_config_pb2.DataType.Value(dtype)
+    assert [t.data_type for t in cfg.input] == [want] and [t.data_type for t in cfg.output] == [want]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["missing.onnx"], "no such model file"),
     (["{ckpt}"], "expected an .onnx"),
