@@ -34,7 +34,9 @@ class BackendRequest:
     tile: int | None = None  # PyTorch only: engines have a static tile
     batch: int | None = None  # PyTorch only
     threads: int = 0  # CPU intra-op threads, ONNX Runtime, OpenVINO and PyTorch (0: the library's default)
-    precision: str = "auto"  # auto | fp32 | bf16 | int8 (hrx.runtime.precision_policy)
+    # auto | fp32 | fp16 | bf16 | int8: CPU engines (hrx.runtime.precision_policy); --backend trt with an .onnx:
+    # the build precision (auto: the file's own, hrx.runtime.trt.builder.precision_for)
+    precision: str = "auto"
     min_psnr: float = 50.0  # auto: the BF16 fidelity gate's threshold, dB against FP32
     gate_images: Path | None = None  # auto: photos for the fidelity gate (None: the bundled ones)
     deep_output: bool = False  # auto: some output has more than 8 bits per channel (then FP32)
@@ -73,11 +75,15 @@ def resolve_request(request: BackendRequest) -> tuple[BackendRequest, "Precision
     if request.model is not None:
         return request, _torch_precision(request.precision)
     engine = Path(request.engine)
+    if request.backend == "trt" and engine.suffix.lower() in ONNX_SUFFIXES:
+        return request, None  # the build precision: the file's own or --precision (hrx.runtime.trt.builder)
+    if request.precision == "fp16":
+        raise HRXError("--precision fp16 applies to --backend trt (a TensorRT build from an .onnx); the CPU engines "
+                       "run fp32, bf16 or int8, and an FP16 export runs as written with --precision auto")
     if request.backend in ("trt", "torch"):
         if request.precision != "auto":
-            raise HRXError(f"--precision applies to OpenVINO, ONNX Runtime and PyTorch checkpoints, not --backend "
-                           f"{request.backend} with {engine.name} (TensorRT builds the precision the file was "
-                           "exported or calibrated in)")
+            raise HRXError(f"--precision applies to OpenVINO, ONNX Runtime, PyTorch checkpoints and TensorRT builds "
+                           f"from an .onnx, not --backend {request.backend} with {engine.name}")
         return request, None
     if engine.suffix.lower() not in ONNX_SUFFIXES or not engine.is_file():
         if request.precision != "auto" and engine.suffix.lower() in ENGINE_SUFFIXES:
@@ -135,8 +141,9 @@ def _say(request: BackendRequest, line: str) -> None:
 def _torch_precision(precision: str):
     from hrx.runtime.precision_policy import PrecisionChoice
 
-    if precision == "int8":
-        raise HRXError("--precision int8 runs an INT8 Q/DQ ONNX file (hrx calibrate); PyTorch runs fp32 or bf16")
+    if precision in ("int8", "fp16"):
+        raise HRXError(f"--precision {precision} runs an exported file ({'hrx calibrate' if precision == 'int8' else 'a TensorRT build'}); "
+                       "PyTorch runs fp32 or bf16")
     if precision == "bf16":
         return PrecisionChoice("bf16", "bf16", "asked: PyTorch autocast BF16, channels_last")
     return None  # FP32, as always
@@ -177,6 +184,8 @@ def open_backend(request: BackendRequest) -> Backend:
     if suffix in ENGINE_SUFFIXES:
         if request.backend not in ("auto", "trt"):
             raise HRXError(f"{engine}: a TensorRT engine runs only with --backend trt (or auto)")
+        if request.precision != "auto":
+            raise HRXError(f"{engine}: a TensorRT engine's precision is fixed when it is built; drop --precision")
         return _open_tensorrt(engine, device=request.device)
     raise HRXError(f"{engine}: unknown engine type {suffix or '(no suffix)'}; expected .onnx, .engine or .plan")
 
@@ -223,7 +232,8 @@ def _open_onnx(path: Path, request: BackendRequest) -> Backend:
     if request.backend == "torch":
         raise HRXError(f"{path}: --backend torch cannot run an ONNX file; pass the checkpoint with --model")
     if request.backend == "trt":  # builds the engine into the user cache on first use (minutes), then reuses it
-        return _open_tensorrt(path, from_onnx=True, log=request.log, device=request.device)
+        return _open_tensorrt(path, from_onnx=True, log=request.log, device=request.device,
+                              precision=request.precision)
     if request.backend == "openvino":
         return _open_openvino(path, request)
     if request.precision not in ("auto", "fp32", "int8"):
@@ -262,7 +272,7 @@ def _open_openvino(path: Path, request: BackendRequest) -> Backend:
 
 
 def _open_tensorrt(path: Path, from_onnx: bool = False, log: Callable[[str], None] | None = None,
-                   device: int | None = None) -> Backend:
+                   device: int | None = None, precision: str = "auto") -> Backend:
     if device is not None:  # TensorRTBackend runs on the calling thread's current CUDA device
         from hrx.runtime.pool import bind_cuda_device
 
@@ -272,7 +282,7 @@ def _open_tensorrt(path: Path, from_onnx: bool = False, log: Callable[[str], Non
     except ImportError as e:  # the backend raises MissingDependencyError itself when tensorrt is missing
         raise MissingDependencyError(f"{path}: the TensorRT backend is not available here ({e})") from None
     if from_onnx:
-        return TensorRTBackend.from_onnx(path, log=log)
+        return TensorRTBackend.from_onnx(path, precision, log=log)
     return TensorRTBackend(path, log=log)
 
 

@@ -503,3 +503,70 @@ def test_engine_and_record_are_a_checked_pair_and_a_failed_build_keeps_the_old_o
     out.write_bytes(old[0] + b"another engine")  # an engine beside another engine's record: refused, one line
     with pytest.raises(cache.EngineMismatchError, match=r"m.engine.json describes another engine .*hrx build"):
         cache.check_engine(out, env=here)
+
+
+def _qdq_model() -> onnx.ModelProto:
+    """The native toy graph with a Q/DQ pair on its input (what `hrx calibrate` writes, in small)."""
+    model = _native_model()
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
+                                    numpy_helper.from_array(np.array(0, np.int8), "zero")])
+    model.graph.node[0].input[0] = "dq"
+    model.graph.node.insert(0, helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"], name="dq"))
+    model.graph.node.insert(0, helper.make_node("QuantizeLinear", ["input", "scale", "zero"], ["q"], name="q"))
+    return model
+
+
+def _file_of_kind(kind: str, path) -> None:
+    from hrx.export.precision import convert_precision
+
+    if kind == "qdq":
+        model = _qdq_model()
+    elif kind == "bf16":
+        model = norm_softmax_graph(22, side=8, tail_conv=True)
+        helper.set_model_props(model, dict(_INFO, in_channels="4", out_channels="4"))
+        model, _ = convert_precision(model, "bf16")
+    elif kind == "fp16":
+        model, _ = convert_precision(_native_model(), "fp16")
+    else:
+        model = _native_model()
+        if kind == "no-fp16":
+            helper.set_model_props(model, dict(_INFO, in_channels="4", out_channels="4", fp16="False"))
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("kind, requested, want", [
+    ("qdq", "auto", "int8"), ("bf16", "auto", "bf16"), ("no-fp16", "auto", "fp32"), ("fp32", "auto", "fp16"),
+    ("fp16", "auto", "fp16"), ("fp32", "fp32", "fp32"), ("qdq", "int8", "int8")])
+def test_backend_trt_on_an_onnx_builds_the_precision_of_the_file_or_the_one_asked(fake, tmp_path, monkeypatch,
+                                                                                  kind, requested, want):
+    """`hrx upscale --engine m.onnx --backend trt [--precision P]`: an INT8 Q/DQ file, a BF16 export and a
+    model that declares fp16=False open (each in its own precision) instead of being refused as FP16."""
+    from hrx.runtime.factory import BackendRequest, open_backend
+    from hrx.runtime.trt import backend as trt_backend
+
+    monkeypatch.setenv("HRX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(env, "require_torch_cuda", lambda *a, **k: None)
+    opened = []
+    monkeypatch.setattr(trt_backend.TensorRTBackend, "__init__",
+                        lambda self, engine_path, **kw: opened.append(cache.read_record(engine_path)))
+    path = tmp_path / f"{kind}.onnx"
+    _file_of_kind(kind, path)
+    open_backend(BackendRequest(engine=path, backend="trt", precision=requested))
+    assert [r.precision for r in opened] == [want]
+    assert f"-{want}-" in next((tmp_path / "cache" / "engines").glob("*.engine")).name  # the cache key says it too
+    _no_weak_typing(fake)
+
+
+@pytest.mark.parametrize("kind, requested, needle", [("fp16", "fp32", "--precision fp32 on a fp16 graph"),
+                                                     ("no-fp16", "fp16", "declares fp16=False"),
+                                                     ("fp32", "int8", "needs a quantized")])
+def test_backend_trt_refuses_a_precision_the_file_cannot_build_in(fake, tmp_path, monkeypatch, kind, requested, needle):
+    from hrx.runtime.factory import BackendRequest, open_backend
+
+    monkeypatch.setenv("HRX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(env, "require_torch_cuda", lambda *a, **k: None)
+    path = tmp_path / f"{kind}.onnx"
+    _file_of_kind(kind, path)
+    with pytest.raises(HRXError, match=needle):
+        open_backend(BackendRequest(engine=path, backend="trt", precision=requested))
+    assert not list((tmp_path / "cache").rglob("*.engine"))

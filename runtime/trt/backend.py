@@ -216,9 +216,10 @@ class TensorRTBackend(Backend):
         self._runtime = None
 
     @classmethod
-    def from_onnx(cls, onnx_path: str | os.PathLike, precision: str = "fp16", *,
+    def from_onnx(cls, onnx_path: str | os.PathLike, precision: str = "auto", *,
                   log: Callable[[str], None] | None = None) -> "TensorRTBackend":
-        """Build (once, into the user cache) and open the engine for ``onnx_path`` on this machine."""
+        """Build (once, into the user cache) and open the engine for ``onnx_path`` on this machine, in
+        ``precision`` (``auto``: the file's own, :func:`hrx.runtime.trt.builder.precision_for`)."""
         from hrx.runtime.trt.builder import engine_for
         from hrx.runtime.trt.env import require_tensorrt, require_torch_cuda
 

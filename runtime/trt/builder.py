@@ -139,6 +139,29 @@ def resolve_precision(options: BuildOptions, model) -> PrecisionChoice:
                                         "(as `hrx export --precision`)",))
 
 
+def precision_for(model, requested: str = "auto") -> str:
+    """The precision ``--backend trt`` builds an ONNX file in (the record's and the cache key's).
+
+    ``auto`` reads the file: ``int8`` for a Q/DQ graph, the graph's own ``fp16``/``bf16`` types, and for an
+    FP32 graph ``fp16`` unless its metadata declares ``fp16=False`` (an architecture known to misbehave in
+    half), then ``fp32``. An explicit ``fp32``/``fp16``/``bf16``/``int8`` is what the user asked for;
+    :func:`resolve_precision` refuses the ones the graph cannot build in, and so does ``fp32`` on a graph
+    that is half or quantized already (it would build in the graph's types, not FP32)."""
+    from hrx.runtime.trt.cache import normalize_precision
+
+    graph = "int8" if is_qdq(model) else graph_precision(model)
+    if requested != "auto":
+        want = normalize_precision(requested)
+        if want == "fp32" and graph != "fp32":
+            raise HRXError(f"--precision fp32 on a {graph} graph: TensorRT builds the types in the graph; "
+                           "pass the FP32 export, or --precision auto")
+        return want
+    if graph != "fp32":
+        return graph
+    props = {p.key: p.value for p in model.metadata_props}
+    return "fp32" if props.get("fp16", "True").strip().lower() == "false" else "fp16"
+
+
 def options_for(precision: str) -> dict[str, bool]:
     """BuildOptions fields that select ``precision`` (``--backend trt`` builds)."""
     from hrx.runtime.trt.cache import normalize_precision
@@ -432,13 +455,17 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     return BuildReport(out, record, seconds, counts, notes)
 
 
-def engine_for(onnx_path: str | os.PathLike, precision: str = "fp16", *, plugin_impl: str = "jit",
+def engine_for(onnx_path: str | os.PathLike, precision: str = "auto", *, plugin_impl: str = "jit",
                root: str | os.PathLike | None = None, log: Log | None = None) -> Path:
-    """The cached engine for ``onnx_path`` on this machine, built on first use (``--backend trt``)."""
-    from hrx.runtime.trt.cache import cached_engine_for, check_engine, current_env, normalize_precision
+    """The cached engine for ``onnx_path`` on this machine, built on first use (``--backend trt``), in
+    ``precision`` (``auto``: the file's own, :func:`precision_for`)."""
+    from hrx.runtime.model_info import load_onnx
+    from hrx.runtime.trt.cache import cached_engine_for, check_engine, current_env
 
     log = log or (lambda _msg: None)
-    precision = normalize_precision(precision)
+    if not Path(onnx_path).is_file():
+        raise HRXError(f"{onnx_path}: no such file")
+    precision = precision_for(load_onnx(onnx_path, load_external_data=False), precision)
     env = current_env()
     path = cached_engine_for(onnx_path, precision, env=env, root=root, plugin_impl=plugin_impl)
     if path.is_file() and sidecar_path(path).is_file():

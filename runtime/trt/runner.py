@@ -1,7 +1,7 @@
 """A Polygraphy ``TrtRunner`` for ``hrx verify --backends trt``.
 
-``polygraphy_runner("m.onnx", "fp16")`` builds the engine the way ``hrx build`` does (plugins
-registered, FP16 pinning) into the user engine cache and wraps it; ``polygraphy_runner("m.engine")``
+``polygraphy_runner("m.onnx")`` builds the engine the way ``hrx upscale --backend trt`` does (plugins
+registered, the file's own precision unless one is given) into the user engine cache and wraps it; ``polygraphy_runner("m.engine")``
 checks the engine's record against this machine and loads it. The runner is the standard
 ``polygraphy.backend.trt.TrtRunner`` (``activate``/``infer``/``deactivate``, or a ``with`` block),
 so the verify command can put it next to Polygraphy's ONNX Runtime runner in a ``Comparator``.
@@ -17,7 +17,7 @@ from hrx.paths import ENGINE_SUFFIXES
 
 
 
-def polygraphy_runner(engine_or_onnx_path: str | os.PathLike, precision: str = "fp16", *,
+def polygraphy_runner(engine_or_onnx_path: str | os.PathLike, precision: str = "auto", *,
                       name: str | None = None) -> Any:
     """A ``polygraphy.backend.trt.TrtRunner`` over an engine (built first from ONNX if needed).
 
