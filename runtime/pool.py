@@ -7,7 +7,8 @@ the calling thread before any image work, so a device that cannot start fails th
 ONNX Runtime, TensorRT and PyTorch release the GIL while they compute, so threads are enough.
 
 CPU: ``threads`` intra-op threads in all (default: every core this process may use), split evenly
-between ``workers`` sessions. Several CPU sessions are one :class:`SharedSessions` backend: every image
+between ``workers`` sessions: each gets ``threads // workers`` (at least one; a remainder stays unused),
+so every session computes with the same thread count (:class:`SharedSessions`). Several CPU sessions are one :class:`SharedSessions` backend: every image
 stream hands its tile batches to whichever session is free, so the sessions share the TILES of one
 large image as well as the images of a folder (a graph of many small ops keeps k one-thread sessions
 busier than one k-thread session: benchmarks/bench_workers.py). ``hrx upscale`` runs OpenVINO (and ONNX Runtime
@@ -67,16 +68,18 @@ def parse_devices(text: str) -> list[int]:
 
 def plan_workers(devices: Sequence[int] | None, workers: int = 1, threads: int = 0) -> list[Worker]:
     """The pool for the CLI flags: one worker per CUDA device when ``devices`` is given, else ``workers``
-    CPU workers sharing ``threads`` intra-op threads (0: all cores), at least one each."""
+    CPU workers with ``threads // workers`` intra-op threads each (``threads`` 0: all cores; at least one
+    each). The split is even, leaving a remainder unused, because :class:`SharedSessions` hands any batch
+    to any free session: with unequal thread counts a tile's result could depend on which session ran it
+    (a kernel may split its work, and round, by thread count)."""
     if workers < 1:
         raise HRXError(f"--workers must be >= 1, not {workers}")
     if devices:
         if workers != 1:
             raise HRXError("--workers applies to the CPU; with --device/--devices there is one worker per device")
         return [Worker("cuda", d) for d in devices]
-    total = max(threads or available_cores(), workers)  # at least one thread per worker
-    share = [total // workers + (k < total % workers) for k in range(workers)]
-    return [Worker("cpu", k, share[k]) for k in range(workers)]
+    share = max(1, (threads or available_cores()) // workers)
+    return [Worker("cpu", k, share) for k in range(workers)]
 
 
 def runs_cpu_sessions(engine: str | os.PathLike | None, model: str | None, backend: str) -> bool:

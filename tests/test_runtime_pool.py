@@ -130,7 +130,10 @@ def test_open_pool_closes_what_it_opened_when_one_device_fails():
 
 def test_worker_planning():
     assert plan_workers([0, 1]) == [Worker("cuda", 0), Worker("cuda", 1)]
-    assert [w.threads for w in plan_workers(None, 3, 8)] == [3, 3, 2]
+    # an even split (8 // 3 = 2 each, 2 left unused): SharedSessions hands any batch to any session, and
+    # every session must compute a tile the same way
+    assert [w.threads for w in plan_workers(None, 3, 8)] == [2, 2, 2]
+    assert [w.threads for w in plan_workers(None, 2, 8)] == [4, 4]
     assert [w.threads for w in plan_workers(None, 4, 2)] == [1, 1, 1, 1]  # at least one thread each
     assert plan_workers(None)[0].threads >= 1  # default: every core
     assert parse_devices("0, 2") == [0, 2]
