@@ -7,7 +7,8 @@ Polygraphy's ``Comparator`` runs them on the same inputs (seeded random tiles, p
 tiles with ``--images``) and ``CompareFunc.simple`` gives the verdict; we add max abs / max rel
 error and PSNR per backend.
 
-``--bisect``: re-export the checkpoint with the model's own settings (exports are reproducible, so
+``--bisect``: re-export the checkpoint with the file's own settings (:func:`export_settings`: tile, batch,
+ops, precision, I/O type, simplifier, passes; exports are reproducible, so
 the fresh graph has the same tensors), mark every node output of both graphs as an output, run both
 on ONNX Runtime with graph optimisations off, and name the first node (in graph order) whose output
 differs beyond tolerance, with the PyTorch module that produced it (metadata ``hrx_bisect_map``).
@@ -237,6 +238,18 @@ def _mark_all_outputs(proto) -> list[str]:
     return names
 
 
+def export_settings(info: ModelInfo) -> dict:
+    """The :func:`~hrx.export.onnx_export.export_onnx` arguments that made the file ``info`` describes: tile,
+    batch (or the dynamic axis), ops, opset, precision, I/O type, simplifier and graph passes (files written
+    before the last two were recorded had both on)."""
+    extra = info.extra
+    return dict(tile=info.tile, batch="dynamic" if extra.get("batch_axis") == "dynamic" else info.batch,
+                ops=info.ops, opset=info.opset or 18,
+                precision=info.precision if info.precision in ("fp32", "fp16", "bf16") else "fp32",
+                io=extra.get("io_precision", "fp32"), simplify_graph=extra.get("simplify", "true") != "false",
+                graph_passes=extra.get("graph_passes", "true") != "false")
+
+
 def bisect_divergence(model_path: Path, checkpoint, x: np.ndarray, atol: float, rtol: float) -> str:
     """Name the first node of ``model_path`` whose output differs from a fresh, verified export of
     ``checkpoint``. A fresh export of the same checkpoint and settings has the same graph (exports
@@ -248,10 +261,9 @@ def bisect_divergence(model_path: Path, checkpoint, x: np.ndarray, atol: float, 
 
     from hrx.export.onnx_export import export_onnx
 
-    info = ModelInfo.from_onnx(model_path)
     with tempfile.TemporaryDirectory() as tmp:
         ref_path = Path(tmp) / "reference.onnx"
-        export_onnx(checkpoint, ref_path, tile=info.tile, batch=info.batch, ops=info.ops, opset=info.opset or 18)
+        export_onnx(checkpoint, ref_path, **export_settings(ModelInfo.from_onnx(model_path)))
         ref_proto, bad_proto = onnx.load(str(ref_path)), onnx.load(str(model_path))
     ref_nodes = {o: (n.op_type, n.name) for n in ref_proto.graph.node for o in n.output}
     bad_nodes = [(n, o) for n in bad_proto.graph.node for o in n.output]

@@ -354,6 +354,8 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     extra = requirements.pop("extra", {})
     if dynamic_batch:
         extra.update(batch_axis=DYNAMIC, max_batch=str(MAX_DYNAMIC_BATCH))
+    # what `hrx verify --bisect` re-exports with to get the same graph (precision and io_precision: below)
+    extra.update(simplify=str(simplify_graph).lower(), graph_passes=str(graph_passes).lower())
     info = ModelInfo(arch=getattr(model, "arch", type(model).__name__), scale=model.scale, in_channels=model.in_channels,
                      out_channels=model.out_channels, tile=tile, batch=1 if dynamic_batch else batch,
                      size_multiple=model.size_multiple,

@@ -23,7 +23,7 @@ def _checkpoint(tmp: Path, arch: str, scale: int, channels: int = 3, seed: int =
     torch.manual_seed(seed)
     model = hrx.create_model(arch, scale=scale, in_channels=channels)
     randomize_params(model, 0.05)
-    return hrx.save_model(model, tmp / f"{arch}-x{scale}-c{channels}.pt")
+    return hrx.save_model(model, tmp / f"{arch}-x{scale}-c{channels}-s{seed}.pt")
 
 
 def _ort(path: Path, x: np.ndarray) -> np.ndarray:
@@ -130,16 +130,36 @@ def test_cli_export_and_verify_pass_then_fail_on_corrupted_weight(tmp_module, cl
     assert res.exit_code == 0, res.output
     assert "PASS" in res.output and "PSNR" in res.output
 
-    proto = onnx.load(str(out))
-    target = next(t for t in proto.graph.initializer if t.name.startswith("stage3") and len(t.dims) == 4)
-    arr = onnx.numpy_helper.to_array(target) * 1.5
-    target.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), target.name))
-    bad = tmp_module / "bad.onnx"
-    onnx.save(proto, str(bad))
+    bad, weight = _corrupt_a_stage3_weight(out, tmp_module / "bad.onnx")
     res = runner.invoke(app, ["verify", str(bad), "--checkpoint", str(ckpt), "--backends", "onnxrt", "--bisect"])
     assert res.exit_code == 1
     assert "FAIL" in res.output and "output 'output'" in res.output
-    assert target.name in res.output  # bisect names the corrupted node's weight
+    assert weight in res.output  # bisect names the corrupted node's weight
+
+
+def _corrupt_a_stage3_weight(path: Path, bad: Path, factor: float = 1.5) -> tuple[Path, str]:
+    """A copy of ``path`` with one stage-3 conv weight scaled by ``factor`` (in its own type); returns it and
+    the weight's name."""
+    proto = onnx.load(str(path))
+    target = next(t for t in proto.graph.initializer if t.name.startswith("stage3") and len(t.dims) == 4)
+    arr = onnx.numpy_helper.to_array(target)
+    target.CopyFrom(onnx.numpy_helper.from_array((arr * factor).astype(arr.dtype), target.name))
+    onnx.save(proto, str(bad))
+    return bad, target.name
+
+
+def test_bisect_re_exports_with_the_files_own_settings(tmp_module):
+    """An FP16 file exported without the simplifier: the bisect's trusted reference is a fresh export with
+    those settings (an FP32, simplified re-export is another graph, with few tensors in common)."""
+    ckpt = _checkpoint(tmp_module, "hrx-t", 2, seed=6)
+    out = tmp_module / "half-raw.onnx"
+    export_onnx(ckpt, out, tile=32, precision="fp16", simplify_graph=False)
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert (props["precision"], props["simplify"], props["graph_passes"]) == ("fp16", "false", "true")
+    bad, weight = _corrupt_a_stage3_weight(out, tmp_module / "half-raw-bad.onnx", 4.0)  # beyond FP16's tolerance
+    res = runner.invoke(app, ["verify", str(bad), "--checkpoint", str(ckpt), "--backends", "onnxrt", "--bisect"])
+    assert res.exit_code == 1 and "FAIL" in res.output, res.output
+    assert "first divergence" in res.output and weight in res.output, res.output
 
 
 def test_verify_with_image_tiles(tmp_module, cli_export):
