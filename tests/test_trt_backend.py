@@ -29,18 +29,75 @@ _MISSING = missing_for_tensorrt()
 needs_trt = pytest.mark.skipif(_MISSING is not None, reason=f"needs TensorRT and a CUDA GPU: {_MISSING}")
 
 
+MOE_SCALE = 6.0  # SparseMoE's residual scale (0.1 at init): large enough that a wrong MoETop1 shows in FP16/INT8
+# (max |engine - ONNX Runtime| / max |ONNX Runtime|) allowed per build precision; the tests below show that a
+# scan or MoE plugin returning zeros exceeds the loosest of them
+TOLERANCES = {"fp32": 1e-3, "fp16": 3e-2, "int8": 5e-2}
+
+
+def perturbed_hrx_t():
+    """hrx-t x2 with perturbed weights: an untrained HRX model is exactly bicubic, its scan and MoE add
+    nothing, and an engine whose plugins returned zeros would match it."""
+    import hrx
+    from hrx.blocks.moe import SparseMoE
+
+    from conftest import randomize_params
+
+    model = hrx.create_model("hrx-t", scale=2).eval()
+    randomize_params(model, 0.05)
+    import torch
+
+    with torch.no_grad():
+        for block in model.modules():
+            if isinstance(block, SparseMoE):
+                block.scale.fill_(MOE_SCALE)
+    return model
+
+
+class Exports(dict):
+    """``exports[mode]`` (native / plugin, batch 2 at tile 32) and ``exports[mode, "int8"]`` (its Q/DQ
+    calibration on photo crops), each made on first use."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def __missing__(self, key):
+        from hrx.export import export_onnx
+
+        if isinstance(key, tuple):
+            mode, _ = key
+            self[key] = self.folder / f"{mode}.int8.onnx"
+            _calibrate(self[mode], self[key], self.folder)
+        elif key == "untrained-plugin":
+            import hrx
+
+            self[key] = self.folder / f"{key}.onnx"
+            export_onnx(hrx.create_model("hrx-t", scale=2).eval(), self[key], tile=32, batch=2, ops="plugin")
+        else:
+            self[key] = self.folder / f"{key}.onnx"
+            export_onnx(perturbed_hrx_t(), self[key], tile=32, batch=2, ops=key)
+        return self[key]
+
+
+def _calibrate(src, out, folder) -> None:
+    from PIL import Image
+
+    from hrx.calibration.pipeline import CalibrateOptions, calibrate
+    from tests.test_precision import photo_tiles
+
+    photos = folder / "photos"
+    if not photos.is_dir():
+        photos.mkdir()
+        for k, tile in enumerate(photo_tiles(96, 4)):
+            Image.fromarray((tile.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(photos / f"p{k}.png")
+    report = calibrate(CalibrateOptions(src, out, photos, samples=8, eval_tiles=6, force=True, target="trt"))
+    assert report.written and out.is_file()
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    import hrx
-    from hrx.export import export_onnx
-
-    out = tmp_path_factory.mktemp("trt")
-    model = hrx.create_model("hrx-t", scale=2).eval()
-    paths = {}
-    for mode in ("native", "plugin"):
-        paths[mode] = out / f"{mode}.onnx"
-        export_onnx(model, paths[mode], tile=32, batch=2, ops=mode)
-    return paths
+    return Exports(tmp_path_factory.mktemp("trt"))
 
 
 def _onnxruntime(path, tiles):
@@ -50,30 +107,99 @@ def _onnxruntime(path, tiles):
     return session.run(None, {session.get_inputs()[0].name: tiles})[0]
 
 
+def check_engine_output(got: np.ndarray, want: np.ndarray, tiles: np.ndarray, scale: int, tol: float) -> float:
+    """What every engine test asserts: ONNX Runtime's output of the same file is not bicubic (the network
+    contributes), and the engine's output is within ``tol`` of it, relative to its largest value."""
+    from conftest import assert_not_bicubic
+
+    assert got.shape == want.shape
+    assert_not_bicubic(want, tiles, scale, margin=1e-2)
+    err = float(np.abs(got.astype(np.float64) - want).max() / max(1.0, float(np.abs(want).max())))
+    assert err <= tol, f"engine differs from ONNX Runtime by {err:.3e} of the output scale (> {tol:g})"
+    return err
+
+
+def zero_plugin(src, dst, op: str) -> None:
+    """A copy of ``src`` whose ``hrx::op`` returns zeros (its local function's result times zero): what a
+    broken plugin gives, run by ONNX Runtime."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src))
+    function = next(f for f in model.functions if f.domain == "hrx" and f.name == op)
+    out = function.output[0]
+    for node in function.node:
+        node.output[:] = [o + "_real" if o == out else o for o in node.output]
+    function.node.append(helper.make_node("Sub", [out + "_real", out + "_real"], [out]))
+    onnx.save(model, str(dst))
+
+
+@pytest.mark.parametrize("op", ["SelectiveScan", "MoETop1"])
+def test_the_engine_check_fails_on_a_plugin_that_returns_zeros(exported, tmp_path, op):
+    """On the CPU: the plugin graph with one plugin stand-in returning zeros, run by ONNX Runtime, fails
+    :func:`check_engine_output` at the loosest tolerance the engine tests use, while the intact graph
+    passes; on an untrained model the same broken plugin would pass (why the tests perturb the weights)."""
+    tiles = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    want = _onnxruntime(exported["plugin"], tiles)
+    loosest = max(TOLERANCES.values())
+    assert check_engine_output(want, want, tiles, 2, TOLERANCES["fp32"]) == 0.0
+    zero_plugin(exported["plugin"], tmp_path / "zero.onnx", op)
+    with pytest.raises(AssertionError, match="engine differs from ONNX Runtime"):
+        check_engine_output(_onnxruntime(tmp_path / "zero.onnx", tiles), want, tiles, 2, loosest)
+    zero_plugin(exported["untrained-plugin"], tmp_path / "untrained-zero.onnx", op)
+    untrained = _onnxruntime(exported["untrained-plugin"], tiles)
+    assert np.abs(_onnxruntime(tmp_path / "untrained-zero.onnx", tiles) - untrained).max() < 1e-5
+
+
 @needs_trt
 @pytest.mark.trt
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode, precision, tol", [("native", "fp32", 1e-3), ("native", "fp16", 3e-2),
-                                                  ("plugin", "fp32", 1e-3), ("plugin", "fp16", 3e-2)])
-def test_engine_matches_onnxruntime(exported, tmp_path, mode, precision, tol):
+@pytest.mark.parametrize("mode", ["native", "plugin"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_engine_matches_onnxruntime(exported, tmp_path, mode, precision):
     if mode == "plugin" and triton_problem():
         pytest.skip(f"plugin kernels need Triton: {triton_problem()}")
     from hrx.runtime.trt import TensorRTBackend, build_engine
     from hrx.runtime.trt.builder import options_for
 
+    source = exported[mode, "int8"] if precision == "int8" else exported[mode]
     engine = tmp_path / f"{mode}-{precision}.engine"
-    report = build_engine(exported[mode], engine, **options_for(precision))
+    report = build_engine(source, engine, **options_for(precision))
     assert report.record.precision == precision
+    assert bool(report.record.plugins) == (mode == "plugin")
     tiles = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
-    want = _onnxruntime(exported[mode], tiles)
+    want = _onnxruntime(source, tiles)
     with TensorRTBackend(engine) as backend:
         assert backend.info.tile == 32 and backend.info.batch == 2
         got = backend.infer(tiles)
-        assert got.dtype == np.float32 and got.shape == want.shape
-        np.testing.assert_allclose(got, want, atol=tol * max(1.0, float(np.abs(want).max())))
+        assert got.dtype == np.float32
+        check_engine_output(got, want, tiles, 2, TOLERANCES[precision])
         many = list(backend.infer_many([tiles, tiles[::-1].copy(), tiles]))
         np.testing.assert_array_equal(many[0], got)
         np.testing.assert_array_equal(many[2], got)
+
+
+@needs_trt
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_bundled_model_engine_matches_onnxruntime(tmp_path, monkeypatch):
+    """The trained bundled default-x2, FP16 engine from its FP32 export, through `--backend trt`'s path
+    (BackendRequest, the cached build in the file's own precision)."""
+    from hrx.export import export_onnx
+    from hrx.runtime.factory import BackendRequest, open_backend
+    from tests.test_precision import photo_tiles
+
+    monkeypatch.setenv("HRX_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "x2.onnx"
+    export_onnx("default-x2", path, tile=64)
+    tiles = photo_tiles(64, 1)
+    want = _onnxruntime(path, tiles)
+    backend = open_backend(BackendRequest(engine=path, backend="trt"))
+    try:
+        assert backend.record.precision == "fp16"
+        check_engine_output(backend.infer(tiles), want, tiles, 2, TOLERANCES["fp16"])
+    finally:
+        backend.close()
 
 
 @needs_trt
