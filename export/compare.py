@@ -240,8 +240,8 @@ def _mark_all_outputs(proto) -> list[str]:
 
 def export_settings(info: ModelInfo) -> dict:
     """The :func:`~hrx.export.onnx_export.export_onnx` arguments that made the file ``info`` describes: tile,
-    batch (or the dynamic axis), ops, opset, precision, I/O type, simplifier and graph passes (files written
-    before the last two were recorded had both on)."""
+    batch (or the dynamic axis), ops, opset, precision, I/O type, simplifier and graph passes (the metadata
+    names the last two only when they were off)."""
     extra = info.extra
     return dict(tile=info.tile, batch="dynamic" if extra.get("batch_axis") == "dynamic" else info.batch,
                 ops=info.ops, opset=info.opset or 18,

@@ -354,8 +354,9 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     extra = requirements.pop("extra", {})
     if dynamic_batch:
         extra.update(batch_axis=DYNAMIC, max_batch=str(MAX_DYNAMIC_BATCH))
-    # what `hrx verify --bisect` re-exports with to get the same graph (precision and io_precision: below)
-    extra.update(simplify=str(simplify_graph).lower(), graph_passes=str(graph_passes).lower())
+    # what `hrx verify --bisect` re-exports with to get the same graph (precision and io_precision: below);
+    # recorded only when off, so a default export's metadata is what it always was
+    extra.update({k: "false" for k, on in (("simplify", simplify_graph), ("graph_passes", graph_passes)) if not on})
     info = ModelInfo(arch=getattr(model, "arch", type(model).__name__), scale=model.scale, in_channels=model.in_channels,
                      out_channels=model.out_channels, tile=tile, batch=1 if dynamic_batch else batch,
                      size_multiple=model.size_multiple,

@@ -155,7 +155,7 @@ def test_bisect_re_exports_with_the_files_own_settings(tmp_module):
     out = tmp_module / "half-raw.onnx"
     export_onnx(ckpt, out, tile=32, precision="fp16", simplify_graph=False)
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert (props["precision"], props["simplify"], props["graph_passes"]) == ("fp16", "false", "true")
+    assert (props["precision"], props["simplify"], "graph_passes" in props) == ("fp16", "false", False)
     bad, weight = _corrupt_a_stage3_weight(out, tmp_module / "half-raw-bad.onnx", 4.0)  # beyond FP16's tolerance
     res = runner.invoke(app, ["verify", str(bad), "--checkpoint", str(ckpt), "--backends", "onnxrt", "--bisect"])
     assert res.exit_code == 1 and "FAIL" in res.output, res.output
