@@ -29,8 +29,10 @@ def verify(
                                             show_default=False)],
     backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: onnxrt, openvino (pinned to f32), trt, fp16-ref (the "
                                                     "graph on the CPU with every op rounded to its FP16/BF16 type; "
-                                                    "slow, use small tiles). Default: onnxrt, plus trt when "
-                                                    "TensorRT is installed.")] = None,
+                                                    "slow, use small tiles); upscale:onnxrt-cpu, upscale:onnxrt-cuda, "
+                                                    "upscale:openvino (f32), upscale:trt (the file's own precision): "
+                                                    "the backend `hrx upscale --backend NAME` opens. Default: onnxrt, "
+                                                    "plus trt when TensorRT is installed.")] = None,
     atol: Annotated[Optional[float], typer.Option("--atol", help="Absolute tolerance [default: 1e-4; 1e-2 for fp16 "
                                                   "models, 6e-2 for bf16].", show_default=False)] = None,
     rtol: Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance [default: 1e-3; 1e-2 for fp16 "
@@ -42,6 +44,7 @@ def verify(
     """Run the ONNX model on ONNX Runtime (and TensorRT) and the unfused PyTorch model on the same
     inputs; print max abs/rel error and PSNR per backend, PASS/FAIL; exit 1 on FAIL."""
     from hrx.export.compare import verify as run_verify
+    from hrx.runtime.verify_runner import runner_factories
 
     if backends is None:
         from hrx.runtime.trt.env import tensorrt_problem
@@ -50,7 +53,7 @@ def verify(
     else:
         chosen = [b.strip() for b in backends.split(",") if b.strip()]
     report = run_verify(model, checkpoint, chosen, atol=atol, rtol=rtol, images=images, seed=seed, bisect=bisect,
-                        runners={"trt": _trt_runners, "openvino": _openvino_runners})
+                        runners={"trt": _trt_runners, "openvino": _openvino_runners, **runner_factories()})
     typer.echo(f"verify {model} against {checkpoint} (unfused PyTorch), {report.inputs} input batches, "
                f"atol={report.atol:g} rtol={report.rtol:g}")
     for r in report.reports:

@@ -135,6 +135,8 @@ def test_cli_export_and_verify_pass_then_fail_on_corrupted_weight(tmp_module, cl
     assert res.exit_code == 1
     assert "FAIL" in res.output and "output 'output'" in res.output
     assert weight in res.output  # bisect names the corrupted node's weight
+    res = runner.invoke(app, ["verify", str(bad), "--checkpoint", str(ckpt), "--backends", "upscale:onnxrt-cpu"])
+    assert res.exit_code == 1 and "upscale:onnxrt-cpu" in res.output and "FAIL" in res.output
 
 
 def _corrupt_a_stage3_weight(path: Path, bad: Path, factor: float = 1.5) -> tuple[Path, str]:
@@ -178,6 +180,12 @@ def test_verify_with_image_tiles(tmp_module, cli_export):
     assert res.exit_code == 0, res.output
     assert "4 input batches" in res.output
     assert G_LOGGER.module_severity.get() == before  # verify quiets Polygraphy only while it runs
+    # the backends `hrx upscale` opens, through the same runner interface
+    res = runner.invoke(app, ["verify", str(out), "--checkpoint", str(ckpt), "--backends",
+                              "upscale:onnxrt-cpu,upscale:openvino"])
+    assert res.exit_code == 0, res.output
+    lines = [l for l in res.output.splitlines() if "upscale:" in l]
+    assert [l.split()[0] for l in lines] == ["upscale:onnxrt-cpu", "upscale:openvino"] and all("PASS" in l for l in lines)
     res = runner.invoke(app, ["verify", str(out), "--checkpoint", str(ckpt), "--backends", "onnxrt,nope"])
     assert res.exit_code != 0 and "unknown backend 'nope'; choose from onnxrt, fp16-ref, trt" in res.output
 
