@@ -7,7 +7,12 @@
 #   1. Triton kernel tests on the GPU (tests/test_trt_kernels.py) and their speed vs PyTorch
 #   2. the FP16 ONNX (hrx export --precision fp16) on ONNX Runtime CUDA vs the FP32 PyTorch model
 #   3. torch eager (unfused) vs the fused model on CUDA: max difference and speed
-#   4. where TensorRT is installed: hrx build --fp16 (strongly typed) and hrx verify --backends trt
+#   4. where TensorRT is installed: hrx build of the FP16 export (strongly typed) and hrx verify --backends trt
+#   5. where TensorRT is installed: tests/test_trt_backend.py (perturbed hrx-t and the bundled default-x2,
+#      native and plugin graphs, FP32 / FP16 / INT8 Q/DQ engines against ONNX Runtime, never bicubic);
+#      the FP16 file through the backends hrx upscale opens (hrx verify --backends upscale:trt,...);
+#      a plugin-op export (hrx::SelectiveScan / hrx::MoETop1 as TensorRT plugins) upscaled end to end with
+#      hrx upscale --backend trt and compared with ONNX Runtime CPU by PSNR (scripts/compare_images.py)
 # A step whose requirement is missing (no onnxruntime-gpu, no TensorRT) is SKIP with the reason;
 # the script exits 1 if any step FAILs. Logs stay in $HRX_GPU_CHECK_DIR (default: a temp folder).
 #
@@ -129,20 +134,62 @@ fi
 
 # --- 4. TensorRT ----------------------------------------------------------------------------------------
 if [ "$trt" = "1" ] && [ "$cuda" = "1" ]; then
-  fp32="$work/default-x2.onnx"
-  if run_step export32 240 "$work/export32.txt" "${HRX[@]}" export default-x2 --tile 128 -o "$fp32" &&
-     run_step build 300 "$work/build.txt" "${HRX[@]}" build "$fp32" --fp16 -o "$work/default-x2.fp16.engine"; then
-    row "hrx build --fp16 (strongly typed)" "PASS" "$STEP_SECONDS" "$(grep -o 'layer precisions.*' "$work/build.txt" | cut -c1-80)"
+  # the FP16 export of step 2 built as it is (strongly typed: its Casts decide); the FP32 -> FP16 conversion
+  # inside the build is covered by tests/test_trt_backend.py in step 5
+  if [ -f "$fp16" ] && run_step build 300 "$work/build.txt" "${HRX[@]}" build "$fp16" -o "$work/default-x2.fp16.engine"; then
+    row "hrx build (FP16 export)" "PASS" "$STEP_SECONDS" "$(grep -o 'layer precisions.*' "$work/build.txt" | cut -c1-80)"
     if run_step trtverify 180 "$work/trtverify.txt" "${HRX[@]}" verify "$fp16" --checkpoint default-x2 --backends trt; then
       row "hrx verify --backends trt (fp16)" "PASS" "$STEP_SECONDS" "$(grep -o 'PSNR=[^ ]* dB' "$work/trtverify.txt" | head -n 1)"
     else
       row "hrx verify --backends trt (fp16)" "FAIL" "$STEP_SECONDS" "$(last_line "$work/trtverify.txt")"
     fi
   else
-    row "hrx build --fp16 (strongly typed)" "FAIL" "$STEP_SECONDS" "$(last_line "$work/build.txt" 2>/dev/null || last_line "$work/export32.txt")"
+    row "hrx build (FP16 export)" "FAIL" "$STEP_SECONDS" "$(last_line "$work/build.txt" 2>/dev/null || echo "no FP16 export from step 2")"
   fi
 else
-  row "hrx build --fp16 + verify trt" "SKIP" 0 "TensorRT not installed (pip install 'hrx[tensorrt]') or no CUDA"
+  row "hrx build + verify trt" "SKIP" 0 "TensorRT not installed (pip install 'hrx[tensorrt]') or no CUDA"
+fi
+
+# --- 5. TensorRT tests, the upscale backends, a plugin-op engine end to end ------------------------
+if [ "$trt" = "1" ] && [ "$cuda" = "1" ]; then
+  if run_step trttests 300 "$work/trttests.txt" "$PY" -m pytest -q -p no:cacheprovider tests/test_trt_backend.py; then
+    row "TensorRT tests (native/plugin x3)" "PASS" "$STEP_SECONDS" "$(last_line "$work/trttests.txt")"
+  else
+    row "TensorRT tests (native/plugin x3)" "FAIL" "$STEP_SECONDS" "$(grep -E 'FAILED|Error' "$work/trttests.txt" | head -n 1 | cut -c1-90)"
+  fi
+  if [ -f "$fp16" ]; then
+    backends="upscale:trt"
+    [ "$ort_cuda" = "1" ] && backends="$backends,upscale:onnxrt-cuda"
+    if run_step upverify 240 "$work/upverify.txt" "${HRX[@]}" verify "$fp16" --checkpoint default-x2 --backends "$backends"; then
+      row "FP16 file via hrx upscale backends" "PASS" "$STEP_SECONDS" "$(grep -o 'upscale:[^ ]* .*PSNR=[^ ]* dB' "$work/upverify.txt" | sed 's/ .*PSNR=/ /' | tr '\n' ' ')"
+    else
+      row "FP16 file via hrx upscale backends" "FAIL" "$STEP_SECONDS" "$(grep -E 'FAIL|error' "$work/upverify.txt" | head -n 1 | cut -c1-90)"
+    fi
+  fi
+  plugin="$work/default-x2.plugin.onnx"
+  mkdir -p "$work/in"
+  "$PY" - "$work/in" >"$work/photo.txt" 2>&1 <<'EOF'
+import sys
+import numpy as np
+import skimage.data as data
+from PIL import Image
+for name in ("astronaut", "chelsea"):
+    img = np.asarray(getattr(data, name)())[..., :3]
+    Image.fromarray(img[100:260, 120:300]).save(f"{sys.argv[1]}/{name}.png")
+EOF
+  if run_step exportp 240 "$work/exportp.txt" "${HRX[@]}" export default-x2 --tile 64 --ops plugin -o "$plugin" &&
+     run_step uptrt 300 "$work/uptrt.txt" "${HRX[@]}" upscale "$work/in" -o "$work/out-trt" --engine "$plugin" --backend trt &&
+     run_step upcpu 240 "$work/upcpu.txt" "${HRX[@]}" upscale "$work/in" -o "$work/out-cpu" --engine "$plugin" --backend onnxrt-cpu; then
+    if run_step psnr 60 "$work/psnr.txt" "$PY" scripts/compare_images.py "$work/out-trt" "$work/out-cpu" --min-psnr 40; then
+      row "upscale --backend trt (plugins) vs CPU" "PASS" "$STEP_SECONDS" "$(last_line "$work/psnr.txt")"
+    else
+      row "upscale --backend trt (plugins) vs CPU" "FAIL" "$STEP_SECONDS" "$(last_line "$work/psnr.txt")"
+    fi
+  else
+    row "upscale --backend trt (plugins) vs CPU" "FAIL" "$STEP_SECONDS" "$(cat "$work/exportp.txt" "$work/uptrt.txt" "$work/upcpu.txt" 2>/dev/null | grep -E 'error|Error' | head -n 1 | cut -c1-90)"
+  fi
+else
+  row "TensorRT tests / upscale --backend trt" "SKIP" 0 "TensorRT not installed (pip install 'hrx[tensorrt]') or no CUDA"
 fi
 
 echo
