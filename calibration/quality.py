@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hrx.metrics import Y_OFFSET, Y_WEIGHTS, psnr_from_mse
+from hrx.metrics import psnr_y
 
 
 
@@ -35,23 +35,6 @@ class QualityReport:
     def line(self) -> str:
         return (f"PSNR-Y on {self.tiles} held-back tiles: FP32 {self.psnr_fp32:.3f} dB, INT8 {self.psnr_int8:.3f} dB "
                 f"(drop {self.drop:+.3f} dB); INT8 vs FP32 {self.psnr_int8_vs_fp32:.2f} dB")
-
-
-def _luma(img: np.ndarray) -> np.ndarray:
-    """``[N, C, H, W]`` in [0, 1] -> 8-bit rounded luma (or the single channel) in float64 levels."""
-    q = np.round(np.clip(img.astype(np.float64), 0.0, 1.0) * 255.0) / 255.0
-    if q.shape[1] >= 3:  # RGB (and RGBA: the colour part)
-        return np.einsum("nchw,c->nhw", q[:, :3], np.array(Y_WEIGHTS)) + Y_OFFSET
-    return q[:, 0] * 255.0
-
-
-def psnr(pred: np.ndarray, target: np.ndarray, border: int) -> float:
-    """Pooled PSNR (peak 255) between two ``[N, C, H, W]`` batches, ``border`` pixels cropped."""
-    a, b = _luma(pred), _luma(target)
-    if border:
-        a, b = a[:, border:-border, border:-border], b[:, border:-border, border:-border]
-    mse = float(np.mean((a - b) ** 2))
-    return psnr_from_mse(mse, 255.0)
 
 
 GATE_ENGINES = ("onnxruntime", "openvino")
@@ -92,4 +75,4 @@ def run_model(path: str | os.PathLike, tiles: np.ndarray, batch: int, threads: i
 
 
 def compare(fp32: np.ndarray, int8: np.ndarray, hr: np.ndarray, scale: int) -> QualityReport:
-    return QualityReport(len(hr), psnr(fp32, hr, scale), psnr(int8, hr, scale), psnr(int8, fp32, scale))
+    return QualityReport(len(hr), psnr_y(fp32, hr, scale), psnr_y(int8, hr, scale), psnr_y(int8, fp32, scale))

@@ -22,7 +22,7 @@ from torch import nn
 
 from hrx.data import Degradation, bicubic_downscale, bicubic_upscale, degrade, mod_crop, quantize
 from hrx.losses import ssim
-from hrx.metrics import Y_OFFSET, Y_WEIGHTS, psnr_from_mse
+from hrx.metrics import Y_OFFSET, Y_WEIGHTS, psnr_y  # noqa: F401 - psnr_y: this module's API too
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,6 @@ def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
 
 def _crop_border(img: torch.Tensor, border: int) -> torch.Tensor:
     return img[..., border:img.shape[-2] - border, border:img.shape[-1] - border] if border > 0 else img
-
-
-def psnr_y(pred: torch.Tensor, target: torch.Tensor, border: int) -> float:
-    """PSNR (dB, peak 255) between the Y channels of two RGB images in [0, 1], 8-bit rounded first."""
-    a = _crop_border(rgb_to_y(quantize(pred)), border)
-    b = _crop_border(rgb_to_y(quantize(target)), border)
-    mse = float((a - b).pow(2).mean())
-    return psnr_from_mse(mse, 255.0)
 
 
 def ssim_y(pred: torch.Tensor, target: torch.Tensor, border: int) -> float:

@@ -30,3 +30,23 @@ def psnr(a, b, peak: float = 1.0) -> float:
     """PSNR (dB) between two arrays (numpy or torch), the error taken in float64."""
     a, b = (np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64) for x in (a, b))
     return psnr_from_mse(float(np.mean((a - b) ** 2)), peak)
+
+
+def luma(img) -> np.ndarray:
+    """``[N, C, H, W]`` in [0, 1] (numpy or torch) -> ``[N, H, W]`` float64: the 8-bit rounded image's BT.601
+    studio luma in [16, 235] (RGB, and RGBA's colour part), or a single channel's levels in [0, 255]."""
+    x = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)
+    x = x if x.dtype.kind == "f" else x.astype(np.float64)
+    q = (np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0).astype(np.float64)  # rounded in the image's own type
+    if q.shape[1] >= 3:
+        return np.einsum("nchw,c->nhw", q[:, :3], np.array(Y_WEIGHTS)) + Y_OFFSET
+    return q[:, 0] * 255.0
+
+
+def psnr_y(pred, target, border: int = 0) -> float:
+    """PSNR (dB, peak 255) of the luma (:func:`luma`) of two ``[N, C, H, W]`` batches in [0, 1], ``border``
+    pixels cropped from each side, the error pooled over the batch: the usual super-resolution measure."""
+    a, b = luma(pred), luma(target)
+    if border > 0:
+        a, b = a[:, border:-border, border:-border], b[:, border:-border, border:-border]
+    return psnr_from_mse(float(np.mean((a - b) ** 2)), 255.0)
