@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from hrx.checkpoint import resolve_checkpoint
     from hrx.data import skimage_photos
     from hrx.export.onnx_export import export_onnx
-    from hrx.runtime.model_info import ModelInfo
+    from hrx.interface import ModelInfo
 
     names = [n for n in args.eval.split(",") if n]
     if args.calib in names:

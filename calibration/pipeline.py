@@ -76,7 +76,7 @@ class Attempt:
 class CalibrationReport:
     model: Path
     output: Path
-    info: object  # hrx.runtime.model_info.ModelInfo of the FP32 model
+    info: object  # hrx.interface.ModelInfo of the FP32 model
     method: str
     target: str
     max_drop: float
@@ -116,7 +116,7 @@ def check_model(path: Path):
     import onnx
 
     from hrx.calibration.graph import is_quantized
-    from hrx.runtime.model_info import ModelInfo, load_onnx
+    from hrx.interface import ModelInfo, load_onnx
 
     if not path.is_file():
         raise HRXError(f"{path}: no such ONNX file")

@@ -289,7 +289,7 @@ def _auto_workers(cpu_sessions: bool, threads: int, jobs, engine: Optional[Path]
 
     workers = auto_workers(cpu_sessions, threads)
     if workers > 1 and len(jobs) == 1 and engine is not None and engine.is_file():
-        from hrx.runtime.model_info import ModelInfo
+        from hrx.interface import ModelInfo
 
         try:
             batches = batches_in(jobs[0].source, ModelInfo.from_onnx(engine), overlap)
@@ -367,7 +367,7 @@ def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet, 
     """Ray Data actors (hrx.runtime.distributed); the driver reads the model's metadata only."""
     from hrx.runtime.distributed import RayOptions, run_batch_ray
     from hrx.runtime.factory import DEFAULT_MODEL, default_engine
-    from hrx.runtime.model_info import ModelInfo
+    from hrx.interface import ModelInfo
     from hrx.runtime.tiling import TileSpec
 
     if request.model is not None or request.backend in ("torch", "triton") or request.url:

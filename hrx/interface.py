@@ -22,8 +22,8 @@
   also takes other sides (multiples of ``size_multiple``), so an image that fits in one tile runs
   whole; ``close`` frees the backend's resources.
 
-Imports run one way: model -> export -> calibration / runtime -> cli; ``hrx.runtime.model_info``
-and ``hrx.runtime.backend`` re-export these names.
+Imports run one way: model -> export -> calibration / runtime -> cli; this module is the one import path
+of ``Backend`` and ``ModelInfo``.
 """
 from __future__ import annotations
 

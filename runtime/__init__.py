@@ -18,8 +18,6 @@ from __future__ import annotations
 from hrx.lazy import lazy_getattr
 
 _LAZY = {
-    "Backend": "hrx.runtime.backend",
-    "ModelInfo": "hrx.runtime.model_info",
     "create_session": "hrx.runtime.onnxrt",
     "OnnxRuntimeBackend": "hrx.runtime.onnxrt",
     "TorchBackend": "hrx.runtime.torch_backend",

@@ -21,7 +21,7 @@ from typing import Callable
 from hrx.checkpoint import BUNDLED_TILE
 from hrx.errors import HRXError, MissingDependencyError
 from hrx.paths import ENGINE_SUFFIXES, ONNX_SUFFIXES
-from hrx.runtime.backend import Backend
+from hrx.interface import Backend
 
 BACKENDS = ("auto", "openvino", "onnxrt-cpu", "onnxrt-cuda", "trt", "torch", "triton")
 

@@ -28,9 +28,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from hrx.errors import BackendDown, HRXError, MissingDependencyError
-from hrx.runtime.backend import Backend
+from hrx.interface import Backend
 from hrx.interface import bounded_int
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import ModelInfo
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_INFLIGHT = 4

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hrx.errors import HRXError
-from hrx.runtime.model_info import ModelInfo, load_onnx
+from hrx.interface import ModelInfo, load_onnx
 
 PARAM_PREFIX = "hrx_"
 QUEUE_DELAY_US = 2000  # how long Triton waits to merge requests into one batch

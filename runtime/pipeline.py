@@ -28,7 +28,7 @@ import numpy as np
 from hrx.errors import BackendDown, HRXError, one_line
 from hrx.metrics import ycbcr_matrix
 from hrx.paths import IMAGE_SUFFIXES, is_image_file
-from hrx.runtime.backend import Backend
+from hrx.interface import Backend
 from hrx.runtime.images import (DEFAULT_MAX_PIXELS, EIGHT_BIT_FORMATS, FORMATS, Picture, quantize, read_image,
                                 write_image)
 from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled, upscale_whole

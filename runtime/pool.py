@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from hrx.errors import HRXError
-from hrx.runtime.backend import Backend
+from hrx.interface import Backend
 from hrx.runtime.pipeline import (BatchOptions, BatchReport, ImageResult, Job, NoProgress, Progress, run_stream,
                                   skip_existing)
 from hrx.runtime.tiling import TileSpec

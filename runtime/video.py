@@ -36,7 +36,7 @@ import numpy as np
 
 from hrx.errors import HRXError
 from hrx.paths import atomic_write, atomic_write_bytes
-from hrx.runtime.backend import Backend
+from hrx.interface import Backend
 from hrx.runtime.pipeline import BatchOptions, output_size, resample_planes, upscale_picture
 from hrx.runtime.images import Picture
 from hrx.runtime.tiling import TileSpec, upscale_tiled, upscale_whole

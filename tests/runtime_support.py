@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import ModelInfo
 
 
 def toy_weights(channels: int, scale: int, seed: int = 0, noise: float = 0.02) -> tuple[np.ndarray, ...]:

@@ -18,7 +18,7 @@ from hrx.calibration.data import sample_tiles, split_held_back
 from hrx.calibration.graph import Graph, intensity, float_plan
 from hrx.calibration.quantize import CPU_MIN_INTENSITY, qdq_on, trt_problems
 from hrx.cli.main import app
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import ModelInfo
 
 runner = CliRunner()
 TILE = 32

@@ -13,7 +13,7 @@ import hrx
 from conftest import assert_not_bicubic, randomize_params, scan_inputs
 from hrx.cli.main import app
 from hrx.export.onnx_export import export_onnx
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import ModelInfo
 
 ATOL = 1e-4
 runner = CliRunner()

@@ -86,7 +86,7 @@ def test_onnx_runtime_matches_spandrel(saved, exported, name, scale):
     assert (info.min_size, info.square, info.fp16, info.bf16, info.size_multiple) == \
         (model.min_size, model.square, model.fp16, model.bf16, model.size_multiple)
     assert info.tile_overlap == min(model.tile_overlap, 16)  # at most half the tile
-    from hrx.runtime.model_info import ModelInfo
+    from hrx.interface import ModelInfo
 
     assert ModelInfo.from_onnx(result.path) == info  # the requirements travel in the file
     sess = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import hrx
 from conftest import randomize_params
 from hrx.cli.main import app
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import ModelInfo
 from hrx.runtime.inference_server_repo import info_from_parameters
 from tritonclient.grpc import model_config_pb2  # the triton extra, installed by scripts/setup.sh --test
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hrx.errors import HRXError
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import ModelInfo
 from hrx.runtime.trt.backend import TensorRTBackend, _Slot, check_tiles, expected_shapes
 from hrx.runtime.trt.env import missing_for_tensorrt, triton_problem
 

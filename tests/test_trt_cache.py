@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hrx.errors import HRXError
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import ModelInfo
 from hrx.runtime.trt import cache
 from hrx.runtime.trt.cache import EngineMismatchError, EngineRecord, RuntimeEnv
 from hrx.runtime.trt.env import GpuInfo

@@ -6,7 +6,7 @@ their modules on first use::
     build_engine(onnx_path, output=None, options=None, **overrides) -> BuildReport
     engine_for(onnx_path, precision="auto") -> Path          # cached build for --backend trt
     check_engine(engine_path, onnx_path=None) -> (EngineRecord, warnings)
-    TensorRTBackend(engine_path)                               # hrx.runtime.backend.Backend
+    TensorRTBackend(engine_path)                               # hrx.interface.Backend
     polygraphy_runner(engine_or_onnx_path, precision="auto")   # for hrx verify --backends trt
     register_plugins()                                         # hrx::SelectiveScan, hrx::MoETop1
     unsupported_ops(onnx_model, plugins=True) -> list[str]     # static check, no TensorRT needed

@@ -294,7 +294,7 @@ def batch_profile(requested: tuple[int, int, int] | None, model_props: dict[str,
 
 
 def _model_info(model, source: Path) -> tuple[dict[str, str], list[str]]:
-    from hrx.runtime.model_info import ModelInfo
+    from hrx.interface import ModelInfo
 
     try:
         return ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, str(source)).to_props(), []
@@ -370,7 +370,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     build; on any failure no engine, record or timing cache is written.
     """
     from hrx import __version__
-    from hrx.runtime.model_info import load_onnx
+    from hrx.interface import load_onnx
     from hrx.runtime.trt import ops as trt_ops
     from hrx.runtime.trt.env import require_gpu, require_tensorrt
     from hrx.runtime.trt.plugins import contract_problems, plugin_nodes
@@ -459,7 +459,7 @@ def engine_for(onnx_path: str | os.PathLike, precision: str = "auto", *, plugin_
                root: str | os.PathLike | None = None, log: Log | None = None) -> Path:
     """The cached engine for ``onnx_path`` on this machine, built on first use (``--backend trt``), in
     ``precision`` (``auto``: the file's own, :func:`precision_for`)."""
-    from hrx.runtime.model_info import load_onnx
+    from hrx.interface import load_onnx
     from hrx.runtime.trt.cache import cached_engine_for, check_engine, current_env
 
     log = log or (lambda _msg: None)

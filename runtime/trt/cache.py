@@ -4,7 +4,7 @@ A TensorRT engine only runs on the TensorRT version that built it and on GPUs of
 capability it was built for. Every engine ``model.engine`` therefore gets a sidecar
 ``model.engine.json`` (an :class:`EngineRecord`): the ONNX sha256 and path, TensorRT version,
 GPU name and compute capability, precision, I/O shapes, plugins and the model's
-:class:`~hrx.runtime.model_info.ModelInfo`, so the runtime can tile with an engine alone.
+:class:`~hrx.interface.ModelInfo`, so the runtime can tile with an engine alone.
 
 :func:`check_engine` compares a record with this machine and says, in one line, why an engine
 cannot run and the command that rebuilds it. :func:`cached_engine_for` names the engine that
@@ -23,7 +23,7 @@ from pathlib import Path
 from hrx.errors import HRXError
 from hrx.interface import bounded_int
 from hrx.paths import atomic_write_all, atomic_write_bytes, cache_root, file_sha256  # noqa: F401 - this module's API
-from hrx.runtime.model_info import ModelInfo
+from hrx.interface import ModelInfo
 from hrx.runtime.trt.env import GpuInfo
 
 RECORD_SCHEMA = 1
