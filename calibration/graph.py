@@ -5,7 +5,7 @@ Kept float (reason -> nodes), found from the graph's structure, not from node na
 * ``router``: the MoE router logits and everything only they use (the router's private subgraph:
   its convs, activations and texture cues), ``ArgMax`` and the ``Softmax`` of the logits; in plugin
   mode the subgraph feeding ``hrx::MoETop1``'s logits input.
-* ``scan``: the selective scan's ``Exp``, ``CumSum`` and ``Softplus`` (native mode).
+* ``scan``: the selective scan's decays and step sizes (:data:`hrx.export.onnx_tools.SCAN_OPS`, native mode).
 * ``matmul``: activation x activation ``MatMul`` (attention ``QK^T`` / ``AV`` and the scan's chunk
   products), so the scan's decay matrices and the softmax probabilities stay float.
 * ``softmax``: attention ``Softmax`` nodes (their inputs come from float ``MatMul`` + bias / mask).
@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from hrx.export.onnx_tools import SCAN_OPS, quantized_ops
+
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-SCAN_OPS = ("Exp", "CumSum", "Softplus")
 # ops that only move or reshape data: a value passes through them unchanged
 MOVE_OPS = ("Reshape", "Transpose", "Split", "Slice", "Squeeze", "Unsqueeze", "Gather", "Concat", "Expand",
             "Identity", "Flatten", "DepthToSpace", "SpaceToDepth", "Pad")
-QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-             "DynamicQuantizeLinear", "QGemm", "QLinearAdd", "QLinearMul")
 
 
 @dataclass
@@ -211,7 +210,7 @@ def is_quantized(model: onnx.ModelProto) -> str:
     props = {p.key: p.value for p in model.metadata_props}
     if props.get("precision", "fp32") not in ("fp32", ""):
         return f"its metadata says precision={props['precision']}"
-    ops = sorted({n.op_type for n in model.graph.node if n.op_type in QUANT_OPS})
+    ops = quantized_ops(model)
     if ops:
         return f"it already has {', '.join(ops)} nodes"
     return ""

@@ -36,6 +36,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hrx.errors import HRXError, MissingDependencyError
+from hrx.export.onnx_tools import SCAN_OPS
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 IO_PRECISIONS = ("fp32", "fp16")
@@ -49,7 +50,6 @@ SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
 ROUTER_OPS = frozenset({"ArgMax"})
 NORM_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt", "Reciprocal",
                       "LayerNormalization", "GroupNormalization", "InstanceNormalization"})
-SCAN_OPS = frozenset({"Exp", "Log", "CumSum", "Softplus"})
 FIXED_OPS = frozenset({"Resize", "Upsample"})  # float-typed roi/scales inputs; nearest upsampling is exact anyway
 PLUGIN_DOMAIN = "hrx"
 # hrx:: plugin inputs that may be FP16 (the rest stay FP32), as in the plugins' autotune combinations

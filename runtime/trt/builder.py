@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hrx.errors import HRXError
+from hrx.export.onnx_tools import is_qdq, normalize_precision  # noqa: F401 - is_qdq: builder API too
 from hrx.runtime.trt.cache import (
     EngineRecord,
     atomic_write_bytes,
@@ -85,12 +86,6 @@ class BuildReport:
 
 
 # --- pure helpers (tested without TensorRT) ------------------------------------------------------
-
-def is_qdq(model) -> bool:
-    """Whether the graph carries explicit quantization (QuantizeLinear/DequantizeLinear)."""
-    ops = {n.op_type for n in model.graph.node} | {n.op_type for f in model.functions for n in f.node}
-    return bool(ops & {"QuantizeLinear", "DequantizeLinear"})
-
 
 def graph_precision(model) -> str:
     """The compute precision the graph's types say: ``fp16``/``bf16`` when its weights are half,
@@ -147,8 +142,6 @@ def precision_for(model, requested: str = "auto") -> str:
     half), then ``fp32``. An explicit ``fp32``/``fp16``/``bf16``/``int8`` is what the user asked for;
     :func:`resolve_precision` refuses the ones the graph cannot build in, and so does ``fp32`` on a graph
     that is half or quantized already (it would build in the graph's types, not FP32)."""
-    from hrx.runtime.trt.cache import normalize_precision
-
     graph = "int8" if is_qdq(model) else graph_precision(model)
     if requested != "auto":
         want = normalize_precision(requested)
@@ -164,8 +157,6 @@ def precision_for(model, requested: str = "auto") -> str:
 
 def options_for(precision: str) -> dict[str, bool]:
     """BuildOptions fields that select ``precision`` (``--backend trt`` builds)."""
-    from hrx.runtime.trt.cache import normalize_precision
-
     flags = {"fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True}, "int8": {"int8": True}}
     return flags[normalize_precision(precision)]
 

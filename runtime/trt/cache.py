@@ -21,16 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hrx.errors import HRXError
+from hrx.export.onnx_tools import PRECISIONS, normalize_precision  # noqa: F401 - strongly typed: the graph's types
 from hrx.interface import bounded_int
 from hrx.paths import atomic_write_all, atomic_write_bytes, cache_root, file_sha256  # noqa: F401 - this module's API
 from hrx.interface import ModelInfo
 from hrx.runtime.trt.env import GpuInfo
 
 RECORD_SCHEMA = 1
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # strongly typed: the graph's types (int8: a Q/DQ graph)
-# ModelInfo.precision and other spellings callers may pass
-_PRECISION_ALIASES = {"int8-qdq": "int8", "int8-qdq-fp16": "int8", "float32": "fp32", "float16": "fp16",
-                      "half": "fp16", "bfloat16": "bf16"}
 _PRECISION_FLAG = {"fp32": "", "fp16": "--fp16", "bf16": "--bf16", "int8": "--int8"}
 
 
@@ -215,14 +212,6 @@ def check_engine(engine_path: str | os.PathLike, *, env: RuntimeEnv | None = Non
         raise EngineMismatchError(f"{engine_path} cannot be used: {'; '.join(errors)}. Rebuild it: "
                                   f"{rebuild_command(source, record.precision, engine_path, record.plugin_impl)}")
     return record, [f"{engine_path}: {w}" for w in warnings]
-
-
-def normalize_precision(precision: str) -> str:
-    """One of :data:`PRECISIONS` (accepts ModelInfo's ``int8-qdq`` and a few spellings)."""
-    p = _PRECISION_ALIASES.get(precision.lower(), precision.lower())
-    if p not in PRECISIONS:
-        raise HRXError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    return p
 
 
 def cache_key(onnx_sha256: str, precision: str, env: RuntimeEnv, plugin_impl: str = "") -> str:
