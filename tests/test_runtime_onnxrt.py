@@ -94,7 +94,7 @@ def test_cuda_io_binding_matches_cpu(tmp_path):
 
 @pytest.fixture(scope="module")
 def hrx_t_export(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
-    """A real export (the coordinator's exporter) of a randomized hrx-t x2, tile 32, batch 2."""
+    """A real export (hrx.export.export_onnx) of a randomized hrx-t x2, tile 32, batch 2."""
     from hrx.export import export_onnx
 
     torch.manual_seed(0)
