@@ -78,8 +78,7 @@ def main() -> None:
             t0 = time.perf_counter()
             backend = open_backend(request)
             i = backend.info
-            spec = TileSpec(tile=i.tile, overlap=i.tile_overlap, scale=i.scale, size_multiple=i.size_multiple,
-                            batch=i.batch, merge="blend")  # hrx upscale's default, as the actors use
+            spec = TileSpec.from_info(i, merge="blend")  # hrx upscale's default, as the actors use
             report = run_batch(backend, plan_jobs([folder], out), spec, BatchOptions())
             backend.close()
             plain.append(time.perf_counter() - t0)

@@ -339,9 +339,7 @@ def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows, bundled
     runners = _named(lambda: _open_runners(request, pool), request.engine or request.model)
 
     def spec_for(runner) -> TileSpec:
-        i = runner.info
-        return TileSpec(tile=i.tile, overlap=i.tile_overlap if overlap is None else overlap, scale=i.scale,
-                        size_multiple=i.size_multiple, batch=i.batch, merge=merge)
+        return TileSpec.from_info(runner.info, overlap, merge)
 
     try:
         source = f"bundled {DEFAULT_MODEL}" if bundled else (request.engine or request.model or
@@ -386,8 +384,7 @@ def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet, 
 
         info = read_record(engine).info()
     request = dataclasses.replace(request, engine=engine.resolve())
-    spec = TileSpec(tile=info.tile, overlap=info.tile_overlap if overlap is None else overlap, scale=info.scale,
-                    size_multiple=info.size_multiple, batch=info.batch, merge=merge)
+    spec = TileSpec.from_info(info, overlap, merge)
     where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
     if not quiet:
         typer.echo(f"backend: ray on {where} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "

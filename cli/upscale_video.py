@@ -224,8 +224,7 @@ def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional
     ident = model_id(request.engine, request.model)
     try:
         i = backend.info
-        spec = TileSpec(tile=i.tile, overlap=i.tile_overlap if overlap is None else overlap, scale=i.scale,
-                        size_multiple=i.size_multiple, batch=i.batch, merge=merge)
+        spec = TileSpec.from_info(i, overlap, merge)
         where = "ray" if ray_options is not None else backend.name
         if not quiet:
             typer.echo(f"backend: {where} for {len(videos)} video{'s' * (len(videos) != 1)} ({i.arch} "

@@ -98,9 +98,7 @@ class UpscaleActor:
         self.options = options
         from hrx.runtime.tiling import TileSpec
 
-        i = self.backend.info
-        self.spec = TileSpec(tile=i.tile, overlap=i.tile_overlap if overlap is None else overlap, scale=i.scale,
-                             size_multiple=i.size_multiple, batch=i.batch, merge=merge)
+        self.spec = TileSpec.from_info(self.backend.info, overlap, merge)
         self.worker = f"ray:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

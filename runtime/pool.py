@@ -109,8 +109,7 @@ def batches_in(image: str | os.PathLike, info, overlap: int | None = None) -> in
     try:
         with Image.open(image) as im:
             width, height = im.size
-        spec = TileSpec(info.tile, info.tile_overlap if overlap is None else overlap, info.scale,
-                        info.size_multiple, info.batch)
+        spec = TileSpec.from_info(info, overlap)
     except (OSError, ValueError, HRXError, Image.DecompressionBombError):
         return None
     return math.ceil(tile_count(height, width, spec) / max(1, info.batch))

@@ -223,7 +223,7 @@ def _gate_outputs(path, info: ModelInfo, pictures: list[np.ndarray]) -> tuple[li
     from hrx.runtime.openvino import OpenVINOBackend
     from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled
 
-    spec = TileSpec(info.tile, info.tile_overlap, info.scale, info.size_multiple, info.batch, "blend")
+    spec = TileSpec.from_info(info, merge="blend")
     outputs = []
     for precision in ("fp32", "bf16"):
         with OpenVINOBackend(path, precision=precision) as backend:

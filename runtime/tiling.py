@@ -53,6 +53,13 @@ class TileSpec:
         if self.batch < 1 or self.scale < 1:
             raise HRXError(f"batch ({self.batch}) and scale ({self.scale}) must be >= 1")
 
+    @classmethod
+    def from_info(cls, info, overlap: int | None = None, merge: str = "crop") -> "TileSpec":
+        """The spec a model's metadata (:class:`hrx.interface.ModelInfo`) gives: its tile, scale, size
+        multiple and batch, and its recommended overlap unless ``overlap`` is given."""
+        return cls(info.tile, info.tile_overlap if overlap is None else overlap, info.scale, info.size_multiple,
+                   info.batch, merge)
+
     @property
     def stride(self) -> int:
         """Distance between tile starts: the largest multiple of size_multiple <= tile - overlap."""

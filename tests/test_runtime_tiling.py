@@ -143,3 +143,12 @@ def test_randomized_hrx_t_tiled_close_to_whole():
     print("tiled vs whole PSNR (dB):", {k: round(v, 2) for k, v in scores.items()})
     assert min(scores.values()) > 33.0
     assert scores["blend"] > scores["crop"]  # why blend is the default
+
+
+def test_spec_from_model_info():
+    from hrx.interface import ModelInfo
+
+    info = ModelInfo(arch="hrx-t", scale=2, in_channels=3, out_channels=3, tile=64, batch=4, size_multiple=16,
+                     tile_overlap=16)
+    assert TileSpec.from_info(info) == TileSpec(64, 16, 2, 16, 4, "crop")
+    assert TileSpec.from_info(info, overlap=0, merge="blend") == TileSpec(64, 0, 2, 16, 4, "blend")
