@@ -1,17 +1,11 @@
 """ONNX export: fuse, freeze to static shapes, export, check, simplify; and verification.
 
-``export_onnx`` is imported lazily so ``import hrx.export`` stays light.
+``export_onnx`` is imported lazily (:func:`hrx.lazy.lazy_getattr`) so ``import hrx.export`` stays light.
 """
 from __future__ import annotations
 
-from typing import Any
+from hrx.lazy import lazy_getattr
 
-__all__ = ["export_onnx", "ExportResult"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from hrx.export import onnx_export
-
-        return getattr(onnx_export, name)
-    raise AttributeError(f"module 'hrx.export' has no attribute {name!r}")
+_LAZY = {"export_onnx": "hrx.export.onnx_export", "ExportResult": "hrx.export.onnx_export"}
+__getattr__ = lazy_getattr(__name__, _LAZY)
+__all__ = list(_LAZY)
