@@ -107,37 +107,51 @@ def read_checkpoint(ref: str | os.PathLike) -> tuple[str, dict[str, Any], dict[s
         head = f.read(16)
     if len(head) < 8:
         raise CheckpointError(f"{path}: file is empty or truncated, not an HRX checkpoint")
+    data, meta = load_weights(path, "re-save it with hrx.save_model")
+    if meta is None:
+        return _read_torch(path, data)
+    return _read_safetensors(path, data, meta)
+
+
+def load_weights(path: Path, fix: str) -> tuple[Any, dict[str, str] | None]:
+    """Read ``path`` weights-only, the one reader of HRX and third-party checkpoints: a PyTorch pickle through
+    ``torch.load(weights_only=True)`` -> ``(data, None)``, else a safetensors file -> ``(tensors, its
+    metadata)``. A pickle that would run code is refused, ``fix`` saying what to do; any failure is one
+    :class:`CheckpointError` line naming the file."""
+    with open(path, "rb") as f:
+        head = f.read(8)
     if head[:2] == b"PK" or head[:1] == b"\x80":
-        return _read_torch(path)
-    return _read_safetensors(path)
+        import torch
 
-
-def _read_torch(path: Path):
-    import torch
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), None
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds here
+            text = str(e)
+            if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+                raise CheckpointError(f"{path}: refused: loading it would run arbitrary pickle code; {fix}") from None
+            raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+    from safetensors import safe_open
 
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(f"{path}: refused: loading it would run arbitrary pickle code; "
-                                  "re-save it with hrx.save_model") from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({msg})") from None
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable checkpoint, neither a PyTorch pickle nor a safetensors file "
+                              f"({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _read_torch(path: Path, data: Any):
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise NotHRXCheckpoint(f"{path}: not an HRX checkpoint (no '{FORMAT}' header); "
                               "convert plain state dicts with hrx.save_model(model, path)")
     return _checked(path, data.get("arch"), data.get("config"), data.get("state_dict"), data.get("extra") or {})
 
 
-def _read_safetensors(path: Path):
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+def _read_safetensors(path: Path, state: dict, meta: dict[str, str]):
     if meta.get("hrx_format") != FORMAT:
         raise NotHRXCheckpoint(f"{path}: safetensors file without HRX metadata (arch/config); not an HRX checkpoint")
     parsed = {}

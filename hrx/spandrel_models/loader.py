@@ -18,27 +18,12 @@ SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 
 
 def read_state_dict(path: Path) -> dict:
-    """The tensors of ``path``, weights-only. Raises :class:`CheckpointError` with one line."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            text = str(e)
-            if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
-                raise CheckpointError(f"{path}: refused: the pickle holds more than tensors (loading it would run "
-                                      "arbitrary code); save its state_dict only, or convert it to .safetensors") from None
-            first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-            raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
-    else:
-        from safetensors.torch import load_file
+    """The tensors of ``path``, weights-only (:func:`hrx.checkpoint.load_weights`). Raises
+    :class:`CheckpointError` with one line."""
+    from hrx.checkpoint import load_weights
 
-        try:
-            data = load_file(str(path))
-        except Exception as e:  # noqa: BLE001
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{path}: neither a PyTorch pickle nor a safetensors file ({first})") from None
+    data, _ = load_weights(path, "the pickle holds more than tensors: save its state_dict only, or convert "
+                                 "it to .safetensors")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a state dict")
     return data
