@@ -11,8 +11,10 @@
 * Compiled models are cached in ``cache_root()/openvino/<stem>-<sha256[:16]>`` (OpenVINO's ``CACHE_DIR``;
   OpenVINO keys each blob inside by the graph and the compile options), so a second open skips
   compilation.
-* Tile batches run through an ``AsyncInferQueue``: :meth:`OpenVINOBackend.infer_many` keeps every infer
-  request busy and returns results in order; :meth:`~OpenVINOBackend.infer` is safe from several threads.
+* Tile batches run on a pool of synchronous infer requests (one per stream by default):
+  :meth:`~OpenVINOBackend.infer` takes a free request and is safe from several threads, and
+  :meth:`OpenVINOBackend.infer_many` keeps every request busy from threads of its own and returns the
+  results in order. No Python callback runs on OpenVINO's threads.
 * Parallelism on a CPU of k cores, picked by :data:`CPU_PARALLELISM`: ``"sessions"``, k compiled models
   of one thread and one stream each behind :class:`hrx.runtime.pool.SharedSessions` (what ONNX Runtime
   does, ``--workers``), or ``"streams"``, one compiled model with k streams (OpenVINO's THROUGHPUT mode)
@@ -24,9 +26,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+import queue
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -93,7 +95,7 @@ class OpenVINOBackend(Backend):
 
     ``precision``: ``fp32`` or ``bf16`` (pinned, see the module doc); ``threads``: inference threads
     (0: OpenVINO's default, every core); ``streams``: OpenVINO streams sharing them; ``requests``: infer
-    requests in the queue (0: two per stream); ``cache``: use the compiled-model cache; ``pin_cores``:
+    requests run at once (0: one per stream); ``cache``: use the compiled-model cache; ``pin_cores``:
     OpenVINO's CPU pinning (default: off for one-thread models, which run several side by side).
     """
 
@@ -153,52 +155,50 @@ class OpenVINOBackend(Backend):
                                f"metadata says {list(want)}")
         self._dtype = np.float16 if inp.get_element_type() == ov.Type.f16 else np.float32
         self.streams = streams
-        self._queue = ov.AsyncInferQueue(self.compiled, requests or 2 * streams)
-        self._queue.set_callback(_deliver)
-        self._submit_lock = threading.Lock()  # start_async is not safe from several threads at once
-
-    def _start(self, tiles: np.ndarray) -> Future:
-        if tuple(tiles.shape) != self.input_shape:
-            raise HRXError(f"{self.path}: expected tiles of shape {list(self.input_shape)}, got {list(tiles.shape)}")
-        future: Future = Future()
-        with self._submit_lock:
-            self._queue.start_async({0: np.ascontiguousarray(tiles, dtype=self._dtype)}, future)
-        return future
-
-    def _wait(self, future: Future) -> np.ndarray:
-        while True:
-            try:
-                return future.result(timeout=0.5)
-            except FutureTimeout:
-                self._queue.is_ready()  # raises the error of a failed request (its callback never ran)
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._count = requests or streams
+        for _ in range(self._count):
+            request = self.compiled.create_infer_request()
+            # the first `.data` of a tensor in the process runs a C++ static initialiser that takes the GIL;
+            # two threads reaching it at once deadlock (one holds the GIL and waits for the initialiser's
+            # guard), so it runs here, on the thread that opens the backends, before any tile work
+            request.get_input_tensor(0).data, request.get_output_tensor(0).data
+            self._requests.put(request)
+        self._runner = ThreadPoolExecutor(self._count, thread_name_prefix="hrx-openvino") if self._count > 1 else None
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
-        return self._wait(self._start(tiles))
+        if tuple(tiles.shape) != self.input_shape:
+            raise HRXError(f"{self.path}: expected tiles of shape {list(self.input_shape)}, got {list(tiles.shape)}")
+        request = self._requests.get()
+        try:  # InferRequest.infer releases the GIL while OpenVINO computes
+            request.infer({0: np.ascontiguousarray(tiles, dtype=self._dtype)})
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        finally:
+            self._requests.put(request)
 
     def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        ahead = len(self._queue) + 1  # every request busy, plus the one that is being copied out
-        pending: list[Future] = []
-        for batch in batches:
-            pending.append(self._start(batch))
-            if len(pending) >= ahead:
-                yield self._wait(pending.pop(0))
-        while pending:
-            yield self._wait(pending.pop(0))
+        if self._runner is None:
+            for batch in batches:
+                yield self.infer(batch)
+            return
+        pending: deque[Future] = deque()
+        try:
+            for batch in batches:
+                pending.append(self._runner.submit(self.infer, batch))
+                if len(pending) > self._count:  # every request busy, plus one waiting
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # stopped early: drop what has not started
+            for future in pending:
+                future.cancel()
 
     def close(self) -> None:
-        queue = getattr(self, "_queue", None)
-        if queue is not None:
-            queue.wait_all()
-        self._queue = None
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            runner.shutdown(wait=True, cancel_futures=True)
+        self._runner = None
         self.compiled = None
-
-
-def _deliver(request, future: Future) -> None:
-    """AsyncInferQueue callback (OpenVINO's thread): copy the output out of the request."""
-    try:
-        future.set_result(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
-    except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
-        future.set_exception(e)
 
 
 def _first_line(e: BaseException) -> str:
