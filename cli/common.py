@@ -133,3 +133,42 @@ def handle_errors(fn: F) -> F:
 
 def is_interactive() -> bool:
     return sys.stderr.isatty()
+
+
+B = TypeVar("B", bound="ProgressBars")
+
+
+class ProgressBars:
+    """Rich progress bars on stderr, shown inside a ``with`` block and cleared when it ends. Not ``enabled``
+    (quiet, or stderr not a terminal): nothing is drawn, rich is not imported, :meth:`print` writes plain lines.
+    Subclasses add their tasks to ``self.bars`` and may name other :meth:`columns`."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        if enabled:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.bars = Progress(*self.columns(), console=Console(stderr=True), transient=True)
+
+    def columns(self) -> list:
+        """What is done, the bar, done of total, time taken."""
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+
+    def __enter__(self: B) -> B:
+        if self.enabled:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bars.stop()
+
+    def print(self, line: str) -> None:
+        """``line`` on stderr as it is (no rich markup), above the bars while they show."""
+        if self.enabled:
+            self.bars.console.print(line, markup=False, highlight=False)
+        else:
+            typer.echo(line, err=True)

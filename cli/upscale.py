@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import choices, debug_enabled, fail, handle_errors, is_interactive, print_traceback
+from hrx.cli.common import (ProgressBars, choices, debug_enabled, fail, handle_errors, is_interactive,
+                            print_traceback)
 from hrx.errors import HRXError
 from hrx.runtime.factory import BACKENDS  # the choices come from the runtime's tuples (light modules: numpy)
 from hrx.runtime.images import FORMATS
@@ -395,29 +396,15 @@ def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet, 
     return report, info, spec, source
 
 
-class _Progress:
+class _Progress(ProgressBars):
     """Files and tiles bars on stderr (rich); errors printed above the bars, one line each."""
 
     def __init__(self, total: int, enabled: bool, on_result=None) -> None:
-        self.enabled, self.on_result, self.not_run_shown = enabled, on_result, False
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-        self.files = self.bars.add_task("images", total=total)
-        self.tiles = self.bars.add_task("tiles", total=1)
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            self.bars.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bars.stop()
+        super().__init__(enabled)
+        self.on_result, self.not_run_shown = on_result, False
+        if enabled:
+            self.files = self.bars.add_task("images", total=total)
+            self.tiles = self.bars.add_task("tiles", total=1)
 
     def start_image(self, job, tiles: int) -> None:
         if self.enabled:
@@ -435,10 +422,7 @@ class _Progress:
                 return self._advance()
             self.not_run_shown = True
         if result.status == "failed":
-            if self.enabled:
-                self.bars.console.print(f"error: {result.reason}", markup=False, highlight=False)
-            else:
-                typer.echo(f"error: {result.reason}", err=True)
+            self.print(f"error: {result.reason}")
         self._advance()
 
     def _advance(self) -> None:

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import typer
 
+from hrx.cli.common import ProgressBars, is_interactive
 from hrx.errors import HRXError
 from hrx.paths import VIDEO_SUFFIXES, is_image_file, is_video_file
 
@@ -85,31 +86,21 @@ def _scan(folder: Path, recursive: bool, exclude: Path) -> tuple[list[Path], boo
     return videos, has_images
 
 
-class FrameProgress:
+class FrameProgress(ProgressBars):
     """Frames, fps and ETA of the video being upscaled (rich, on stderr), when interactive."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+        super().__init__(enabled)
+        self.task = None
+        self.started = 0.0
+        self.done = 0
 
-            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[fps]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-            self.task = None
-            self.started = 0.0
-            self.done = 0
+    def columns(self) -> list:
+        from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
-    def __enter__(self) -> "FrameProgress":
-        if self.enabled:
-            self.bars.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bars.stop()
+        return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
 
     def start_video(self, source: Path, frames: int) -> None:
         if self.enabled:
@@ -124,17 +115,10 @@ class FrameProgress:
             fps = self.done / max(time.perf_counter() - self.started, 1e-9)
             self.bars.update(self.task, advance=n, fps=f"{fps:.2f} fps")
 
-    def print(self, line: str) -> None:
-        if self.enabled:
-            self.bars.console.print(line, markup=False, highlight=False)
-        else:
-            typer.echo(line, err=True)
-
 
 def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, skip_existing: bool = False) -> list:
     """``upscale_one(job, progress)`` for every video; a failing video is a one-line error and the batch
     goes on. Returns the :class:`hrx.runtime.video.VideoResult` of each."""
-    from hrx.cli.common import is_interactive
     from hrx.runtime.video import VideoResult
 
     results = []
