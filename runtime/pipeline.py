@@ -117,6 +117,8 @@ class BatchReport:
 
 
 class Progress(Protocol):
+    """What the image pipeline reports as it goes (any object with these methods will do); here they do nothing."""
+
     def start_image(self, job: Job, tiles: int) -> None: ...
 
     def advance_tiles(self, n: int) -> None: ...
@@ -124,15 +126,8 @@ class Progress(Protocol):
     def finish_image(self, result: ImageResult) -> None: ...
 
 
-class NoProgress:
-    def start_image(self, job: Job, tiles: int) -> None:
-        pass
-
-    def advance_tiles(self, n: int) -> None:
-        pass
-
-    def finish_image(self, result: ImageResult) -> None:
-        pass
+class NoProgress(Progress):
+    """Reports nothing."""
 
 
 # -- planning ---------------------------------------------------------------------------------------

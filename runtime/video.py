@@ -151,17 +151,15 @@ class VideoResult:
 
 
 class VideoProgress(Protocol):
+    """What the video pipeline reports as it goes (any object with these methods will do); here they do nothing."""
+
     def start_video(self, source: Path, frames: int) -> None: ...
 
     def advance_frames(self, n: int) -> None: ...
 
 
-class NoVideoProgress:
-    def start_video(self, source: Path, frames: int) -> None:
-        pass
-
-    def advance_frames(self, n: int) -> None:
-        pass
+class NoVideoProgress(VideoProgress):
+    """Reports nothing."""
 
 
 # -- planning -----------------------------------------------------------------------------------------
