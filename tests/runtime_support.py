@@ -1,4 +1,5 @@
-"""Shared helpers for the runtime tests (no tests here): a toy ONNX upscaler with HRX metadata.
+"""Shared helpers for the runtime tests (no tests here): a toy ONNX upscaler with HRX metadata, and the
+checks every ONNX loader passes on bad files.
 
 The toy is ``Conv3x3 -> ReLU -> Conv3x3 -> DepthToSpace`` (receptive radius 2 input pixels). Its weights
 are nearest-neighbour upscaling plus a small random perturbation, so its output looks like the input
@@ -7,11 +8,14 @@ are nearest-neighbour upscaling plus a small random perturbation, so its output 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from hrx.errors import HRXError
 from hrx.interface import ModelInfo
 
 
@@ -72,3 +76,14 @@ def toy_whole(x: np.ndarray, channels: int = 3, scale: int = 2, seed: int = 0) -
     model = toy_model(channels, scale, tile=None, seed=seed)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"input": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def assert_bad_files_refused(open_onnx: Callable[[Path], object], folder: Path, unreadable: str) -> None:
+    """``open_onnx(path)`` refuses a missing file and a file of garbage, each with one line that names the
+    file; ``unreadable`` is the reason it gives for the garbage."""
+    with pytest.raises(HRXError, match="missing.onnx: no such ONNX file"):
+        open_onnx(folder / "missing.onnx")
+    (folder / "junk.onnx").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(HRXError, match=f"junk.onnx: {unreadable}") as e:
+        open_onnx(folder / "junk.onnx")
+    assert "\n" not in str(e.value)

@@ -15,7 +15,7 @@ from hrx import metrics
 from hrx.errors import HRXError, MissingDependencyError
 from hrx.runtime.onnxrt import OnnxRuntimeBackend, create_session, cuda_available
 from hrx.runtime.tiling import TileSpec, upscale_tiled
-from runtime_support import toy_model, toy_whole, write_toy
+from runtime_support import assert_bad_files_refused, toy_model, toy_whole, write_toy
 
 
 def test_backend_runs_toy_and_checks_shapes(tmp_path):
@@ -35,11 +35,7 @@ def test_backend_runs_toy_and_checks_shapes(tmp_path):
 
 
 def test_create_session_errors(tmp_path):
-    with pytest.raises(HRXError, match="no such ONNX file"):
-        create_session(tmp_path / "missing.onnx")
-    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(HRXError, match="junk.onnx: onnxruntime cannot load it"):
-        create_session(tmp_path / "junk.onnx")
+    assert_bad_files_refused(create_session, tmp_path, "onnxruntime cannot load it")
 
 
 def test_metadata_is_required_and_checked(tmp_path):

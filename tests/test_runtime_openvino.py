@@ -17,7 +17,7 @@ from hrx.errors import HRXError
 from hrx.runtime.factory import BackendRequest, open_backend
 from hrx.runtime.onnxrt import OnnxRuntimeBackend
 from hrx.runtime.openvino import OpenVINOBackend, OpenVINOCompileError
-from runtime_support import toy_model, write_toy
+from runtime_support import assert_bad_files_refused, toy_model, write_toy
 
 pytest.importorskip("openvino")
 
@@ -118,11 +118,7 @@ def test_plugin_op_files_are_refused_in_one_line(tmp_path):
 
 
 def test_errors_are_one_line_like_onnxruntime(tmp_path):
-    with pytest.raises(HRXError, match="missing.onnx: no such ONNX file"):
-        OpenVINOBackend(tmp_path / "missing.onnx")
-    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(HRXError, match="junk.onnx: not a readable ONNX file"):
-        OpenVINOBackend(tmp_path / "junk.onnx")
+    assert_bad_files_refused(OpenVINOBackend, tmp_path, "not a readable ONNX file")
     with pytest.raises(HRXError, match="unknown OpenVINO precision 'fp8'"):
         OpenVINOBackend(write_toy(tmp_path / "toy.onnx"), precision="fp8")
 
