@@ -170,6 +170,7 @@ def main() -> None:
     from hrx.calibration.pipeline import CalibrateOptions, calibrate
     from hrx.calibration.quality import compare
     from hrx.data import skimage_photos
+    from results import header
 
     precisions = args.precision or ["f32", "bf16"]
     work = Path(tempfile.mkdtemp(prefix="hrx-int8-ov-"))
@@ -181,8 +182,8 @@ def main() -> None:
     print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}")
     print(f"openvino {ov.__version__}, calibration photos: {len(list(photos.iterdir()))} bundled, unseen: "
           f"{', '.join(UNSEEN)} ({args.per_photo} crops each), tile {args.tile}, {args.samples} calibration tiles\n")
-    print("| model | method | OpenVINO precision | INT8 convs | FP32 PSNR | INT8 PSNR | drop | INT8 vs FP32 | ms/tile (smoke) | vs FP32 same precision |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(*header(["model", "method", "OpenVINO precision", "INT8 convs", "FP32 PSNR", "INT8 PSNR", "drop",
+                   "INT8 vs FP32", "ms/tile (smoke)", "vs FP32 same precision"]), sep="\n")
     rows = []
     try:
         for name in args.model or MODELS:

@@ -129,6 +129,7 @@ def main() -> None:
     from hrx.runtime.tiling import TileSpec, upscale_tiled
     import zoo
     from hrx.spandrel_models.spandrel_import import import_spandrel
+    from results import header
 
     torch.set_num_threads(args.threads)
     sp = import_spandrel()
@@ -141,8 +142,8 @@ def main() -> None:
     print(f"command: python benchmarks/bench_peers.py {' '.join(sys.argv[1:])}")
     print(f"x{args.scale}, {args.threads} threads, torch {torch.__version__}, onnxruntime "
           f"{__import__('onnxruntime').__version__}, {openvino_note()}, {args.repeats} interleaved rounds, median\n")
-    print("| model | params | photo | path | tile / overlap | MP/s | hrx speed-up | PSNR vs whole-image PyTorch |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(*header(["model", "params", "photo", "path", "tile / overlap", "MP/s", "hrx speed-up",
+                   "PSNR vs whole-image PyTorch"]), sep="\n")
     rows = []
     try:
         for name in args.arch or ARCHS:

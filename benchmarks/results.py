@@ -22,7 +22,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -158,9 +158,12 @@ def table(rows: list[dict]) -> list[str]:
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return lines
+    return header(cols) + ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
+
+
+def header(columns: Sequence[str]) -> list[str]:
+    """The first two lines of a Markdown table: the column names and the separator under them."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
 def section(doc: dict) -> list[str]:
