@@ -19,52 +19,9 @@ keeps float in its later rungs, together with the last layers it adds there.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
-
 import onnx
 
-from hrx.export.onnx_tools import SCAN_OPS, quantized_ops
-
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# ops that only move or reshape data: a value passes through them unchanged
-MOVE_OPS = ("Reshape", "Transpose", "Split", "Slice", "Squeeze", "Unsqueeze", "Gather", "Concat", "Expand",
-            "Identity", "Flatten", "DepthToSpace", "SpaceToDepth", "Pad")
-
-
-@dataclass
-class Graph:
-    """Producer / consumer maps of an ONNX graph (top level only; functions are opaque)."""
-
-    model: onnx.ModelProto
-    producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
-    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=lambda: defaultdict(list))
-    constants: set[str] = field(default_factory=set)
-
-    @classmethod
-    def of(cls, model: onnx.ModelProto) -> "Graph":
-        g = cls(model)
-        for node in model.graph.node:
-            for o in node.output:
-                g.producer[o] = node
-            for i in node.input:
-                if i:
-                    g.consumers[i].append(node)
-            if node.op_type == "Constant":
-                g.constants.update(node.output)
-        g.constants.update(t.name for t in model.graph.initializer)
-        return g
-
-    @property
-    def nodes(self) -> list[onnx.NodeProto]:
-        return list(self.model.graph.node)
-
-    def is_const(self, name: str) -> bool:
-        return name in self.constants
-
-    def weight_name(self, node: onnx.NodeProto) -> str:
-        """The initializer a Conv / Gemm / MatMul multiplies by (``""`` when both inputs are activations)."""
-        return next((i for i in node.input[1:2] if self.is_const(i)), "")
+from hrx.export.onnx_tools import COMPUTE_OPS, SCAN_OPS, Graph, attr, quantized_ops
 
 
 def label(g: Graph, node: onnx.NodeProto) -> str:
@@ -87,17 +44,13 @@ def private_ancestors(g: Graph, seeds: list[onnx.NodeProto], start: list[str]) -
         node = g.producer.get(name)
         if node is None or id(node) in inside:
             continue
-        users = [c for o in node.output for c in g.consumers.get(o, [])]
-        if not all(id(c) in inside for c in users) or any(o in _outputs(g) for o in node.output):
+        users = g.users(node)
+        if not all(id(c) in inside for c in users) or any(o in g.outputs for o in node.output):
             continue
         inside.add(id(node))
         found.append(node)
         todo.extend(i for i in node.input if i and not g.is_const(i))
     return found
-
-
-def _outputs(g: Graph) -> set[str]:
-    return {o.name for o in g.model.graph.output}
 
 
 def router_nodes(g: Graph) -> list[onnx.NodeProto]:
@@ -118,7 +71,7 @@ def output_convs(g: Graph) -> list[onnx.NodeProto]:
     """Convs reached backwards from the graph outputs without crossing another compute op."""
     found: list[onnx.NodeProto] = []
     seen: set[str] = set()
-    todo = list(_outputs(g))
+    todo = list(g.outputs)
     while todo:
         name = todo.pop()
         node = g.producer.get(name)
@@ -135,7 +88,7 @@ def output_convs(g: Graph) -> list[onnx.NodeProto]:
 
 def float_plan(model: onnx.ModelProto) -> dict[str, list[str]]:
     """``{reason: [node names]}`` of the nodes the default INT8 pass keeps in floating point."""
-    g = Graph.of(model)
+    g = Graph(model)
     plan: dict[str, list[str]] = {}
     router = router_nodes(g)
     router_ids = {id(n) for n in router}
@@ -157,13 +110,13 @@ def intensity(g: Graph, node: onnx.NodeProto) -> float | None:
     Gemm 32 -> 16 10.7."""
     if node.op_type not in COMPUTE_OPS or len(node.input) < 2:
         return None
-    w = next((t for t in g.model.graph.initializer if t.name == node.input[1]), None)
+    w = g.inits.get(node.input[1])
     if w is None:
         return None
     dims = [int(d) for d in w.dims]
     if node.op_type in ("Conv", "ConvTranspose") and len(dims) == 4:
         cout, k_in, kh, kw = dims
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        group = attr(node, "group", 1)
         if node.op_type == "ConvTranspose":  # weight [Cin, Cout / group, kh, kw]
             cin, cout = cout, k_in * group
             k = cin // group * kh * kw

@@ -30,12 +30,13 @@ from typing import Callable
 import numpy as np
 
 
-from hrx.calibration.cache import (CacheKey, RangesCache, cache_paths, file_sha256, heldout_for, images_sha256, load,
-                                   save)
+from hrx.calibration.cache import CacheKey, RangesCache, cache_paths, heldout_for, images_sha256, load, save
 from hrx.calibration.data import FEW_IMAGES, augment, bicubic_down, image_count
 from hrx.calibration.quality import QualityReport, compare, run_model
 from hrx.calibration.quantize import LADDER, METHODS, TARGETS, QuantResult, quantize_qdq, trt_problems
-from hrx.errors import HRXError
+from hrx.errors import HRXError, check_choice
+from hrx.export.onnx_tools import FLOAT_PRECISIONS, QDQ_OPS
+from hrx.paths import file_sha256
 
 DEFAULT_METHOD = "percentile"
 FEW_IMAGE_MARGIN = 3.0  # with few images the gate asks for max_drop / 3 (measured gap: module doc)
@@ -218,7 +219,7 @@ def half_qdq(path: Path, precision: str) -> None:
 
     model = onnx.load(str(path))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    qdq = [n.name for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    qdq = [n.name for n in model.graph.node if n.op_type in QDQ_OPS]
     converted, _ = convert_precision(model, precision, extra_fp32=qdq if opset < 19 else ())
     onnx.save(converted, str(path))
 
@@ -226,16 +227,14 @@ def half_qdq(path: Path, precision: str) -> None:
 def calibrate(opts: CalibrateOptions, log: Log | None = None) -> CalibrationReport:
     """Run ``hrx calibrate`` (see the module doc). Never leaves a model that failed the gate at
     ``output`` unless ``opts.force``; the caller turns ``not report.passed`` into an exit code."""
-    if opts.method is not None and opts.method not in METHODS:
-        raise HRXError(f"--method must be one of {', '.join(METHODS)}, not {opts.method!r}")
-    if opts.target not in TARGETS:
-        raise HRXError(f"--target must be one of {', '.join(TARGETS)}, not {opts.target!r}")
+    if opts.method is not None:
+        check_choice("--method", opts.method, METHODS)
+    check_choice("--target", opts.target, TARGETS)
     if opts.eval_tiles < 1:
         raise HRXError(f"--eval-tiles must be at least 1, not {opts.eval_tiles}")
     if opts.max_drop < 0:
         raise HRXError(f"--max-drop must be >= 0 dB, not {opts.max_drop}")
-    if opts.precision not in ("fp32", "fp16", "bf16"):
-        raise HRXError(f"--precision must be one of fp32, fp16, bf16, not {opts.precision!r}")
+    check_choice("--precision", opts.precision, FLOAT_PRECISIONS)
     model_path = Path(opts.model)
     _, info = check_model(model_path)
     if opts.target == "openvino" and info.ops == "plugin":  # refused before any tile is collected

@@ -37,8 +37,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import onnx
 
-from hrx.calibration.graph import COMPUTE_OPS, MOVE_OPS, Graph, float_plan, label, low_intensity_nodes, near_ends
-from hrx.errors import HRXError
+from hrx.calibration.graph import float_plan, label, low_intensity_nodes, near_ends
+from hrx.errors import HRXError, check_choice
+from hrx.export.onnx_tools import COMPUTE_OPS, MOVE_OPS, QDQ_OPS, Graph, drop_dead
 
 METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("trt", "cpu", "openvino")
@@ -151,8 +152,7 @@ def quiet_ort() -> Iterator[None]:
 def _ort_method(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
-    if method not in METHODS:
-        raise HRXError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+    check_choice("--method", method, METHODS)
     return {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
             "minmax": CalibrationMethod.MinMax}[method]
 
@@ -209,7 +209,7 @@ def exclusions(model: onnx.ModelProto, step: LadderStep,
                fmt: TargetFormat | None = None) -> dict[str, list[onnx.NodeProto]]:
     """``{reason: nodes}`` kept float by ``step``: the plan, the target's ``slow`` Conv / Gemm (those INT8
     would make slower: :data:`CPU_MIN_INTENSITY`), plus the step's extra nodes under its name."""
-    g = Graph.of(model)
+    g = Graph(model)
     by_name = {n.name: n for n in g.nodes}
     kept = {reason: [by_name[n] for n in names] for reason, names in float_plan(model).items()}
     names = {n.name for nodes in kept.values() for n in nodes}
@@ -231,14 +231,13 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    if target not in TARGET_FORMATS:
-        raise HRXError(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
+    check_choice("--target", target, TARGETS)
     fmt = TARGET_FORMATS[target]
     model = onnx.load(str(src))
     for i, node in enumerate(model.graph.node):  # exclusions go by name: every node needs one
         if not node.name:
             node.name = f"hrx_unnamed_{i}_{node.op_type}"
-    g0 = Graph.of(model)
+    g0 = Graph(model)
     kept_nodes = exclusions(model, step, fmt)
     excluded = {n.name for nodes in kept_nodes.values() for n in nodes}
     compute = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
@@ -266,7 +265,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target:
     # the quantized conv before them a float consumer, and ONNX Runtime then cannot fuse it (QLinearConv)
     slow = {n.name for n in kept_nodes.get("slow", [])}
     rewired = guard_float_inputs(qdq, (excluded | _unquantized_compute(qdq)) - slow)
-    g = Graph.of(qdq)
+    g = Graph(qdq)
     quantized = [n for n in g.nodes if _is_quantized(g, n)]
     opset = next((o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx")), 0)
     onnx.save(qdq, str(dst))
@@ -275,7 +274,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target:
         kept={r: [label(g0, n) for n in nodes] for r, nodes in kept_nodes.items()},
         kept_ops={r: Counter(_op(n) for n in nodes) for r, nodes in kept_nodes.items()},
         quantized=[label(g, n) for n in quantized], quantized_ops=Counter(n.op_type for n in quantized),
-        qdq_nodes=sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in qdq.graph.node),
+        qdq_nodes=sum(n.op_type in QDQ_OPS for n in qdq.graph.node),
         rewired=rewired, opset=opset)
 
 
@@ -293,7 +292,7 @@ def _is_quantized(g: Graph, node: onnx.NodeProto) -> bool:
 
 def _unquantized_compute(model: onnx.ModelProto) -> set[str]:
     """Compute ops the quantizer left float (activation x activation MatMul, excluded nodes)."""
-    g = Graph.of(model)
+    g = Graph(model)
     return {n.name for n in g.nodes if n.op_type in COMPUTE_OPS and not _is_quantized(g, n)}
 
 
@@ -301,7 +300,7 @@ def guard_float_inputs(model: onnx.ModelProto, keep: set[str]) -> int:
     """Make the kept-float nodes read float tensors: an input that reaches ``Q -> DQ`` of an activation,
     directly or through data-movement ops only (Split, Reshape, Transpose, ...), is rewired to the
     tensor before the ``Q``. Returns how many inputs were rewired; drops Q/DQ nodes left unused."""
-    g = Graph.of(model)
+    g = Graph(model)
     rewired = 0
     for node in g.nodes:
         if node.name not in keep:
@@ -324,25 +323,13 @@ def guard_float_inputs(model: onnx.ModelProto, keep: set[str]) -> int:
             elif p.op_type in MOVE_OPS and p.name not in keep:
                 stack.extend((p, j) for j, name in enumerate(p.input) if name and not g.is_const(name))
     if rewired:
-        _drop_unused_qdq(model)
+        drop_dead(model, QDQ_OPS)
     return rewired
-
-
-def _drop_unused_qdq(model: onnx.ModelProto) -> None:
-    outputs = {o.name for o in model.graph.output}
-    while True:
-        used = {i for n in model.graph.node for i in n.input} | outputs
-        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in used for o in n.output)]
-        if not dead:
-            return
-        for n in dead:
-            model.graph.node.remove(n)
 
 
 def qdq_on(model: onnx.ModelProto, node_names: Sequence[str]) -> list[str]:
     """The named nodes that read a DequantizeLinear output or feed a QuantizeLinear (for tests and checks)."""
-    g = Graph.of(model)
+    g = Graph(model)
     by_name = {n.name: n for n in g.nodes}
     bad = []
     for name in node_names:
@@ -367,7 +354,7 @@ def trt_problems(model: onnx.ModelProto) -> list[str]:
     problems = [f"unsupported op {op}" for op in unsupported_ops(model)] + opset_problems(model)
     inits = {t.name: t for t in model.graph.initializer}
     for n in model.graph.node:
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+        if n.op_type not in QDQ_OPS:
             continue
         x = inits.get(n.input[0])
         if n.op_type == "DequantizeLinear" and x is not None and x.data_type != onnx.TensorProto.INT8:

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import Seed, fail, handle_errors, needs
+from hrx.cli.common import Seed, choices, fail, handle_errors, needs
+from hrx.export.onnx_tools import FLOAT_PRECISIONS
 
 
 class Method(str, Enum):
@@ -16,10 +17,7 @@ class Method(str, Enum):
     minmax = "minmax"
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
+Precision = choices("Precision", FLOAT_PRECISIONS)
 
 
 class Target(str, Enum):

@@ -7,18 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrx.cli.common import Checkpoint, handle_errors, needs
+from hrx.cli.common import Checkpoint, choices, handle_errors, needs
+from hrx.export.onnx_tools import FLOAT_PRECISIONS, IO_PRECISIONS
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-class IOPrecision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
+Precision = choices("Precision", FLOAT_PRECISIONS)
+IOPrecision = choices("IOPrecision", IO_PRECISIONS)
 
 
 class OpsMode(str, Enum):

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from hrx.errors import HRXError
+from hrx.export.onnx_tools import FLOAT_PRECISIONS
 from hrx.metrics import psnr_from_mse
 from hrx.paths import image_files
 from hrx.interface import ModelInfo
@@ -245,7 +246,7 @@ def export_settings(info: ModelInfo) -> dict:
     extra = info.extra
     return dict(tile=info.tile, batch="dynamic" if extra.get("batch_axis") == "dynamic" else info.batch,
                 ops=info.ops, opset=info.opset or 18,
-                precision=info.precision if info.precision in ("fp32", "fp16", "bf16") else "fp32",
+                precision=info.precision if info.precision in FLOAT_PRECISIONS else "fp32",
                 io=extra.get("io_precision", "fp32"), simplify_graph=extra.get("simplify", "true") != "false",
                 graph_passes=extra.get("graph_passes", "true") != "false")
 

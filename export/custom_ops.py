@@ -15,8 +15,6 @@ from torch import nn
 from hrx.blocks import moe as moe_mod
 from hrx.blocks.ssm import register_scan_impl, selective_scan_chunked, use_scan_impl
 
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "hrx"
 _registered = False
 
 

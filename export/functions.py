@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-DOMAIN = "hrx"
+from hrx.export.onnx_tools import PLUGIN_DOMAIN
+
 DOMAIN_VERSION = 1
 PLUGIN_ATTRS = ("plugin_version", "plugin_namespace")
 
@@ -41,17 +42,17 @@ def register_schemas() -> None:
     plugin = [OS.Attribute("plugin_version", OS.AttrType.STRING, "TensorRT plugin version", required=False),
               OS.Attribute("plugin_namespace", OS.AttrType.STRING, "TensorRT plugin namespace", required=False)]
     schemas = [
-        OS("SelectiveScan", DOMAIN, DOMAIN_VERSION, doc=__doc__ or "",
+        OS("SelectiveScan", PLUGIN_DOMAIN, DOMAIN_VERSION, doc=__doc__ or "",
            inputs=[OS.FormalParameter(n, "T2" if n in ("dt", "A", "D") else "T") for n in ("x", "dt", "A", "B", "C", "D")],
            outputs=[OS.FormalParameter("y", "T")], type_constraints=T,
            attributes=[OS.Attribute("chunk", OS.AttrType.INT, "chunk length", required=False), *plugin]),
-        OS("MoETop1", DOMAIN, DOMAIN_VERSION, doc=__doc__ or "",
+        OS("MoETop1", PLUGIN_DOMAIN, DOMAIN_VERSION, doc=__doc__ or "",
            inputs=[OS.FormalParameter("logits", "T2"), OS.FormalParameter("experts", "T")],
            outputs=[OS.FormalParameter("y", "T")], type_constraints=T, attributes=plugin),
     ]
     for s in schemas:
         try:
-            defs.get_schema(s.name, DOMAIN_VERSION, DOMAIN)
+            defs.get_schema(s.name, DOMAIN_VERSION, PLUGIN_DOMAIN)
         except defs.SchemaError:
             defs.register_schema(s)
 
@@ -133,7 +134,7 @@ def selective_scan_function(opset: int = 18) -> onnx.FunctionProto:
     y = g("Reshape", y, g("Concat", b, H, P, L, axis=0))
     y = g("Add", y, g("Mul", g("Reshape", Df, g("Concat", g.const([1]), H, g.const([1, 1]), axis=0)), xf))
     g.nodes.append(helper.make_node("CastLike", [y, "x"], ["y"]))
-    return helper.make_function(DOMAIN, "SelectiveScan", ["x", "dt", "A", "B", "C", "D"], ["y"], g.nodes,
+    return helper.make_function(PLUGIN_DOMAIN, "SelectiveScan", ["x", "dt", "A", "B", "C", "D"], ["y"], g.nodes,
                                 [helper.make_opsetid("", opset)], attributes=["chunk", *PLUGIN_ATTRS])
 
 
@@ -148,7 +149,7 @@ def moe_top1_function(opset: int = 18) -> onnx.FunctionProto:
     prod = g("Mul", g("Cast", "experts", to=TensorProto.FLOAT), g("Unsqueeze", gate, g.const([2])))
     y = g("ReduceSum", prod, g.const([1]), keepdims=0)
     g.nodes.append(helper.make_node("CastLike", [y, "experts"], ["y"]))
-    return helper.make_function(DOMAIN, "MoETop1", ["logits", "experts"], ["y"], g.nodes,
+    return helper.make_function(PLUGIN_DOMAIN, "MoETop1", ["logits", "experts"], ["y"], g.nodes,
                                 [helper.make_opsetid("", opset)], attributes=list(PLUGIN_ATTRS))
 
 
@@ -157,12 +158,12 @@ FUNCTIONS = {"SelectiveScan": selective_scan_function, "MoETop1": moe_top1_funct
 
 def attach_functions(model: onnx.ModelProto) -> list[str]:
     """Add the local function of every hrx op the graph uses (once each); return their names."""
-    used = sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
+    used = sorted({n.op_type for n in model.graph.node if n.domain == PLUGIN_DOMAIN})
     have = {(f.domain, f.name) for f in model.functions}
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     for name in used:
-        if (DOMAIN, name) not in have:
+        if (PLUGIN_DOMAIN, name) not in have:
             model.functions.append(FUNCTIONS[name](opset))
-    if used and not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    if used and not any(o.domain == PLUGIN_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, DOMAIN_VERSION))
     return used

@@ -31,7 +31,7 @@ import onnx
 import torch
 from torch import nn
 
-from hrx.errors import HRXError
+from hrx.errors import HRXError, check_choice
 from hrx.paths import atomic_write
 from hrx.interface import ModelInfo
 
@@ -157,12 +157,13 @@ def trace_to_onnx(deploy: nn.Module, example: torch.Tensor, ops: str, opset: int
         import onnxscript
 
         from hrx.export import custom_ops
-        from hrx.export.functions import DOMAIN, DOMAIN_VERSION, register_schemas
+        from hrx.export.functions import DOMAIN_VERSION, register_schemas
+        from hrx.export.onnx_tools import PLUGIN_DOMAIN, PLUGIN_VERSION
 
         register_schemas()
         custom_ops._register()
-        hrx_ops = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
-        attrs = dict(plugin_version=custom_ops.PLUGIN_VERSION, plugin_namespace=custom_ops.PLUGIN_NAMESPACE)
+        hrx_ops = onnxscript.values.Opset(PLUGIN_DOMAIN, DOMAIN_VERSION)
+        attrs = dict(plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_DOMAIN)
 
         def scan_to_onnx(x, dt, A, B, C, D, chunk: int):
             return hrx_ops.SelectiveScan(x, dt, A, B, C, D, chunk=chunk, **attrs)
@@ -307,19 +308,17 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     ``precision`` fp16/bf16 converts the graph with FP32 islands (:mod:`hrx.export.precision`);
     ``io`` fp16 makes the graph's input and output half precision too."""
     import hrx
-    from hrx.export.precision import IO_PRECISIONS, PRECISIONS, convert_precision
+    from hrx.export.onnx_tools import FLOAT_PRECISIONS, IO_PRECISIONS
+    from hrx.export.precision import convert_precision
 
     start = time.perf_counter()
-    if ops not in OPS_MODES:
-        raise HRXError(f"--ops must be one of {', '.join(OPS_MODES)}, not {ops!r}")
+    check_choice("--ops", ops, OPS_MODES)
     if opset < 18:
         raise HRXError(f"opset {opset} is too old: the exporter needs opset 18 or newer")
     batch = parse_batch(batch)
     dynamic_batch = batch == DYNAMIC
-    if precision not in PRECISIONS:
-        raise HRXError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if io not in IO_PRECISIONS:
-        raise HRXError(f"--io must be one of {', '.join(IO_PRECISIONS)}, not {io!r}")
+    check_choice("--precision", precision, FLOAT_PRECISIONS)
+    check_choice("--io", io, IO_PRECISIONS)
     if io != "fp32" and precision == "fp32":
         raise HRXError("--io fp16 needs --precision fp16 or bf16")
     output = Path(output)

@@ -27,7 +27,6 @@ node names).
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -35,23 +34,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hrx.errors import HRXError, MissingDependencyError
-from hrx.export.onnx_tools import SCAN_OPS
+from hrx.errors import HRXError, MissingDependencyError, check_choice
+from hrx.export.onnx_tools import (CHEAP_OPS, COMPUTE_OPS, FLOAT_PRECISIONS, IO_PRECISIONS, NORM_OPS, PLUGIN_DOMAIN,
+                                   RESIZE_OPS, ROUTER_OPS, SCAN_OPS, SOFTMAX_OPS, Graph, attr, drop_dead,
+                                   name_nodes, rename_input)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-IO_PRECISIONS = ("fp32", "fp16")
 FP16_MAX = 65504.0
-
-HEAVY = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum"})
-CHEAP = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Reshape", "Transpose", "Where", "Squeeze",
-                   "Unsqueeze", "Slice", "Gather", "Concat", "Split", "Expand", "Flatten", "Identity", "Pad",
-                   "Max", "Min", "Clip", "Reciprocal", "Sqrt", "Exp", "Log", "Tile", "Cast"})
-SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
-ROUTER_OPS = frozenset({"ArgMax"})
-NORM_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt", "Reciprocal",
-                      "LayerNormalization", "GroupNormalization", "InstanceNormalization"})
-FIXED_OPS = frozenset({"Resize", "Upsample"})  # float-typed roi/scales inputs; nearest upsampling is exact anyway
-PLUGIN_DOMAIN = "hrx"
+HEAVY_OPS = COMPUTE_OPS | {"Einsum"}  # where an island's walk back from a softmax / router / dt stops
 # hrx:: plugin inputs that may be FP16 (the rest stay FP32), as in the plugins' autotune combinations
 PLUGIN_HALF_INPUTS = {"SelectiveScan": (0, 3, 4), "MoETop1": (1,)}
 
@@ -73,92 +62,61 @@ class PrecisionPlan:
         return f"precision: {self.precision} (I/O {self.io}); FP32 islands: {counts or 'none'}"
 
 
-class _Graph:
-    """Producers / consumers / constants of a graph, for the island rules."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        g = model.graph
-        self.nodes = list(g.node)
-        self.producer = {o: n for n in self.nodes for o in n.output if o}
-        self.consumers: dict[str, list] = defaultdict(list)
-        for n in self.nodes:
-            for i in n.input:
-                self.consumers[i].append(n)
-        self.constants = {t.name for t in g.initializer} | {
-            o for n in self.nodes if n.op_type in ("Constant", "ConstantOfShape") for o in n.output}
-        self.types = {vi.name: vi.type.tensor_type.elem_type
-                      for vi in list(g.value_info) + list(g.input) + list(g.output)}
-        self.types.update({t.name: t.data_type for t in g.initializer})
-
-    def is_float(self, name: str) -> bool:
-        return self.types.get(name, TensorProto.FLOAT) == TensorProto.FLOAT
-
-    def walk_up(self, name: str, chosen: set[str], include_heavy: bool, depth: int = 8) -> None:
-        """Add the producers of tensor ``name`` back through cheap ops (and the first heavy op)."""
-        node = self.producer.get(name)
-        if node is None or depth == 0 or name in self.constants or node.name in chosen:
-            return
-        if node.op_type in HEAVY:
-            if include_heavy:
-                chosen.add(node.name)
-            return
-        if node.op_type not in CHEAP:
-            return
-        chosen.add(node.name)
-        for i in node.input:
-            if i and self.is_float(i):
-                self.walk_up(i, chosen, include_heavy, depth - 1)
-
-
-def _name_nodes(model: onnx.ModelProto) -> None:
-    used = {n.name for n in model.graph.node if n.name}
-    for k, n in enumerate(model.graph.node):
-        if not n.name:
-            name = f"{n.op_type.lower()}_{k}"
-            while name in used:
-                name += "_"
-            n.name = name
-            used.add(name)
+def _walk_up(g: Graph, name: str, chosen: set[str], include_heavy: bool, depth: int = 8) -> None:
+    """Add the producers of tensor ``name`` back through cheap ops (and the first heavy op)."""
+    node = g.producer.get(name)
+    if node is None or depth == 0 or g.is_const(name) or node.name in chosen:
+        return
+    if node.op_type in HEAVY_OPS:
+        if include_heavy:
+            chosen.add(node.name)
+        return
+    if node.op_type not in CHEAP_OPS:
+        return
+    chosen.add(node.name)
+    for i in node.input:
+        if i and g.is_float(i):
+            _walk_up(g, i, chosen, include_heavy, depth - 1)
 
 
 def find_islands(model: onnx.ModelProto) -> dict[str, list[str]]:
     """The FP32 islands of an FP32 graph: ``{rule: [node names]}`` (see the module docstring)."""
-    g = _Graph(model)
+    g = Graph(model)
     rules: dict[str, set[str]] = {"softmax": set(), "router": set(), "norm": set(), "scan": set(), "plugin": set(),
                                   "resize": set()}
     for n in g.nodes:
         if n.domain == PLUGIN_DOMAIN:
             rules["plugin"].add(n.name)
             if n.op_type == "MoETop1" and n.input:
-                g.walk_up(n.input[0], rules["router"], include_heavy=True)
+                _walk_up(g, n.input[0], rules["router"], include_heavy=True)
             continue
         if n.op_type in SOFTMAX_OPS:
             rules["softmax"].add(n.name)
-            g.walk_up(n.input[0], rules["softmax"], include_heavy=True)
+            _walk_up(g, n.input[0], rules["softmax"], include_heavy=True)
         elif n.op_type in ROUTER_OPS:
             rules["router"].add(n.name)
-            g.walk_up(n.input[0], rules["router"], include_heavy=True)
+            _walk_up(g, n.input[0], rules["router"], include_heavy=True)
         elif n.op_type in NORM_OPS:
             rules["norm"].add(n.name)
             if n.op_type == "Pow":  # (x - mean) ** 2: the difference too
                 p = g.producer.get(n.input[0])
                 if p is not None and p.op_type in ("Sub", "Add"):
                     rules["norm"].add(p.name)
-        elif n.op_type in FIXED_OPS:
+        elif n.op_type in RESIZE_OPS:
             rules["resize"].add(n.name)
         elif n.op_type in SCAN_OPS:
             rules["scan"].add(n.name)
             if n.op_type == "Softplus":  # dt: back to its projection
-                g.walk_up(n.input[0], rules["scan"], include_heavy=True)
+                _walk_up(g, n.input[0], rules["scan"], include_heavy=True)
     chosen = set().union(*(names for rule, names in rules.items() if rule != "plugin"))  # plugins write half
     follow: set[str] = set()
     changed = True
     while changed:
         changed = False
         for n in g.nodes:
-            if n.name in chosen or n.op_type not in CHEAP or not n.output or not g.is_float(n.output[0]):
+            if n.name in chosen or n.op_type not in CHEAP_OPS or not n.output or not g.is_float(n.output[0]):
                 continue
-            sources = [i for i in n.input if i and i not in g.constants and g.is_float(i)]
+            sources = [i for i in n.input if i and not g.is_const(i) and g.is_float(i)]
             if sources and all(g.producer.get(i) is not None and g.producer[i].name in chosen for i in sources):
                 chosen.add(n.name)
                 follow.add(n.name)
@@ -177,10 +135,7 @@ def _split_shared_initializers(model: onnx.ModelProto, island: set[str]) -> None
     """Give island nodes their own copy of an initializer that non-island nodes share, so each copy
     gets one type (the converter keeps an island's initializers FP32 and converts the others)."""
     g = model.graph
-    users: dict[str, list] = defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            users[i].append(n)
+    users = Graph(model).consumers
     for init in list(g.initializer):
         nodes = users.get(init.name, [])
         inside = [n for n in nodes if n.name in island]
@@ -207,54 +162,40 @@ def _import_converter():
 
 def _fold_cast_pairs(model: onnx.ModelProto) -> None:
     """``x32 -> Cast(16) -> Cast(32)`` between two islands: use ``x32`` directly (no FP16 round trip)."""
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    outputs = {o.name for o in g.output}
+    g = Graph(model)
     remove = []
-    for n in g.node:
-        if n.op_type != "Cast" or _cast_to(n) != TensorProto.FLOAT:
+    for n in g.nodes:
+        if n.op_type != "Cast" or attr(n, "to") != TensorProto.FLOAT:
             continue
-        first = producer.get(n.input[0])
-        if first is None or first.op_type != "Cast" or _cast_to(first) not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        first = g.producer.get(n.input[0])
+        if first is None or first.op_type != "Cast" or attr(first, "to") not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
             continue
-        src = producer.get(first.input[0])
-        if src is None or n.output[0] in outputs:
+        if first.input[0] not in g.producer or n.output[0] in g.outputs:
             continue
-        for m in g.node:
-            for k, i in enumerate(m.input):
-                if i == n.output[0]:
-                    m.input[k] = first.input[0]
+        rename_input(model, n.output[0], first.input[0])
         remove.append(n)
     for n in remove:
-        g.node.remove(n)
-    used = {i for n in g.node for i in n.input} | outputs
-    for n in [n for n in g.node if n.op_type == "Cast" and not any(o in used for o in n.output)]:
-        g.node.remove(n)
+        model.graph.node.remove(n)
+    drop_dead(model, ("Cast",))
 
 
 def _fix_island_outputs(model: onnx.ModelProto) -> None:
     """With FP32 I/O, a graph output made by an island node comes out of the converter as
     ``island -> Cast(16) -> output`` typed FLOAT16: drop that Cast so the island writes FP32 itself."""
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    for out in g.output:
+    g = Graph(model)
+    for out in model.graph.output:
         if out.type.tensor_type.elem_type != TensorProto.FLOAT16:
             continue
-        cast = producer.get(out.name)
-        if cast is None or cast.op_type != "Cast" or _cast_to(cast) != TensorProto.FLOAT16:
+        cast = g.producer.get(out.name)
+        if cast is None or cast.op_type != "Cast" or attr(cast, "to") != TensorProto.FLOAT16:
             continue
-        src = producer.get(cast.input[0])
+        src = g.producer.get(cast.input[0])
         if src is None:
             continue
         src.output[:] = [out.name if o == cast.input[0] else o for o in src.output]
-        for m in g.node:
-            m.input[:] = [out.name if i == cast.input[0] else i for i in m.input]
-        g.node.remove(cast)
+        rename_input(model, cast.input[0], out.name)
+        model.graph.node.remove(cast)
         out.type.tensor_type.elem_type = TensorProto.FLOAT
-
-
-def _cast_to(node) -> int:
-    return next((a.i for a in node.attribute if a.name == "to"), -1)
 
 
 def _plugin_half_io(model: onnx.ModelProto, half: int) -> None:
@@ -262,12 +203,12 @@ def _plugin_half_io(model: onnx.ModelProto, half: int) -> None:
     drop the converter's Cast(32) on those inputs and its Cast(16) after the output; their local
     functions cast to FP32 inside and back to the input's type (CastLike) at the end."""
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
+    producer = Graph(model).producer
     drop = []
     for n in [n for n in g.node if n.domain == PLUGIN_DOMAIN and n.op_type in PLUGIN_HALF_INPUTS]:
         for k in PLUGIN_HALF_INPUTS[n.op_type]:
             cast = producer.get(n.input[k])
-            if cast is not None and cast.op_type == "Cast" and _cast_to(cast) == TensorProto.FLOAT:
+            if cast is not None and cast.op_type == "Cast" and attr(cast, "to") == TensorProto.FLOAT:
                 n.input[k] = cast.input[0]  # the converter's Cast(32) of a half tensor
             else:  # an FP32 island tensor (e.g. B/C from the dt projection): give the plugin half
                 name = f"{n.input[k]}__half_{n.name}"
@@ -275,7 +216,7 @@ def _plugin_half_io(model: onnx.ModelProto, half: int) -> None:
                     "Cast", [n.input[k]], [name], to=half, name=f"{n.name}_half_input_{k}"))
                 n.input[k] = name
         consumers = [m for m in g.node if n.output[0] in m.input]
-        if len(consumers) == 1 and consumers[0].op_type == "Cast" and _cast_to(consumers[0]) == half:
+        if len(consumers) == 1 and consumers[0].op_type == "Cast" and attr(consumers[0], "to") == half:
             after = consumers[0]  # the converter's Cast(16) of the output: the plugin now writes half itself
             n.output[0], after_out = after.output[0], n.output[0]
             drop.append(after)
@@ -290,10 +231,7 @@ def _plugin_half_io(model: onnx.ModelProto, half: int) -> None:
                 "Cast", [n.output[0]], [out], to=TensorProto.FLOAT, name=f"{n.name}_output_float"))
     for n in drop:
         g.node.remove(n)
-    used = {i for n in g.node for i in n.input}
-    for n in [n for n in g.node if n.op_type == "Cast" and n.output[0] not in used
-              and n.output[0] not in {o.name for o in g.output}]:
-        g.node.remove(n)
+    drop_dead(model, ("Cast",))
     for f in model.functions:
         if f.domain == PLUGIN_DOMAIN and f.name in PLUGIN_HALF_INPUTS:
             _function_casts(f)
@@ -349,10 +287,8 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", io: str =
     """An FP32 ``model`` in ``precision`` with the FP32 islands of :func:`find_islands` (only the
     ``rules`` given; :data:`NAIVE_RULES` gives the naive whole-graph conversion) plus the node names
     in ``extra_fp32``. Returns ``(new model, plan)``; the input is not modified."""
-    if precision not in PRECISIONS:
-        raise HRXError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if io not in IO_PRECISIONS:
-        raise HRXError(f"--io must be one of {', '.join(IO_PRECISIONS)}, not {io!r}")
+    check_choice("--precision", precision, FLOAT_PRECISIONS)
+    check_choice("--io", io, IO_PRECISIONS)
     plan = PrecisionPlan(precision, "fp32" if precision == "fp32" else io)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -365,7 +301,7 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", io: str =
     if any(t.data_type == TensorProto.FLOAT16 for t in out.graph.initializer):
         raise HRXError("the model already holds FLOAT16 weights; convert an FP32 export")
     float16 = _import_converter()
-    _name_nodes(out)
+    name_nodes(out)
     out = onnx.shape_inference.infer_shapes(out)
     rules = set(rules)
     plan.islands = {r: names for r, names in find_islands(out).items() if r in rules}
@@ -375,7 +311,7 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", io: str =
     island = plan.fp32_nodes
     _split_shared_initializers(out, island)
     for n in out.graph.node:  # the model's own casts to float (masks, .float()) compute in half outside islands
-        if n.op_type == "Cast" and n.name not in island and _cast_to(n) == TensorProto.FLOAT:
+        if n.op_type == "Cast" and n.name not in island and attr(n, "to") == TensorProto.FLOAT:
             next(a for a in n.attribute if a.name == "to").i = TensorProto.FLOAT16
     originals = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer if t.data_type == TensorProto.FLOAT}
     meta = list(out.metadata_props)
@@ -411,11 +347,7 @@ def set_precision_props(model: onnx.ModelProto, plan: PrecisionPlan) -> None:
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every typed tensor (after shape inference): value infos, I/O, initializers."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
-    types.update({t.name: t.data_type for t in g.initializer})
-    return types
+    return Graph(onnx.shape_inference.infer_shapes(model)).types
 
 
 def compute_types(model: onnx.ModelProto) -> dict[str, int]:

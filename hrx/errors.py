@@ -1,6 +1,8 @@
 """Errors that the CLI turns into one line and an exit code (no traceback)."""
 from __future__ import annotations
 
+from typing import Collection
+
 
 class HRXError(Exception):
     """A user-facing error: the message is one line that says what is wrong and what to do."""
@@ -31,3 +33,10 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     lines = str(e).strip().splitlines()
     text = f"{type(e).__name__}: {lines[0].strip()}" if lines else type(e).__name__
     return text[:limit]
+
+
+def check_choice(option: str, value: object, choices: Collection[str]) -> None:
+    """One-line error unless ``value`` is one of ``choices``: ``--precision must be one of fp32, fp16, bf16,
+    not 'fp8'``."""
+    if value not in choices:
+        raise HRXError(f"{option} must be one of {', '.join(choices)}, not {value!r}")

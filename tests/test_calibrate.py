@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 import hrx
 from hrx.calibration.data import sample_tiles, split_held_back
-from hrx.calibration.graph import Graph, intensity, float_plan
+from hrx.calibration.graph import float_plan, intensity
+from hrx.export.onnx_tools import Graph
 from hrx.calibration.quantize import CPU_MIN_INTENSITY, qdq_on, trt_problems
 from hrx.cli.main import app
 from hrx.interface import ModelInfo
@@ -171,7 +172,7 @@ def test_trt_qdq_model_keeps_sensitive_ops_float_and_runs(native_onnx, trt_int8,
     assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 20
     assert qdq_on(model, _kept_nodes(native_onnx)) == []  # router, scan, softmax, act x act MatMul, output convs
     assert qdq_on(model, [n.name for n in model.graph.node if n.op_type in SENSITIVE]) == []
-    g = Graph.of(model)
+    g = Graph(model)
     fp32 = onnx.load(str(native_onnx))
     last = [n for n in float_plan(fp32)["output"]]  # head.refine + the bicubic residual conv
     assert len(last) == 2
@@ -221,7 +222,7 @@ def test_cpu_target_keeps_low_intensity_convs_float_and_onnxruntime_fuses_the_in
     if not out.is_file():
         _ok(_run(str(native_onnx), "-o", str(out), "--target", "cpu", "--ranges", str(work / "tiny.int8.ranges.json")))
     fp32, g = onnx.load(str(native_onnx)), None
-    g = Graph.of(fp32)
+    g = Graph(fp32)
     props = _props(out)
     slow = json.loads(props["quant_float_nodes"])["slow"]
     assert slow and json.loads(props["quant_float"])["slow"] == len(slow)
@@ -233,7 +234,7 @@ def test_cpu_target_keeps_low_intensity_convs_float_and_onnxruntime_fuses_the_in
                  and any(a.name == "group" and a.i > 1 for a in n.attribute)]  # one input channel per group
     assert depthwise and set(depthwise) <= set(names) | set(_kept_nodes(native_onnx))  # + the bicubic residual
     model = onnx.load(str(out))
-    gq = Graph.of(model)
+    gq = Graph(model)
     quantized = [n for n in gq.nodes if n.op_type == "Conv" and gq.producer.get(n.input[1]) is not None
                  and gq.producer[n.input[1]].op_type == "DequantizeLinear"]
     assert quantized and all(intensity(g, by_name[n.name]) >= CPU_MIN_INTENSITY for n in quantized)
@@ -245,7 +246,7 @@ def test_cpu_target_keeps_low_intensity_convs_float_and_onnxruntime_fuses_the_in
     optimized = onnx.load(str(tmp_path / "opt.onnx"))
     ops = [n.op_type for n in optimized.graph.node]
     assert ops.count("QLinearConv") == len(quantized)
-    go = Graph.of(optimized)
+    go = Graph(optimized)
     for n in optimized.graph.node:  # no float conv computing on dequantized weights
         if n.op_type == "Conv":
             p = go.producer.get(n.input[1])

@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 import hrx
 from conftest import randomize_params
 from hrx.export.onnx_export import export_onnx
-from hrx.export.passes import (cancel_transposes, fold_constants, fuse_channel_layernorm, gelu_for_ort,
+from hrx.export.onnx_tools import Graph
+from hrx.export.passes import (cancel_transposes, fuse_channel_layernorm, gelu_for_ort,
                                merge_transposes, optimize)
 
 ATOL = 1e-4
@@ -130,34 +131,18 @@ def test_all_passes_match_unfused_model_and_run_by_export(unpassed, tmp_path):
     assert float(np.abs(_ort(exported, x) - ref).max()) <= ATOL
 
 
-def test_fold_constants_without_simplifier_matches_unfused_model(tmp_path):
+def test_simplified_export_leaves_nothing_to_fold(tmp_path):
+    """Constant folding is the simplifier's alone (no pass repeats it): a default export holds no node
+    whose inputs are all constants and no Shape of a static tensor."""
     torch.manual_seed(0)
     model = hrx.create_model("hrx-t", scale=2).eval()
-    randomize_params(model, 0.05)
-    path = tmp_path / "raw.onnx"
-    export_onnx(model, path, tile=32, simplify_graph=False, graph_passes=False)
-    raw = onnx.load(str(path))
-    x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    # the export may leave nothing foldable (the scan has no zeros-of-shape since it went channels first): the
-    # output is also multiplied by a shape-only value, float(batch) == 1, for the pass to fold
-    out = raw.graph.output[0].name
-    next(n for n in raw.graph.node if out in n.output).output[:] = ["pre_output"]
-    raw.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0, np.int64), "batch_axis"))
-    raw.graph.node.extend([helper.make_node("Shape", ["input"], ["in_shape"]),
-                           helper.make_node("Gather", ["in_shape", "batch_axis"], ["batch"]),
-                           helper.make_node("Cast", ["batch"], ["batch_f"], to=onnx.TensorProto.FLOAT),
-                           helper.make_node("Mul", ["pre_output", "batch_f"], [out])])
-    before = len(raw.graph.node)
-    folded = fold_constants(raw)
-    onnx.checker.check_model(raw, full_check=True)
-    assert folded > 0 and len(raw.graph.node) == before - folded
-    assert _ops(raw)["Shape"] == 0 and _ops(raw)["Constant"] == 0
-    # nothing left whose inputs are all constants
-    consts = {t.name for t in raw.graph.initializer}
-    assert not [n for n in raw.graph.node if n.input and all(i in consts for i in n.input if i)]
-    assert float(np.abs(_ort(raw, x) - ref).max()) <= ATOL
+    path = tmp_path / "m.onnx"
+    result = export_onnx(model, path, tile=32)
+    assert result.simplifier.startswith(("onnxsim", "onnxslim")), result.simplifier
+    g = Graph(onnx.load(str(path)))
+    foldable = [n.name for n in g.nodes if n.op_type == "Shape"
+                or (n.input and all(g.is_const(i) for i in n.input if i) and n.op_type != "Constant")]
+    assert not foldable, foldable[:5]
 
 
 def _transpose_graph() -> onnx.ModelProto:

@@ -171,7 +171,7 @@ def test_hrx_help_lists_build_without_tensorrt():
 
 
 def test_unknown_precision_is_a_user_error():
-    from hrx.runtime.trt.cache import normalize_precision
+    from hrx.export.onnx_tools import normalize_precision
 
     assert normalize_precision("int8-qdq") == "int8" and normalize_precision("FP16") == "fp16"
     with pytest.raises(HRXError, match="unknown precision"):

@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from hrx.runtime.trt import ops
-from hrx.runtime.trt.plugins import PLUGIN_DOMAIN
+from hrx.export.onnx_tools import PLUGIN_DOMAIN
 
 
 def _io(shape=(1, 3, 8, 8)):

@@ -33,16 +33,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hrx.errors import HRXError
-from hrx.export.onnx_tools import is_qdq, normalize_precision  # noqa: F401 - is_qdq: builder API too
-from hrx.runtime.trt.cache import (
-    EngineRecord,
-    atomic_write_bytes,
-    file_sha256,
-    now_iso,
-    sidecar_path,
-    write_engine,
-)
-from hrx.runtime.trt.plugins import PLUGIN_DOMAIN, check_plugin_impl
+from hrx.export.onnx_tools import PLUGIN_DOMAIN, is_qdq, normalize_precision
+from hrx.paths import atomic_write_bytes, file_sha256
+from hrx.runtime.trt.cache import EngineRecord, now_iso, sidecar_path, write_engine
+from hrx.runtime.trt.plugins import check_plugin_impl
 
 Log = Callable[[str], None]
 
@@ -101,13 +95,13 @@ def graph_precision(model) -> str:
 
 
 @dataclass(frozen=True)
-class PrecisionChoice:
+class BuildPrecision:
     precision: str  # the record's precision: fp32, fp16, bf16 or int8
     convert_to: str | None  # fp16/bf16: convert the FP32 graph before building
     notes: tuple[str, ...] = ()
 
 
-def resolve_precision(options: BuildOptions, model) -> PrecisionChoice:
+def resolve_precision(options: BuildOptions, model) -> BuildPrecision:
     """What the build makes of the flags and the graph. Raises on contradictions."""
     if options.fp16 and options.bf16:
         raise HRXError("--fp16 and --bf16 exclude each other")
@@ -122,15 +116,15 @@ def resolve_precision(options: BuildOptions, model) -> PrecisionChoice:
             raise HRXError(f"a Q/DQ model builds with the types in its graph ({graph} outside the INT8 convs); for "
                            f"{want} there, calibrate with `hrx calibrate ... --precision {want}`")
         notes = [] if options.int8 else ["Q/DQ model: INT8 with its explicit scales"]
-        return PrecisionChoice("int8", None, tuple(notes + ([f"{graph} outside the Q/DQ convs"] if graph != "fp32"
+        return BuildPrecision("int8", None, tuple(notes + ([f"{graph} outside the Q/DQ convs"] if graph != "fp32"
                                                             else [])))
     if want is None:
-        return PrecisionChoice(graph, None)
+        return BuildPrecision(graph, None)
     if graph == want:
-        return PrecisionChoice(graph, None, (f"the graph is already {graph}: built as it is",))
+        return BuildPrecision(graph, None, (f"the graph is already {graph}: built as it is",))
     if graph != "fp32":
         raise HRXError(f"--{want} on a {graph} graph: re-export the FP32 model with --precision {want}")
-    return PrecisionChoice(want, want, (f"converted to {want} with FP32 islands before building "
+    return BuildPrecision(want, want, (f"converted to {want} with FP32 islands before building "
                                         "(as `hrx export --precision`)",))
 
 
@@ -301,7 +295,7 @@ def _islands(model) -> dict[str, int]:
         return {}
 
 
-def _prepare(model, choice: PrecisionChoice, src: Path):
+def _prepare(model, choice: BuildPrecision, src: Path):
     """The model to parse: converted to ``choice.convert_to`` if asked."""
     if choice.convert_to is None:
         return model

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hrx.errors import HRXError
-from hrx.export.onnx_tools import PRECISIONS, normalize_precision  # noqa: F401 - strongly typed: the graph's types
+from hrx.export.onnx_tools import normalize_precision
 from hrx.interface import bounded_int
-from hrx.paths import atomic_write_all, atomic_write_bytes, cache_root, file_sha256  # noqa: F401 - this module's API
+from hrx.paths import atomic_write_all, atomic_write_bytes, cache_root, file_sha256
 from hrx.interface import ModelInfo
 from hrx.runtime.trt.env import GpuInfo
 
@@ -39,7 +39,7 @@ class EngineMismatchError(HRXError):
 class EngineRecord:
     onnx_sha256: str
     onnx_path: str  # absolute path at build time (for the rebuild command)
-    precision: str  # one of PRECISIONS
+    precision: str  # one of hrx.export.onnx_tools.PRECISIONS (strongly typed: the graph's types)
     tensorrt_version: str
     gpu_name: str
     compute_capability: str  # "8.9"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable
 
-from hrx.runtime.trt.plugins import PLUGIN_DOMAIN, PLUGINS
+from hrx.export.onnx_tools import PLUGIN_DOMAIN
+from hrx.runtime.trt.plugins import PLUGINS
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 

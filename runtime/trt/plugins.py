@@ -33,15 +33,14 @@ This module deliberately has no ``from __future__ import annotations``: ``tensor
 reads the decorated functions' annotations as objects.
 """
 from dataclasses import dataclass
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from hrx.errors import HRXError, MissingDependencyError
+from hrx.export.onnx_tools import PLUGIN_DOMAIN, PLUGIN_VERSION
 
-PLUGIN_DOMAIN = "hrx"
-PLUGIN_VERSION = "1"
 PLUGIN_IMPLS = ("jit", "aot")
 
 
@@ -82,6 +81,17 @@ def plugin_nodes(model) -> list:
     return [n for n in model.graph.node if n.domain == PLUGIN_DOMAIN]
 
 
+def _attribute_type(where: str, key: str, a, kind: int, missing: str, want: str) -> Optional[str]:
+    """Why attribute ``a`` (``None`` when absent) is not of type ``kind`` (None when it is)."""
+    import onnx
+
+    if a is None:
+        return f"{where}: attribute {key} is missing ({missing})"
+    if a.type != kind:
+        return f"{where}: attribute {key} must be {want}, not {onnx.AttributeProto.AttributeType.Name(a.type)}"
+    return None
+
+
 def node_problems(node) -> List[str]:
     """Why an ``hrx::`` node would not resolve to its TensorRT plugin ([] when it will)."""
     import onnx
@@ -92,22 +102,17 @@ def node_problems(node) -> List[str]:
         return [f"{where}: no hrx plugin has this name (known: {', '.join(sorted(PLUGINS))})"]
     problems = []
     attrs = {a.name: a for a in node.attribute}
+    string, integer = onnx.AttributeProto.STRING, onnx.AttributeProto.INT
     for key, want in (("plugin_version", spec.version), ("plugin_namespace", spec.namespace)):
         a = attrs.get(key)
-        if a is None:
-            problems.append(f"{where}: attribute {key} is missing (want the string {want!r})")
-        elif a.type != onnx.AttributeProto.STRING:
-            problems.append(f"{where}: attribute {key} must be a STRING (the parser reads it as one), "
-                            f"not {onnx.AttributeProto.AttributeType.Name(a.type)}")
-        elif a.s.decode() != want:
-            problems.append(f"{where}: attribute {key} is {a.s.decode()!r}, want {want!r}")
+        problem = _attribute_type(where, key, a, string, f"want the string {want!r}",
+                                  "a STRING (the parser reads it as one)")
+        if problem is None and a.s.decode() != want:
+            problem = f"{where}: attribute {key} is {a.s.decode()!r}, want {want!r}"
+        problems += [problem] if problem else []
     for key in spec.int_attrs:
-        a = attrs.get(key)
-        if a is None:
-            problems.append(f"{where}: attribute {key} is missing (an INT the plugin needs)")
-        elif a.type != onnx.AttributeProto.INT:
-            problems.append(f"{where}: attribute {key} must be an INT, "
-                            f"not {onnx.AttributeProto.AttributeType.Name(a.type)}")
+        problem = _attribute_type(where, key, attrs.get(key), integer, "an INT the plugin needs", "an INT")
+        problems += [problem] if problem else []
     if "aot" in attrs:
         problems.append(f"{where}: attribute aot overrides hrx build's --plugin-impl; do not export it")
     if len(node.input) != len(spec.inputs):
