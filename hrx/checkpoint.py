@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hrx.errors import CheckpointError, one_line
-from hrx.paths import atomic_write, file_sha256  # noqa: F401 - file_sha256 is part of this module's API
+from hrx.paths import atomic_write
 
 if TYPE_CHECKING:
     import torch

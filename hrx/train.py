@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from hrx.data import SKIMAGE_SOURCE, DataSplit, Degradation, PatchSampler, list_images, load_image, split_images
-from hrx.errors import HRXError
+from hrx.errors import HRXError, check_choice
 from hrx.paths import atomic_write
 from hrx.evaluate import EvalRow, evaluate, summarize
 from hrx.losses import fft_loss, l1_loss, moe_balance_loss, ssim
@@ -80,8 +80,7 @@ class TrainConfig:
             raise HRXError(f"learning rates must satisfy 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
         if self.warmup < 0 or self.grad_clip < 0 or self.stop_after < 0 or self.threads < 0:
             raise HRXError("warmup, grad_clip, stop_after and threads must be >= 0")
-        if self.device not in DEVICES:
-            raise HRXError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        check_choice("device", self.device, DEVICES)
 
     @property
     def resume_path(self) -> Path:

@@ -200,7 +200,8 @@ def default_engine(name: str = DEFAULT_MODEL, tile: int = DEFAULT_TILE_CPU,
     was exported from this checkpoint (its metadata's ``checkpoint_sha256``), which needs no PyTorch;
     otherwise an export made on first use (PyTorch: the ``export`` extra) and cached in the user cache
     folder, keyed by the checkpoint's sha256."""
-    from hrx.checkpoint import bundled_onnx, file_sha256, resolve_checkpoint
+    from hrx.checkpoint import bundled_onnx, resolve_checkpoint
+    from hrx.paths import file_sha256
     from hrx.interface import ModelInfo
     from hrx.paths import cache_root
 

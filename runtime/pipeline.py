@@ -25,7 +25,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from hrx.errors import BackendDown, HRXError, one_line
+from hrx.errors import BackendDown, HRXError, check_choice, one_line
 from hrx.metrics import ycbcr_matrix
 from hrx.paths import IMAGE_SUFFIXES, is_image_file
 from hrx.interface import Backend
@@ -246,8 +246,7 @@ def _as_channels(x: np.ndarray, channels: int) -> np.ndarray:
 
 def upscale_picture(picture: Picture, run: RunFn, in_channels: int, scale: int, alpha: str = "bicubic") -> Picture:
     """Upscale ``picture`` with ``run`` (a tiled model), mapping its channels to the model's (see module doc)."""
-    if alpha not in ALPHA_MODES:
-        raise HRXError(f"alpha must be one of {', '.join(ALPHA_MODES)}, not {alpha!r}")
+    check_choice("alpha", alpha, ALPHA_MODES)
     color = picture.color.transpose(2, 0, 1)  # [c, H, W]
     c = color.shape[0]
     out_alpha = None

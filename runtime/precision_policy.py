@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from hrx.errors import HRXError
+from hrx.export.onnx_tools import PRECISIONS
 from hrx.interface import ModelInfo
 
-PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16", "int8")  # fp16: TensorRT builds only (hrx.runtime.factory)
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # fp16: TensorRT builds only (hrx.runtime.factory)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # either runs BF16 natively (AMX tiles or AVX-512 dot products)
 REPORTED_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512f")
 DEFAULT_MIN_PSNR = 50.0

@@ -26,7 +26,7 @@ from typing import Callable, Generator, Iterable, Iterator
 
 import numpy as np
 
-from hrx.errors import HRXError
+from hrx.errors import HRXError, check_choice
 
 MERGE_MODES = ("crop", "blend")
 InferFn = Callable[[np.ndarray], np.ndarray]  # float32 [batch, C, T, T] -> [batch, Co, T*s, T*s]
@@ -48,8 +48,7 @@ class TileSpec:
         if self.overlap < 0 or self.stride < m:
             raise HRXError(f"overlap {self.overlap} is too large for tile {self.tile} "
                            f"(tiles advance in steps of {m} pixels; use an overlap <= {self.tile - m})")
-        if self.merge not in MERGE_MODES:
-            raise HRXError(f"merge must be one of {', '.join(MERGE_MODES)}, not {self.merge!r}")
+        check_choice("merge", self.merge, MERGE_MODES)
         if self.batch < 1 or self.scale < 1:
             raise HRXError(f"batch ({self.batch}) and scale ({self.scale}) must be >= 1")
 
