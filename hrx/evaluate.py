@@ -22,7 +22,7 @@ from torch import nn
 
 from hrx.data import Degradation, bicubic_downscale, bicubic_upscale, degrade, mod_crop, quantize
 from hrx.losses import ssim
-from hrx.metrics import Y_OFFSET, Y_WEIGHTS, psnr_y  # noqa: F401 - psnr_y: this module's API too
+from hrx.metrics import Y_OFFSET, Y_WEIGHTS, psnr_y
 
 
 @dataclass(frozen=True)

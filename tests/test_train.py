@@ -14,7 +14,8 @@ import hrx
 from hrx.data import (Degradation, ImageRecord, PatchSampler, bicubic_downscale, degrade, folder_images,
                       load_image, mod_crop, skimage_photos, split_images)
 from hrx.errors import HRXError
-from hrx.evaluate import evaluate, psnr_y, run_padded, summarize
+from hrx.evaluate import evaluate, run_padded, summarize
+from hrx.metrics import psnr_y
 from hrx.cli.train import TrainReporter
 from hrx.train import TrainConfig, lr_at, train
 
