@@ -148,8 +148,9 @@ def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, s
                 resumed = f", {result.resumed_segments} of {result.segments} segments resumed" \
                     if result.resumed_segments else ""
                 lost = f", {result.lost_frames} frames lost" if result.lost_frames else ""
+                turned = f", {result.orientation} upright, as players show it" if result.orientation else ""
                 progress.print(f"{job.source}: {result.frames} frames in {result.seconds:.1f} s ({fps:.2f} fps){lost}"
-                               f"{resumed} -> {job.output} ({result.codec} {result.pix_fmt} "
+                               f"{resumed}{turned} -> {job.output} ({result.codec} {result.pix_fmt} "
                                f"{result.out_width}x{result.out_height})")
             results.append(result)
     return results

@@ -105,13 +105,63 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Orientation:
+    """How a stream's frames are turned upright, as players show them (its display matrix, the rotation
+    of a phone video): the stored frame's axes swapped, then mirrored left-right and / or top-bottom."""
+
+    transpose: bool = False
+    flip_x: bool = False
+    flip_y: bool = False
+
+    @staticmethod
+    def from_matrix(matrix) -> Orientation | None:
+        """From FFmpeg's display matrix (9 integers, ``AV_FRAME_DATA_DISPLAYMATRIX``: a stored pixel
+        ``(x, y)`` is shown at ``(a x + c y, b x + d y)`` with ``a, b, c, d = m[0], m[1], m[3], m[4]``);
+        None where it is not a quarter turn (with or without a mirror)."""
+        a, b, c, d = (int(matrix[i]) for i in (0, 1, 3, 4))
+        straight, crossed = max(abs(a), abs(d)), max(abs(b), abs(c))
+        if crossed <= 0.02 * straight:  # within about 1 degree of upright, as FFmpeg's autorotate
+            return Orientation(False, a < 0, d < 0)
+        if straight <= 0.02 * crossed:  # shown x follows stored y (sign c), shown y stored x (sign b)
+            return Orientation(True, c < 0, b < 0)
+        return None
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The upright frame's ``(width, height)``."""
+        return (height, width) if self.transpose else (width, height)
+
+    def upright(self, planes: np.ndarray) -> np.ndarray:
+        """``planes`` ``[C, H, W]`` turned upright."""
+        if self.transpose:
+            planes = planes.transpose(0, 2, 1)
+        if self.flip_y:
+            planes = planes[:, ::-1]
+        if self.flip_x:
+            planes = planes[:, :, ::-1]
+        return np.ascontiguousarray(planes) if self != UPRIGHT else planes
+
+    def describe(self) -> str:
+        """``"rotated 90° counter-clockwise"``: what turning the stored frame upright does ("" for nothing)."""
+        return _TURNS[(self.transpose, self.flip_x, self.flip_y)]
+
+
+UPRIGHT = Orientation()
+_TURNS = {(False, False, False): "", (False, True, False): "mirrored left-right",
+          (False, False, True): "mirrored top-bottom", (False, True, True): "rotated 180°",
+          (True, False, True): "rotated 90° counter-clockwise", (True, True, False): "rotated 90° clockwise",
+          (True, False, False): "rotated 90° clockwise and mirrored left-right",
+          (True, True, True): "rotated 90° counter-clockwise and mirrored left-right"}
+
+
+@dataclass(frozen=True)
 class VideoPlan:
     source: str
     stream: int  # index of the video stream in the input
     time_base: Fraction
     rate: Fraction | None  # average frame rate, for the encoder's rate control
-    width: int
+    width: int  # as stored (the decoded frames')
     height: int
+    orientation: Orientation  # how decoded frames are turned upright (the display matrix); out_* are upright
     in_pix_fmt: str
     color: Color  # the input's tags: how frames are decoded
     out_color: Color  # how frames are encoded and tagged (the input's, unless RGB becomes YUV or back)
@@ -143,6 +193,7 @@ class VideoResult:
     out_height: int = 0
     codec: str = ""
     pix_fmt: str = ""
+    orientation: str = ""  # how the frames were turned upright (the display matrix): "rotated 90° clockwise"
     dropped_streams: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -299,7 +350,7 @@ def probe(source: Path, options: VideoOptions, scale: int) -> VideoPlan:
         time_base = stream.time_base
         rate = stream.average_rate or stream.guessed_rate
         in_codec = stream.codec_context.codec.canonical_name
-        width, height, fmt_name, index, color, hdr = _first_frame(container, stream, source, options.warn)
+        width, height, fmt_name, index, color, hdr, matrix = _first_frame(container, stream, source, options.warn)
     with open_input(source) as container:  # from the start again: packets only
         pts, keys = _timestamps(container, container.streams[index], source, options.warn)
     lo, hi = _select(pts, time_base, options)
@@ -308,14 +359,16 @@ def probe(source: Path, options: VideoOptions, scale: int) -> VideoPlan:
     if hdr and hdr_encoder_options(codec, hdr) is None and options.warn is not None:
         options.warn(f"{source}: {codec} cannot write the HDR mastering display / light level metadata "
                      "(libx265 and libsvtav1 can); the colour tags are kept")
-    out_w, out_h = output_size(width, height, scale, options.resize)
+    orientation = orientation_of(matrix, source, options.warn)
+    out_w, out_h = output_size(*orientation.size(width, height), scale, options.resize)
     fmt = layout(pix_fmt)
     out_w, out_h = _even(out_w, fmt.sub_x), _even(out_h, fmt.sub_y)
     ranged = lo > 0 or hi < len(pts)
     to_s = lambda i: float(pts[i] * time_base) if i < len(pts) else None  # noqa: E731
-    return VideoPlan(str(source), index, time_base, Fraction(rate) if rate else None, width, height, fmt_name, color,
-                     output_color(color, fmt_name, pix_fmt, out_h), hdr, codec, pix_fmt, out_w, out_h, hi - lo, pts[0],
-                     to_s(lo) if ranged else None, to_s(hi) if ranged else None, segments)
+    return VideoPlan(str(source), index, time_base, Fraction(rate) if rate else None, width, height, orientation,
+                     fmt_name, color, output_color(color, fmt_name, pix_fmt, out_h),
+                     hdr, codec, pix_fmt, out_w, out_h, hi - lo, pts[0], to_s(lo) if ranged else None,
+                     to_s(hi) if ranged else None, segments)
 
 
 def output_color(color: Color, in_pix_fmt: str, out_pix_fmt: str, out_height: int) -> Color:
@@ -334,7 +387,32 @@ def _even(n: int, multiple: int) -> int:
     return max(multiple, n - n % multiple)
 
 
-def _first_frame(container, stream, source: Path, warn) -> tuple[int, int, str, int, Color, HdrInfo]:
+def orientation_of(matrix, source: Path, warn) -> Orientation:
+    """How frames with the display ``matrix`` (None: none) are turned upright; a turn that is not a quarter
+    turn is named in a warning and the frames are kept as stored."""
+    if matrix is None:
+        return UPRIGHT
+    orientation = Orientation.from_matrix(matrix)
+    if orientation is None:
+        if warn is not None:
+            import math
+
+            angle = math.degrees(math.atan2(int(matrix[1]), int(matrix[0])))
+            warn(f"{source}: its display matrix turns it by {angle:.0f}°, not a quarter turn: written as stored")
+        return UPRIGHT
+    return orientation
+
+
+def display_matrix(frame) -> tuple[int, ...] | None:
+    """The frame's display matrix (9 integers, FFmpeg's layout), None when it has none."""
+    for item in frame.side_data:
+        if getattr(item.type, "name", str(item.type)) == "DISPLAYMATRIX":
+            raw = bytes(item)
+            return tuple(int(v) for v in np.frombuffer(raw[:36], "<i4")) if len(raw) >= 36 else None
+    return None
+
+
+def _first_frame(container, stream, source: Path, warn) -> tuple[int, int, str, int, Color, HdrInfo, tuple | None]:
     import av
 
     try:
@@ -343,7 +421,7 @@ def _first_frame(container, stream, source: Path, warn) -> tuple[int, int, str, 
                 warn(f"{source}: interlaced video is upscaled as progressive frames (deinterlace it first for "
                      "a clean result)")
             return (frame.width, frame.height, frame.format.name, stream.index, _stream_color(frame, stream),
-                    hdr_info(frame))
+                    hdr_info(frame), display_matrix(frame))
     except av.FFmpegError as e:
         raise HRXError(f"{source}: cannot decode the video stream ({_reason(e)})") from None
     raise HRXError(f"{source}: the video stream has no decodable frame")
@@ -406,7 +484,8 @@ def _decoded(container, stream, source: Path, strict: bool) -> Iterator:
 
 
 def decode_segment(plan: VideoPlan, segment: Segment, strict: bool = False) -> Iterator[tuple[int, np.ndarray]]:
-    """``(pts, float RGB [3, H, W])`` of every decodable frame of ``segment`` in presentation order.
+    """``(pts, float RGB [3, H, W])`` of every decodable frame of ``segment`` in presentation order, turned
+    upright (``plan.orientation``).
     Seeks to the key frame at or before the segment's start; when a container cannot seek there (or
     lands after it) the video is decoded from its start. Corrupt packets are skipped (``strict``: error)."""
     import av
@@ -434,7 +513,7 @@ def decode_segment(plan: VideoPlan, segment: Segment, strict: bool = False) -> I
                 if segment.end is not None and ts >= segment.end:
                     return
                 last = ts
-                yield ts, to_rgb(frame, plan.color)
+                yield ts, plan.orientation.upright(to_rgb(frame, plan.color))
             return
 
 
@@ -690,6 +769,7 @@ def begin_video(info, spec: TileSpec, source: Path, output: Path, options: Video
     result.width, result.height, result.out_width, result.out_height = (plan.width, plan.height, plan.out_width,
                                                                         plan.out_height)
     result.codec, result.pix_fmt, result.segments = plan.codec, plan.pix_fmt, len(plan.segments)
+    result.orientation = plan.orientation.describe()
     output.parent.mkdir(parents=True, exist_ok=True)
     work = prepare_work(output, _fingerprint(plan, options, spec, info, model_id))
     lost_file = work / "lost.json"

@@ -4,6 +4,7 @@ rate, AAC and Opus audio, a subtitle track, chapters), upscaled by a perturbed h
 Segments on Ray actors: tests/test_ray.py (it has the cluster)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from fractions import Fraction
 from pathlib import Path
@@ -17,8 +18,8 @@ from conftest import randomize_params
 from hrx.runtime.tiling import TileSpec
 from hrx.runtime.torch_backend import TorchBackend
 from hrx.errors import HRXError
-from hrx.runtime.video import (VideoOptions, _select, output_color, parse_frames, plan_segments, upscale_video,
-                               work_folder)
+from hrx.runtime.video import (UPRIGHT, VideoOptions, _select, output_color, parse_frames, plan_segments,
+                               upscale_video, work_folder)
 from hrx.runtime.video_color import Color, from_rgb, tag, to_rgb
 
 av = pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")
@@ -38,13 +39,18 @@ def pattern(i: int, w: int = W, h: int = H) -> np.ndarray:
 
 def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: tuple[str, ...] = ("aac", "libopus"),
               subtitles: bool = True, chapters: bool = True, color: Color = Color(1, 1, 1, 1),
-              codec_options: dict | None = None, size: tuple[int, int] = (W, H)) -> Path:
+              codec_options: dict | None = None, size: tuple[int, int] = (W, H), rotation: int = 0,
+              hflip: bool = False, picture=pattern) -> Path:
+    """``rotation`` (counter-clockwise degrees, ``hflip``): the display matrix; ``picture(i, width, height)``:
+    frame ``i``."""
     with av.open(str(path), "w") as out:
         out.metadata["title"] = "test clip"
         v = out.add_stream(codec, rate=25)
         v.width, v.height, v.pix_fmt, v.time_base = *size, pix_fmt, TB
         v.options = codec_options or {}
         v.codec_context.time_base = TB
+        if rotation or hflip:
+            v.set_display_rotation(rotation, hflip=hflip)
         v.codec_context.gop_size = 1 if codec == "ffv1" else 4  # key frames to cut segments at
         v.metadata["language"] = "und"
         tag(v.codec_context, color)
@@ -62,7 +68,7 @@ def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: 
         if path.suffix == ".mkv" and subtitles:  # written with the header
             out.add_attachment("font.ttf", "font/ttf", b"\x00\x01\x00\x00 a font for the subtitles")
         for i, pts in enumerate(VFR_PTS):
-            frame = from_rgb(pattern(i, *size), pix_fmt, color)
+            frame = from_rgb(picture(i, *size), pix_fmt, color)
             frame.pts, frame.time_base = pts, TB
             out.mux(v.encode(frame))
         out.mux(v.encode(None))
@@ -235,6 +241,82 @@ def test_interlaced_input_is_named_in_a_warning(backend, tmp_path):
     probe(make_clip(tmp_path / "p.mkv", codec="libx264", audio=(), subtitles=False, chapters=False),
           VideoOptions(warn=warnings.append), 2)
     assert warnings == []
+
+
+def _autorotate(frame, a: np.ndarray) -> np.ndarray:
+    """What the ``ffmpeg`` command (fftools/ffmpeg_filter.c, autorotate) shows for a decoded ``frame`` whose
+    pixels are ``a`` [H, W]: the transpose / hflip / vflip filters it inserts for the frame's display matrix."""
+    from hrx.runtime.video import display_matrix
+
+    m = display_matrix(frame) or (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
+    theta = -round(frame.rotation) % 360
+    if theta == 90:
+        return a.T if m[3] > 0 else np.rot90(a, -1)  # transpose=cclock_flip / transpose=clock
+    if theta == 180:
+        a = a[:, ::-1] if m[0] < 0 else a  # hflip
+        return a[::-1] if m[4] < 0 else a  # vflip
+    if theta == 270:
+        return np.rot90(a, -1)[::-1] if m[3] < 0 else np.rot90(a)  # transpose=clock_flip / transpose=cclock
+    return a[::-1] if m[4] < 0 else a
+
+
+def test_display_matrices_are_turned_upright_as_ffmpeg_shows_them(tmp_path):
+    """The eight display matrices (quarter turns, with or without a mirror) as PyAV writes them: the plan turns
+    the frames as the ffmpeg command's autorotate does, and the output size follows."""
+    from hrx.runtime.video import probe
+
+    a = np.arange(H * W, dtype=np.float32).reshape(1, H, W)
+    seen = set()
+    for degrees in (0, 90, 180, 270):
+        for hflip in (False, True):
+            src = make_clip(tmp_path / f"r{degrees}{hflip:d}.mp4", audio=(), subtitles=False, chapters=False,
+                            rotation=degrees, hflip=hflip)
+            plan = probe(src, VideoOptions(), 2)
+            with av.open(str(src)) as c:
+                expected = _autorotate(next(c.decode(video=0)), a[0])
+            got = plan.orientation.upright(a)[0]
+            assert np.array_equal(got, expected), (degrees, hflip, plan.orientation)
+            assert (plan.out_width, plan.out_height) == (2 * got.shape[1], 2 * got.shape[0])
+            assert bool(plan.orientation.describe()) == ((degrees, hflip) != (0, False))
+            seen.add(got.tobytes())
+    assert len(seen) == 8  # every orientation once
+
+
+def test_rotated_phone_video_comes_out_upright(backend, tmp_path, capsys):
+    """An mp4 with a 90° display matrix, in three segments: every frame equals the same frames stored upright
+    (lossless RGB in and out, so nothing but the turn can differ) and each decoded frame turned by numpy, then
+    upscaled; the output has no display matrix; the fingerprint that resumes segments holds the turn."""
+    from hrx.cli.upscale_video import VideoJob, run_videos
+    from hrx.metrics import psnr
+    from hrx.runtime.video import FrameUpscaler, _fingerprint, probe
+
+    def upright(i: int, w: int, h: int) -> np.ndarray:
+        return np.ascontiguousarray(np.rot90(pattern(i), axes=(1, 2)))  # counter-clockwise, as players turn it
+
+    common = dict(codec="ffv1", pix_fmt="gbrp10le", audio=(), subtitles=False, chapters=False)
+    phone = make_clip(tmp_path / "phone.mp4", rotation=90, **common)
+    plain = make_clip(tmp_path / "plain.mp4", size=(H, W), picture=upright, **common)
+    options = VideoOptions(codec="ffv1", pix_fmt="gbrp10le", segment_frames=3)
+    out = tmp_path / "phone-up.mkv"
+    (result,) = run_videos(lambda job, progress: upscale_video(backend, spec_of(backend), job.source, job.output,
+                                                               options, progress), [VideoJob(phone, out)], quiet=False)
+    assert f"rotated 90° counter-clockwise upright, as players show it -> {out} " in capsys.readouterr().err
+    upscale_video(backend, spec_of(backend), plain, tmp_path / "plain-up.mkv", options)
+    assert result.orientation == "rotated 90° counter-clockwise" and result.segments == 3
+    assert (result.width, result.height, result.out_width, result.out_height) == (W, H, 2 * H, 2 * W)
+    turned, stored = frames_of(out), frames_of(tmp_path / "plain-up.mkv")
+    assert len(turned) == FRAMES and turned[0][3].shape == (2 * W, 2 * H, 3)  # 2W rows of 2H pixels
+    assert all(a[0] == b[0] and np.array_equal(a[3], b[3]) for a, b in zip(turned, stored))
+    plan = probe(phone, options, 2)
+    model = FrameUpscaler(backend, spec_of(backend), plan)
+    with av.open(str(phone)) as a, av.open(str(out)) as b:
+        for k, (x, y) in enumerate(zip(a.decode(video=0), b.decode(video=0))):
+            assert y.rotation == 0
+            expected = np.clip(model(np.ascontiguousarray(np.rot90(to_rgb(x), axes=(1, 2)))), 0, 1)
+            assert psnr(to_rgb(y), expected) > 60 and psnr(to_rgb(y), expected[:, ::-1, ::-1]) < 30, k  # 71 / 8 dB
+    key = _fingerprint(plan, options, spec_of(backend), backend.info, "")
+    assert key != _fingerprint(dataclasses.replace(plan, orientation=UPRIGHT), options, spec_of(backend), backend.info,
+                               "")  # segments of a run that did not turn the frames are not resumed
 
 
 class _Interrupt:
