@@ -130,6 +130,10 @@ class Orientation:
         """The upright frame's ``(width, height)``."""
         return (height, width) if self.transpose else (width, height)
 
+    def sample_aspect_ratio(self, sar: Fraction | None) -> Fraction | None:
+        """The upright frame's pixel shape (a quarter turn swaps the pixels' width and height)."""
+        return 1 / sar if sar and self.transpose else sar
+
     def upright(self, planes: np.ndarray) -> np.ndarray:
         """``planes`` ``[C, H, W]`` turned upright."""
         if self.transpose:
@@ -162,6 +166,7 @@ class VideoPlan:
     width: int  # as stored (the decoded frames')
     height: int
     orientation: Orientation  # how decoded frames are turned upright (the display matrix); out_* are upright
+    sar: Fraction | None  # the output's sample aspect ratio: the input's, of the upright frame (None: not set)
     in_pix_fmt: str
     color: Color  # the input's tags: how frames are decoded
     out_color: Color  # how frames are encoded and tagged (the input's, unless RGB becomes YUV or back)
@@ -194,6 +199,7 @@ class VideoResult:
     codec: str = ""
     pix_fmt: str = ""
     orientation: str = ""  # how the frames were turned upright (the display matrix): "rotated 90° clockwise"
+    sar: str = ""  # sample aspect ratio kept ("16:15"; "" where the input sets none)
     dropped_streams: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -350,6 +356,7 @@ def probe(source: Path, options: VideoOptions, scale: int) -> VideoPlan:
         time_base = stream.time_base
         rate = stream.average_rate or stream.guessed_rate
         in_codec = stream.codec_context.codec.canonical_name
+        sar = Fraction(stream.sample_aspect_ratio or 0) or None  # container's, else the codec's; 0: unknown
         width, height, fmt_name, index, color, hdr, matrix = _first_frame(container, stream, source, options.warn)
     with open_input(source) as container:  # from the start again: packets only
         pts, keys = _timestamps(container, container.streams[index], source, options.warn)
@@ -366,7 +373,7 @@ def probe(source: Path, options: VideoOptions, scale: int) -> VideoPlan:
     ranged = lo > 0 or hi < len(pts)
     to_s = lambda i: float(pts[i] * time_base) if i < len(pts) else None  # noqa: E731
     return VideoPlan(str(source), index, time_base, Fraction(rate) if rate else None, width, height, orientation,
-                     fmt_name, color, output_color(color, fmt_name, pix_fmt, out_h),
+                     orientation.sample_aspect_ratio(sar), fmt_name, color, output_color(color, fmt_name, pix_fmt, out_h),
                      hdr, codec, pix_fmt, out_w, out_h, hi - lo, pts[0], to_s(lo) if ranged else None,
                      to_s(hi) if ranged else None, segments)
 
@@ -530,6 +537,8 @@ def open_encoder(container, plan: VideoPlan, options: VideoOptions):
     if plan.rate:
         ctx.framerate = plan.rate
     tag(ctx, plan.out_color)
+    if plan.sar is not None:  # both axes scale alike: the pixel shape stays the input's
+        ctx.sample_aspect_ratio = plan.sar
     opts = {}
     if options.crf is not None:
         opts["crf"] = str(options.crf)
@@ -770,6 +779,7 @@ def begin_video(info, spec: TileSpec, source: Path, output: Path, options: Video
                                                                         plan.out_height)
     result.codec, result.pix_fmt, result.segments = plan.codec, plan.pix_fmt, len(plan.segments)
     result.orientation = plan.orientation.describe()
+    result.sar = f"{plan.sar.numerator}:{plan.sar.denominator}" if plan.sar else ""
     output.parent.mkdir(parents=True, exist_ok=True)
     work = prepare_work(output, _fingerprint(plan, options, spec, info, model_id))
     lost_file = work / "lost.json"

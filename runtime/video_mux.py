@@ -27,6 +27,10 @@ _MUXER_TAGS = {"encoder", "duration", "number_of_frames", "number_of_bytes", "_s
                "_statistics_writing_app", "_statistics_writing_date_utc", "bps", "major_brand", "minor_version",
                "compatible_brands", "creation_time"}
 assert set(CONTAINERS) <= set(VIDEO_SUFFIXES)
+# the sample aspect ratio: mp4 / mov store it beside any codec (``pasp``); the other containers' own field
+# (Matroska's display size, NUT's) cannot be set through PyAV, so there only codecs that store it keep it
+SAR_CONTAINERS = {"mp4", "mov"}
+SAR_CODECS = {"h264", "hevc"}
 
 
 def container_format(path: Path) -> str:
@@ -177,6 +181,12 @@ def join(plan, segments: list[Path], output: Path, options) -> list[str]:
         if options.warn is not None:
             options.warn(f"{line}: dropped (.mkv keeps them)")
 
+    if plan.sar not in (None, 1) and fmt not in SAR_CONTAINERS and options.warn is not None \
+            and av.codec.Codec(plan.codec, "w").canonical_name not in SAR_CODECS:
+        options.warn(f"{source}: {output.suffix} with {plan.codec} cannot hold the sample aspect ratio "
+                     f"{plan.sar.numerator}:{plan.sar.denominator}: its pixels show square (.mp4, .mov, libx264 "
+                     "or libx265 keep it)")
+
     def write(tmp: str) -> None:
         with av.open(str(source), metadata_errors="replace") as inp, \
                 av.open(tmp, "w", format=fmt, options=MUXER_OPTIONS.get(fmt, {})) as out, \
@@ -185,6 +195,8 @@ def join(plan, segments: list[Path], output: Path, options) -> list[str]:
             video_in = inp.streams[plan.stream]
             video = out.add_stream_from_template(first.streams.video[0], opaque=True)  # no encoder: remux (AV1)
             video.time_base = plan.time_base
+            if plan.sar is not None:  # the container's (mp4 / mov), whatever the codec stores
+                video.codec_context.sample_aspect_ratio = plan.sar
             video.metadata.update(_clean(dict(video_in.metadata)))
             video.disposition = video_in.disposition
             mapping = {}

@@ -40,9 +40,9 @@ def pattern(i: int, w: int = W, h: int = H) -> np.ndarray:
 def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: tuple[str, ...] = ("aac", "libopus"),
               subtitles: bool = True, chapters: bool = True, color: Color = Color(1, 1, 1, 1),
               codec_options: dict | None = None, size: tuple[int, int] = (W, H), rotation: int = 0,
-              hflip: bool = False, picture=pattern) -> Path:
-    """``rotation`` (counter-clockwise degrees, ``hflip``): the display matrix; ``picture(i, width, height)``:
-    frame ``i``."""
+              hflip: bool = False, sar: Fraction | None = None, picture=pattern) -> Path:
+    """``rotation`` (counter-clockwise degrees, ``hflip``): the display matrix; ``sar``: the pixel shape;
+    ``picture(i, width, height)``: frame ``i``."""
     with av.open(str(path), "w") as out:
         out.metadata["title"] = "test clip"
         v = out.add_stream(codec, rate=25)
@@ -51,6 +51,8 @@ def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: 
         v.codec_context.time_base = TB
         if rotation or hflip:
             v.set_display_rotation(rotation, hflip=hflip)
+        if sar is not None:
+            v.codec_context.sample_aspect_ratio = sar
         v.codec_context.gop_size = 1 if codec == "ffv1" else 4  # key frames to cut segments at
         v.metadata["language"] = "und"
         tag(v.codec_context, color)
@@ -317,6 +319,34 @@ def test_rotated_phone_video_comes_out_upright(backend, tmp_path, capsys):
     key = _fingerprint(plan, options, spec_of(backend), backend.info, "")
     assert key != _fingerprint(dataclasses.replace(plan, orientation=UPRIGHT), options, spec_of(backend), backend.info,
                                "")  # segments of a run that did not turn the frames are not resumed
+
+
+def test_sample_aspect_ratio_kept(backend, tmp_path):
+    """Anamorphic 16:15 stays 16:15: in H.264's own stream (any container) and in mp4's pasp (any codec);
+    square pixels stay 1:1; Matroska with FFV1 cannot hold it, and a warning says so."""
+    def sar_of(path: Path) -> tuple:
+        """(the stream's, as ffprobe shows it; the codec's own, None where it stores none)."""
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            return s.sample_aspect_ratio, s.codec_context.sample_aspect_ratio
+
+    common = dict(audio=(), subtitles=False, chapters=False)
+    warnings: list[str] = []
+    options = VideoOptions(frames=(0, 2), warn=warnings.append)
+    cases = [(make_clip(tmp_path / "pal.mkv", codec="libx264", sar=Fraction(16, 15), **common), "libx264", ".mkv"),
+             (make_clip(tmp_path / "pal.mp4", sar=Fraction(16, 15), **common), "ffv1", ".mp4"),
+             (make_clip(tmp_path / "square.mkv", codec="libx264", sar=Fraction(1, 1), **common), "libx264", ".mkv")]
+    for src, codec, suffix in cases:
+        out = tmp_path / f"{src.stem}-{codec}{suffix}"
+        result = upscale_video(backend, spec_of(backend), src, out, dataclasses.replace(options, codec=codec))
+        sar = Fraction(1) if src.stem == "square" else Fraction(16, 15)
+        assert sar_of(out) == sar_of(src) == (sar, sar if codec == "libx264" else None), (src, codec)
+        assert result.sar == f"{sar.numerator}:{sar.denominator}"
+    assert warnings == []
+    upscale_video(backend, spec_of(backend), cases[1][0], tmp_path / "pal-ffv1.mkv",
+                  dataclasses.replace(options, codec="ffv1"))
+    assert warnings == [f"{cases[1][0]}: .mkv with ffv1 cannot hold the sample aspect ratio 16:15: its pixels show "
+                        "square (.mp4, .mov, libx264 or libx265 keep it)"]
 
 
 class _Interrupt:
