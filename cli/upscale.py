@@ -64,7 +64,7 @@ def upscale(
     ray_actors: Annotated[int, typer.Option("--ray-actors", min=0, help="Ray actors (0: one per GPU, else N-1 of the cluster's N CPUs).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, backend line or summary; errors only.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report here at the end ('-': stdout).")] = None,
-    report_path: Annotated[Optional[Path], typer.Option("--report", help="JSON-lines report written as the batch runs: one line per finished image, flushed to disk, then a summary line; valid after a crash. With --skip-existing it is appended to (resume).", show_default=False)] = None,
+    report_path: Annotated[Optional[Path], typer.Option("--report", help="JSON-lines report written as the batch runs: one line per finished image or video, flushed to disk, then a summary line; valid after a crash. With --skip-existing it is appended to (resume).", show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Print the full traceback of every error (also HRX_DEBUG=1).")] = False,
     video_codec: Annotated[Optional[str], typer.Option("--video-codec", help="Video encoder: libx264, libx265, libsvtav1, ffv1, prores_ks, libvpx-vp9 ... (default: the input's codec family, else libx264).", show_default=False, rich_help_panel="Videos")] = None,
     crf: Annotated[Optional[int], typer.Option("--crf", min=0, help="Encoder quality (x264 / x265 / SVT-AV1 CRF; lower is better).", show_default=False, rich_help_panel="Videos")] = None,
@@ -136,23 +136,28 @@ def upscale(
             from hrx.runtime.distributed import RayOptions
 
             ray_options = RayOptions(address=ray_address, actors=ray_actors)
-        video_results = run_videos_here(request, pool, videos, overlap, merge.value, vopts, quiet, skip_existing,
-                                        ray_options)
-        if not jobs:
-            return finish_videos(video_results, json_path)
-    rows = _Rows(_open_report(report_path, run_id, skip_existing, jobs) if report_path is not None else None)
+    rows = _Rows(_open_report(report_path, run_id, skip_existing, jobs, len(videos)) if report_path is not None
+                 else None)
     settings = dict(outscale=outscale, width=width, height=height)
+    videos_only = bool(videos) and not jobs
     try:
-        if ray or ray_address:  # Ray Data actors: hrx.runtime.distributed
-            report, info, spec, source = _run_on_ray(request, jobs, overlap, merge.value, options, ray_address,
-                                                     ray_actors, quiet, rows, bundled)
-        else:
-            report, info, spec, source = _run_here(request, pool, jobs, overlap, merge.value, options, quiet, rows,
-                                                   bundled)
+        if videos:
+            video_results = run_videos_here(request, pool, videos, overlap, merge.value, vopts, quiet, skip_existing,
+                                            ray_options, on_result=rows.video)
+        if not videos_only:
+            if ray or ray_address:  # Ray Data actors: hrx.runtime.distributed
+                report, info, spec, source = _run_on_ray(request, jobs, overlap, merge.value, options, ray_address,
+                                                         ray_actors, quiet, rows, bundled)
+            else:
+                report, info, spec, source = _run_here(request, pool, jobs, overlap, merge.value, options, quiet,
+                                                       rows, bundled)
     except BaseException as e:  # the report says what was done before the run ended
         rows.finish(json_path, request.backend, settings, interrupted=isinstance(e, (KeyboardInterrupt, SystemExit)),
                     error=e)
         raise
+    if videos_only:
+        rows.finish(None, request.backend, settings)  # the report's summary line; --json and the exit below
+        return finish_videos(video_results, json_path)
     summary = report.to_dict()
     summary.update(model=str(source), model_scale=info.scale, tile=spec.tile, overlap=spec.tile - spec.stride,
                    merge=spec.merge, **settings)
@@ -173,9 +178,10 @@ def upscale(
         raise fail(f"{summary['failed']} of {len(jobs)} images failed{why}", max(r.exit_code or 1 for r in failed))
 
 
-def _open_report(path: Path, run_id: str, resume: bool, jobs) -> ReportWriter:
-    """The ``--report`` writer; resuming (``--skip-existing``) appends, and first removes the temporary files
-    the unfinished runs of that report left beside this run's outputs."""
+def _open_report(path: Path, run_id: str, resume: bool, jobs, videos: int = 0) -> ReportWriter:
+    """The ``--report`` writer, its first line counting the run's ``jobs`` (images) and ``videos``; resuming
+    (``--skip-existing``) appends, and first removes the temporary files the unfinished runs of that report
+    left beside this run's image outputs (a video resumes from its work folder instead)."""
     from hrx.paths import remove_temporaries
     from hrx.runtime.report import read_report, unfinished_runs
 
@@ -183,16 +189,16 @@ def _open_report(path: Path, run_id: str, resume: bool, jobs) -> ReportWriter:
     if resume:
         for run in unfinished_runs(read_report(path)):
             remove_temporaries([j.output for j in jobs], run)
-    writer.start(len(jobs))
+    writer.start(len(jobs), videos)
     return writer
 
 
 class _Rows:
-    """Every finished image, as it finishes: kept for an interrupted run's summary, and appended to the
-    ``--report`` file (flushed to disk) when there is one."""
+    """Every finished image and video, as it finishes: kept for an interrupted run's summary, and appended to
+    the ``--report`` file (flushed to disk) when there is one."""
 
     def __init__(self, writer: "ReportWriter | None") -> None:
-        self.writer, self.results, self.lock = writer, [], threading.Lock()
+        self.writer, self.results, self.videos, self.lock = writer, [], [], threading.Lock()
 
     def __call__(self, result) -> None:
         with self.lock:
@@ -200,15 +206,23 @@ class _Rows:
         if self.writer is not None:
             self.writer.image(result)
 
+    def video(self, result) -> None:
+        with self.lock:
+            self.videos.append(result)
+        if self.writer is not None:
+            self.writer.video(result)
+
     def finish(self, json_path: Optional[Path], backend: str = "", settings: Optional[dict] = None,
                summary: Optional[dict] = None, interrupted: bool = False, error: BaseException | None = None) -> None:
-        """The summary line and ``--json``: the run's own summary, or (a run that ended early) one built
-        from the images finished so far."""
+        """The summary line and ``--json``: the run's own summary, or (a run of videos only, or one that
+        ended early) one built from the images and videos finished so far."""
         from hrx.runtime.pipeline import BatchReport
 
         if summary is None:
             with self.lock:
                 summary = BatchReport(backend, list(self.results)).to_dict()
+                if self.videos:
+                    summary["videos"] = [r.to_dict() for r in self.videos]
             summary.update(settings or {})
             summary["interrupted"] = interrupted
             if error is not None and not interrupted:

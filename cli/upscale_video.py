@@ -116,9 +116,11 @@ class FrameProgress(ProgressBars):
             self.bars.update(self.task, advance=n, fps=f"{fps:.2f} fps")
 
 
-def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, skip_existing: bool = False) -> list:
+def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, skip_existing: bool = False,
+               on_result: Optional[Callable] = None) -> list:
     """``upscale_one(job, progress)`` for every video; a failing video is a one-line error and the batch
-    goes on. Returns the :class:`hrx.runtime.video.VideoResult` of each."""
+    goes on. Returns the :class:`hrx.runtime.video.VideoResult` of each, also given to ``on_result`` (the
+    ``--report`` row) as each video finishes."""
     from hrx.runtime.video import VideoResult
 
     results = []
@@ -153,6 +155,8 @@ def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, s
                                f"{resumed}{turned} -> {job.output} ({result.codec} {result.pix_fmt} "
                                f"{result.out_width}x{result.out_height})")
             results.append(result)
+            if on_result is not None:
+                on_result(result)
     return results
 
 
@@ -186,7 +190,7 @@ def model_id(engine: Optional[Path], model: Optional[str]) -> str:
 
 
 def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional[int], merge: str, options,
-                    quiet: bool, skip_existing: bool, ray_options=None) -> list:
+                    quiet: bool, skip_existing: bool, ray_options=None, on_result: Optional[Callable] = None) -> list:
     """Open the backend(s) of ``pool`` (several CPU sessions share each frame's tiles) and run the videos;
     with ``ray_options``, this process only plans and joins, Ray Data actors upscale the segments."""
     from hrx.extras import require
@@ -227,7 +231,7 @@ def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional
             def one(job: VideoJob, progress):
                 return upscale_video(backend, spec, job.source, job.output, options, progress, ident)
 
-        return run_videos(one, videos, quiet, skip_existing)
+        return run_videos(one, videos, quiet, skip_existing, on_result)
     finally:
         backend.close()  # SharedSessions closes every session
 

@@ -1,17 +1,20 @@
 """The batch report as JSON lines (``hrx upscale --report FILE.jsonl``), written as the batch runs.
 
-A first line names the run (``{"type": "run", "run": ID, "images": N}``: ID also tags the run's temporary
-files), then one line per finished image (``{"type": "image", "run": ..., "source": ..., "status": ...}``, the fields
-of :class:`~hrx.runtime.pipeline.ImageResult`), then one summary line (``{"type": "summary", ...}``,
-with ``"interrupted": true`` when Ctrl-C ended the run). Each line is written with one ``write`` on a
-file opened for appending and flushed to disk (fsync) before the next image is reported: after a crash
-or a kill every line in the file is whole, valid JSON, and every image it lists as ``done`` has its
-output on disk, whole. A report without a summary line is the report of a run that did not finish.
+A first line names the run (``{"type": "run", "run": ID, "images": N, "videos": M}``: ID also tags the run's
+temporary files), then one line per finished file: ``{"type": "image", "run": ..., "source": ...,
+"status": ...}`` with the fields of :class:`~hrx.runtime.pipeline.ImageResult`, or ``{"type": "video", ...}``
+with those of :class:`~hrx.runtime.video.VideoResult` (videos run first, then images); then one summary
+line (``{"type": "summary", ...}``: the images' counts and settings, ``videos_done`` / ``videos_failed`` /
+``videos_skipped`` when the run had videos, ``"interrupted": true`` when Ctrl-C ended the run). Each line
+is written with one ``write`` on a file opened for appending and flushed to disk (fsync) before the next
+file is reported: after a crash or a kill every line in the file is whole, valid JSON, and every image or
+video it lists as ``done`` has its output on disk, whole. A report without a summary line is the report
+of a run that did not finish.
 
 Resuming: ``--skip-existing`` with the same ``--report`` appends to the file (a new ``run`` id); the
-images already written come back as ``skipped``, and the temporary files of the runs the report shows
-unfinished (a killed writer's ``.NAME.RUNID.XXXXXXXX.tmp``) are removed. Without ``--skip-existing`` the
-file starts empty.
+images and videos already written come back as ``skipped``, and the temporary files of the runs the
+report shows unfinished (a killed writer's ``.NAME.RUNID.XXXXXXXX.tmp``) are removed. Without
+``--skip-existing`` the file starts empty.
 """
 from __future__ import annotations
 
@@ -41,17 +44,27 @@ class ReportWriter:
         except OSError as e:
             raise HRXError(f"{self.path}: cannot write the report ({e.strerror or e})") from e
 
-    def start(self, images: int) -> None:
-        """The run's first line: its id and how many images it was given."""
-        self._line({"type": "run", "run": self.run_id, "images": images})
+    def start(self, images: int, videos: int = 0) -> None:
+        """The run's first line: its id and how many images and videos it was given."""
+        self._line({"type": "run", "run": self.run_id, "images": images, "videos": videos})
 
     def image(self, result: Any) -> None:
         """One finished image (an :class:`ImageResult`)."""
         self._line({"type": "image", "run": self.run_id, **dataclasses.asdict(result)})
 
+    def video(self, result: Any) -> None:
+        """One finished video (a :class:`VideoResult`): done, failed with its reason, or skipped."""
+        self._line({"type": "video", "run": self.run_id, **dataclasses.asdict(result)})
+
     def summary(self, summary: dict) -> None:
-        """The last line of a run: counts and settings (no per-image list)."""
-        self._line({"type": "summary", "run": self.run_id, **{k: v for k, v in summary.items() if k != "images"}})
+        """The last line of a run: counts and settings without the per-file lists (the rows above hold
+        them); the ``videos`` list becomes ``videos_done`` / ``videos_failed`` / ``videos_skipped``."""
+        line = {k: v for k, v in summary.items() if k not in ("images", "videos")}
+        videos = summary.get("videos")
+        if videos:
+            line.update({f"videos_{status}": sum(v["status"] == status for v in videos)
+                         for status in ("done", "failed", "skipped")})
+        self._line({"type": "summary", "run": self.run_id, **line})
 
     def _line(self, data: dict) -> None:
         line = (json.dumps(data) + "\n").encode()

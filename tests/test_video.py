@@ -542,3 +542,103 @@ def test_cli_h264_with_b_frames_in_mp4_to_av1_in_mkv(checkpoint, tmp_path):
     assert [b for b, _ in audio_out] == [b for b, _ in audio_in]
     assert max(abs(a - b) for (_, a), (_, b) in zip(audio_in, audio_out)) <= 0.0005  # mkv counts milliseconds
     assert audio_out[0][1] < 0  # the AAC priming packet stays before 0 (nothing shifted)
+
+
+# -- --report: one row per video ----------------------------------------------------------------------------
+
+def _small_clip(path: Path, codec: str = "ffv1") -> Path:
+    """A 64x64 clip of FRAMES frames, video only."""
+    return make_clip(path, codec=codec, audio=(), subtitles=False, chapters=False, size=(64, 64))
+
+
+def _statuses(rows: list[dict]) -> list[tuple]:
+    return [(row["type"], row.get("status")) for row in rows]
+
+
+def test_report_has_a_row_per_video_done_or_failed(checkpoint, tmp_path):
+    from hrx.runtime.report import read_report, unfinished_runs
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _small_clip(folder / "good.mkv")
+    bad = folder / "bad.mp4"
+    bad.write_bytes(b"not a video at all " * 64)
+    report = out / "report.jsonl"
+    r = _upscale(str(folder), "-o", str(out), "--model", str(checkpoint), "--report", str(report))
+    assert r.exit_code == 1 and r.stderr.splitlines()[-1] == "error: 1 of 2 videos failed", r.output
+    rows = read_report(report)
+    assert _statuses(rows) == [("run", None), ("video", "failed"), ("video", "done"), ("summary", None)]
+    run = rows[0]["run"]
+    assert rows[0] == {"type": "run", "run": run, "images": 0, "videos": 2}
+    failed, done, summary = rows[1], rows[2], rows[3]
+    assert failed["source"] == str(bad) and failed["frames"] == 0
+    assert failed["reason"] == f"{bad}: cannot open as a video (Invalid data found when processing input)"
+    assert f"error: {failed['reason']}" in r.stderr
+    assert done["source"] == str(folder / "good.mkv") and done["output"] == str(out / "good.mkv")
+    assert (done["frames"], done["codec"], done["out_width"], done["out_height"]) == (FRAMES, "ffv1", 128, 128)
+    assert done["seconds"] > 0 and len(frames_of(out / "good.mkv")) == FRAMES
+    assert {row["run"] for row in rows} == {run}
+    assert (summary["videos_done"], summary["videos_failed"], summary["videos_skipped"]) == (1, 1, 0)
+    assert summary["interrupted"] is False and "videos" not in summary and unfinished_runs(rows) == []
+
+
+def test_report_rows_of_images_and_videos_and_the_resumed_run(checkpoint, tmp_path):
+    from PIL import Image
+
+    from hrx.runtime.report import read_report, unfinished_runs
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _small_clip(folder / "clip.mp4", codec="libx264")
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(folder / "still.png")
+    report = tmp_path / "report.jsonl"
+    args = [str(folder), "-o", str(out), "--model", str(checkpoint), "--report", str(report)]
+    r = _upscale(*args)
+    assert r.exit_code == 0, r.output
+    first = read_report(report)
+    assert _statuses(first) == [("run", None), ("video", "done"), ("image", "done"), ("summary", None)]
+    assert (first[0]["images"], first[0]["videos"]) == (1, 1)
+    assert first[1]["output"] == str(out / "clip.mp4")
+    assert (first[1]["frames"], first[1]["codec"]) == (FRAMES, "libx264")
+    assert first[2]["output"] == str(out / "still.png") and first[2]["out_width"] == 60
+    assert (first[3]["done"], first[3]["videos_done"], first[3]["videos_failed"]) == (1, 1, 0)
+    r = _upscale(*args, "--skip-existing")  # the same command resumed: a second run appended
+    assert r.exit_code == 0, r.output
+    rows = read_report(report)
+    assert rows[:4] == first
+    again = rows[4:]
+    assert _statuses(again) == [("run", None), ("video", "skipped"), ("image", "skipped"), ("summary", None)]
+    assert again[0]["run"] != first[0]["run"] and {row["run"] for row in again} == {again[0]["run"]}
+    assert (again[0]["images"], again[0]["videos"]) == (1, 1)
+    assert again[1]["source"] == str(folder / "clip.mp4") and again[1]["reason"] == "output exists"
+    assert (again[3]["skipped"], again[3]["videos_skipped"], again[3]["videos_done"]) == (1, 1, 0)
+    assert unfinished_runs(rows) == []
+
+
+def test_report_rows_are_on_disk_as_each_video_finishes(checkpoint, tmp_path, monkeypatch):
+    """Ctrl-C during the second video: its report already held the start line and the first video's row,
+    and ends with an interrupted summary (an unfinished run for the resume)."""
+    import hrx.runtime.video as video
+    from hrx.runtime.report import read_report, unfinished_runs
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _small_clip(folder / "a.mkv")
+    (folder / "b.mkv").write_bytes((folder / "a.mkv").read_bytes())
+    report = tmp_path / "report.jsonl"
+    real, seen = video.upscale_video, []
+
+    def upscale(backend, spec, source, *args, **kwargs):
+        if source.name == "b.mkv":
+            seen.extend(read_report(report))
+            raise KeyboardInterrupt
+        return real(backend, spec, source, *args, **kwargs)
+
+    monkeypatch.setattr(video, "upscale_video", upscale)
+    r = _upscale(str(folder), "-o", str(out), "--model", str(checkpoint), "--report", str(report))
+    assert r.exit_code == 130, r.output
+    assert _statuses(seen) == [("run", None), ("video", "done")]
+    rows = read_report(report)
+    assert rows[:2] == seen and _statuses(rows[2:]) == [("summary", None)]
+    assert rows[2]["interrupted"] is True and rows[2]["videos_done"] == 1
+    assert unfinished_runs(rows) == [rows[0]["run"]]
