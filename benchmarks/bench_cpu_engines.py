@@ -37,7 +37,8 @@ Default rows (``--rows default``): all but ``torch-compile`` and the rarer OpenV
 
 Models (``--model``): the bundled ``default-x2`` / ``default-x4`` (trained), and spandrel's
 SRVGGNetCompact, SPAN, RealPLKSR and RRDBNet at x4 at their published sizes (``--size real``; perturbed
-weights, ``tests/zoo.py``); RRDBNet times one tile per pass. Each row: ms per tile (median of ``--rounds``
+weights, ``tests/zoo.py``); RRDBNet times one tile per thread per pass (fewer tiles than sessions would
+leave the Nx1 rows' other sessions idle). Each row: ms per tile (median of ``--rounds``
 interleaved rounds, each round runs every row once), the ratio to ORT FP32 single-session and to PyTorch
 eager FP32 and to the ``default`` row, the PSNR (8-bit) of its output against ORT FP32 on the same tiles,
 and the share of 8-bit output values more than one level away from ORT FP32's.
@@ -73,7 +74,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 HRX_MODELS = {"default-x2": "default-x2", "default-x4": "default-x4"}
 ZOO_MODELS = {"compact-x4": "SRVGGNetCompact", "span-x4": "SPAN", "realplksr-x4": "RealPLKSR", "rrdbnet-x4": "RRDBNet"}
 MODELS = tuple(HRX_MODELS) + tuple(ZOO_MODELS)
-ONE_TILE = ("rrdbnet-x4",)  # ~18 MMAC per input pixel: one tile per pass is enough
+ONE_TILE = ("rrdbnet-x4",)  # ~18 MMAC per input pixel: one tile per thread per pass is enough
 # compute precision, and for INT8 which hrx calibrate --target wrote the file (int8: openvino)
 OV_KINDS = ("f32", "bf16", "int8", "int8bf16", "int8trt", "int8cpu")
 INT8_FILES = {"int8": ("openvino", "fp32"), "int8bf16": ("openvino", "bf16"), "int8trt": ("trt", "fp32"),
@@ -398,7 +399,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="add the torch.compile row (minutes per model)")
     ap.add_argument("--size", choices=("real", "tiny"), default="real", help="spandrel models' size")
     ap.add_argument("--tile", type=int, default=128)
-    ap.add_argument("--tiles", type=int, default=4, help="tiles per timed pass (RRDBNet: 1)")
+    ap.add_argument("--tiles", type=int, default=4, help="tiles per timed pass (RRDBNet: one per thread)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="0: every core this process may use")
     ap.add_argument("--samples", type=int, default=32, help="INT8 calibration tiles")
@@ -449,7 +450,8 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001
                 print(f"| {name} | export | FAIL: {str(e).strip().splitlines()[0][:140]} |||||", flush=True)
                 continue
-            tiles = photo_tiles(args.tile, 1 if name in ONE_TILE else args.tiles)
+            # a heavy model times as few tiles as keep every session of the Nx1 rows busy (one each)
+            tiles = photo_tiles(args.tile, threads if name in ONE_TILE else args.tiles)
             for r in measure(model, rows, tiles, args.rounds, threads, work, args.samples, log):
                 results.append(r)
                 ratio = lambda v: "" if v is None else f"{v:.2f}x"  # noqa: E731
