@@ -6,7 +6,8 @@ the same photo tiles: ms per tile and speed relative to the first, in one run.
         m.int8.onnx,session.enable_quant_qdq_cleanup=1
 
 A spec is ``PATH[,KEY=VALUE|,-OPTIMIZER]...``: session config entries and graph optimizers to disable.
-Each round runs every spec once over the tiles (round robin), so machine load hits them alike; the median
+Each round runs every spec once over the tiles (round robin, starting with the next spec each round), so
+machine load and the place in the round hit them alike; the median
 and the fastest round of each are reported (on a shared machine the fastest rounds are the least disturbed).
 """
 from __future__ import annotations
@@ -41,6 +42,19 @@ def session_runner(spec: str, threads: int):
     return sess, lambda x: sess.run(None, {name: x})[0]
 
 
+def interleaved(runs: list, tiles: list[np.ndarray], rounds: int) -> list[list[float]]:
+    """ms per tile of each of ``runs`` (callables on one tile) in every round: each round runs them all over
+    ``tiles``, starting with the next one each round, so no place in the round is favoured."""
+    times: list[list[float]] = [[] for _ in runs]
+    for r in range(rounds):
+        for k in [(r + j) % len(runs) for j in range(len(runs))]:
+            t0 = time.perf_counter()
+            for t in tiles:
+                runs[k](t)
+            times[k].append(1000 * (time.perf_counter() - t0) / len(tiles))
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("specs", nargs="+")
@@ -57,13 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = runners[0][0].get_inputs()[0].shape
     tiles = photo_tiles(photo(), int(shape[-1]), args.tiles, args.seed)
     outs = [run(tiles[0]) for _, run in runners]  # warm up
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(args.rounds):
-        for k, (_, run) in enumerate(runners):
-            t0 = time.perf_counter()
-            for t in tiles:
-                run(t)
-            times[k].append(1000 * (time.perf_counter() - t0) / len(tiles))
+    times = interleaved([run for _, run in runners], tiles, args.rounds)
     base, fastest = statistics.median(times[0]), min(times[0])
     print(f"{args.tiles} tiles of {shape[-1]}x{shape[-1]}, {args.threads} thread(s), {args.rounds} interleaved rounds")
     print("| spec | ms / tile (median) | speed vs first | fastest round vs first's | max abs diff vs first |")

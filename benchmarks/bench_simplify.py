@@ -16,7 +16,6 @@ import copy
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_ort_compare import session_runner
+    from bench_ort_compare import interleaved, session_runner
     from bench_runtime import photo, photo_tiles
     from results import header, save
 
@@ -96,15 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[v] = session_runner(str(path), args.threads)[1]
             tiles = photo_tiles(photo(), args.tile, args.tiles, 0)
             outs = {v: run(tiles[0]) for v, run in runs.items()}  # warm up
-            times: dict[str, list[float]] = {v: [] for v in runs}
-            names = list(runs)
-            for k in range(args.rounds):  # each round starts with the next variant: no place in the round is favoured
-                for v in names[k % len(names):] + names[:k % len(names)]:
-                    run = runs[v]
-                    t0 = time.perf_counter()
-                    for t in tiles:
-                        run(t)
-                    times[v].append(1000 * (time.perf_counter() - t0) / len(tiles))
+            times = dict(zip(runs, interleaved(list(runs.values()), tiles, args.rounds)))
             base = statistics.median(times["onnxsim"])
             for v, g in graphs.items():
                 med = statistics.median(times[v])
