@@ -36,7 +36,8 @@ class TrainReporter:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", val=self.val)
         elif self.log and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
-            self.log(f"step {step}/{self.cfg.steps}  loss {loss:.4f}  lr {lr:.2e}  {seconds:.2f} s/step  "
+            self.log(f"step {step}/{self.cfg.steps}  loss {loss:.4f}  lr {lr:.2e}  {seconds:.2f} s/step "
+                     f"({1 / max(seconds, 1e-9):.2f} steps/s)  "
                      f"val PSNR-Y {self.val}")
 
     def validated(self, step: int, rows) -> None:
@@ -92,6 +93,21 @@ def train(
     blur: Annotated[float, typer.Option("--blur", help="Restoration: largest Gaussian blur sigma before downscaling.")] = 0.0,
     noise: Annotated[float, typer.Option("--noise", help="Restoration: largest Gaussian noise sigma, in 8-bit levels.")] = 0.0,
     jpeg: Annotated[int, typer.Option("--jpeg", help="Restoration: lowest JPEG quality (0: no JPEG).")] = 0,
+    degradation: Annotated[str, typer.Option("--degradation", help="How inputs are made from the photos: simple "
+                           "(bicubic downscale, plus --blur/--noise/--jpeg when given) or real (blur, resize, Gaussian and "
+                           "Poisson noise and JPEG, twice, in random strengths; ranges in docs/training.md).")] = "simple",
+    clean_share: Annotated[float, typer.Option("--clean-share", help="With --degradation real: share of crops that are "
+                           "only bicubic-downscaled, so clean inputs stay sharp.")] = 0.2,
+    synthetic: Annotated[int, typer.Option("--synthetic", help="Generate this many synthetic images (dead leaves, text, "
+                         "line art) and mix them with the photos. 0: photos only.")] = 0,
+    synthetic_share: Annotated[float, typer.Option("--synthetic-share", help="Share of crops drawn from the synthetic "
+                               "images (with --synthetic).")] = 0.3,
+    init: Annotated[str, typer.Option("--init", help="Start from this checkpoint's weights (a path or bundled name; "
+                    "tensors whose names and shapes match, e.g. another scale's body). Default: random.")] = "",
+    ema: Annotated[float, typer.Option("--ema", help="Save an exponential moving average of the weights with this "
+                   "decay (e.g. 0.999); 0: the last weights.")] = 0.0,
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast where the CPU has AVX512-BF16 or "
+                         "AMX, and on CUDA), fp32 or bf16. Master weights stay FP32.")] = "auto",
     val_every: Annotated[int, typer.Option("--val-every", help="Validate (PSNR-Y vs bicubic) every N steps.")] = 500,
     ckpt_every: Annotated[int, typer.Option("--ckpt-every", help="Write the checkpoint and resume state every N steps.")] = 500,
     log_every: Annotated[int, typer.Option("--log-every", help="Print a progress line every N steps (when there is no "
@@ -115,7 +131,9 @@ def train(
     cfg = TrainConfig(arch=arch, scale=scale, data=None if data is None else str(data), steps=steps, batch=batch,
                       patch=patch, lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
                       fft_weight=fft_weight, ssim_weight=ssim_weight, moe_weight=moe_weight, seed=seed,
-                      val_fraction=val_fraction, min_detail=min_detail, blur=blur, noise=noise, jpeg=jpeg, val_every=val_every,
+                      val_fraction=val_fraction, min_detail=min_detail, blur=blur, noise=noise, jpeg=jpeg,
+                      degradation=degradation, clean_share=clean_share, synthetic=synthetic,
+                      synthetic_share=synthetic_share, init=init, ema=ema, precision=precision, val_every=val_every,
                       ckpt_every=ckpt_every, log_every=log_every, output=str(output), resume=resume, stop_after=stop_after,
                       threads=threads, device=device)
     result = run_training(cfg, TrainReporter(is_interactive(), log=lambda line: typer.echo(line, err=True)))

@@ -19,6 +19,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ import torch.nn.functional as F
 
 from hrx.errors import HRXError
 from hrx.paths import IMAGE_SUFFIXES, image_files
+
+if TYPE_CHECKING:
+    from hrx.degradations import RealDegradation
 
 
 # name -> file in skimage/data. Only photos that are shipped in the wheel (no download on demand).
@@ -243,24 +247,36 @@ def detail(img: torch.Tensor) -> float:
 
 class PatchSampler:
     """Random HR crops (with flips and 90-degree rotations) from the training images, and their
-    degraded LR inputs. Images are drawn uniformly; a crop whose detail (mean absolute difference
+    degraded LR inputs (``deg``: the simple chain, :class:`Degradation`, or the real-world one,
+    :class:`hrx.degradations.RealDegradation`). A share ``extra_share`` of the crops comes from the
+    ``extra`` images (synthetic ones, :mod:`hrx.synthetic`). Images are drawn uniformly; a crop whose detail (mean absolute difference
     between neighbouring pixels, in 8-bit levels) is below ``min_detail`` is redrawn, up to
     ``tries`` times, so flat sky and black backgrounds do not fill the batches. All randomness comes
     from one generator; :meth:`get_state` / :meth:`set_state` make ``--resume`` exact."""
 
-    def __init__(self, images: list[tuple[str, torch.Tensor]], patch: int, deg: Degradation, seed: int,
-                 min_detail: float = 0.0, tries: int = 10) -> None:
+    def __init__(self, images: list[tuple[str, torch.Tensor]], patch: int, deg: "Degradation | RealDegradation",
+                 seed: int, min_detail: float = 0.0, tries: int = 10,
+                 extra: list[tuple[str, torch.Tensor]] | None = None, extra_share: float = 0.0) -> None:
         if patch % deg.scale:
             raise HRXError(f"patch {patch} must be a multiple of the scale {deg.scale}")
+        if not 0.0 <= extra_share <= 1.0 or (extra_share > 0 and not extra):
+            raise HRXError(f"the share of synthetic crops must be in [0, 1] and needs synthetic images ({extra_share})")
         self.images = [(name, img) for name, img in images if min(img.shape[-2:]) >= patch]
         self.skipped = [name for name, img in images if min(img.shape[-2:]) < patch]
+        self.extra = [(name, img) for name, img in (extra or []) if min(img.shape[-2:]) >= patch]
         if not self.images:
             raise HRXError(f"no training image is at least {patch}x{patch} pixels; use a smaller --patch")
+        if extra_share > 0 and not self.extra:
+            raise HRXError(f"no synthetic image is at least {patch}x{patch} pixels; use a smaller --patch")
         self.patch, self.deg, self.min_detail, self.tries = patch, deg, min_detail, max(1, tries)
+        self.extra_share = extra_share
         self.gen = torch.Generator().manual_seed(seed)
 
     def _draw(self) -> torch.Tensor:
-        img = self.images[int(torch.randint(0, len(self.images), (), generator=self.gen))][1]
+        pool = self.images
+        if self.extra_share > 0 and float(torch.rand((), generator=self.gen)) < self.extra_share:
+            pool = self.extra
+        img = pool[int(torch.randint(0, len(pool), (), generator=self.gen))][1]
         h, w = img.shape[-2:]
         y = int(torch.randint(0, h - self.patch + 1, (), generator=self.gen))
         x = int(torch.randint(0, w - self.patch + 1, (), generator=self.gen))
@@ -285,7 +301,9 @@ class PatchSampler:
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lr [B, 3, P/s, P/s], hr [B, 3, P, P])``."""
         hr = torch.stack([self.crop() for _ in range(size)])
-        return degrade(hr, self.deg, self.gen), hr
+        if isinstance(self.deg, Degradation):
+            return degrade(hr, self.deg, self.gen), hr
+        return self.deg(hr, self.gen), hr
 
     def get_state(self) -> torch.Tensor:
         return self.gen.get_state()

@@ -15,6 +15,7 @@ Protocol (the usual SR one, and the quality bar of the bundled models):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from torch import nn
 from hrx.data import Degradation, bicubic_downscale, bicubic_upscale, degrade, mod_crop, quantize
 from hrx.losses import ssim
 from hrx.metrics import Y_OFFSET, Y_WEIGHTS, psnr_y
+
+if TYPE_CHECKING:
+    from hrx.degradations import EvalCondition
 
 
 @dataclass(frozen=True)
@@ -78,12 +82,17 @@ def run_padded(model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_image(model: nn.Module, name: str, hr: torch.Tensor, scale: int,
-                   deg: Degradation | None = None, gen: torch.Generator | None = None) -> EvalRow:
+                   deg: Degradation | None = None, gen: torch.Generator | None = None,
+                   condition: EvalCondition | None = None) -> EvalRow:
     """One row: ``hr [3, H, W]`` (or ``[1, 3, H, W]``) in [0, 1]. ``deg`` adds the restoration
-    degradations (seeded by ``gen``); default: bicubic downscale only."""
+    degradations (seeded by ``gen``); ``condition`` degrades the bicubic-downscaled input in a fixed way
+    (:data:`hrx.degradations.EVAL_CONDITIONS`); default: bicubic downscale only. The baseline is
+    bicubic of the same (degraded) input; at x1 it is the input itself."""
     device = next(model.parameters()).device
     hr = mod_crop(hr if hr.dim() == 4 else hr.unsqueeze(0), scale).to(device)
-    if deg is None or (deg.blur == 0 and deg.noise == 0 and deg.jpeg == 0):
+    if condition is not None:
+        lr = condition(bicubic_downscale(hr.cpu(), scale)).to(device)
+    elif deg is None or (deg.blur == 0 and deg.noise == 0 and deg.jpeg == 0):
         lr = bicubic_downscale(hr, scale)
     else:
         lr = degrade(hr.cpu(), deg, gen or torch.Generator().manual_seed(0)).to(device)
@@ -94,12 +103,12 @@ def evaluate_image(model: nn.Module, name: str, hr: torch.Tensor, scale: int,
 
 
 def evaluate(model: nn.Module, images: list[tuple[str, torch.Tensor]], scale: int,
-             deg: Degradation | None = None) -> list[EvalRow]:
+             deg: Degradation | None = None, condition: EvalCondition | None = None) -> list[EvalRow]:
     """Rows ``(image, bicubic PSNR-Y, model PSNR-Y, SSIM ...)`` for ``[(name, hr [3, H, W])]``.
     The model is put in eval mode and left there."""
     model.eval()
     gen = torch.Generator().manual_seed(0)
-    return [evaluate_image(model, name, hr, scale, deg, gen) for name, hr in images]
+    return [evaluate_image(model, name, hr, scale, deg, gen, condition) for name, hr in images]
 
 
 def summarize(rows: list[EvalRow]) -> EvalSummary:
