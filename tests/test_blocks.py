@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -277,3 +278,32 @@ def test_segsum_exp_is_the_masked_segment_sum_exactly():
     i, j = 11, 4
     assert torch.allclose(out[..., i, j], torch.exp(a[..., j + 1:i + 1].sum(-1)), rtol=1e-6)
     assert torch.all(out[..., j, i] == 0)
+
+
+def test_fused_moe_routes_as_a_per_pixel_reference_without_its_routing_code():
+    """The fused DetailMoE against a reference that shares none of its routing: the unfused router's logits
+    and experts' outputs, then per pixel in numpy (float64) the expert of the largest logit, weighted by its
+    softmax probability. The fuse-vs-unfused test compares two paths through ``top1_combine``; this one
+    fails if that function routes wrongly."""
+    moe = DetailMoE(8, 2, 4, kernel=5, d_state=4, head_dim=4, chunk=8)
+    randomize_params(moe, 0.3)
+    moe.eval()
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        logits = moe.router(x).double().numpy()  # [B, E, H, W]
+        outs = torch.stack([e(x) for e in moe.experts], 1).double().numpy()  # [B, E, C, H, W]
+        fused = _fuse_all(copy.deepcopy(moe))(x).double().numpy()
+    want = x.double().numpy().copy()
+    scale = moe.scale.detach().double().numpy()[0, :, 0, 0]
+    chosen = set()
+    for b in range(2):
+        for i in range(12):
+            for j in range(12):
+                z = logits[b, :, i, j]
+                e = max(range(len(z)), key=lambda k: z[k])
+                chosen.add(e)
+                p = np.exp(z[e] - z.max()) / np.exp(z - z.max()).sum()
+                want[b, :, i, j] += scale * p * outs[b, e, :, i, j]
+    assert len(chosen) >= 2, "the test needs pixels routed to different experts"
+    err = float(np.abs(fused - want).max()) / max(1.0, float(np.abs(want).max()))
+    assert err < FUSE_ATOL, f"fused MoE differs from the per-pixel reference by {err:.2e}"

@@ -394,3 +394,35 @@ def test_fp16_precision_keeps_int8_convs_and_half_elsewhere(native_onnx, trt_int
     a, b = _ort(out, x), _ort(trt_int8[0], x)
     assert np.isfinite(a).all() and 10 * np.log10(1 / np.mean((a - b) ** 2)) > 35, "FP16 changes INT8 little"
     assert "(precision int8-qdq-fp16," in text
+
+
+@pytest.mark.parametrize("drop", [0.2, 0.05])
+def test_few_image_gate_applies_its_own_threshold_and_the_summary_agrees(tmp_path, monkeypatch, drop):
+    """One image: the gate asks for max_drop / 3 = 0.1 dB. A measured 0.2 dB drop (between that and
+    max_drop 0.3) is rejected: nothing written, the summary says FAIL; 0.05 dB passes, is written with
+    the 0.1 dB gate in its metadata, and the summary says PASS. The drop is injected (the toy model's
+    real drop is whatever it is), so the threshold the gate applies decides alone."""
+    from PIL import Image
+
+    from hrx.calibration import pipeline
+    from hrx.calibration.quality import QualityReport
+    from hrx.calibration.report import summary_lines
+    from runtime_support import write_toy
+
+    (tmp_path / "one").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "one" / "a.png")
+    model, out = write_toy(tmp_path / "toy.onnx", tile=16), tmp_path / "toy.int8.onnx"
+    monkeypatch.setattr(pipeline, "compare", lambda fp32, int8, hr, scale: QualityReport(len(hr), 30.0, 30.0 - drop, 40.0))
+    report = pipeline.calibrate(pipeline.CalibrateOptions(model, out, images=tmp_path / "one", samples=4, eval_tiles=2,
+                                                          target="cpu", max_drop=0.3, fallback=False))
+    assert report.few_images and report.threshold == pytest.approx(0.1)
+    text = "\n".join(summary_lines(report))
+    assert "quality gate (max drop 0.10 dB = 0.3 / 3: only 1 image" in text
+    verdicts = [line.rsplit("-> ", 1)[1] for line in text.splitlines() if line.startswith("    [")]
+    if drop > 0.1:
+        assert not report.passed and not report.written and not out.exists()
+        assert verdicts == ["FAIL"] and "wrote " not in text
+    else:
+        assert report.passed and report.written
+        assert verdicts == ["PASS"] and f"wrote {out}" in text
+        assert json.loads(_props(out)["quant_gate"]) == {"images": 1, "max_drop": 0.1, "few_images": True}

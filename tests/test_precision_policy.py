@@ -296,3 +296,40 @@ def test_a_read_only_cache_still_runs(tmp_path, monkeypatch):
         choice = policy.choose_precision("auto", path, ModelInfo.from_onnx(path), flags=WITH_BF16)
         assert choice.precision in ("bf16", "fp32") and "fidelity gate" in choice.reason
     assert len(calls) == 2 and blocker.is_file()
+
+
+def test_gate_decides_on_recorded_numbers_on_every_cpu(tmp_path, monkeypatch):
+    """The BF16 gate's logic without BF16 hardware: the PSNR is computed from given FP32 / BF16 outputs
+    (an MSE of 1e-6 is 60 dB), the choice follows the threshold (50 dB: 55.2 passes, 47.0 fails, as
+    measured for default-x2 and RRDBNet x4 on an AVX512-BF16 CPU), the figure is recorded once and the
+    threshold applied on reading."""
+    path = write_toy(tmp_path / "toy.onnx", tile=32)
+    info = ModelInfo.from_onnx(path)
+    fp32 = [np.full((3, 8, 8), 0.5, np.float32), np.zeros((3, 4, 4), np.float32)]
+    bf16 = [fp32[0] + 1e-3, fp32[1] - 1e-3]  # squared error 1e-6 everywhere
+    monkeypatch.setattr(policy, "_gate_outputs", lambda p, i, pictures: ([fp32, bf16], 6))
+    gate = policy.measure_gate(path, info)
+    assert gate.psnr == pytest.approx(60.0, abs=1e-4) and gate.tiles == 6 and gate.source == "the bundled photos"
+
+    measured = []
+
+    def recorded(psnr):
+        def measure(p, i, images=None):
+            measured.append(psnr)
+            return policy.GateResult(psnr, 4, "the bundled photos")
+        return measure
+
+    for psnr, want in ((55.2, "bf16"), (47.0, "fp32")):
+        model = write_toy(tmp_path / f"toy{psnr}.onnx", tile=32, seed=int(psnr))  # one gate record per model
+        monkeypatch.setattr(policy, "measure_gate", recorded(psnr))
+        choice = policy.choose_precision("auto", model, info, flags=WITH_BF16)
+        assert (choice.precision, choice.compute) == (want, want), choice.line
+        verdict = "passed" if want == "bf16" else "failed"
+        assert choice.line == (f"precision: {want} (BF16 {verdict} the fidelity gate: {psnr:.1f} dB "
+                               f"{'>=' if want == 'bf16' else '<'} 50 dB against FP32 on 4 tiles of the bundled photos)")
+    assert measured == [55.2, 47.0]
+    again = policy.choose_precision("auto", tmp_path / "toy55.2.onnx", info, flags=WITH_BF16)
+    assert again.precision == "bf16" and again.reason.endswith("; measured earlier") and measured == [55.2, 47.0]
+    strict = policy.choose_precision("auto", tmp_path / "toy55.2.onnx", info, flags=WITH_BF16, min_psnr=56.0)
+    assert strict.precision == "fp32" and measured == [55.2, 47.0]
+    assert policy.choose_precision("auto", tmp_path / "toy55.2.onnx", info, flags=WITHOUT_BF16).precision == "fp32"

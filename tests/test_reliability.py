@@ -287,3 +287,33 @@ def test_files_get_their_final_mode_without_touching_the_umask(tmp_path, monkeyp
     mine.write_bytes(b"half")
     other.write_bytes(b"another run's, in flight")
     assert remove_temporaries([target], "0badc0de") == 1 and not mine.exists() and other.exists()
+
+
+def test_every_report_row_is_fsynced_on_the_report_itself(tmp_path, monkeypatch):
+    """The crash promise of the report (docs/reliability.md): each row is on disk before the next file is
+    reported. A reader during the run sees the page cache either way, so the fsync calls are counted: one
+    per row, on the report's own descriptor, after the row's bytes are written."""
+    import dataclasses
+
+    from hrx.runtime import report
+
+    @dataclasses.dataclass
+    class Row:
+        source: str
+        status: str
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(report.os, "fsync", lambda fd: (synced.append(os.fstat(fd)), real_fsync(fd))[1])
+    path = tmp_path / "report.jsonl"
+    with report.ReportWriter(path, "0badc0de") as writer:
+        rows = [lambda: writer.start(2, 1), lambda: writer.video(Row("a.mkv", "done")),
+                lambda: writer.image(Row("b.png", "done")), lambda: writer.image(Row("c.png", "failed")),
+                lambda: writer.summary({"done": 1, "failed": 1, "images": [], "videos": [{"status": "done"}]})]
+        for n, write_row in enumerate(rows, 1):
+            write_row()
+            st = path.stat()
+            assert len(synced) == n, f"row {n}: {len(synced)} fsync calls"
+            assert (synced[-1].st_dev, synced[-1].st_ino) == (st.st_dev, st.st_ino)  # the report, not another file
+            assert synced[-1].st_size == st.st_size  # after the row was written
+    assert [r["type"] for r in report.read_report(path)] == ["run", "video", "image", "image", "summary"]

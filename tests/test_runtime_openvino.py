@@ -171,3 +171,38 @@ def test_streams_mode_one_compiled_model_shared_by_the_workers(tmp_path, monkeyp
                                    "--backend", "openvino", "--precision", "fp32", "--threads", "2"])
     assert res.exit_code == 0, res.output
     assert "2 workers (cpu:0, cpu:1)" in res.stderr and (tmp_path / "out" / "a.png").is_file()
+
+
+def test_precision_is_pinned_on_every_cpu(tmp_path, monkeypatch):
+    """Each precision is asked for explicitly (INFERENCE_PRECISION_HINT in the compile config, fp32 too)
+    and the compiled model reports it. Both are read, not inferred from numbers: OpenVINO's default is
+    BF16 on CPUs with AVX512-BF16 / AMX and f32 elsewhere, where an unpinned f32 run gives the same numbers
+    and the same property (f32 also for a bf16 request: no BF16 to run)."""
+    import openvino
+
+    import hrx.runtime.openvino as ov_mod
+    from hrx.runtime import precision_policy
+
+    configs = []
+
+    class RecordingCore:
+        def __init__(self, real):
+            self.real = real
+
+        def compile_model(self, model, device, config):
+            configs.append(dict(config))
+            return self.real.compile_model(model, device, config)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    real_core = ov_mod.core
+    monkeypatch.setattr(ov_mod, "core", lambda: RecordingCore(real_core()))
+    path = write_toy(tmp_path / "toy.onnx", tile=16)
+    bf16_runs = precision_policy.bf16_native(precision_policy.cpu_flags())
+    for precision, hint, runs_as in (("fp32", "f32", openvino.Type.f32),
+                                     ("bf16", "bf16", openvino.Type.bf16 if bf16_runs else openvino.Type.f32)):
+        with OpenVINOBackend(path, precision=precision, cache=False) as backend:
+            assert configs[-1].get("INFERENCE_PRECISION_HINT") == hint
+            assert backend.compiled.get_property("INFERENCE_PRECISION_HINT") == runs_as
+    assert len(configs) == 2

@@ -152,3 +152,26 @@ def test_spec_from_model_info():
                      tile_overlap=16)
     assert TileSpec.from_info(info) == TileSpec(64, 16, 2, 16, 4, "crop")
     assert TileSpec.from_info(info, overlap=0, merge="blend") == TileSpec(64, 0, 2, 16, 4, "blend")
+
+
+def test_blend_windows_are_a_raised_cosine_cross_fade():
+    """The weights themselves, not the output they give: where two tiles overlap (tile 16, overlap 8, x2:
+    a 16-pixel overlap, faded over its middle 8), the right tile's weights rise as sin^2 and the left one's fall
+    as cos^2 (written out here), monotone and without steps, from ~1 to ~0, the two summing to 1. Any
+    weights summing to 1 give the whole-image output where the overlap covers the receptive field, so
+    only this test sees the window's shape."""
+    spec = TileSpec(tile=16, overlap=8, scale=2, size_multiple=4, merge="blend")
+    plan = plan_axis(40, spec)
+    assert plan.starts == (0, 8, 16, 24)
+    (lo0, hi0, w0), (lo1, hi1, w1) = axis_windows(plan, spec)[:2]
+    # left tile: output [0, 32), its right neighbour starts at 16; the fade is [20, 28), zero after
+    assert (lo0, hi0, lo1) == (0, 28, 20)
+    ramp = 8
+    t = (np.arange(ramp) + 0.5) / ramp
+    fade_in = np.sin(t * np.pi / 2) ** 2  # 0.0096, 0.0843, ..., 0.9904
+    np.testing.assert_allclose(w1[:ramp], fade_in, atol=1e-12)
+    np.testing.assert_allclose(w0[20:28], 1.0 - fade_in, atol=1e-12)
+    assert np.all(w0[:20] == 1.0) and np.all(w1[ramp:hi1 - lo1 - ramp] == 1.0)
+    steps = np.diff(np.concatenate([[0.0], w1[:ramp], [1.0]]))
+    assert np.all(steps > 0) and steps.max() < 0.2  # monotone, no jump (a flat 0.5 jumps by 0.5 twice)
+    assert w1[0] < 0.02 and w1[ramp - 1] > 0.98

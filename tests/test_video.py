@@ -40,15 +40,16 @@ def pattern(i: int, w: int = W, h: int = H) -> np.ndarray:
 def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: tuple[str, ...] = ("aac", "libopus"),
               subtitles: bool = True, chapters: bool = True, color: Color = Color(1, 1, 1, 1),
               codec_options: dict | None = None, size: tuple[int, int] = (W, H), rotation: int = 0,
-              hflip: bool = False, sar: Fraction | None = None, picture=pattern) -> Path:
+              hflip: bool = False, sar: Fraction | None = None, picture=pattern, time_base: Fraction = TB,
+              frame_pts: list[int] = VFR_PTS) -> Path:
     """``rotation`` (counter-clockwise degrees, ``hflip``): the display matrix; ``sar``: the pixel shape;
-    ``picture(i, width, height)``: frame ``i``."""
+    ``picture(i, width, height)``: frame ``i``; ``frame_pts``: the frames' pts in ``time_base``."""
     with av.open(str(path), "w") as out:
         out.metadata["title"] = "test clip"
         v = out.add_stream(codec, rate=25)
-        v.width, v.height, v.pix_fmt, v.time_base = *size, pix_fmt, TB
+        v.width, v.height, v.pix_fmt, v.time_base = *size, pix_fmt, time_base
         v.options = codec_options or {}
-        v.codec_context.time_base = TB
+        v.codec_context.time_base = time_base
         if rotation or hflip:
             v.set_display_rotation(rotation, hflip=hflip)
         if sar is not None:
@@ -69,9 +70,9 @@ def make_clip(path: Path, pix_fmt: str = "yuv420p", codec: str = "ffv1", audio: 
             s.metadata["language"] = "deu"
         if path.suffix == ".mkv" and subtitles:  # written with the header
             out.add_attachment("font.ttf", "font/ttf", b"\x00\x01\x00\x00 a font for the subtitles")
-        for i, pts in enumerate(VFR_PTS):
+        for i, pts in enumerate(frame_pts):
             frame = from_rgb(picture(i, *size), pix_fmt, color)
-            frame.pts, frame.time_base = pts, TB
+            frame.pts, frame.time_base = pts, time_base
             out.mux(v.encode(frame))
         out.mux(v.encode(None))
         rng = np.random.default_rng(0)
@@ -148,6 +149,50 @@ def test_streams_timestamps_metadata_kept(backend, tmp_path):
             == [("font.ttf", "font/ttf", b"\x00\x01\x00\x00 a font for the subtitles")]
         v = co.streams.video[0].codec_context
         assert (int(v.colorspace), int(v.color_primaries), int(v.color_trc), int(v.color_range)) == (1, 1, 1, 1)
+
+
+def test_frames_reach_the_encoder_with_their_input_pts(backend, tmp_path, monkeypatch):
+    """Each upscaled frame is handed to the encoder with its input frame's pts in the input's time base (the
+    VFR gaps included). Checked at the encoder, segment by segment: a wrong pts fails this assertion, where
+    in a whole run it can first make the join refuse the segments' timestamps."""
+    import hrx.runtime.video as video
+
+    seen = []
+    real_open = video.open_encoder
+
+    class RecordingEncoder:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def encode(self, frame=None):
+            if frame is not None:
+                seen.append((frame.pts, frame.time_base))
+            return self.stream.encode(frame)
+
+    monkeypatch.setattr(video, "open_encoder", lambda out, plan, options: RecordingEncoder(real_open(out, plan, options)))
+    src = make_clip(tmp_path / "clip.mkv", audio=(), subtitles=False, chapters=False)
+    options = VideoOptions(codec="ffv1", segment_frames=3)
+    plan = video.probe(src, options, backend.info.scale)
+    frames = [video.encode_segment(backend, spec_of(backend), plan, segment, str(tmp_path / f"{k}.mkv"), options)[0]
+              for k, segment in enumerate(plan.segments)]  # the segments only: no join that could fail first
+    assert seen == [(p, TB) for p in VFR_PTS]
+    assert frames == [3, 3, 2]
+
+
+def test_mkv_output_keeps_frame_times_of_another_time_base(backend, tmp_path):
+    """An mp4 at 1/30000 (NTSC-style pts, multiples of 1001, with VFR gaps) into .mkv: the segments count
+    milliseconds, so the join must put back the exact pts in the input's time base; the .mkv output then
+    holds every frame time to its millisecond clock (at 1/1000 a lost pts would go unseen)."""
+    tb = Fraction(1, 30000)
+    pts = [k * 1001 for k in (0, 1, 2, 5, 6, 7, 10, 11)][:FRAMES]
+    src = make_clip(tmp_path / "clip.mp4", audio=(), subtitles=False, chapters=False, time_base=tb, frame_pts=pts)
+    out = tmp_path / "out" / "clip.mkv"
+    result = upscale_video(backend, spec_of(backend), src, out, VideoOptions(codec="ffv1", segment_frames=3))
+    assert result.status == "done" and result.segments == 3
+    assert [f[0] for f in frames_of(src)] == pts and frames_of(src)[0][1] == tb
+    got = [float(f[0] * f[1]) for f in frames_of(out)]
+    want = [float(p * tb) for p in pts]  # 0, 33.367, 66.733, 166.833, ... ms
+    assert len(got) == len(want) and max(abs(a - b) for a, b in zip(got, want)) <= 0.0005 + 1e-9, (got, want)
 
 
 def test_ffv1_equals_image_path(backend, tmp_path):
