@@ -65,6 +65,7 @@ def upscale(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, backend line or summary; errors only.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report here at the end ('-': stdout).")] = None,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="JSON-lines report written as the batch runs: one line per finished image or video, flushed to disk, then a summary line; valid after a crash. With --skip-existing it is appended to (resume).", show_default=False)] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a page that opens from disk: every image with a before/after slider (bicubic vs output), sizes, seconds, backend and precision, failed files with their reasons, a first-frame pair per video (docs/reports.md).", show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Print the full traceback of every error (also HRX_DEBUG=1).")] = False,
     video_codec: Annotated[Optional[str], typer.Option("--video-codec", help="Video encoder: libx264, libx265, libsvtav1, ffv1, prores_ks, libvpx-vp9 ... (default: the input's codec family, else libx264).", show_default=False, rich_help_panel="Videos")] = None,
     crf: Annotated[Optional[int], typer.Option("--crf", min=0, help="Encoder quality (x264 / x265 / SVT-AV1 CRF; lower is better).", show_default=False, rich_help_panel="Videos")] = None,
@@ -91,6 +92,10 @@ def upscale(
 
     if device is not None and devices is not None:
         raise fail("pass either --device or --devices, not both")
+    if html is not None:  # before any work
+        from hrx.pages import check_page_path
+
+        check_page_path(html)
     warned: set[str] = set()
     warn_lock = threading.Lock()
 
@@ -157,6 +162,7 @@ def upscale(
         raise
     if videos_only:
         rows.finish(None, request.backend, settings)  # the report's summary line; --json and the exit below
+        _gallery(html, rows, request.backend, request.precision, request.engine or request.model, quiet)
         return finish_videos(video_results, json_path)
     summary = report.to_dict()
     summary.update(model=str(source), model_scale=info.scale, tile=spec.tile, overlap=spec.tile - spec.stride,
@@ -164,6 +170,8 @@ def upscale(
     if videos:
         summary["videos"] = [r.to_dict() for r in video_results]
     rows.finish(json_path, summary=summary)
+    _gallery(html, rows, report.backend, request.precision if request.precision != "auto" else info.precision, source,
+             quiet, report.seconds)
     if not quiet:
         typer.echo(f"{summary['done']} done, {summary['failed']} failed, {summary['skipped']} skipped in "
                    f"{report.seconds:.1f} s: {summary['input_megapixels_per_second']:.3f} MP/s in, "
@@ -176,6 +184,19 @@ def upscale(
         not_run = [r for r in failed if not r.attempted]
         why = f" ({len(not_run)} not run)" if not_run else ""
         raise fail(f"{summary['failed']} of {len(jobs)} images failed{why}", max(r.exit_code or 1 for r in failed))
+
+
+def _gallery(html: Optional[Path], rows: "_Rows", backend: str, precision: str, model, quiet: bool,
+             seconds: float = 0.0) -> None:
+    """``--html``: the page of every image and video finished (hrx.runtime.gallery)."""
+    if html is None:
+        return
+    from hrx.runtime.gallery import RunFacts, write_gallery
+
+    seconds = seconds or sum(r.seconds for r in (*rows.results, *rows.videos))
+    written = write_gallery(html, rows.results, rows.videos, RunFacts(backend, precision, str(model), seconds))
+    if not quiet:
+        typer.echo(f"page: {written}", err=True)
 
 
 def _open_report(path: Path, run_id: str, resume: bool, jobs, videos: int = 0) -> ReportWriter:

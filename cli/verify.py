@@ -40,12 +40,20 @@ def verify(
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of images: real tiles are compared too.")] = None,
     seed: Seed = 0,
     bisect: Annotated[bool, typer.Option("--bisect", help="On failure, name the first module/node that diverges.")] = False,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write the comparison as a page that opens from "
+                                                 "disk: per tile and backend the outputs, an error map, PSNR, a "
+                                                 "histogram and the worst region zoomed (docs/reports.md).",
+                                                 show_default=False)] = None,
 ) -> None:
     """Run the ONNX model on ONNX Runtime (and TensorRT) and the unfused PyTorch model on the same
     inputs; print max abs/rel error and PSNR per backend, PASS/FAIL; exit 1 on FAIL."""
     from hrx.export.compare import verify as run_verify
     from hrx.runtime.verify_runner import runner_factories
 
+    if html is not None:  # before any work
+        from hrx.pages import check_page_path
+
+        check_page_path(html)
     if backends is None:
         from hrx.runtime.trt.env import tensorrt_problem
 
@@ -53,13 +61,19 @@ def verify(
     else:
         chosen = [b.strip() for b in backends.split(",") if b.strip()]
     report = run_verify(model, checkpoint, chosen, atol=atol, rtol=rtol, images=images, seed=seed, bisect=bisect,
-                        runners={"trt": _trt_runners, "openvino": _openvino_runners, **runner_factories()})
+                        runners={"trt": _trt_runners, "openvino": _openvino_runners, **runner_factories()},
+                        keep_outputs=html is not None)
     typer.echo(f"verify {model} against {checkpoint} (unfused PyTorch), {report.inputs} input batches, "
                f"atol={report.atol:g} rtol={report.rtol:g}")
     for r in report.reports:
         typer.echo("  " + r.line())
     if report.bisect:
         typer.echo(f"  bisect: {report.bisect}")
+    if html is not None:
+        from hrx.export.verify_page import verify_page
+        from hrx.pages import write_page
+
+        typer.echo(f"  page: {write_page(html, verify_page(report, checkpoint))}")
     if not report.passed:
         failed = ", ".join(r.backend for r in report.reports if not r.passed)
         typer.echo(f"error: FAIL: output 'output' of {model} differs from PyTorch on {failed}", err=True)

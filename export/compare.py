@@ -57,6 +57,15 @@ class BackendReport:
 
 
 @dataclass
+class VerifySample:
+    """One input tile and what PyTorch and each backend made of it (``hrx verify --html``)."""
+    label: str
+    input: np.ndarray  # float32 [C, t, t]
+    reference: np.ndarray  # float32 [C, t*s, t*s]: the unfused PyTorch model
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # backend -> float32 [C, t*s, t*s]
+
+
+@dataclass
 class VerifyReport:
     model: Path
     reports: list[BackendReport] = field(default_factory=list)
@@ -64,6 +73,12 @@ class VerifyReport:
     bisect: str | None = None
     atol: float = 0.0
     rtol: float = 0.0
+    precision: str = "fp32"  # the model file's compute precision (its metadata)
+    samples: list[VerifySample] = field(default_factory=list)  # with keep_outputs=True
+
+    def limit(self, reference: np.ndarray) -> float:
+        """The largest absolute difference that passes against ``reference``."""
+        return self.atol + self.rtol * max(float(np.abs(reference).max()), 1.0)
 
     @property
     def passed(self) -> bool:
@@ -126,6 +141,11 @@ def fp16_ref_runners(path: Path, info: ModelInfo | None = None) -> list:
 
 def image_tiles(folder: Path, info: ModelInfo, count: int, seed: int) -> list[np.ndarray]:
     """Random ``tile``-sized crops (reflect-padded when smaller) from the images in ``folder``."""
+    return [tile for tile, _ in labelled_image_tiles(folder, info, count, seed)]
+
+
+def labelled_image_tiles(folder: Path, info: ModelInfo, count: int, seed: int) -> list[tuple[np.ndarray, str]]:
+    """:func:`image_tiles`, each with where it was cut from (``photo.png at (x, y)``)."""
     from PIL import Image, ImageOps
 
     files = image_files(folder)
@@ -148,19 +168,28 @@ def image_tiles(folder: Path, info: ModelInfo, count: int, seed: int) -> list[np
             arr = np.pad(arr, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(arr.shape[1:]) > 1 else "edge")
         y = int(rng.integers(0, arr.shape[1] - t + 1))
         x = int(rng.integers(0, arr.shape[2] - t + 1))
-        tiles.append(arr[:, y:y + t, x:x + t])
+        tiles.append((arr[:, y:y + t, x:x + t], f"{path.name} at ({x}, {y})"))
     return tiles
 
 
 def make_inputs(info: ModelInfo, seed: int, random_count: int = 2, images: Path | None = None) -> list[dict]:
+    return labelled_inputs(info, seed, random_count, images)[0]
+
+
+def labelled_inputs(info: ModelInfo, seed: int, random_count: int = 2,
+                    images: Path | None = None) -> tuple[list[dict], list[list[str]]]:
+    """The feeds of :func:`make_inputs` and, per feed, what each of its batch items is (``random tile 1``,
+    ``photo.png at (x, y)``)."""
     rng = np.random.default_rng(seed)
     shape = (info.batch, info.in_channels, info.tile, info.tile)
     feeds = [{"input": rng.random(shape, dtype=np.float32)} for _ in range(random_count)]
+    labels = [[f"random tile {k * info.batch + j + 1}" for j in range(info.batch)] for k in range(random_count)]
     if images is not None:
-        tiles = image_tiles(images, info, 2 * info.batch, seed)
+        tiles = labelled_image_tiles(images, info, 2 * info.batch, seed)
         for i in range(0, len(tiles), info.batch):
-            feeds.append({"input": np.stack(tiles[i:i + info.batch]).astype(np.float32)})
-    return feeds
+            feeds.append({"input": np.stack([t for t, _ in tiles[i:i + info.batch]]).astype(np.float32)})
+            labels.append([name for _, name in tiles[i:i + info.batch]])
+    return feeds, labels
 
 
 def _metrics(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
@@ -173,12 +202,14 @@ def _metrics(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
 
 def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backends: Iterable[str] = ("onnxrt",),
            atol: float | None = None, rtol: float | None = None, images: Path | None = None, seed: int = 0,
-           bisect: bool = False, runners: Mapping[str, RunnerFactory] | None = None) -> VerifyReport:
+           bisect: bool = False, runners: Mapping[str, RunnerFactory] | None = None,
+           keep_outputs: bool = False) -> VerifyReport:
     """Compare the unfused PyTorch model with each backend in ``backends`` on the same inputs.
     ``runners`` maps backend names to runner factories: ``onnxrt`` and ``fp16-ref`` are built in; the
     layers above add theirs (``hrx verify`` adds ``trt`` from :func:`hrx.runtime.trt.polygraphy_runner`),
     so this module imports nothing from the runtime. ``atol``/``rtol`` default to :data:`TOLERANCES`
-    for the model's precision (its metadata)."""
+    for the model's precision (its metadata). ``keep_outputs``: the report keeps every input tile with the
+    reference's and each backend's output (:attr:`VerifyReport.samples`, for ``hrx verify --html``)."""
     import hrx
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
@@ -200,7 +231,7 @@ def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backend
         if b not in factories:
             raise HRXError(f"unknown backend {b!r}; choose from {', '.join(factories)}")
         chosen += factories[b](model_path, info)
-    feeds = make_inputs(info, seed, images=images)
+    feeds, labels = labelled_inputs(info, seed, images=images)
     severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL  # our own report below says what failed
     try:
@@ -209,8 +240,11 @@ def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backend
             atol=atol, rtol=rtol, check_error_stat="elemwise"))
     finally:
         G_LOGGER.module_severity = severity
-    report = VerifyReport(model=model_path, inputs=len(feeds), atol=atol, rtol=rtol)
+    report = VerifyReport(model=model_path, inputs=len(feeds), atol=atol, rtol=rtol, precision=info.precision)
     ref_name, ref_iters = results[0]
+    if keep_outputs:
+        report.samples = [VerifySample(label, feed["input"][j], ref_it["output"][j])
+                          for feed, names, ref_it in zip(feeds, labels, ref_iters) for j, label in enumerate(names)]
     for (name, iters) in list(results)[1:]:
         worst = (0.0, 0.0, float("inf"))
         for ref_it, it in zip(ref_iters, iters):
@@ -220,7 +254,12 @@ def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backend
                      if name in pair for iteration in iterations for out in iteration)
         # our own tolerance check too, so the verdict never hinges on one library's default
         passed = passed and worst[0] <= atol + rtol * max(float(np.abs(ref_iters[0]["output"]).max()), 1.0)
-        report.reports.append(BackendReport(name.split("-N")[0] if "-N" in name else name, *worst, passed))
+        backend = name.split("-N")[0] if "-N" in name else name
+        report.reports.append(BackendReport(backend, *worst, passed))
+        if keep_outputs:
+            outputs = (it["output"][j] for it in iters for j in range(len(it["output"])))
+            for sample, out in zip(report.samples, outputs):
+                sample.outputs[backend] = out
     if bisect and not report.passed:
         report.bisect = bisect_divergence(model_path, checkpoint, feeds[0]["input"], atol, rtol)
     return report

@@ -3,7 +3,8 @@
 # bundled models needs) plus scikit-image's sample photos for scripts/demo.sh.
 # `setup.sh --test` installs the full test stack (extra `test`: PyTorch and the export tools, training,
 # calibration, Ray Data, the Triton client, PyAV, pytest, Triton's CPU interpreter), spandrel, and PyTriton's
-# server in its own .venv-triton. A failed install stops the script.
+# server in its own .venv-triton, and Debian's chromium (apt-get, when missing and run as root) for the
+# browser tests of the HTML reports. A failed install stops the script.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -44,6 +45,15 @@ if [ "$mode" = "--test" ]; then
   # Triton tests start scripts/pytriton_serve.py from it on loopback ports (~75 s to create, once)
   fresh_venv .venv-triton
   pip_install .venv-triton/bin/python nvidia-pytriton==0.7.0 "numpy<2" onnxruntime
+  # the HTML reports are tested in headless Chromium driven by Playwright (extra test); Playwright's own
+  # browser download is not used, Debian's chromium is
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+    else
+      echo "setup: chromium is missing (apt-get install -y chromium as root); the browser tests will skip" >&2
+    fi
+  fi
 else
   pip_install .venv/bin/python -e ".[data]"
 fi

@@ -1,6 +1,7 @@
 """hrx export / hrx verify: ONNX Runtime vs the unfused PyTorch model, both ops modes, CLI errors."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,21 @@ def test_cli_export_and_verify_pass_then_fail_on_corrupted_weight(tmp_module, cl
     assert weight in res.output  # bisect names the corrupted node's weight
     res = runner.invoke(app, ["verify", str(bad), "--checkpoint", str(ckpt), "--backends", "upscale:onnxrt-cpu"])
     assert res.exit_code == 1 and "upscale:onnxrt-cpu" in res.output and "FAIL" in res.output
+
+
+def test_cli_verify_html_page(tmp_module, cli_export):
+    """--html: the page carries the terminal's verdict and one section per tile and backend; the numbers are
+    those of the outputs (a corrupted weight: FAIL, several 8-bit levels off)."""
+    ckpt, out, _ = cli_export
+    bad, _ = _corrupt_a_stage3_weight(out, tmp_module / "bad-html.onnx")
+    page = tmp_module / "verify.html"
+    res = runner.invoke(app, ["verify", str(bad), "--checkpoint", str(ckpt), "--backends", "onnxrt", "--html", str(page)])
+    assert res.exit_code == 1 and f"page: {page}" in res.output, res.output
+    text = page.read_text()
+    assert 'id="verdict">FAIL<' in text and text.count('<div class="case fail">') == 2  # 2 random tiles
+    assert text.count("data:image/png;base64,") == 2 * (1 + 6)
+    levels = [float(v) for v in re.findall(r"\(([0-9.e+-]+) 8-bit levels; limit", text)]
+    assert len(levels) == 2 and min(levels) > 1.0, levels
 
 
 def _corrupt_a_stage3_weight(path: Path, bad: Path, factor: float = 1.5) -> tuple[Path, str]:
