@@ -245,3 +245,23 @@ def test_outscale_resamples_the_model_output(tmp_path):
     got = np.asarray(Image.open(tmp_path / "x15" / "a.png"), np.float32).transpose(2, 0, 1) / 255
     assert how == "area" and got.shape == (3, 24, 36)
     assert np.abs(got - np.clip(expected, 0, 1)).max() <= 1.5 / 255  # the x4 file was rounded to 8 bits first
+
+
+def test_png_level_option_changes_size_not_pixels(tmp_path):
+    """--png-level 0 and 9 write the same pixels (8-bit PNG), in files of different sizes; --help says so."""
+    (tmp_path / "in").mkdir()
+    y, x = np.mgrid[0:40, 0:56]
+    Image.fromarray(np.stack([x * 4, y * 5, x + y], -1).astype(np.uint8)).save(tmp_path / "in" / "a.png")
+    engine = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    outputs = {}
+    for level in ("0", "9"):
+        result = runner.invoke(app, ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / level), "-e", str(engine),
+                                     "--png-level", level, "-q"])
+        assert result.exit_code == 0, result.output
+        outputs[level] = tmp_path / level / "a.png"
+    with Image.open(outputs["0"]) as a, Image.open(outputs["9"]) as b:
+        assert a.size == (112, 80) and np.array_equal(np.asarray(a), np.asarray(b))
+    assert outputs["0"].stat().st_size > outputs["9"].stat().st_size
+    assert runner.invoke(app, ["upscale", "a.png", "-o", "out", "--png-level", "10"]).exit_code == 2
+    help_text = " ".join(runner.invoke(app, ["upscale", "--help"]).output.replace("│", " ").split())
+    assert "--png-level" in help_text and "the pixels are the same" in help_text
