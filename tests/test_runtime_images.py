@@ -310,7 +310,7 @@ def test_to_uint_in_row_chunks_and_quantize_before_writing(tmp_path):
 def _compressible(h: int, w: int, channels: int, top: int) -> np.ndarray:
     """A gradient with noise: zlib levels make files of different sizes from it."""
     ramp = np.linspace(0, top * 0.8, w)[None, :, None] + np.linspace(0, top * 0.1, h)[:, None, None]
-    noise = RNG.integers(0, max(2, top // 64), (h, w, channels))
+    noise = np.random.default_rng(1).integers(0, max(2, top // 64), (h, w, channels))
     return np.minimum(ramp + noise, top)
 
 
