@@ -14,7 +14,7 @@ from hrx.cli.common import (ProgressBars, choices, debug_enabled, fail, handle_e
                             print_traceback)
 from hrx.errors import HRXError
 from hrx.runtime.factory import BACKENDS  # the choices come from the runtime's tuples (light modules: numpy)
-from hrx.runtime.images import FORMATS
+from hrx.runtime.images import DEFAULT_PNG_LEVEL, FORMATS
 from hrx.runtime.pipeline import ALPHA_MODES
 from hrx.runtime.precision_policy import DEFAULT_MIN_PSNR, PRECISION_CHOICES
 from hrx.runtime.report import ReportWriter
@@ -42,6 +42,7 @@ def upscale(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also upscale images in sub-folders.")] = False,
     fmt: Annotated[FormatChoice, typer.Option("--format", "-f", help="Output format.")] = FormatChoice.png,
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG / WebP quality.")] = 95,
+    png_level: Annotated[int, typer.Option("--png-level", min=0, max=9, help="PNG compression (zlib level 0-9; also 16-bit TIFF's deflate). Lossless at every level: higher levels write smaller files more slowly, the pixels are the same. The default 1 (OpenCV's) writes several times faster than Pillow's 6, files about a third larger; 9: the smallest files.")] = DEFAULT_PNG_LEVEL,
     tile: Annotated[Optional[int], typer.Option("--tile", min=1, help="Tile side for --model (rounded up to the model's size multiple) (default 256); engines have a static tile.")] = None,
     batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles per inference call for --model (default 1); engines have a static batch.")] = None,
     overlap: Annotated[Optional[int], typer.Option("--overlap", min=0, help="Overlap between tiles in input pixels (default: the model's tile_overlap).")] = None,
@@ -54,7 +55,7 @@ def upscale(
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels than this (decompression bombs, memory).")] = 50_000_000,
     device: Annotated[Optional[int], typer.Option("--device", min=0, help="CUDA device number (ONNX Runtime CUDA, TensorRT, PyTorch).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="Several CUDA devices, e.g. 0,1: one worker per device, all taking images from one queue.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="CPU sessions sharing the work: every image's tiles go to whichever session is free; --threads is split between them. 0 (default): one single-thread session per core for OpenVINO and ONNX Runtime CPU (measured faster than one session with every core, on a folder and on one large image; a single image of fewer tile batches gets that many sessions, so one small image runs on every core), 1 for other backends.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="CPU sessions sharing the work: every image's tiles go to whichever session is free; --threads is split between them. 0 (default): one per core for OpenVINO (a stream each, of one compiled model) and ONNX Runtime CPU (a single-thread session each; measured faster than one session with every core, on a folder and on one large image; a single image of fewer tile batches gets that many sessions, so one small image runs on every core), 1 for other backends.")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="CPU intra-op threads in all (0: every core this process may use).")] = 0,
     url: Annotated[Optional[str], typer.Option("--url", help="Triton server for --backend triton: http://HOST:PORT (or HOST:PORT) or grpc://HOST:PORT.", show_default=False)] = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Model name on the Triton server (its config carries HRX's metadata: see hrx triton-repo).", show_default=False)] = None,
@@ -108,13 +109,14 @@ def upscale(
 
     run_id = new_run_id()
     options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value, outscale, width, height, warn,
-                           run_id, print_traceback if debug_enabled(debug) else None)
+                           run_id, print_traceback if debug_enabled(debug) else None, png_level)
     device_list = parse_devices(devices) if devices is not None else ([device] if device is not None else None)
     videos, inputs = split_inputs(inputs, output, recursive)  # videos: hrx.cli.upscale_video
     jobs = plan_jobs(inputs, output, fmt.value, recursive) if inputs else []
     if workers == 0:
         cpu = device_list is None and url is None and model_name is None and not (ray or ray_address)
-        workers = _auto_workers(cpu and runs_cpu_sessions(engine, model, backend.value), threads, jobs, engine, overlap)
+        workers = _auto_workers(cpu and runs_cpu_sessions(engine, model, backend.value), threads, jobs,
+                                engine if engine is not None or model is not None else _bundled_onnx(), overlap)
     pool = plan_workers(device_list, workers, threads)
     if jobs:
         check_inputs(jobs, output)  # before any model work (a first run exports the bundled model: slow)
@@ -336,6 +338,14 @@ def _auto_workers(cpu_sessions: bool, threads: int, jobs, engine: Optional[Path]
     return workers
 
 
+def _bundled_onnx() -> Path:
+    """The shipped ONNX file of the default model (its tile and batch are those of any export of it)."""
+    from hrx.checkpoint import bundled_onnx
+    from hrx.runtime.factory import DEFAULT_MODEL
+
+    return bundled_onnx(DEFAULT_MODEL)
+
+
 def _named(step, source):
     """``step()``, with its one-line error naming the model file ``source`` when it does not already (an
     error found while opening or gating a model is about that file)."""
@@ -351,28 +361,15 @@ def _named(step, source):
         raise named from e
 
 
-def _open_runners(request, pool) -> list:
-    """One backend per worker; OpenVINO in streams mode (``hrx.runtime.openvino.CPU_PARALLELISM``): one
-    compiled model with a stream per CPU worker, shared by all of them."""
-    from hrx.runtime.factory import open_backend
-    from hrx.runtime.openvino import CPU_PARALLELISM
-    from hrx.runtime.pool import open_pool
-
-    cpu = all(w.kind == "cpu" for w in pool)
-    if request.backend == "openvino" and CPU_PARALLELISM == "streams" and cpu and len(pool) > 1:
-        shared = open_backend(dataclasses.replace(request, threads=sum(w.threads for w in pool), streams=len(pool)))
-        return [shared] * len(pool)
-    return open_pool(lambda w: open_backend(dataclasses.replace(
-        request, device=w.device if w.kind == "cuda" else None, threads=w.threads)), pool)
-
-
 def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows, bundled: bool = False):
     """This process: one backend per worker of ``pool``."""
     from hrx.runtime.factory import DEFAULT_MODEL
     from hrx.runtime.pool import run_pool
     from hrx.runtime.tiling import TileSpec
 
-    runners = _named(lambda: _open_runners(request, pool), request.engine or request.model)
+    from hrx.runtime.pool import open_workers
+
+    runners = _named(lambda: open_workers(request, pool), request.engine or request.model)
 
     def spec_for(runner) -> TileSpec:
         return TileSpec.from_info(runner.info, overlap, merge)

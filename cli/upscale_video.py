@@ -196,8 +196,7 @@ def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional
     from hrx.extras import require
 
     require("video", f"upscaling videos ({videos[0].source})")  # before the model is opened
-    from hrx.runtime.factory import open_backend
-    from hrx.runtime.pool import SharedSessions, open_pool
+    from hrx.runtime.pool import SharedSessions, open_workers
     from hrx.runtime.tiling import TileSpec
     from hrx.runtime.video import upscale_video
 
@@ -206,9 +205,7 @@ def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional
                                       model=str(Path(request.model).resolve()) if request.model
                                       and Path(request.model).is_file() else request.model)
         pool = pool[:1]
-    runners = open_pool(lambda w: open_backend(dataclasses.replace(
-        request, device=w.device if w.kind == "cuda" else None, threads=w.threads)), pool[:1] if pool[0].kind == "cuda"
-        else pool)
+    runners = open_workers(request, pool[:1] if pool[0].kind == "cuda" else pool)
     backend = SharedSessions(runners) if len(runners) > 1 else runners[0]
     ident = model_id(request.engine, request.model)
     try:

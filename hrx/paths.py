@@ -2,6 +2,7 @@
 the file-name suffixes every layer recognises, and the one crash-safe ``atomic_write``."""
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -23,11 +24,19 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "hrx"
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file. Read once per process while the file keeps its size, times and inode: a run
+    that checks the bundled model, reads the precision gate's record and opens the compiled-model cache
+    hashes the model file once, not once for each."""
+    st = os.stat(path)
+    return _sha256(os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, *identity: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
+        for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 

@@ -16,7 +16,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from hrx.checkpoint import BUNDLED_TILE
 from hrx.errors import HRXError, MissingDependencyError
@@ -252,6 +252,46 @@ def _open_onnx(path: Path, request: BackendRequest) -> Backend:
         raise MissingDependencyError(f"--device {request.device}: this onnxruntime has no CUDA provider "
                                      "(install onnxruntime-gpu); without --device it runs on the CPU")
     return OnnxRuntimeBackend(path, "cpu", request.threads)
+
+
+def open_cpu_sessions(request: BackendRequest, threads: Sequence[int]) -> list[Backend]:
+    """One CPU runner per entry of ``threads`` (its intra-op threads), for workers that share the tiles of
+    every image. OpenVINO (a request :func:`resolve_request` resolved to it) follows
+    :data:`hrx.runtime.openvino.CPU_PARALLELISM`: ``"streams"``, one compiled model with a stream per
+    worker, the same object for every worker; ``"sessions"``, one compiled model per worker, compiled at
+    once. When it cannot compile and ``request.fallback``: ONNX Runtime CPU sessions, with one line.
+    Other backends: :func:`open_backend` per worker, in turn."""
+    engine = Path(request.engine) if request.engine is not None else None
+    if (request.backend != "openvino" or len(threads) < 2 or engine is None or not engine.is_file()
+            or engine.suffix.lower() not in ONNX_SUFFIXES or request.device is not None or request.tile is not None
+            or request.batch is not None):
+        return _open_each(request, threads)
+    from hrx.runtime import openvino
+    from hrx.runtime.onnxrt import OnnxRuntimeBackend
+
+    compute = "bf16" if request.precision == "bf16" else "fp32"
+    try:
+        if openvino.CPU_PARALLELISM == "streams":
+            shared = openvino.OpenVINOBackend(engine, precision=compute, threads=sum(threads), streams=len(threads))
+            return [shared] * len(threads)
+        return openvino.open_sessions(engine, threads, precision=compute)
+    except openvino.OpenVINOCompileError as e:
+        if not request.fallback:
+            raise
+        _say(request, f"{e}; running ONNX Runtime CPU instead")
+        return _open_each(dataclasses.replace(request, backend="onnxrt-cpu"), threads)
+
+
+def _open_each(request: BackendRequest, threads: Sequence[int]) -> list[Backend]:
+    backends: list[Backend] = []
+    try:
+        for t in threads:
+            backends.append(open_backend(dataclasses.replace(request, threads=t)))
+    except BaseException:
+        for b in backends:
+            b.close()
+        raise
+    return backends
 
 
 def _open_openvino(path: Path, request: BackendRequest) -> Backend:

@@ -20,10 +20,29 @@ CUDA = "CUDAExecutionProvider"
 
 
 def cuda_available() -> bool:
-    """Whether this onnxruntime build has the CUDA provider (onnxruntime-gpu)."""
+    """Whether this onnxruntime build has the CUDA provider (onnxruntime-gpu). A build without the provider's
+    library (the CPU wheel, or no onnxruntime) answers without importing onnxruntime, a few hundred ms that
+    an OpenVINO run does not need."""
+    if not _cuda_provider_library():
+        return False
     import onnxruntime as ort
 
     return CUDA in ort.get_available_providers()
+
+
+def _cuda_provider_library() -> bool:
+    """Whether the installed onnxruntime ships ``onnxruntime_providers_cuda`` (found without importing it)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("onnxruntime")
+    except (ImportError, ValueError):
+        return False
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        capi = Path(folder) / "capi"
+        if any(capi.glob("*onnxruntime_providers_cuda*")):
+            return True
+    return False
 
 
 def create_session(path: str | os.PathLike, providers: Sequence[Any] | None = None, *,

@@ -15,10 +15,11 @@
   :meth:`~OpenVINOBackend.infer` takes a free request and is safe from several threads, and
   :meth:`OpenVINOBackend.infer_many` keeps every request busy from threads of its own and returns the
   results in order. No Python callback runs on OpenVINO's threads.
-* Parallelism on a CPU of k cores, picked by :data:`CPU_PARALLELISM`: ``"sessions"``, k compiled models
-  of one thread and one stream each behind :class:`hrx.runtime.pool.SharedSessions` (what ONNX Runtime
-  does, ``--workers``), or ``"streams"``, one compiled model with k streams (OpenVINO's THROUGHPUT mode)
-  and its own queue of requests.
+* Parallelism on a CPU of k cores, picked by :data:`CPU_PARALLELISM`: ``"streams"`` (default), one
+  compiled model with k streams (OpenVINO's THROUGHPUT mode) and its own queue of requests, or
+  ``"sessions"``, k compiled models of one thread and one stream each behind
+  :class:`hrx.runtime.pool.SharedSessions` (what ONNX Runtime does, ``--workers``), compiled at once on
+  threads of their own (:func:`open_sessions`).
 
 ``openvino`` is imported inside the functions that need it.
 """
@@ -31,7 +32,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -40,10 +41,12 @@ from hrx.interface import Backend, ModelInfo
 
 PRECISIONS = ("fp32", "bf16")  # compute precision of the float ops (INT8 comes from a Q/DQ file)
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # -> INFERENCE_PRECISION_HINT
-PARALLELISM = ("sessions", "streams")
-# how several CPU cores share the work: "sessions" (k one-thread compiled models, like ONNX Runtime's
-# default) or "streams" (one compiled model with k OpenVINO streams). One switch for the whole runtime.
-CPU_PARALLELISM = "sessions"
+PARALLELISM = ("streams", "sessions")
+# how several CPU cores share the work: "streams" (one compiled model with k OpenVINO streams) or
+# "sessions" (k one-thread compiled models, like ONNX Runtime's default, compiled in parallel). One switch
+# for the whole runtime. "streams" is the default: one compile and one read of the compiled-model cache
+# instead of k, which is most of what opening costs (benchmarks/bench_startup.py times both modes)
+CPU_PARALLELISM = "streams"
 INSTALL_HINT = "pip install openvino"
 
 
@@ -83,6 +86,32 @@ def cache_dir(path: str | os.PathLike, sha256: str) -> Path:
     from hrx.paths import cache_root
 
     return cache_root() / "openvino" / f"{Path(path).stem}-{sha256[:16]}"
+
+
+def prime_tensors() -> None:
+    """Run, on the calling thread, the C++ static initialiser behind the first tensor ``.data`` of the
+    process (it takes the GIL: two threads reaching it at once deadlock); after this, backends can be
+    opened on several threads at once."""
+    ov = require_openvino()
+    ov.Tensor(np.zeros(1, np.float32)).data
+
+
+def open_sessions(path: str | os.PathLike, threads: Sequence[int], **options) -> list["OpenVINOBackend"]:
+    """One :class:`OpenVINOBackend` of ``threads[k]`` threads per entry (``options``: the other arguments),
+    compiled at once on threads of their own (OpenVINO compiles, and reads its cache, without the GIL).
+    The first error is raised after closing the ones that opened."""
+    prime_tensors()
+    if len(threads) == 1:
+        return [OpenVINOBackend(path, threads=threads[0], **options)]
+    with ThreadPoolExecutor(len(threads), thread_name_prefix="hrx-openvino-open") as opener:
+        futures = [opener.submit(OpenVINOBackend, path, threads=t, **options) for t in threads]
+    opened = [f.result() for f in futures if f.exception() is None]
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    if failed:
+        for backend in opened:
+            backend.close()
+        raise failed[0]
+    return opened
 
 
 def plugin_refusal(path: str | os.PathLike) -> str:

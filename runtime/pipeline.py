@@ -29,8 +29,8 @@ from hrx.errors import BackendDown, HRXError, check_choice, one_line
 from hrx.metrics import ycbcr_matrix
 from hrx.paths import IMAGE_SUFFIXES, is_image_file
 from hrx.interface import Backend
-from hrx.runtime.images import (DEFAULT_MAX_PIXELS, EIGHT_BIT_FORMATS, FORMATS, Picture, quantize, read_image,
-                                write_image)
+from hrx.runtime.images import (DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL, EIGHT_BIT_FORMATS, FORMATS, Picture, quantize,
+                                read_image, write_image)
 from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled, upscale_whole
 
 ALPHA_MODES = ("bicubic", "model")
@@ -57,6 +57,7 @@ class BatchOptions:
     warn: Callable[[str], None] | None = None  # lossy choices the user made (16-bit to an 8-bit format)
     run_id: str = ""  # tags this run's temporary files (hrx.paths.new_run_id)
     on_error: Callable[[BaseException], None] | None = None  # every exception that failed an image (--debug)
+    png_level: int = DEFAULT_PNG_LEVEL  # zlib level of PNG and 16-bit TIFF outputs (size and speed, not pixels)
 
     def __post_init__(self) -> None:
         if self.outscale is not None and (self.width or self.height):
@@ -339,7 +340,7 @@ def _decode(job: Job, options: BatchOptions) -> Picture:
 
 def _encode(picture: Picture, job: Job, options: BatchOptions) -> None:
     try:
-        write_image(job.output, picture, options.fmt, options.quality, options.run_id)
+        write_image(job.output, picture, options.fmt, options.quality, options.run_id, options.png_level)
     except HRXError:
         raise
     except OSError as e:

@@ -200,6 +200,20 @@ class _LockedProgress:
             self.inner.finish_image(result)
 
 
+def open_workers(request: "BackendRequest", workers: Sequence[Worker]) -> list[Backend]:  # noqa: F821
+    """One backend per worker for a resolved ``request`` (:func:`hrx.runtime.factory.resolve_request`):
+    CPU workers through :func:`hrx.runtime.factory.open_cpu_sessions` (OpenVINO: one compiled model with a
+    stream per worker by default), CUDA workers one per device."""
+    import dataclasses
+
+    from hrx.runtime.factory import open_backend, open_cpu_sessions
+
+    if all(w.kind == "cpu" for w in workers):
+        return open_cpu_sessions(request, [w.threads for w in workers])
+    return open_pool(lambda w: open_backend(dataclasses.replace(
+        request, device=w.device if w.kind == "cuda" else None, threads=w.threads)), workers)
+
+
 def open_pool(open_one: Callable[[Worker], Backend], workers: Sequence[Worker]) -> list[Backend]:
     """Open one backend per worker, in order, on this thread; closes the opened ones if one fails."""
     backends: list[Backend] = []

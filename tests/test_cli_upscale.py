@@ -245,3 +245,53 @@ def test_outscale_resamples_the_model_output(tmp_path):
     got = np.asarray(Image.open(tmp_path / "x15" / "a.png"), np.float32).transpose(2, 0, 1) / 255
     assert how == "area" and got.shape == (3, 24, 36)
     assert np.abs(got - np.clip(expected, 0, 1)).max() <= 1.5 / 255  # the x4 file was rounded to 8 bits first
+
+
+def test_png_level_option_changes_size_not_pixels(tmp_path):
+    """--png-level 0 and 9 write the same pixels (8-bit PNG), in files of different sizes; --help says so."""
+    (tmp_path / "in").mkdir()
+    y, x = np.mgrid[0:40, 0:56]
+    Image.fromarray(np.stack([x * 4, y * 5, x + y], -1).astype(np.uint8)).save(tmp_path / "in" / "a.png")
+    engine = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    outputs = {}
+    for level in ("0", "9"):
+        result = runner.invoke(app, ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / level), "-e", str(engine),
+                                     "--png-level", level, "-q"])
+        assert result.exit_code == 0, result.output
+        outputs[level] = tmp_path / level / "a.png"
+    with Image.open(outputs["0"]) as a, Image.open(outputs["9"]) as b:
+        assert a.size == (112, 80) and np.array_equal(np.asarray(a), np.asarray(b))
+    assert outputs["0"].stat().st_size > outputs["9"].stat().st_size
+    assert runner.invoke(app, ["upscale", "a.png", "-o", "out", "--png-level", "10"]).exit_code == 2
+    help_text = " ".join(runner.invoke(app, ["upscale", "--help"]).output.replace("│", " ").split())
+    assert "--png-level" in help_text and "the pixels are the same" in help_text
+
+
+def test_openvino_upscale_imports_no_torch_onnx_spandrel_or_onnxruntime(tmp_path):
+    """The base path (an .onnx on OpenVINO, CPU) in a fresh process: none of the heavy optional packages
+    it does not use is imported, ONNX Runtime included (no CUDA provider: nothing to ask it)."""
+    engine = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    _photo(20, 30).save(tmp_path / "a.png")
+    code = ("import sys\nfrom hrx.cli.main import app\n"
+            f"app(['upscale', {str(tmp_path / 'a.png')!r}, '-o', {str(tmp_path / 'out')!r}, '-e', {str(engine)!r}, "
+            "'-q'], standalone_mode=False)\n"
+            "print(sorted(m for m in ('torch', 'onnx', 'spandrel', 'onnxruntime', 'tensorrt') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_cuda_provider_looked_up_without_importing_onnxruntime(tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    from hrx.runtime import onnxrt
+
+    package = tmp_path / "onnxruntime"
+    (package / "capi").mkdir(parents=True)
+    spec = importlib.machinery.ModuleSpec("onnxruntime", None, is_package=True)
+    spec.submodule_search_locations = [str(package)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    assert not onnxrt._cuda_provider_library()
+    (package / "capi" / "libonnxruntime_providers_cuda.so").write_bytes(b"")
+    assert onnxrt._cuda_provider_library()

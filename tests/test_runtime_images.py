@@ -305,3 +305,34 @@ def test_to_uint_in_row_chunks_and_quantize_before_writing(tmp_path):
         a = write_image(tmp_path / f"f{FORMATS[fmt][1]}", deep, fmt)
         b = write_image(tmp_path / f"q{FORMATS[fmt][1]}", quantize(deep, fmt), fmt)
         assert a.read_bytes() == b.read_bytes(), fmt
+
+
+def _compressible(h: int, w: int, channels: int, top: int) -> np.ndarray:
+    """A gradient with noise: zlib levels make files of different sizes from it."""
+    ramp = np.linspace(0, top * 0.8, w)[None, :, None] + np.linspace(0, top * 0.1, h)[:, None, None]
+    noise = np.random.default_rng(1).integers(0, max(2, top // 64), (h, w, channels))
+    return np.minimum(ramp + noise, top)
+
+
+@pytest.mark.parametrize("fmt,bits,channels", [("png", 8, 3), ("png", 8, 4), ("png", 16, 3), ("tiff", 16, 4)])
+def test_png_level_changes_size_not_pixels(tmp_path, fmt, bits, channels):
+    """Every zlib level decodes to the same pixels; 0 stores, 9 is the smallest; the default is level 1."""
+    from hrx.runtime.images import DEFAULT_PNG_LEVEL
+
+    assert DEFAULT_PNG_LEVEL == 1
+    top = 65535 if bits == 16 else 255
+    values = _compressible(48, 64, channels, top).astype(np.float32) / top
+    pic = Picture(np.ascontiguousarray(values[..., :3]), np.ascontiguousarray(values[..., 3]) if channels == 4 else None,
+                  bits)
+    suffix = FORMATS[fmt][1]
+    files = {level: write_image(tmp_path / f"l{level}{suffix}", pic, fmt, png_level=level) for level in (0, 1, 6, 9)}
+    default = write_image(tmp_path / f"default{suffix}", pic, fmt)
+    decoded = {level: (_read16(path) if bits == 16 else np.asarray(Image.open(path))) for level, path in files.items()}
+    for level in (1, 6, 9):
+        np.testing.assert_array_equal(decoded[level], decoded[0])
+    assert decoded[0].dtype == (np.uint16 if bits == 16 else np.uint8) and decoded[0].shape[-1] == channels
+    sizes = {level: path.stat().st_size for level, path in files.items()}
+    assert sizes[0] > sizes[1] > sizes[9], sizes
+    assert default.read_bytes() == files[1].read_bytes()
+    with pytest.raises(HRXError, match="0-9"):
+        write_image(tmp_path / f"bad{suffix}", pic, fmt, png_level=10)

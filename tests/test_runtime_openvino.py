@@ -206,3 +206,80 @@ def test_precision_is_pinned_on_every_cpu(tmp_path, monkeypatch):
             assert configs[-1].get("INFERENCE_PRECISION_HINT") == hint
             assert backend.compiled.get_property("INFERENCE_PRECISION_HINT") == runs_as
     assert len(configs) == 2
+
+class _CountingCore:
+    """``openvino.Core`` that records the thread of every compile_model call."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.threads = inner, []
+
+    def compile_model(self, *args, **kwargs):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return self.inner.compile_model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+def counting_core(monkeypatch):
+    import hrx.runtime.openvino as ov_mod
+
+    counting = _CountingCore(ov_mod.core())
+    monkeypatch.setattr(ov_mod, "core", lambda: counting)
+    return counting
+
+
+def test_cpu_workers_open_one_compiled_model_by_default(tmp_path, counting_core):
+    """Default CPU_PARALLELISM ("streams"): two CPU workers get one compiled model of two streams (one compile,
+    the model file hashed once); its results match a one-thread model's (f32)."""
+    import hrx.runtime.openvino as ov_mod
+    from hrx.paths import _sha256
+    from hrx.runtime.factory import open_cpu_sessions
+
+    assert ov_mod.CPU_PARALLELISM == "streams"
+    path = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    hashed = _sha256.cache_info().misses
+    runners = open_cpu_sessions(BackendRequest(path, backend="openvino", precision="fp32"), [1, 1])
+    assert runners[0] is runners[1] and runners[0].streams == 2
+    assert len(counting_core.threads) == 1 and _sha256.cache_info().misses == hashed + 1
+    one = OpenVINOBackend(path, threads=1)
+    batches = [_tiles(one, seed) for seed in range(4)]
+    for got, batch in zip(runners[0].infer_many(iter(batches)), batches):
+        np.testing.assert_allclose(got, one.infer(batch), atol=1e-6)
+    assert _sha256.cache_info().misses == hashed + 1  # the second open: the hash is remembered
+    runners[0].close()
+
+
+def test_sessions_mode_compiles_the_sessions_at_once(tmp_path, monkeypatch, counting_core):
+    """CPU_PARALLELISM "sessions": one one-thread compiled model per worker, compiled on threads of their own;
+    every session gives the numbers of a single one."""
+    import hrx.runtime.openvino as ov_mod
+    from hrx.runtime.factory import open_cpu_sessions
+
+    monkeypatch.setattr(ov_mod, "CPU_PARALLELISM", "sessions")
+    path = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    runners = open_cpu_sessions(BackendRequest(path, backend="openvino", precision="fp32"), [1, 1])
+    assert len({id(r) for r in runners}) == 2 and all(r.streams == 1 for r in runners)
+    assert len(counting_core.threads) == 2
+    assert all(name.startswith("hrx-openvino-open") for name in counting_core.threads), counting_core.threads
+    x = _tiles(runners[0])
+    np.testing.assert_allclose(runners[0].infer(x), runners[1].infer(x), atol=1e-6)
+    for r in runners:
+        r.close()
+
+
+def test_cpu_workers_fall_back_to_onnxruntime_sessions(tmp_path):
+    """A graph OpenVINO refuses (plugin ops) with fallback: one ONNX Runtime session per worker, one line."""
+    from hrx.runtime.factory import open_cpu_sessions
+
+    path = _plugin_toy(tmp_path / "unlabelled.onnx", ops_metadata=False)  # fails inside OpenVINO's compile
+    lines = []
+    runners = open_cpu_sessions(BackendRequest(path, backend="openvino", precision="fp32", fallback=True,
+                                               log=lines.append), [1, 1])
+    assert [r.name for r in runners] == ["onnxrt-cpu"] * 2 and runners[0] is not runners[1]
+    assert len(lines) == 1 and "running ONNX Runtime CPU instead" in lines[0]
+    with pytest.raises(OpenVINOCompileError):
+        open_cpu_sessions(BackendRequest(path, backend="openvino", precision="fp32"), [1, 1])
