@@ -97,6 +97,10 @@ def upscale(
         from hrx.pages import check_page_path
 
         check_page_path(html)
+
+    if (ray or ray_address) and (model is not None or backend.value in ("torch", "triton") or url or model_name):
+        raise fail("--ray runs exported models: pass --engine model.onnx (or .engine), not --model / --backend "
+                   f"{backend.value}", 2)
     warned: set[str] = set()
     warn_lock = threading.Lock()
 
@@ -396,26 +400,17 @@ def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows, bundled
 
 def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet, rows, bundled: bool = False):
     """Ray Data actors (hrx.runtime.distributed); the driver reads the model's metadata only."""
-    from hrx.runtime.distributed import RayOptions, run_batch_ray
+    from hrx.runtime.distributed import RayOptions, exported_model_info, run_batch_ray
     from hrx.runtime.factory import DEFAULT_MODEL, default_engine
-    from hrx.interface import ModelInfo
     from hrx.runtime.tiling import TileSpec
 
-    if request.model is not None or request.backend in ("torch", "triton") or request.url:
-        raise fail("--ray runs exported models: pass --engine model.onnx (or .engine), not --model / --backend "
-                   f"{request.backend}", 2)
     source = f"bundled {DEFAULT_MODEL}" if bundled or request.engine is None else request.engine
     if request.engine is None:  # export the bundled model once here, not once per actor
         request = dataclasses.replace(request, engine=default_engine(DEFAULT_MODEL, log=request.log))
     engine = Path(request.engine)
     if not engine.is_file():
         raise fail(f"{engine}: no such engine file")
-    if engine.suffix.lower() == ".onnx":
-        info = ModelInfo.from_onnx(engine)
-    else:
-        from hrx.runtime.trt.cache import read_record
-
-        info = read_record(engine).info()
+    info = exported_model_info(engine)
     request = dataclasses.replace(request, engine=engine.resolve())
     spec = TileSpec.from_info(info, overlap, merge)
     where = f"the Ray cluster at {address}" if address else "a local Ray cluster"

@@ -196,41 +196,56 @@ def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional
     from hrx.extras import require
 
     require("video", f"upscaling videos ({videos[0].source})")  # before the model is opened
+    if ray_options is not None:
+        return _run_videos_on_ray(request, videos, overlap, merge, options, quiet, skip_existing, ray_options,
+                                  on_result)
     from hrx.runtime.pool import SharedSessions, open_workers
     from hrx.runtime.tiling import TileSpec
     from hrx.runtime.video import upscale_video
 
-    if ray_options is not None:  # every node opens the same files: absolute paths
-        request = dataclasses.replace(request, engine=Path(request.engine).resolve() if request.engine else None,
-                                      model=str(Path(request.model).resolve()) if request.model
-                                      and Path(request.model).is_file() else request.model)
-        pool = pool[:1]
     runners = open_workers(request, pool[:1] if pool[0].kind == "cuda" else pool)
     backend = SharedSessions(runners) if len(runners) > 1 else runners[0]
     ident = model_id(request.engine, request.model)
     try:
         i = backend.info
         spec = TileSpec.from_info(i, overlap, merge)
-        where = "ray" if ray_options is not None else backend.name
         if not quiet:
-            typer.echo(f"backend: {where} for {len(videos)} video{'s' * (len(videos) != 1)} ({i.arch} "
+            typer.echo(f"backend: {backend.name} for {len(videos)} video{'s' * (len(videos) != 1)} ({i.arch} "
                        f"x{i.scale}, tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, "
                        f"{spec.merge}{f', {len(runners)} sessions' if len(runners) > 1 else ''})", err=True)
-        if ray_options is not None:
-            from hrx.runtime.video_ray import upscale_video_ray
 
-            backend.close()
-
-            def one(job: VideoJob, progress):
-                return upscale_video_ray(request, i, spec, job.source.resolve(), job.output.resolve(), options,
-                                         ray_options, ident)
-        else:
-            def one(job: VideoJob, progress):
-                return upscale_video(backend, spec, job.source, job.output, options, progress, ident)
+        def one(job: VideoJob, progress):
+            return upscale_video(backend, spec, job.source, job.output, options, progress, ident)
 
         return run_videos(one, videos, quiet, skip_existing, on_result)
     finally:
         backend.close()  # SharedSessions closes every session
+
+
+def _run_videos_on_ray(request, videos: Sequence[VideoJob], overlap: Optional[int], merge: str, options, quiet: bool,
+                       skip_existing: bool, ray_options, on_result: Optional[Callable]) -> list:
+    """``--ray``: this process reads the model's metadata only (no backend, compile or engine build here),
+    plans and joins each video; Ray Data actors open the model and upscale the segments."""
+    from hrx.runtime.distributed import exported_model_info
+    from hrx.runtime.tiling import TileSpec
+    from hrx.runtime.video_ray import upscale_video_ray
+
+    request = dataclasses.replace(request, engine=Path(request.engine).resolve())  # the same file on every node
+    engine = request.engine
+    if not engine.is_file():
+        raise HRXError(f"{engine}: no such engine file")
+    i = exported_model_info(engine)
+    spec = TileSpec.from_info(i, overlap, merge)
+    ident = model_id(engine, None)
+    if not quiet:
+        typer.echo(f"backend: ray for {len(videos)} video{'s' * (len(videos) != 1)} ({i.arch} x{i.scale}, tile "
+                   f"{spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge})", err=True)
+
+    def one(job: VideoJob, progress):
+        return upscale_video_ray(request, i, spec, job.source.resolve(), job.output.resolve(), options, ray_options,
+                                 ident)
+
+    return run_videos(one, videos, quiet, skip_existing, on_result)
 
 
 def finish_videos(results: list, json_path: Optional[Path], raise_failed: bool = True) -> None:

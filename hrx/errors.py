@@ -27,6 +27,11 @@ class BackendDown(HRXError):
     exit_code = 2
 
 
+class OutputBusy(HRXError):
+    """Another run holds the lock of the output this run was about to write (:func:`hrx.paths.hold_lock`):
+    the output is left to that run, and this run counts it as failed."""
+
+
 def one_line(e: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message`` (just ``Type`` when the message is empty), at most ``limit``
     characters: how an exception that is not an :class:`HRXError` is shown on one line."""

@@ -168,3 +168,82 @@ def _fsync(path: str | os.PathLike, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- one writer per output ----------------------------------------------------------------------------
+
+def lock_name(output: Path) -> Path:
+    """The hidden lock file of an image output while it is written: ``.NAME.hrx-lock`` beside it."""
+    return output.with_name(f".{output.name}.hrx-lock")
+
+
+class OutputLock:
+    """An exclusive ``flock`` on a lock file or a folder, held while one output is written (:func:`hold_lock`).
+    :meth:`release` removes the lock file (the folder, when it is empty), then lets the lock go."""
+
+    def __init__(self, path: Path, fd: int | None, folder: bool) -> None:
+        self.path, self._fd, self.folder = path, fd, folder
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:  # removed while still held: a run that opened it meanwhile sees it gone and takes a new one
+            os.rmdir(self.path) if self.folder else os.unlink(self.path)
+        except OSError:  # a folder with finished work in it stays, for the next run to resume from
+            pass
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def hold_lock(path: str | os.PathLike, output: str | os.PathLike, folder: bool = False) -> OutputLock:
+    """Take the lock of ``output`` without waiting: ``path`` is its lock file (created) or, with ``folder``,
+    a folder (made, and kept). Another run holding it raises :class:`~hrx.errors.OutputBusy`, one line that
+    names ``output`` and ``path``. The lock belongs to the open file, so two threads of one process exclude
+    each other as two processes do; the kernel lets go of the lock of a process that dies (its lock file
+    stays, and the next writer of that output takes it over). Where the filesystem keeps no locks, or
+    without ``fcntl`` (not POSIX), nothing is locked."""
+    import errno
+
+    from hrx.errors import OutputBusy
+
+    try:
+        import fcntl
+    except ImportError:
+        return OutputLock(Path(path), None, folder)
+    path = Path(path)
+    for _ in range(100):
+        try:
+            if folder:
+                path.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except FileNotFoundError:  # removed by its holder between the mkdir and the open: again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputBusy(f"{output}: another hrx run is writing it (it holds {path}); this run leaves it to "
+                             "that one") from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF):
+                return OutputLock(path, None, folder)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return OutputLock(path, fd, folder)
+        os.close(fd)  # its holder removed it between our open and our lock: take the new one
+    raise OutputBusy(f"{output}: its lock {path} keeps being replaced by other runs")

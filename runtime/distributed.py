@@ -34,7 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from hrx.errors import HRXError, MissingDependencyError, one_line
-from hrx.paths import new_run_id, remove_temporaries
+from hrx.interface import ModelInfo
+from hrx.paths import ONNX_SUFFIXES, new_run_id, remove_temporaries
 from hrx.runtime.pipeline import BatchOptions, BatchReport, ImageResult, Job, NoProgress, Progress, run_batch
 
 
@@ -71,6 +72,16 @@ def connect(address: str | None) -> Any:
         raise HRXError(f"cannot {'connect to the Ray cluster at ' + address if address else 'start a local Ray cluster'}"
                        f" ({first[:300]})") from None
     return ray
+
+
+def exported_model_info(engine: Path) -> ModelInfo:
+    """The metadata of an exported model (an ``.onnx`` file's, or a TensorRT engine's record), read without
+    opening the model: what the driver needs to plan, while the actors open it."""
+    if engine.suffix.lower() in ONNX_SUFFIXES:
+        return ModelInfo.from_onnx(engine)
+    from hrx.runtime.trt.cache import read_record
+
+    return read_record(engine).info()
 
 
 def default_actors(cpus: float, gpus: float, options: RayOptions, todo: int) -> tuple[int, float, float]:

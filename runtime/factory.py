@@ -47,6 +47,7 @@ class BackendRequest:
     url: str | None = None  # Triton server (--backend triton): http://host:port, host:port or grpc://host:port
     model_name: str | None = None  # the model's name on the Triton server
     timeout: float = 60.0  # Triton: seconds for connecting and for each request
+    engine_sha256: str = ""  # of ``engine``, once resolve_request has read it (OpenVINO): hashed once per run
 
 
 def resolve_request(request: BackendRequest) -> tuple[BackendRequest, "PrecisionChoice | None"]:  # noqa: F821
@@ -110,14 +111,17 @@ def _resolve_openvino(engine: Path, request: BackendRequest):
     from hrx.runtime.openvino import OpenVINOCompileError, plugin_refusal, require_openvino
     from hrx.runtime.precision_policy import choose_precision
 
+    from hrx.paths import file_sha256
+
     require_openvino()
     info = ModelInfo.from_onnx(engine)
     if info.ops == "plugin":
         raise OpenVINOCompileError(plugin_refusal(engine))
+    sha256 = request.engine_sha256 or file_sha256(engine)  # the gate's key and every compiled model's cache
     choice = choose_precision(request.precision, engine, info, deep_output=request.deep_output,
-                              images=request.gate_images, min_psnr=request.min_psnr)
+                              images=request.gate_images, min_psnr=request.min_psnr, sha256=sha256)
     precision = choice.precision if choice.precision in ("bf16", "int8") else "fp32"  # fp16 files: as written
-    return dataclasses.replace(request, engine=engine, backend="openvino", precision=precision,
+    return dataclasses.replace(request, engine=engine, backend="openvino", precision=precision, engine_sha256=sha256,
                                fallback=request.fallback or request.backend == "auto"), choice
 
 
@@ -267,7 +271,6 @@ def open_cpu_sessions(request: BackendRequest, threads: Sequence[int]) -> list[B
             or request.batch is not None):
         return _open_each(request, threads)
     from hrx.runtime import openvino
-    from hrx.runtime.onnxrt import OnnxRuntimeBackend
 
     compute = "bf16" if request.precision == "bf16" else "fp32"
     try:
@@ -304,7 +307,8 @@ def _open_openvino(path: Path, request: BackendRequest) -> Backend:
         raise HRXError("--device/--devices choose CUDA devices; --backend openvino runs on the CPU (--workers, --threads)")
     compute = "bf16" if request.precision == "bf16" else "fp32"
     try:
-        return OpenVINOBackend(path, precision=compute, threads=request.threads, streams=request.streams)
+        return OpenVINOBackend(path, precision=compute, threads=request.threads, streams=request.streams,
+                               sha256=request.engine_sha256)
     except OpenVINOCompileError as e:
         if not request.fallback:
             raise

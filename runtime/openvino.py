@@ -129,7 +129,7 @@ class OpenVINOBackend(Backend):
     """
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", threads: int = 0, streams: int = 1,
-                 requests: int = 0, cache: bool = True, pin_cores: bool | None = None) -> None:
+                 requests: int = 0, cache: bool = True, pin_cores: bool | None = None, sha256: str = "") -> None:
         ov = require_openvino()
         if precision not in PRECISIONS:
             raise HRXError(f"unknown OpenVINO precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -158,7 +158,7 @@ class OpenVINOBackend(Backend):
             if cache:
                 from hrx.paths import file_sha256
 
-                folder = cache_dir(self.path, file_sha256(self.path))
+                folder = cache_dir(self.path, sha256 or file_sha256(self.path))  # sha256: the caller's, if known
                 try:
                     folder.mkdir(parents=True, exist_ok=True)
                     config["CACHE_DIR"] = str(folder)

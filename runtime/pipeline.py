@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -25,9 +26,9 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from hrx.errors import BackendDown, HRXError, check_choice, one_line
+from hrx.errors import BackendDown, HRXError, OutputBusy, check_choice, one_line
 from hrx.metrics import ycbcr_matrix
-from hrx.paths import IMAGE_SUFFIXES, is_image_file
+from hrx.paths import IMAGE_SUFFIXES, OutputLock, hold_lock, is_image_file, lock_name
 from hrx.interface import Backend
 from hrx.runtime.images import (DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL, EIGHT_BIT_FORMATS, FORMATS, Picture, quantize,
                                 read_image, write_image)
@@ -332,9 +333,43 @@ def resample_picture(picture: Picture, size: tuple[int, int]) -> tuple[Picture, 
 
 # -- the batch --------------------------------------------------------------------------------------
 
-def _decode(job: Job, options: BatchOptions) -> Picture:
+class _OutputLocks:
+    """The locks of the outputs one stream has in flight: each taken before its image is read (another run
+    writing that output fails the image with :class:`~hrx.errors.OutputBusy`), let go once it is written
+    or has failed, and every one left let go when the stream ends (after its threads)."""
+
+    def __init__(self) -> None:
+        self._held: dict[Path, OutputLock] = {}
+        self._guard = threading.Lock()
+
+    def take(self, output: Path) -> None:
+        try:
+            lock = hold_lock(lock_name(output), output)
+        except OutputBusy:
+            raise
+        except OSError:  # no lock file can be made there: the write says why in its own words
+            return
+        with self._guard:
+            self._held[output] = lock
+
+    def release(self, output: Path) -> None:
+        with self._guard:
+            lock = self._held.pop(output, None)
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> "_OutputLocks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for output in list(self._held):
+            self.release(output)
+
+
+def _decode(job: Job, options: BatchOptions, locks: _OutputLocks) -> Picture:
     if job.error:
         raise HRXError(f"{job.source}: {job.error}")
+    locks.take(job.output)
     return read_image(job.source, options.max_pixels)
 
 
@@ -401,16 +436,17 @@ def run_stream(backend: Backend, next_job: Callable[[], Job | None], spec: TileS
     Any exception while reading, inferring or writing one image fails that image only (a ``failed`` row
     with the file, the exception's type and its message). :class:`BackendDown` also fails every job left
     at once (``attempted=False``). Only ``KeyboardInterrupt`` / ``SystemExit`` end the stream: the image
-    being written is finished whole (or not at all) and recorded before they propagate."""
-    with ThreadPoolExecutor(1, thread_name_prefix="hrx-decode") as decoder, \
+    being written is finished whole (or not at all) and recorded before they propagate. Each output is
+    locked from the read of its image to the end of its write (:class:`_OutputLocks`)."""
+    with _OutputLocks() as locks, ThreadPoolExecutor(1, thread_name_prefix="hrx-decode") as decoder, \
             ThreadPoolExecutor(1, thread_name_prefix="hrx-encode") as encoder:
         writing: tuple[Future, ImageResult] | None = None
         try:
             job = next_job()
-            next_picture: Future | None = decoder.submit(_decode, job, options) if job is not None else None
+            next_picture: Future | None = decoder.submit(_decode, job, options, locks) if job is not None else None
             while job is not None:
                 following = next_job()
-                current, next_picture = next_picture, (decoder.submit(_decode, following, options)
+                current, next_picture = next_picture, (decoder.submit(_decode, following, options, locks)
                                                        if following is not None else None)
                 result = ImageResult(str(job.source), str(job.output), "failed", worker=worker)
                 t0 = time.perf_counter()
@@ -420,6 +456,7 @@ def run_stream(backend: Backend, next_job: Callable[[], Job | None], spec: TileS
                     del picture
                 except Exception as e:  # noqa: BLE001 - every image its own fate
                     fail_result(result, job.source, e, options)
+                    locks.release(job.output)
                     record(result)
                     if isinstance(e, BackendDown):
                         _fail_the_rest(following, next_job, e, worker, record)
@@ -429,13 +466,13 @@ def run_stream(backend: Backend, next_job: Callable[[], Job | None], spec: TileS
                 result.seconds = time.perf_counter() - t0
                 if writing is not None:
                     previous, writing = writing, None
-                    _collect(record, *previous, options)
+                    _collect(record, *previous, options, locks)
                 writing = (encoder.submit(_encode, upscaled, job, options), result)
                 del upscaled
                 job = following
         finally:  # normal end, or an interrupt: the write in flight finishes (or vanishes) and is recorded
             if writing is not None:
-                _collect(record, *writing, options)
+                _collect(record, *writing, options, locks)
 
 
 def _fail_the_rest(job: Job | None, next_job: Callable[[], Job | None], e: BackendDown, worker: str,
@@ -487,13 +524,15 @@ def _run_model(backend: Backend, picture: Picture, spec: TileSpec, options: Batc
 
 
 def _collect(record: Callable[[ImageResult], None], future: Future, result: ImageResult,
-             options: BatchOptions) -> None:
+             options: BatchOptions, locks: _OutputLocks) -> None:
     t0 = time.perf_counter()
     try:
         future.result()
         result.status = "done"
     except Exception as e:  # noqa: BLE001 - a failed write fails this image only
         fail_result(result, Path(result.output), e, options)
+    finally:
+        locks.release(Path(result.output))
     result.seconds += time.perf_counter() - t0
     record(result)
 

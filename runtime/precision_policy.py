@@ -92,8 +92,9 @@ class GateResult:
 
 def choose_precision(requested: str, path: str | os.PathLike, info: ModelInfo, *, deep_output: bool = False,
                      images: str | os.PathLike | None = None, min_psnr: float = DEFAULT_MIN_PSNR,
-                     flags: frozenset[str] | None = None) -> PrecisionChoice:
-    """The precision OpenVINO runs ``path`` in for ``--precision requested`` (see the module doc)."""
+                     flags: frozenset[str] | None = None, sha256: str = "") -> PrecisionChoice:
+    """The precision OpenVINO runs ``path`` in for ``--precision requested`` (see the module doc); ``sha256``:
+    the file's, when the caller has it already."""
     if requested not in PRECISION_CHOICES:
         raise HRXError(f"unknown precision {requested!r}; choose from {', '.join(PRECISION_CHOICES)}")
     flags = cpu_flags() if flags is None else flags
@@ -124,7 +125,7 @@ def choose_precision(requested: str, path: str | os.PathLike, info: ModelInfo, *
                                                f"{flags_summary(flags)})")
     if not info.bf16:
         return PrecisionChoice("fp32", "fp32", f"{info.arch} is marked as not BF16-safe in its metadata")
-    gate = fidelity_gate(path, info, images=images, flags=flags)
+    gate = fidelity_gate(path, info, images=images, flags=flags, sha256=sha256)
     passed = gate.passed(min_psnr)
     measured = (f"{gate.psnr:.1f} dB {'>=' if passed else '<'} {min_psnr:g} dB against FP32 on {gate.tiles} tiles "
                 f"of {gate.source}{'; measured earlier' if gate.cached else ''}")
@@ -163,8 +164,10 @@ def gate_images(info: ModelInfo, images: str | os.PathLike | None = None) -> tup
     return out, source
 
 
-def gate_key(path: str | os.PathLike, flags: frozenset[str], images: str | os.PathLike | None) -> str:
-    """``<model sha256[:16]>-bf16-<hash of CPU flags, OpenVINO version, images>``."""
+def gate_key(path: str | os.PathLike, flags: frozenset[str], images: str | os.PathLike | None,
+             sha256: str = "") -> str:
+    """``<model sha256[:16]>-bf16-<hash of CPU flags, OpenVINO version, images>`` (``sha256``: the model
+    file's, when known)."""
     from hrx.paths import file_sha256
     from hrx.runtime.openvino import openvino_version
 
@@ -177,23 +180,25 @@ def gate_key(path: str | os.PathLike, flags: frozenset[str], images: str | os.Pa
         for f in image_files(images)[:GATE_IMAGES]:
             st = f.stat()
             h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return f"{file_sha256(path)[:16]}-bf16-{h.hexdigest()[:12]}"
+    return f"{(sha256 or file_sha256(path))[:16]}-bf16-{h.hexdigest()[:12]}"
 
 
 def fidelity_gate(path: str | os.PathLike, info: ModelInfo, *, images: str | os.PathLike | None = None,
-                  flags: frozenset[str] | None = None, cache: bool = True) -> GateResult:
-    """PSNR of BF16 against FP32 (both OpenVINO) over the gate's pictures, measured once and cached."""
-    from hrx.paths import atomic_write_bytes, cache_root
+                  flags: frozenset[str] | None = None, cache: bool = True, sha256: str = "") -> GateResult:
+    """PSNR of BF16 against FP32 (both OpenVINO) over the gate's pictures, measured once and cached
+    (``sha256``: the model file's, when known; else read here, once)."""
+    from hrx.paths import atomic_write_bytes, cache_root, file_sha256
 
     flags = cpu_flags() if flags is None else flags
-    record = cache_root() / "precision-gate" / f"{gate_key(path, flags, images)}.json"
+    sha256 = sha256 or file_sha256(path)
+    record = cache_root() / "precision-gate" / f"{gate_key(path, flags, images, sha256)}.json"
     if cache and record.is_file():
         try:
             data = json.loads(record.read_text())
             return GateResult(float(data["psnr"]), int(data["tiles"]), str(data["source"]), cached=True)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: measure again
-    result = measure_gate(path, info, images)
+    result = measure_gate(path, info, images, sha256)
     if cache:
         data = asdict(result) | {"model": str(path), "cpu_flags": flags_summary(flags)}
         data.pop("cached")
@@ -204,12 +209,13 @@ def fidelity_gate(path: str | os.PathLike, info: ModelInfo, *, images: str | os.
     return result
 
 
-def measure_gate(path: str | os.PathLike, info: ModelInfo, images: str | os.PathLike | None = None) -> GateResult:
+def measure_gate(path: str | os.PathLike, info: ModelInfo, images: str | os.PathLike | None = None,
+                 sha256: str = "") -> GateResult:
     from hrx.metrics import psnr_from_mse
 
     pictures, source = gate_images(info, images)
     try:
-        outputs, tiles = _gate_outputs(path, info, pictures)
+        outputs, tiles = _gate_outputs(path, info, pictures, sha256)
     except HRXError as e:  # metadata that does not make a tiling, or disagrees with the graph: name the file
         if str(e).startswith(str(path)):
             raise
@@ -219,7 +225,8 @@ def measure_gate(path: str | os.PathLike, info: ModelInfo, images: str | os.Path
     return GateResult(psnr_from_mse(sq / n), tiles, source)
 
 
-def _gate_outputs(path, info: ModelInfo, pictures: list[np.ndarray]) -> tuple[list[list[np.ndarray]], int]:
+def _gate_outputs(path, info: ModelInfo, pictures: list[np.ndarray],
+                  sha256: str = "") -> tuple[list[list[np.ndarray]], int]:
     """The pictures upscaled in FP32 and in BF16 (OpenVINO), clipped to [0, 1]; and the tiles per run."""
     from hrx.runtime.openvino import OpenVINOBackend
     from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled
@@ -227,7 +234,7 @@ def _gate_outputs(path, info: ModelInfo, pictures: list[np.ndarray]) -> tuple[li
     spec = TileSpec.from_info(info, merge="blend")
     outputs = []
     for precision in ("fp32", "bf16"):
-        with OpenVINOBackend(path, precision=precision) as backend:
+        with OpenVINOBackend(path, precision=precision, sha256=sha256) as backend:
             outputs.append([np.clip(upscale_tiled(p, backend.infer, spec, infer_many=backend.infer_many), 0, 1)
                             for p in pictures])
     return outputs, sum(tile_count(p.shape[1], p.shape[2], spec) for p in pictures)

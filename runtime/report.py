@@ -36,13 +36,17 @@ class ReportWriter:
         self.path, self.run_id = Path(path), run_id
         self._lock = threading.Lock()
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+        self._fd: int | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd: int | None = os.open(self.path, flags, 0o666)
+            self._fd = os.open(self.path, flags, 0o666)
             if append:
                 _drop_partial_line(self._fd, self.path)
-        except OSError as e:
-            raise HRXError(f"{self.path}: cannot write the report ({e.strerror or e})") from e
+        except BaseException as e:  # the file is closed again, whatever stopped the opening
+            self.close()
+            if isinstance(e, OSError):
+                raise HRXError(f"{self.path}: cannot write the report ({e.strerror or e})") from e
+            raise
 
     def start(self, images: int, videos: int = 0) -> None:
         """The run's first line: its id and how many images and videos it was given."""

@@ -11,7 +11,9 @@ variable). A finished segment is renamed into the work folder ``.NAME.hrx-work``
 run that is killed or interrupted leaves the finished segments there, and the same command continues
 from them. When every segment is there, :func:`hrx.runtime.video_mux.join` writes the output (the
 segments' video with every other stream of the input copied) to a temporary name and renames it: only
-a complete file ever appears at the output path.
+a complete file ever appears at the output path. One run makes an output at a time: its work folder
+carries an exclusive lock (``flock``, :func:`video_lock`), and a second run on the same output fails that
+video in one line (:class:`~hrx.errors.OutputBusy`) without touching the folder.
 
 Frames that cannot be decoded (corrupt packets) are counted and reported as lost frames (``strict``:
 the video fails); a model error fails the video, never drops a frame.
@@ -35,7 +37,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from hrx.errors import HRXError
-from hrx.paths import atomic_write, atomic_write_bytes
+from hrx.paths import OutputLock, atomic_write, atomic_write_bytes, hold_lock
 from hrx.interface import Backend
 from hrx.runtime.pipeline import BatchOptions, output_size, resample_planes, upscale_picture
 from hrx.runtime.images import Picture
@@ -704,9 +706,15 @@ def _fingerprint(plan: VideoPlan, options: VideoOptions, spec: TileSpec, info, m
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def video_lock(output: Path) -> OutputLock:
+    """The lock of ``output`` while it is made: on its work folder (made here; removed when the video is
+    done, or when nothing was finished in it). Another run holding it: :class:`~hrx.errors.OutputBusy`."""
+    return hold_lock(work_folder(output), output, folder=True)
+
+
 def prepare_work(output: Path, fingerprint: str) -> Path:
     """The work folder for ``output``, kept when it belongs to the same run (same input, model and
-    settings), emptied otherwise."""
+    settings), emptied otherwise (the folder itself stays: it carries the lock, :func:`video_lock`)."""
     work = work_folder(output)
     marker = work / "plan.json"
     if work.is_dir():
@@ -715,7 +723,8 @@ def prepare_work(output: Path, fingerprint: str) -> Path:
         except (OSError, ValueError):
             same = False
         if not same:
-            shutil.rmtree(work)
+            for entry in work.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     work.mkdir(parents=True, exist_ok=True)
     if not marker.exists():
         atomic_write_bytes(marker, json.dumps({"fingerprint": fingerprint}).encode())
@@ -807,12 +816,15 @@ def finish_video(run: VideoRun, options: VideoOptions) -> VideoResult:
 
 def upscale_video(backend: Backend, spec: TileSpec, source: Path, output: Path, options: VideoOptions = VideoOptions(),
                   progress: VideoProgress | None = None, model_id: str = "") -> VideoResult:
-    """Upscale one video file to ``output``, resuming from a previous run's finished segments."""
+    """Upscale one video file to ``output``, resuming from a previous run's finished segments; another run
+    making the same output: :class:`~hrx.errors.OutputBusy` (:func:`video_lock`)."""
     progress = progress or NoVideoProgress()
-    run = begin_video(backend.info, spec, source, output, options, model_id)
-    todo = run.todo()
-    progress.start_video(source, run.plan.frames)
-    progress.advance_frames(sum(s.frames - run.lost.get(str(s.index), 0) for s in run.plan.segments if s not in todo))
-    for segment in todo:
-        run.record(segment, run_segment(backend, spec, run.plan, segment, run.work, options, progress))
-    return finish_video(run, options)
+    with video_lock(output):
+        run = begin_video(backend.info, spec, source, output, options, model_id)
+        todo = run.todo()
+        progress.start_video(source, run.plan.frames)
+        progress.advance_frames(sum(s.frames - run.lost.get(str(s.index), 0) for s in run.plan.segments
+                                    if s not in todo))
+        for segment in todo:
+            run.record(segment, run_segment(backend, spec, run.plan, segment, run.work, options, progress))
+        return finish_video(run, options)

@@ -17,7 +17,8 @@ import numpy as np
 from hrx.errors import HRXError
 from hrx.runtime.distributed import RayOptions, connect, default_actors
 from hrx.runtime.tiling import TileSpec
-from hrx.runtime.video import VideoOptions, VideoPlan, VideoResult, begin_video, finish_video, run_segment
+from hrx.runtime.video import (VideoOptions, VideoPlan, VideoResult, begin_video, finish_video, run_segment,
+                              video_lock)
 
 
 class SegmentActor:
@@ -40,7 +41,14 @@ class SegmentActor:
 
 def upscale_video_ray(request, info, spec: TileSpec, source: Path, output: Path, options: VideoOptions,
                       ray_options: RayOptions = RayOptions(), model_id: str = "") -> VideoResult:
-    """Upscale one video with its segments spread over Ray Data actors; resumes like a local run."""
+    """Upscale one video with its segments spread over Ray Data actors; resumes like a local run. This
+    process holds the output's lock (:func:`~hrx.runtime.video.video_lock`) until the join."""
+    with video_lock(output):
+        return _upscale_video_ray(request, info, spec, source, output, options, ray_options, model_id)
+
+
+def _upscale_video_ray(request, info, spec: TileSpec, source: Path, output: Path, options: VideoOptions,
+                       ray_options: RayOptions, model_id: str) -> VideoResult:
     run = begin_video(info, spec, source, output, options, model_id)
     todo = run.todo()
     if todo:

@@ -216,6 +216,26 @@ def test_upscale_default_is_openvino_and_says_why_first(tmp_path):
     assert a.shape == b.shape == (72, 80, 3) and np.abs(a - b).max() <= 3
 
 
+def test_a_run_reads_the_model_for_its_hash_once(tmp_path, monkeypatch):
+    """The gate's cache key, the gate's two OpenVINO models and every worker's compiled-model cache all take
+    the model's sha256 from the one read when the run's precision is decided."""
+    import hrx.paths
+
+    engine = write_toy(tmp_path / "toy.onnx", tile=16, batch=2)
+    _photo(tmp_path / "in")
+    _photo(tmp_path / "gate", size=(24, 20))
+    hashed = []
+    real = hrx.paths.file_sha256
+    monkeypatch.setattr(hrx.paths, "file_sha256", lambda path, *a: hashed.append(str(path)) or real(path, *a))
+    monkeypatch.setattr(policy, "cpu_flags", lambda *a: WITH_BF16)  # the gate is measured (on a tiny photo)
+    res = runner.invoke(app, ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--engine", str(engine),
+                              "--backend", "openvino", "--workers", "2", "--gate-images", str(tmp_path / "gate")])
+    assert res.exit_code == 0, res.output
+    assert "fidelity gate" in res.stderr.splitlines()[0], res.stderr  # measured: two OpenVINO models
+    assert "2 workers" in res.stderr, res.stderr  # and one per worker
+    assert hashed == [str(engine)]
+
+
 def test_upscale_falls_back_to_onnxruntime_with_one_line(tmp_path, monkeypatch):
     from test_runtime_openvino import _plugin_toy
 

@@ -220,3 +220,38 @@ def test_video_segments_on_actors_equal_local_run(cluster, hrx_t_dynamic, tmp_pa
     assert _hashes(tmp_path / "ray.mkv") == _hashes(tmp_path / "local.mkv")
     assert packets_of(tmp_path / "ray.mkv", "audio") == packets_of(src, "audio")
     assert packets_of(tmp_path / "ray.mkv", "subtitle") == packets_of(src, "subtitle")
+
+
+def test_videos_on_ray_open_no_backend_on_the_driver(tmp_path, monkeypatch):
+    """With --ray the driver reads the model's metadata and plans; it opens no backend (no compile, no
+    engine build, no precision gate) to learn the tile and scale: only the actors do."""
+    pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")
+    import hrx.runtime.factory as factory
+    import hrx.runtime.video_ray as video_ray
+    from runtime_support import write_toy
+    from test_video import make_clip
+
+    from hrx.runtime.video import VideoResult
+
+    opened, planned = [], []
+    real_open = factory.open_backend
+
+    def counted(request):
+        opened.append(request)
+        return real_open(request)
+
+    def on_actors(request, info, spec, source, output, options, ray_options, model_id):
+        planned.append((request.engine, info.scale, spec.tile, spec.stride))
+        result = VideoResult(str(source), str(output))
+        result.status, result.frames = "done", 8
+        return result
+
+    monkeypatch.setattr(factory, "open_backend", counted)
+    monkeypatch.setattr(video_ray, "upscale_video_ray", on_actors)
+    toy = write_toy(tmp_path / "toy.onnx", tile=16, batch=2, overlap=4)
+    src = make_clip(tmp_path / "clip.mkv", audio=(), subtitles=False, chapters=False)
+    code, text = _run(str(src), "-o", str(tmp_path / "out"), "--engine", str(toy), "--backend", "onnxrt-cpu", "--ray")
+    assert code == 0, text
+    assert opened == []
+    assert planned == [(toy.resolve(), 2, 16, 12)]  # the metadata's scale and tile, overlap 4: stride 12
+    assert "backend: ray for 1 video (toy x2, tile 16, batch 2, overlap 4, blend)" in text, text

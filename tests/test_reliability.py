@@ -317,3 +317,30 @@ def test_every_report_row_is_fsynced_on_the_report_itself(tmp_path, monkeypatch)
             assert (synced[-1].st_dev, synced[-1].st_ino) == (st.st_dev, st.st_ino)  # the report, not another file
             assert synced[-1].st_size == st.st_size  # after the row was written
     assert [r["type"] for r in report.read_report(path)] == ["run", "video", "image", "image", "summary"]
+
+def test_a_report_that_fails_while_opening_leaves_no_file_open(tmp_path, monkeypatch):
+    """Appending to a report first cuts a partial last line; when that fails, the file opened for it is
+    closed again and the error is one line."""
+    import errno
+
+    import hrx.runtime.report as report
+    from hrx.errors import HRXError
+
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b'{"type": "run", "run": "0123abcd"}\n{"type": "ima')
+
+    def fails(fd, where):
+        raise OSError(errno.EIO, "Input/output error")
+
+    def open_on_report() -> int:
+        return sum(os.readlink(f"/proc/self/fd/{n}") == str(path) for n in os.listdir("/proc/self/fd")
+                   if os.path.exists(f"/proc/self/fd/{n}"))
+
+    monkeypatch.setattr(report, "_drop_partial_line", fails)
+    with pytest.raises(HRXError, match=r"r\.jsonl: cannot write the report \(Input/output error\)"):
+        report.ReportWriter(path, "89abcdef", append=True)
+    assert open_on_report() == 0
+    monkeypatch.setattr(report, "_drop_partial_line", lambda fd, where: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        report.ReportWriter(path, "89abcdef", append=True)
+    assert open_on_report() == 0
