@@ -143,7 +143,7 @@ def upscale(
     try:
         if videos:
             video_results = run_videos_here(request, pool, videos, overlap, merge.value, vopts, quiet, skip_existing,
-                                            ray_options, on_result=rows.video)
+                                            ray_options, on_result=rows.video, on_error=options.on_error)
         if not videos_only:
             if ray or ray_address:  # Ray Data actors: hrx.runtime.distributed
                 report, info, spec, source = _run_on_ray(request, jobs, overlap, merge.value, options, ray_address,
