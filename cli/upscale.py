@@ -274,12 +274,12 @@ def _deep_videos(videos, pix_fmt: Optional[str]) -> bool:
             return bits_of(pix_fmt) > 8
         except ValueError:  # not a pixel format: the video path reports it in one line
             return False
-    from hrx.runtime.video import open_input
+    from hrx.runtime.video import open_input, video_stream
 
     for job in videos:
         try:
-            with open_input(job.source) as container:
-                fmt = container.streams.video[0].codec_context.format
+            with open_input(job.source) as container:  # the stream upscaled, not a cover picture before it
+                fmt = video_stream(container, job.source).codec_context.format
                 if fmt is not None and bits_of(fmt.name) > 8:
                     return True
         except (HRXError, IndexError, ValueError, OSError):

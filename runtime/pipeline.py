@@ -334,7 +334,7 @@ def resample_picture(picture: Picture, size: tuple[int, int]) -> tuple[Picture, 
 def _decode(job: Job, options: BatchOptions) -> Picture:
     if job.error:
         raise HRXError(f"{job.source}: {job.error}")
-    return read_image(job.source, options.max_pixels)
+    return read_image(job.source, options.max_pixels, options.warn)
 
 
 def _encode(picture: Picture, job: Job, options: BatchOptions) -> None:
