@@ -118,6 +118,8 @@ class OpenVINOBackend(Backend):
     OpenVINO's CPU pinning (default: off for one-thread models, which run several side by side).
     """
 
+    thread_safe = True
+
     def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", threads: int = 0, streams: int = 1,
                  requests: int = 0, cache: bool = True, pin_cores: bool | None = None) -> None:
         ov = require_openvino()
