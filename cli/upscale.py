@@ -154,7 +154,7 @@ def upscale(
     try:
         if videos:
             video_results = run_videos_here(request, pool, videos, overlap, merge.value, vopts, quiet, skip_existing,
-                                            ray_options, on_result=rows.video)
+                                            ray_options, on_result=rows.video, on_error=options.on_error)
         if not videos_only:
             if ray or ray_address:  # Ray Data actors: hrx.runtime.distributed
                 report, info, spec, source = _run_on_ray(request, jobs, overlap, merge.value, options, ray_address,
@@ -301,12 +301,12 @@ def _deep_videos(videos, pix_fmt: Optional[str]) -> bool:
             return bits_of(pix_fmt) > 8
         except ValueError:  # not a pixel format: the video path reports it in one line
             return False
-    from hrx.runtime.video import open_input
+    from hrx.runtime.video import open_input, video_stream
 
     for job in videos:
         try:
-            with open_input(job.source) as container:
-                fmt = container.streams.video[0].codec_context.format
+            with open_input(job.source) as container:  # the stream upscaled, not a cover picture before it
+                fmt = video_stream(container, job.source).codec_context.format
                 if fmt is not None and bits_of(fmt.name) > 8:
                     return True
         except (HRXError, IndexError, ValueError, OSError):

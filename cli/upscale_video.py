@@ -117,10 +117,13 @@ class FrameProgress(ProgressBars):
 
 
 def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, skip_existing: bool = False,
-               on_result: Optional[Callable] = None) -> list:
-    """``upscale_one(job, progress)`` for every video; a failing video is a one-line error and the batch
-    goes on. Returns the :class:`hrx.runtime.video.VideoResult` of each, also given to ``on_result`` (the
-    ``--report`` row) as each video finishes."""
+               on_result: Optional[Callable] = None, on_error: Optional[Callable] = None) -> list:
+    """``upscale_one(job, progress)`` for every video; any exception inside one video (decoding, the model,
+    encoding, the join, its resume state) fails that video with a one-line reason and the batch goes on;
+    only ``KeyboardInterrupt`` / ``SystemExit`` end it. Returns the :class:`hrx.runtime.video.VideoResult` of
+    each, also given to ``on_result`` (the ``--report`` row) as each video finishes; ``on_error(e)`` (``--debug``:
+    the traceback) for each failure."""
+    from hrx.runtime.pipeline import failure_line
     from hrx.runtime.video import VideoResult
 
     results = []
@@ -137,12 +140,12 @@ def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, s
                 except KeyboardInterrupt:
                     _say_resumable(job, progress)
                     raise
-                except HRXError as e:
-                    result.reason = str(e)
-                except MemoryError:
-                    result.reason = f"{job.source}: out of memory"
                 except OSError as e:  # the output side: a folder that cannot be made, a full disk
                     result.reason = f"{e.filename or job.output}: {e.strerror or e}"
+                    _show(e, on_error)
+                except Exception as e:  # noqa: BLE001 - decode, inference, encode, join: this video's fate only
+                    result.reason = str(e) if _names_output(e, job) else failure_line(job.source, e)
+                    _show(e, on_error)
             if result.status == "failed":
                 progress.print(f"error: {result.reason}")
             elif result.status == "done" and not quiet:
@@ -158,6 +161,18 @@ def run_videos(upscale_one: Callable, videos: Sequence[VideoJob], quiet: bool, s
             if on_result is not None:
                 on_result(result)
     return results
+
+
+def _names_output(e: Exception, job: VideoJob) -> bool:
+    """An :class:`HRXError` about the output or its work folder (resume state) names that file already."""
+    from hrx.runtime.video import work_folder
+
+    return isinstance(e, HRXError) and (str(job.output) in str(e) or str(work_folder(job.output)) in str(e))
+
+
+def _show(e: BaseException, on_error: Optional[Callable]) -> None:
+    if on_error is not None:
+        on_error(e)
 
 
 def _say_resumable(job: VideoJob, progress: FrameProgress) -> None:
@@ -190,7 +205,8 @@ def model_id(engine: Optional[Path], model: Optional[str]) -> str:
 
 
 def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional[int], merge: str, options,
-                    quiet: bool, skip_existing: bool, ray_options=None, on_result: Optional[Callable] = None) -> list:
+                    quiet: bool, skip_existing: bool, ray_options=None, on_result: Optional[Callable] = None,
+                    on_error: Optional[Callable] = None) -> list:
     """Open the backend(s) of ``pool`` (several CPU sessions share each frame's tiles) and run the videos;
     with ``ray_options``, this process only plans and joins, Ray Data actors upscale the segments."""
     from hrx.extras import require
@@ -217,7 +233,7 @@ def run_videos_here(request, pool, videos: Sequence[VideoJob], overlap: Optional
         def one(job: VideoJob, progress):
             return upscale_video(backend, spec, job.source, job.output, options, progress, ident)
 
-        return run_videos(one, videos, quiet, skip_existing, on_result)
+        return run_videos(one, videos, quiet, skip_existing, on_result, on_error)
     finally:
         backend.close()  # SharedSessions closes every session
 

@@ -49,9 +49,15 @@ class BackendReport:
     psnr: float
     passed: bool
     output: str = "output"
+    nan: int = 0  # NaN / Inf values in the backend's outputs: any fails it (the metrics are of the finite ones)
+    inf: int = 0
 
     def line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
+        if self.nan or self.inf:
+            finite = ("no finite value" if np.isnan(self.max_abs) else
+                      f"where finite max_abs={self.max_abs:.3e}  PSNR={self.psnr:.2f} dB")
+            return f"{self.backend:14s} {verdict}  NaN={self.nan}  Inf={self.inf}  ({finite}; output '{self.output}')"
         return (f"{self.backend:14s} {verdict}  max_abs={self.max_abs:.3e}  max_rel={self.max_rel:.3e}  "
                 f"PSNR={self.psnr:.2f} dB  (output '{self.output}')")
 
@@ -193,11 +199,30 @@ def labelled_inputs(info: ModelInfo, seed: int, random_count: int = 2,
 
 
 def _metrics(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
+    """``(max abs, max rel, PSNR)`` of ``out`` against ``ref``; NaN where either holds NaN (never 0 / inf)."""
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
     max_abs = float(diff.max())
     max_rel = float((diff / np.maximum(np.abs(ref), 1e-6)).max())
     mse = float((diff**2).mean())
     return max_abs, max_rel, psnr_from_mse(mse)
+
+
+def worst_metrics(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[tuple[float, float, float], int, int]:
+    """The worst ``(max abs, max rel, PSNR)`` over ``(reference, output)`` pairs, taken where the output is
+    finite, and the NaN and Inf counts of the outputs (a NaN compared directly would read as max_abs 0,
+    PSNR inf: ``max(0.0, nan)`` is 0.0)."""
+    worst, nan, inf, compared = (0.0, 0.0, float("inf")), 0, 0, False
+    for ref, out in pairs:
+        finite = np.isfinite(out)
+        nan += int(np.count_nonzero(np.isnan(out)))
+        inf += int(np.count_nonzero(~finite)) - int(np.count_nonzero(np.isnan(out)))
+        if not finite.all():
+            ref, out = ref[finite], out[finite]
+        if out.size == 0:
+            continue
+        a, r, p = _metrics(ref, out)
+        worst, compared = (max(worst[0], a), max(worst[1], r), min(worst[2], p)), True
+    return (worst if compared else (float("nan"),) * 3), nan, inf
 
 
 def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backends: Iterable[str] = ("onnxrt",),
@@ -246,16 +271,14 @@ def verify(model_path: str | os.PathLike, checkpoint: str | os.PathLike, backend
         report.samples = [VerifySample(label, feed["input"][j], ref_it["output"][j])
                           for feed, names, ref_it in zip(feeds, labels, ref_iters) for j, label in enumerate(names)]
     for (name, iters) in list(results)[1:]:
-        worst = (0.0, 0.0, float("inf"))
-        for ref_it, it in zip(ref_iters, iters):
-            a, r, p = _metrics(ref_it["output"], it["output"])
-            worst = (max(worst[0], a), max(worst[1], r), min(worst[2], p))
+        worst, nan, inf = worst_metrics([(ref_it["output"], it["output"]) for ref_it, it in zip(ref_iters, iters)])
         passed = all(bool(iteration[out]) for result in accuracy for pair, iterations in result.items()
                      if name in pair for iteration in iterations for out in iteration)
-        # our own tolerance check too, so the verdict never hinges on one library's default
-        passed = passed and worst[0] <= atol + rtol * max(float(np.abs(ref_iters[0]["output"]).max()), 1.0)
+        # our own tolerance check too, so the verdict never hinges on one library's default; NaN / Inf fail
+        passed = passed and not (nan or inf) and \
+            worst[0] <= atol + rtol * max(float(np.abs(ref_iters[0]["output"]).max()), 1.0)
         backend = name.split("-N")[0] if "-N" in name else name
-        report.reports.append(BackendReport(backend, *worst, passed))
+        report.reports.append(BackendReport(backend, *worst, passed, nan=nan, inf=inf))
         if keep_outputs:
             outputs = (it["output"][j] for it in iters for j in range(len(it["output"])))
             for sample, out in zip(report.samples, outputs):

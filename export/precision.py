@@ -256,6 +256,15 @@ def _function_casts(f: onnx.FunctionProto) -> None:
     f.node.extend(nodes)
 
 
+def bf16_tensor(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    """A BFLOAT16 tensor of ``arr`` (rounded to nearest even) in ``raw_data``. Not ``int32_data`` (what
+    ``helper.make_tensor`` writes for a list of values): OpenVINO's ONNX reader takes those as numbers, not
+    bit patterns (0.5, stored as 0x3F00, is read as 16128.0) and the model outputs NaN."""
+    bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")  # [same shape] bfloat16 bit patterns
+    return helper.make_tensor(name, TensorProto.BFLOAT16, arr.shape, bits.tobytes(), raw=True)
+
+
 def _to_bf16(model: onnx.ModelProto, originals: dict[str, np.ndarray]) -> None:
     """FLOAT16 -> BFLOAT16 everywhere; half initializers re-made from their FP32 originals."""
     g = model.graph
@@ -266,15 +275,13 @@ def _to_bf16(model: onnx.ModelProto, originals: dict[str, np.ndarray]) -> None:
         if t.data_type == TensorProto.FLOAT16:
             src = originals.get(t.name)
             arr = src if src is not None else numpy_helper.to_array(t).astype(np.float32)
-            g.initializer[k].CopyFrom(helper.make_tensor(t.name, TensorProto.BFLOAT16, arr.shape,
-                                                         arr.astype(np.float32).ravel().tolist()))
+            g.initializer[k].CopyFrom(bf16_tensor(t.name, arr))
     for n in g.node:
         for a in n.attribute:
             if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT16:
                 a.i = TensorProto.BFLOAT16
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT16:
-                arr = numpy_helper.to_array(a.t).astype(np.float32)
-                a.t.CopyFrom(helper.make_tensor(a.t.name, TensorProto.BFLOAT16, arr.shape, arr.ravel().tolist()))
+                a.t.CopyFrom(bf16_tensor(a.t.name, numpy_helper.to_array(a.t)))
 
 
 ALL_RULES = ("softmax", "router", "norm", "scan", "plugin", "resize", "follow")

@@ -187,11 +187,20 @@ def load_onnx(path: str | os.PathLike, **kwargs):
 
 
 class Backend:
-    """Base class of every inference backend (see the module doc)."""
+    """Base class of every inference backend (see the module doc).
+
+    Threads: ``infer`` may be called from several threads at once only where ``thread_safe`` is True
+    (OpenVINO: a pool of infer requests; ONNX Runtime: ``Run`` is thread-safe, and its CUDA path's one
+    IoBinding is held under a lock; Triton: a client per thread). Elsewhere (TensorRT's execution context and
+    stream slots, PyTorch) one thread at a time: the pool (:mod:`hrx.runtime.pool`) gives each such backend
+    to one worker, and :class:`~hrx.runtime.pool.SharedSessions` each of its sessions to one thread at a time.
+    ``close`` is called once no ``infer`` runs.
+    """
 
     name: str = "backend"  # "onnxrt-cpu", "onnxrt-cuda", "tensorrt", "torch"
     info: ModelInfo  # tile, batch, scale, channels, overlap
     any_tile: bool = False  # infer also takes sides other than info.tile (multiples of size_multiple)
+    thread_safe: bool = False  # infer may run on several threads at once (see above)
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:  # pragma: no cover - every backend defines it
         raise NotImplementedError(f"{type(self).__name__} does not implement infer")

@@ -120,7 +120,9 @@ def _resolve_openvino(engine: Path, request: BackendRequest):
     sha256 = request.engine_sha256 or file_sha256(engine)  # the gate's key and every compiled model's cache
     choice = choose_precision(request.precision, engine, info, deep_output=request.deep_output,
                               images=request.gate_images, min_psnr=request.min_psnr, sha256=sha256)
-    precision = choice.precision if choice.precision in ("bf16", "int8") else "fp32"  # fp16 files: as written
+    # what OpenVINO computes in: int8 (a Q/DQ file), else the choice's float compute; a file exported in
+    # FP16 / BF16 runs as written with the fp32 hint (resolved again, "fp32" is taken as asked on any CPU)
+    precision = "int8" if choice.precision == "int8" else choice.compute
     return dataclasses.replace(request, engine=engine, backend="openvino", precision=precision, engine_sha256=sha256,
                                fallback=request.fallback or request.backend == "auto"), choice
 

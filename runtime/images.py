@@ -24,10 +24,11 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from hrx.errors import HRXError
+from hrx.errors import HRXError, one_line
 from hrx.paths import atomic_write, atomic_write_bytes
 
 DEFAULT_MAX_PIXELS = 50_000_000  # a 50 MP photo; x4 output in float32 is then ~9.6 GB
@@ -88,8 +89,10 @@ def configure_pillow(max_pixels: int) -> None:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-    """Decode ``path`` into a :class:`Picture`. Raises :class:`HRXError` naming the file and the reason."""
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+               warn: Callable[[str], None] | None = None) -> Picture:
+    """Decode ``path`` into a :class:`Picture`. Raises :class:`HRXError` naming the file and the reason;
+    ``warn`` gets one line for what is read without (an unreadable EXIF block)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -98,7 +101,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             raise HRXError(f"{path}: empty file")
         deep = _sixteen_bit_container(path)
         if deep is not None:
-            return _read_sixteen(path, deep, max_pixels)
+            return _read_sixteen(path, deep, max_pixels, warn)
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
                 raise HRXError(f"{path}: {im.width}x{im.height} is over the pixel limit of {max_pixels:,} "
@@ -190,11 +193,13 @@ def _sixteen_bit_container(path: Path) -> str | None:
     return None
 
 
-def _read_sixteen(path: Path, container: str, max_pixels: int) -> Picture:
+def _read_sixteen(path: Path, container: str, max_pixels: int, warn: Callable[[str], None] | None = None) -> Picture:
     """A 16-bit PNG (imagecodecs) or TIFF (tifffile) at full precision, with EXIF orientation applied
     and the ICC profile and EXIF kept. Channels: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA."""
-    decode = _decode_png16 if container == "png" else _decode_tiff16
-    arr, icc, exif, orientation = decode(path, max_pixels)
+    if container == "png":
+        arr, icc, exif, orientation = _decode_png16(path, max_pixels)
+    else:
+        arr, icc, exif, orientation = _decode_tiff16(path, max_pixels, warn)
     arr = _orient(arr, orientation)
     values = arr.astype(np.float32) / 65535.0
     if values.ndim == 2:
@@ -231,7 +236,8 @@ def _decode_png16(path: Path, max_pixels: int) -> tuple[np.ndarray, bytes | None
     return arr, icc, (exif_tags.tobytes() if len(exif_tags) else None), orientation
 
 
-def _decode_tiff16(path: Path, max_pixels: int) -> tuple[np.ndarray, bytes | None, bytes | None, int]:
+def _decode_tiff16(path: Path, max_pixels: int, warn: Callable[[str], None] | None = None
+                   ) -> tuple[np.ndarray, bytes | None, bytes | None, int]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -264,8 +270,9 @@ def _decode_tiff16(path: Path, max_pixels: int) -> tuple[np.ndarray, bytes | Non
 
         with Image.open(path) as im:
             exif = _exif_without_orientation(im)
-    except Exception:  # noqa: BLE001 - no EXIF then
-        pass
+    except Exception as e:  # noqa: BLE001 - written without EXIF, and said so
+        if warn is not None:
+            warn(f"{path}: its EXIF block is unreadable ({one_line(e)}); the output is written without it")
     return arr, (bytes(icc) if icc else None), exif, orientation
 
 

@@ -80,6 +80,8 @@ def _reason(e: BaseException) -> str:
 class TritonBackend(Backend):
     """Runs HRX tiles on a model served by Triton (see module doc)."""
 
+    thread_safe = True
+
     def __init__(self, url: str, model_name: str, timeout: float = DEFAULT_TIMEOUT_S,
                  inflight: int = DEFAULT_INFLIGHT, retries: int | None = None, breaker: int | None = None,
                  backoff: float | None = None) -> None:

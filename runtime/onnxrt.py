@@ -7,6 +7,7 @@ by itself, so nothing needs registering here.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,7 +73,10 @@ def create_session(path: str | os.PathLike, providers: Sequence[Any] | None = No
 
 
 class OnnxRuntimeBackend(Backend):
-    """Runs an HRX ONNX export (static input ``[batch, C, tile, tile]``) on ONNX Runtime."""
+    """Runs an HRX ONNX export (static input ``[batch, C, tile, tile]``) on ONNX Runtime. Thread-safe: on the
+    CPU ``session.run`` is; on CUDA the one IoBinding and its device output buffer are used under a lock."""
+
+    thread_safe = True
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0, device_id: int = 0) -> None:
         import onnxruntime as ort
@@ -103,6 +107,7 @@ class OnnxRuntimeBackend(Backend):
             raise HRXError(f"{self.path}: input {inp.name} has shape {inp.shape}, but the metadata says "
                            f"{list(self.input_shape)}")
         self._binding = None
+        self._bound = threading.Lock()
         if device == "cuda":
             self._binding = self.session.io_binding()
             out_type = np.float16 if out.type == "tensor(float16)" else np.float32
@@ -120,9 +125,10 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
 
             value = ort.OrtValue.ortvalue_from_numpy(tiles, "cuda", self.device_id)
-            self._binding.bind_ortvalue_input(self._input, value)
-            self.session.run_with_iobinding(self._binding)
-            out = self._device_out.numpy()
+            with self._bound:  # one binding, one output buffer: bind, run and copy out as one step
+                self._binding.bind_ortvalue_input(self._input, value)
+                self.session.run_with_iobinding(self._binding)
+                out = self._device_out.numpy()
         return np.asarray(out, dtype=np.float32)
 
     def close(self) -> None:

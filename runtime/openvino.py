@@ -119,6 +119,25 @@ def plugin_refusal(path: str | os.PathLike) -> str:
             "local functions); export the model with `hrx export --ops native`")
 
 
+def misread_bf16(path: str | os.PathLike) -> int:
+    """How many BFLOAT16 weights of the ONNX file ``path`` are stored in ``int32_data`` (the field
+    ``onnx.helper.make_tensor`` fills for a list of values), which OpenVINO's ONNX reader takes as numbers, not
+    as bit patterns: 0.5 (0x3F00) becomes 16128.0 and the model outputs NaN. ``raw_data`` is read right,
+    and so are FLOAT16 weights in either field."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute
+                                               if a.type == onnx.AttributeProto.TENSOR]
+    return sum(t.data_type == TensorProto.BFLOAT16 and len(t.int32_data) > 0 for t in tensors)
+
+
+def bf16_refusal(path: str | os.PathLike) -> str:
+    return (f"{path}: its BFLOAT16 weights are stored as int32_data, which OpenVINO misreads (the output would be "
+            "NaN); export it again with this hrx (`hrx export ... --precision bf16` writes raw_data)")
+
+
 class OpenVINOBackend(Backend):
     """Runs an HRX ONNX export (static input ``[batch, C, tile, tile]``) with OpenVINO on the CPU.
 
@@ -127,6 +146,8 @@ class OpenVINOBackend(Backend):
     requests run at once (0: one per stream); ``cache``: use the compiled-model cache; ``pin_cores``:
     OpenVINO's CPU pinning (default: off for one-thread models, which run several side by side).
     """
+
+    thread_safe = True
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", threads: int = 0, streams: int = 1,
                  requests: int = 0, cache: bool = True, pin_cores: bool | None = None, sha256: str = "") -> None:
@@ -142,6 +163,8 @@ class OpenVINOBackend(Backend):
         self.info = ModelInfo.from_onnx(self.path)
         if self.info.ops == "plugin":
             raise OpenVINOCompileError(plugin_refusal(self.path))
+        if self.info.precision != "fp32" and misread_bf16(self.path):
+            raise HRXError(bf16_refusal(self.path))
         self.precision = precision
         self.name = "openvino"
         config: dict[str, object] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "NUM_STREAMS": str(streams)}

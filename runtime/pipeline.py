@@ -370,7 +370,7 @@ def _decode(job: Job, options: BatchOptions, locks: _OutputLocks) -> Picture:
     if job.error:
         raise HRXError(f"{job.source}: {job.error}")
     locks.take(job.output)
-    return read_image(job.source, options.max_pixels)
+    return read_image(job.source, options.max_pixels, options.warn)
 
 
 def _encode(picture: Picture, job: Job, options: BatchOptions) -> None:
@@ -382,17 +382,22 @@ def _encode(picture: Picture, job: Job, options: BatchOptions) -> None:
         raise HRXError(f"{job.output}: cannot write ({e.strerror or e})") from e
 
 
+def failure_line(where: Path, e: BaseException) -> str:
+    """How a failed image or video is reported: an :class:`HRXError`'s own line (``FILE: `` before it if it
+    does not name the file), else ``FILE: Type: message``."""
+    if isinstance(e, HRXError):
+        return str(e) if str(where) in str(e) else f"{where}: {e}"
+    if isinstance(e, MemoryError):
+        return f"{where}: out of memory"
+    return f"{where}: {one_line(e)}"
+
+
 def fail_result(result: ImageResult, where: Path, e: BaseException, options: BatchOptions) -> None:
     """Mark ``result`` failed by ``e``: an :class:`HRXError`'s own line (``FILE: `` before it if it does not
     name the file), else
     ``FILE: Type: message``; the type and the exit code it asks for are kept in the row."""
     result.status = "failed"
-    if isinstance(e, HRXError):  # its own line, naming the file when it does not already
-        result.reason = str(e) if str(where) in str(e) else f"{where}: {e}"
-    elif isinstance(e, MemoryError):
-        result.reason = f"{where}: out of memory"
-    else:
-        result.reason = f"{where}: {one_line(e)}"
+    result.reason = failure_line(where, e)
     result.error = type(e).__name__
     result.exit_code = e.exit_code if isinstance(e, HRXError) else 1
     if options.on_error is not None:

@@ -38,6 +38,7 @@ DEFAULT_MIN_PSNR = 50.0
 GATE_PHOTOS = Path(__file__).parent / "gate_photos"
 GATE_IMAGES = 4  # photos taken from --images
 GATE_SIDE = 128  # centre crops of that side (at most)
+GATE_MERGE = "blend"  # how the gate's tiles are joined
 
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
@@ -166,20 +167,25 @@ def gate_images(info: ModelInfo, images: str | os.PathLike | None = None) -> tup
 
 def gate_key(path: str | os.PathLike, flags: frozenset[str], images: str | os.PathLike | None,
              sha256: str = "") -> str:
-    """``<model sha256[:16]>-bf16-<hash of CPU flags, OpenVINO version, images>`` (``sha256``: the model
-    file's, when known)."""
+    """``<model sha256[:16]>-bf16-<hash of CPU flags, OpenVINO version, the gate's method, images>``
+    (``sha256``: the model file's, when known): the method (crop side, photos taken, tile merge) and the
+    bundled photos' contents are in it, so a changed gate measures again instead of reusing old verdicts."""
     from hrx.paths import file_sha256
     from hrx.runtime.openvino import openvino_version
 
     h = hashlib.sha256()
     h.update(" ".join(sorted(flags)).encode())
     h.update(openvino_version().encode())
+    h.update(f"side={GATE_SIDE} images={GATE_IMAGES} merge={GATE_MERGE}".encode())
     if images is not None:
         from hrx.paths import image_files
 
         for f in image_files(images)[:GATE_IMAGES]:
             st = f.stat()
             h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        for f in sorted(GATE_PHOTOS.glob("*.png")):
+            h.update(f"{f.name}:{file_sha256(f)}".encode())
     return f"{(sha256 or file_sha256(path))[:16]}-bf16-{h.hexdigest()[:12]}"
 
 
@@ -231,7 +237,7 @@ def _gate_outputs(path, info: ModelInfo, pictures: list[np.ndarray],
     from hrx.runtime.openvino import OpenVINOBackend
     from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled
 
-    spec = TileSpec.from_info(info, merge="blend")
+    spec = TileSpec.from_info(info, merge=GATE_MERGE)
     outputs = []
     for precision in ("fp32", "bf16"):
         with OpenVINOBackend(path, precision=precision, sha256=sha256) as backend:

@@ -79,6 +79,31 @@ class AxisPlan:
         return len(self.starts)
 
 
+class NonFiniteOutput(HRXError):
+    """The model returned NaN or Inf: the image (or video) fails and nothing is written for it."""
+
+    def __init__(self, nan: int, inf: int, where: str) -> None:
+        self.nan, self.inf, self.where = nan, inf, where
+        super().__init__(f"the model output {nan} NaN and {inf} Inf values ({where}); nothing written")
+
+    def at(self, where: str) -> NonFiniteOutput:
+        """The same error, placed further (``"frame 12 (pts 3003)"``)."""
+        return NonFiniteOutput(self.nan, self.inf, f"{self.where}, {where}")
+
+
+def check_finite(result: np.ndarray, where: Callable[[int], str]) -> None:
+    """Raise :class:`NonFiniteOutput` when ``result`` ``[N, ...]`` holds NaN or Inf; ``where(k)`` names
+    item ``k``, the first bad one. One sum over the batch; counted exactly only when that is not finite."""
+    if np.isfinite(np.sum(result, dtype=np.float32)):
+        return
+    bad = ~np.isfinite(result)
+    if not bad.any():  # finite values whose sum overflowed
+        return
+    nan = int(np.count_nonzero(np.isnan(result)))
+    first = int(np.argmax(bad.reshape(len(result), -1).any(axis=1)))
+    raise NonFiniteOutput(nan, int(np.count_nonzero(bad)) - nan, where(first))
+
+
 def plan_axis(length: int, spec: TileSpec) -> AxisPlan:
     m = max(1, spec.size_multiple)
     padded = max(spec.tile, math.ceil(length / m) * m)
@@ -186,12 +211,17 @@ def upscale_tiled(image: np.ndarray, infer: InferFn, spec: TileSpec,
 
     results = infer_many(batches()) if infer_many is not None else map(infer, batches())
     out: np.ndarray | None = None
+    done = 0  # batches received
     try:
-        for group, result in zip(groups, results):
+        for result in results:
+            if done == len(groups):
+                raise HRXError(f"backend returned more results than the {len(groups)} batches of tiles it was given")
+            group, done = groups[done], done + 1
             result = np.asarray(result)  # [batch, Co, T*s, T*s]
             if result.shape[0] != spec.batch or result.shape[2:] != (t * s, t * s):
                 raise HRXError(f"backend returned shape {tuple(result.shape)} for {spec.batch} tiles of {t}x{t} "
                                f"at scale {s}; expected [{spec.batch}, C, {t * s}, {t * s}]")
+            check_finite(result[:len(group)], lambda k: _tile_place(group[k], positions, rows, cols))
             if out is None:
                 out = np.zeros((result.shape[1], h * s, w * s), dtype=np.float32)
             for k, (i, j) in enumerate(group):
@@ -210,11 +240,18 @@ def upscale_tiled(image: np.ndarray, infer: InferFn, spec: TileSpec,
     finally:  # a stream stopped early (bad result, Ctrl-C) frees the batches still in flight now
         if isinstance(results, Generator):
             results.close()
+    if done != len(groups):  # never an image with tiles left at zero
+        raise HRXError(f"backend returned {done} results for {len(groups)} batches of tiles")
     assert out is not None  # at least one tile always exists
     if spec.merge == "blend":  # the windows sum to one except where three tiles overlap; normalise anyway
         out /= _weight_sums(row_win, h * s).astype(np.float32)[None, :, None]  # separable: no [Hs, Ws] array
         out /= _weight_sums(col_win, w * s).astype(np.float32)[None, None, :]
     return out
+
+
+def _tile_place(ij: tuple[int, int], positions: list[tuple[int, int]], rows: AxisPlan, cols: AxisPlan) -> str:
+    i, j = ij
+    return f"tile {positions.index(ij) + 1} of {len(positions)}, at x={cols.starts[j]} y={rows.starts[i]}"
 
 
 def upscale_whole(image: np.ndarray, infer: InferFn, spec: TileSpec) -> np.ndarray:
@@ -225,4 +262,6 @@ def upscale_whole(image: np.ndarray, infer: InferFn, spec: TileSpec) -> np.ndarr
     rows = AxisPlan(h, math.ceil(h / m) * m, (0,))
     cols = AxisPlan(w, math.ceil(w / m) * m, (0,))
     padded = pad_to_plan(image.astype(np.float32, copy=False), rows, cols)
-    return np.asarray(infer(np.ascontiguousarray(padded[None])))[0, :, :h * spec.scale, :w * spec.scale]
+    out = np.asarray(infer(np.ascontiguousarray(padded[None])))
+    check_finite(out, lambda k: "the whole image in one call")
+    return out[0, :, :h * spec.scale, :w * spec.scale]

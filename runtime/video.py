@@ -36,12 +36,12 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from hrx.errors import HRXError
+from hrx.errors import HRXError, one_line
 from hrx.paths import OutputLock, atomic_write, atomic_write_bytes, hold_lock
 from hrx.interface import Backend
 from hrx.runtime.pipeline import BatchOptions, output_size, resample_planes, upscale_picture
 from hrx.runtime.images import Picture
-from hrx.runtime.tiling import TileSpec, upscale_tiled, upscale_whole
+from hrx.runtime.tiling import NonFiniteOutput, TileSpec, check_finite, upscale_tiled, upscale_whole
 from hrx.runtime.video_color import (BT601, BT709, JPEG, MPEG, Color, HdrInfo, bits_of, frame_color, from_rgb,
                                      hdr_encoder_options, hdr_info, layout, tag, to_rgb)
 
@@ -478,7 +478,18 @@ def _decoded(container, stream, source: Path, strict: bool) -> Iterator:
     packets that fail to decode (``strict``: one-line error)."""
     import av
 
-    for packet in container.demux(stream):
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets, None)
+        except av.FFmpegError as e:  # a damaged tail: the frames after it are lost (counted by the caller)
+            if strict:
+                raise HRXError(f"{source}: corrupt video data, demuxing stopped ({_reason(e)}); without --strict "
+                               "the frames lost are skipped and counted") from None
+            yield from _flushed(stream)
+            return
+        if packet is None:
+            return
         try:
             frames = packet.decode()
         except av.FFmpegError as e:
@@ -490,6 +501,20 @@ def _decoded(container, stream, source: Path, strict: bool) -> Iterator:
             ts = frame.pts if frame.pts is not None else frame.dts
             if ts is not None:
                 yield ts, frame
+
+
+def _flushed(stream) -> Iterator:
+    """``(timestamp, frame)`` of the frames the decoder still holds, when demuxing stopped early."""
+    import av
+
+    try:
+        frames = stream.codec_context.decode(None)
+    except av.FFmpegError:
+        return
+    for frame in frames:
+        ts = frame.pts if frame.pts is not None else frame.dts
+        if ts is not None:
+            yield ts, frame
 
 
 def decode_segment(plan: VideoPlan, segment: Segment, strict: bool = False) -> Iterator[tuple[int, np.ndarray]]:
@@ -601,6 +626,7 @@ class FrameUpscaler:
         if h % m or w % m:
             x = np.pad(x, ((0, 0), (0, 0), (0, -h % m), (0, -w % m)), mode="reflect")
         y = np.asarray(self.backend.infer(np.ascontiguousarray(x, dtype=np.float32)))  # [N, 3, Hp*s, Wp*s]
+        check_finite(y[:len(frames)], lambda k: f"frame {k + 1} of the {len(frames)} in one call")
         return [self._sized(out[:, :h * s, :w * s]) for out in y]
 
 
@@ -672,7 +698,11 @@ def encode_segment(backend: Backend, spec: TileSpec, plan: VideoPlan, segment: S
                     break
                 items.append(item)
             if items:
-                for (pts, _), out in zip(items, model.many([rgb for _, rgb in items])):
+                try:
+                    outs = model.many([rgb for _, rgb in items])
+                except NonFiniteOutput as e:  # which frame: its timestamp (the first of a batch of frames)
+                    raise e.at(f"frame at pts {items[0][0]} of segment {segment.index}") from e
+                for (pts, _), out in zip(items, outs):
                     _put(upscaled, (pts, out), stop)
                 progress.advance_frames(len(items))
             del items
@@ -791,11 +821,24 @@ def begin_video(info, spec: TileSpec, source: Path, output: Path, options: Video
     result.sar = f"{plan.sar.numerator}:{plan.sar.denominator}" if plan.sar else ""
     output.parent.mkdir(parents=True, exist_ok=True)
     work = prepare_work(output, _fingerprint(plan, options, spec, info, model_id))
-    lost_file = work / "lost.json"
-    lost: dict[str, int] = json.loads(lost_file.read_text()) if lost_file.is_file() else {}
+    lost = _read_lost(work / "lost.json")
     run = VideoRun(plan, work, output, result, lost, time.perf_counter())
     result.resumed_segments = len(plan.segments) - len(run.todo())
     return run
+
+
+def _read_lost(path: Path) -> dict[str, int]:
+    """The frames lost per finished segment, from an earlier run's ``lost.json`` (``{}`` when none)."""
+    if not path.is_file():
+        return {}
+    try:
+        lost = json.loads(path.read_text())
+        if not isinstance(lost, dict) or not all(isinstance(v, int) for v in lost.values()):
+            raise ValueError("not a map of segment -> frames")
+    except (OSError, ValueError) as e:
+        raise HRXError(f"{path}: the resume state is unreadable ({one_line(e)}); delete {path.parent} to start "
+                       "this video again") from None
+    return lost
 
 
 def finish_video(run: VideoRun, options: VideoOptions) -> VideoResult:

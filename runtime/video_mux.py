@@ -13,7 +13,7 @@ import heapq
 from pathlib import Path
 from typing import Iterator
 
-from hrx.errors import HRXError
+from hrx.errors import HRXError, one_line
 from hrx.paths import VIDEO_SUFFIXES, atomic_write
 
 # containers written (AVI is read only: it holds no presentation timestamps, so its videos become .mkv)
@@ -140,14 +140,31 @@ def _packets(container, streams, mapping, start: float | None, end: float | None
         yield t, 1, packet
 
 
-def _segment_packets(paths: list[Path], stream, time_base) -> Iterator[tuple[float, int, object]]:
-    """The segments' packets in order, with their exact timestamps restored from the stamps files."""
+def read_stamps(segment: Path) -> list:
+    """The ``(pts, dts, duration)`` of every packet of a finished segment, from its timestamps file; a missing
+    or unreadable one is a one-line error (the work folder is damaged, not the output unwritable)."""
     import json
 
+    stamps = segment.with_suffix(".json")
+    try:
+        packets = json.loads(stamps.read_text())["packets"]
+        if not isinstance(packets, list):
+            raise ValueError("no list of packets")
+    except FileNotFoundError:
+        raise HRXError(f"{stamps}: the timestamps file of a finished segment is missing; delete {segment.parent} "
+                       "and run again") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HRXError(f"{stamps}: the timestamps file of a finished segment is unreadable ({one_line(e)}); "
+                       f"delete {segment.parent} and run again") from None
+    return packets
+
+
+def _segment_packets(paths: list[Path], stream, time_base) -> Iterator[tuple[float, int, object]]:
+    """The segments' packets in order, with their exact timestamps restored from the stamps files."""
     import av
 
     for path in paths:
-        stamps = json.loads(path.with_suffix(".json").read_text())["packets"]
+        stamps = read_stamps(path)
         with av.open(str(path)) as c:  # read as muxed, one packet at a time (FFV1 4K segments are GBs)
             count = 0
             for packet in c.demux(c.streams.video[0]):

@@ -14,7 +14,7 @@ from PIL import Image
 
 import hrx
 from hrx.data import PatchSampler, bicubic_downscale, detail
-from hrx.degradations import (EVAL_CONDITIONS, KERNEL_KINDS, RESIZE_MODES, RealDegradation, apply, blur_kernel,
+from hrx.degradations import (EVAL_CONDITIONS, KERNEL_KINDS, RESIZE_MODES, RealDegradation, blur_kernel,
                               sinc_kernel)
 from hrx.errors import HRXError
 from hrx.synthetic import KINDS, synthetic_images

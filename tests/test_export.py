@@ -292,3 +292,22 @@ def test_selective_scan_local_function_matches_the_reference(b, H, P, L, N, chun
     want = selective_scan_ref(x, dt, A, B, C, D).numpy()
     assert got.shape == (b, H, P, L)
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+
+
+def test_verify_counts_nan_and_inf_and_fails_on_them():
+    """A NaN output compared directly reads as max_abs 0 and PSNR inf (``max(0.0, nan)`` is 0.0): verify
+    counts NaN / Inf instead, fails the backend, and prints the counts, never 0 / inf for them."""
+    from hrx.export.compare import BackendReport, worst_metrics
+
+    ref = np.linspace(0, 1, 48, dtype=np.float32).reshape(1, 3, 4, 4)
+    nan = np.full_like(ref, np.nan)
+    (a, r, p), n_nan, n_inf = worst_metrics([(ref, nan), (ref, ref + 0.01)])
+    assert (n_nan, n_inf) == (48, 0) and abs(a - 0.01) < 1e-6 and 39 < p < 41
+    half = ref.copy()
+    half[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    worst, n_nan, n_inf = worst_metrics([(ref, half)])
+    assert (n_nan, n_inf) == (1, 2) and worst[0] == 0.0  # the finite values are equal
+    worst, n_nan, n_inf = worst_metrics([(ref, nan)])
+    assert all(np.isnan(worst)) and n_nan == 48
+    line = BackendReport("openvino", *worst, passed=False, nan=n_nan, inf=n_inf).line()
+    assert "FAIL  NaN=48  Inf=0  (no finite value" in line and "PSNR=inf" not in line and "max_abs=0" not in line

@@ -266,3 +266,44 @@ def test_a_model_that_misbehaves_in_fp16_is_refused_before_tracing(tmp_path):
     with pytest.raises(HRXError, match=r"misbehave in fp16.*--precision fp32 or bf16"):
         export_onnx(model, tmp_path / "x.onnx", tile=model.size_multiple, precision="fp16")
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def half_files(tmp_path_factory):
+    """hrx-t x2 (random weights) exported in FP16 and BF16 at opset 22, with its FP32 PyTorch output on a tile."""
+    from conftest import randomize_params
+
+    model = hrx.create_model("hrx-t", scale=2).eval()
+    randomize_params(model)
+    tile = model.size_multiple
+    folder = tmp_path_factory.mktemp("half")
+    files = {}
+    for precision in ("fp16", "bf16"):
+        files[precision] = folder / f"t.{precision}.onnx"
+        export_onnx(model, files[precision], tile=tile, opset=22, precision=precision)
+    x = photo_tiles(tile, 1)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    return files, x, want
+
+
+@pytest.mark.parametrize("flags", ["", "avx512f avx512_bf16"])
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_fp16_and_bf16_exports_run_through_auto_as_written(half_files, precision, flags, monkeypatch):
+    """`--precision auto` with a file exported in FP16 / BF16, on a CPU without BF16 and on one with it:
+    OpenVINO opens it with the compute the policy chose (fp32: the file runs as written), never refuses
+    the auto the user asked for, and its BF16 weights are read as written (finite, close to PyTorch)."""
+    from hrx.runtime import precision_policy
+    from hrx.runtime.factory import BackendRequest, open_backend, resolve_request
+
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(precision_policy, "cpu_flags", lambda cpuinfo=None: frozenset(flags.split()))
+    files, x, want = half_files
+    request = BackendRequest(engine=files[precision], backend="openvino")
+    resolved, choice = resolve_request(request)
+    assert (choice.precision, choice.compute, resolved.precision) == (precision, "fp32", "fp32")
+    with open_backend(request) as backend:
+        assert backend.name == "openvino" and backend.precision == "fp32"
+        got = backend.infer(x)
+    assert np.isfinite(got).all()
+    assert _metrics(want, got)[2] > (40.0 if precision == "bf16" else 50.0)

@@ -353,3 +353,42 @@ def test_gate_decides_on_recorded_numbers_on_every_cpu(tmp_path, monkeypatch):
     strict = policy.choose_precision("auto", tmp_path / "toy55.2.onnx", info, flags=WITH_BF16, min_psnr=56.0)
     assert strict.precision == "fp32" and measured == [55.2, 47.0]
     assert policy.choose_precision("auto", tmp_path / "toy55.2.onnx", info, flags=WITHOUT_BF16).precision == "fp32"
+
+def test_a_cover_picture_before_the_video_does_not_hide_ten_bits(tmp_path, monkeypatch):
+    """An attached picture (cover art, 8-bit JPEG) listed before a 10-bit video stream: the depth is the
+    upscaled stream's, so auto keeps FP32."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import hrx.runtime.video as video
+    from hrx.cli.upscale import _deep_videos as deep_videos
+    from hrx.cli.upscale_video import VideoJob
+
+    def stream(fmt: str, disposition: int):
+        return SimpleNamespace(disposition=disposition, codec_context=SimpleNamespace(format=SimpleNamespace(name=fmt)))
+
+    container = SimpleNamespace(streams=SimpleNamespace(video=[stream("yuvj420p", 1024), stream("yuv420p10le", 0)]))
+    monkeypatch.setattr(video, "open_input", lambda path: contextlib.nullcontext(container))
+    assert deep_videos([VideoJob(tmp_path / "cover.mp4", tmp_path / "o.mp4")], None)
+
+
+def test_gate_cache_key_follows_the_gates_method(tmp_path, monkeypatch):
+    """The cached verdict is keyed by the gate's own method too: another crop side, tile merge or set of
+    bundled photos measures again."""
+    import shutil
+
+    pytest.importorskip("openvino")
+    path = write_toy(tmp_path / "toy.onnx")
+    photos = tmp_path / "photos"
+    shutil.copytree(policy.GATE_PHOTOS, photos)
+    monkeypatch.setattr(policy, "GATE_PHOTOS", photos)
+    keys = {policy.gate_key(path, WITH_BF16, None)}
+    monkeypatch.setattr(policy, "GATE_SIDE", 64)
+    keys.add(policy.gate_key(path, WITH_BF16, None))
+    monkeypatch.setattr(policy, "GATE_MERGE", "crop")
+    keys.add(policy.gate_key(path, WITH_BF16, None))
+    first = sorted(photos.glob("*.png"))[0]
+    first.write_bytes(first.read_bytes() + b"\x00")  # a bundled photo changed
+    keys.add(policy.gate_key(path, WITH_BF16, None))
+    assert len(keys) == 4
+    assert policy.gate_key(path, WITH_BF16, None) == policy.gate_key(path, WITH_BF16, None)

@@ -336,3 +336,21 @@ def test_png_level_changes_size_not_pixels(tmp_path, fmt, bits, channels):
     assert default.read_bytes() == files[1].read_bytes()
     with pytest.raises(HRXError, match="0-9"):
         write_image(tmp_path / f"bad{suffix}", pic, fmt, png_level=10)
+
+def test_an_unreadable_exif_block_is_a_warning_not_silence(tmp_path, monkeypatch):
+    """A 16-bit TIFF whose EXIF Pillow cannot parse: the pixels are read, and one warning line names the
+    file and says the output goes without EXIF."""
+    from hrx.runtime import images
+
+    pic = Picture(RNG.random((5, 7, 3), dtype=np.float32), None, 16)
+    out = write_image(tmp_path / "deep.tiff", pic, "tiff")
+
+    def unreadable(im, tiff=False):
+        raise SyntaxError("not a TIFF IFD")
+
+    monkeypatch.setattr(images, "_exif_without_orientation", unreadable)
+    lines: list[str] = []
+    back = read_image(out, warn=lines.append)
+    assert back.bits == 16 and back.exif is None and back.color.shape == (5, 7, 3)
+    assert lines == [f"{out}: its EXIF block is unreadable (SyntaxError: not a TIFF IFD); the output is written "
+                     "without it"]

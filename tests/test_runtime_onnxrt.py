@@ -123,3 +123,48 @@ def test_real_export_tiles_like_pytorch(hrx_t_export):
     assert_not_bicubic(whole[None], img[None], 2)
     psnr = metrics.psnr(tiled_ort, whole, peak=float(np.ptp(whole)))
     assert psnr > 33.0, f"tiled ONNX Runtime vs whole-image PyTorch: {psnr:.2f} dB"
+
+
+def test_the_shared_cuda_io_binding_is_used_by_one_thread_at_a_time(tmp_path, monkeypatch):
+    """The Backend contract says ONNX Runtime's ``infer`` is thread-safe; on CUDA one IoBinding and one
+    device output buffer serve every call, so bind, run and copy-out must not interleave. Simulated on the
+    CPU: a binding whose run is slow; four threads each get their own tiles back."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnxruntime as ort
+
+    from hrx.interface import Backend
+
+    assert Backend.thread_safe is False and OnnxRuntimeBackend.thread_safe is True
+    backend = OnnxRuntimeBackend(write_toy(tmp_path / "toy.onnx", tile=16, batch=1))
+    inside = [0, 0]  # now, most at once
+
+    class Buffer:
+        value = None
+
+        def numpy(self):
+            return self.value
+
+    class Binding:  # what ONNX Runtime's IoBinding does, slowly: the output buffer is shared
+        bound = None
+
+        def bind_ortvalue_input(self, name, value):
+            self.bound = value
+
+        def run(self):
+            inside[0] += 1
+            inside[1] = max(inside)
+            time.sleep(0.01)
+            backend._device_out.value = self.bound * 2
+            inside[0] -= 1
+
+    binding = Binding()
+    backend._binding, backend._device_out = binding, Buffer()
+    monkeypatch.setattr(backend, "session", type("S", (), {"run_with_iobinding": lambda self, b: b.run()})())
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(lambda array, *a: array))
+    tiles = [np.full((1, 3, 16, 16), k, np.float32) for k in range(16)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(backend.infer, tiles))
+    assert [float(r.max()) for r in results] == [2.0 * k for k in range(16)] and inside[1] == 1

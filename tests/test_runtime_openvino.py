@@ -283,3 +283,31 @@ def test_cpu_workers_fall_back_to_onnxruntime_sessions(tmp_path):
     assert len(lines) == 1 and "running ONNX Runtime CPU instead" in lines[0]
     with pytest.raises(OpenVINOCompileError):
         open_cpu_sessions(BackendRequest(path, backend="openvino", precision="fp32"), [1, 1])
+
+def test_bf16_weights_read_as_written_and_int32_data_files_refused(tmp_path):
+    """BF16 weights in ``raw_data`` (what `hrx export --precision bf16` writes) run on OpenVINO close to the
+    FP32 graph; the same weights in ``int32_data`` (onnx.helper.make_tensor's field for a list of values,
+    which OpenVINO reads as numbers, 0.5 -> 16128.0, and then outputs NaN) are refused in one line."""
+    from hrx.export.precision import convert_precision
+
+    model = toy_model(tile=16)
+    model.opset_import[0].version, model.ir_version = 22, 10
+    fp32 = tmp_path / "toy.onnx"
+    onnx.save(model, str(fp32))
+    bf16, _ = convert_precision(model, "bf16")
+    weights = [t for t in bf16.graph.initializer if t.data_type == TensorProto.BFLOAT16]
+    assert len(weights) == 4 and all(t.raw_data and not t.int32_data for t in weights)
+    onnx.save(bf16, str(tmp_path / "toy.bf16.onnx"))
+    x = _tiles(OnnxRuntimeBackend(fp32))
+    want = OnnxRuntimeBackend(fp32).infer(x)
+    got = OpenVINOBackend(tmp_path / "toy.bf16.onnx").infer(x)
+    assert np.isfinite(got).all() and np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    for k, t in enumerate(bf16.graph.initializer):  # the same values, stored as the old export did
+        if t.data_type == TensorProto.BFLOAT16:
+            values = onnx.numpy_helper.to_array(t).astype(np.float32)
+            bf16.graph.initializer[k].CopyFrom(helper.make_tensor(t.name, TensorProto.BFLOAT16, values.shape,
+                                                                  values.ravel().tolist()))
+    onnx.save(bf16, str(tmp_path / "old.bf16.onnx"))
+    with pytest.raises(HRXError, match=r"old.bf16.onnx: its BFLOAT16 weights are stored as int32_data, which "
+                                       r"OpenVINO misreads \(the output would be NaN\); export it again"):
+        OpenVINOBackend(tmp_path / "old.bf16.onnx")

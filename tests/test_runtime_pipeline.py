@@ -241,3 +241,25 @@ def test_torch_backend_runs_small_images_whole(tmp_path):
         whole = model(torch.from_numpy(x)).numpy()[0].transpose(1, 2, 0)
     got = np.asarray(Image.open(tmp_path / "out" / "a.png"), np.float32) / 255
     assert np.abs(got - np.clip(whole, 0, 1)).max() <= 0.5 / 255 + 1e-6
+
+
+def test_non_finite_output_fails_the_image_and_writes_nothing(tmp_path):
+    """A model that returns NaN for one image: that image fails with a line naming it and the tile, and no
+    file is written for it (no black picture); the next image is written."""
+    src = tmp_path / "in"
+    _save(src / "a.png")
+    _save(src / "b.png", 12, 12)
+
+    class NaNOnce(NearestBackend):
+        def infer(self, tiles):
+            out = super().infer(tiles)
+            return out * np.float32("nan") if self.calls == 1 else out
+
+    backend = NaNOnce()
+    report = run_batch(backend, plan_jobs([src], tmp_path / "out"), _spec(backend))
+    assert [(r.source, r.status) for r in report.results] == [(str(src / "a.png"), "failed"),
+                                                               (str(src / "b.png"), "done")]
+    reason = report.results[0].reason
+    assert reason.startswith(f"{src / 'a.png'}: the model output 1536 NaN and 0 Inf values (tile 1 of ")
+    assert reason.endswith("at x=0 y=0); nothing written") and report.results[0].error == "NonFiniteOutput"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.png"] and _leftovers(tmp_path) == []

@@ -175,3 +175,48 @@ def test_blend_windows_are_a_raised_cosine_cross_fade():
     steps = np.diff(np.concatenate([[0.0], w1[:ramp], [1.0]]))
     assert np.all(steps > 0) and steps.max() < 0.2  # monotone, no jump (a flat 0.5 jumps by 0.5 twice)
     assert w1[0] < 0.02 and w1[ramp - 1] > 0.98
+
+def test_a_backend_that_yields_fewer_results_is_an_error():
+    """A stream of results that ends early (one batch short) must not leave tiles at zero in an image
+    reported done."""
+    img = np.random.default_rng(1).random((3, 30, 41), dtype=np.float32)
+    spec = TileSpec(tile=16, overlap=8, scale=2, size_multiple=4, batch=2)
+
+    def short(batches):
+        for k, b in enumerate(batches):
+            if k == 2:
+                return
+            yield toy_whole(b)
+
+    with pytest.raises(HRXError, match=r"backend returned 2 results for 8 batches of tiles"):
+        upscale_tiled(img, lambda t: pytest.fail("infer used"), spec, infer_many=short)
+
+
+@pytest.mark.parametrize("bad, counts", [(np.nan, "2 NaN and 0 Inf"), (np.inf, "0 NaN and 2 Inf")])
+def test_non_finite_output_names_the_tile(bad, counts):
+    """NaN or Inf from the model fails the image with the counts and the tile where it first appeared."""
+    from hrx.runtime.tiling import NonFiniteOutput, upscale_whole
+
+    img = np.random.default_rng(2).random((3, 30, 41), dtype=np.float32)
+    spec = TileSpec(tile=16, overlap=8, scale=2, size_multiple=4, batch=2)
+    calls = []
+
+    def infer(tiles):
+        out = toy_whole(tiles)
+        calls.append(1)
+        if len(calls) == 3:  # the 3rd batch: tiles 5 and 6; the second of them goes bad
+            out[1, 0, 3, 4:6] = bad
+        return out
+
+    with pytest.raises(NonFiniteOutput, match=rf"the model output {counts} values \(tile 6 of 15, at x=0 y=8\); "
+                                              r"nothing written$"):
+        upscale_tiled(img, infer, spec)
+    def whole(x):
+        out = toy_whole(x)
+        out[0, 0, 0, :2] = bad
+        return out
+
+    with pytest.raises(NonFiniteOutput, match=rf"{counts} values \(the whole image in one call\)"):
+        upscale_whole(img, whole, spec)
+    big = np.full((2, 3, 32, 32), 3e38, np.float32)  # finite values whose float32 sum overflows: not an error
+    upscale_tiled(np.zeros((3, 16, 16), np.float32), lambda t: big, spec)

@@ -687,3 +687,172 @@ def test_report_rows_are_on_disk_as_each_video_finishes(checkpoint, tmp_path, mo
     assert rows[:2] == seen and _statuses(rows[2:]) == [("summary", None)]
     assert rows[2]["interrupted"] is True and rows[2]["videos_done"] == 1
     assert unfinished_runs(rows) == [rows[0]["run"]]
+
+
+# -- one video's failure is that video's alone ------------------------------------------------------------
+
+def _faults(monkeypatch) -> None:
+    """Each video named after a fault fails there (files ``decode``, ``infer``, ``nan``, ``encode``, ``mux``)."""
+    import hrx.runtime.video as video
+    import hrx.runtime.video_mux as video_mux
+
+    def named(path, fault: str) -> bool:
+        return Path(str(path)).name.split(".")[0] == fault or f".{fault}." in str(path)
+
+    real_decode = video.decode_segment
+
+    def decode(plan, segment, strict=False):
+        if named(plan.source, "decode") and segment.index == 1:
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+        return real_decode(plan, segment, strict)
+
+    class Broken:
+        def __init__(self, inner, fault: str) -> None:
+            self.inner, self.fault = inner, fault
+            self.info, self.name, self.any_tile, self.infer_many = inner.info, inner.name, inner.any_tile, None
+
+        def infer(self, x):
+            if self.fault == "infer":
+                raise RuntimeError("Exception from src/inference/src/infer_request.cpp: Infer failed")
+            y = np.asarray(self.inner.infer(x)).copy()
+            y[..., 5, 7] = np.nan
+            return y
+
+    real_init = video.FrameUpscaler.__init__
+
+    def init(self, backend, spec, plan):
+        fault = next((f for f in ("infer", "nan") if named(plan.source, f)), None)
+        real_init(self, Broken(backend, fault) if fault else backend, spec, plan)
+
+    real_from_rgb = video.from_rgb
+
+    def from_rgb(rgb, pix_fmt, color):
+        if threading.current_thread().name == "hrx-video-encode" and encoding[0]:
+            raise RuntimeError("the encoder thread died")
+        return real_from_rgb(rgb, pix_fmt, color)
+
+    import threading
+
+    encoding = [False]
+    real_encode = video.encode_segment
+
+    def encode_segment(backend, spec, plan, *args, **kwargs):
+        encoding[0] = named(plan.source, "encode")
+        return real_encode(backend, spec, plan, *args, **kwargs)
+
+    real_packets = video_mux._segment_packets
+
+    def segment_packets(paths, stream, time_base):
+        if named(paths[0].parent, "mux"):
+            raise OverflowError("timestamp out of range")
+        return real_packets(paths, stream, time_base)
+
+    monkeypatch.setattr(video, "decode_segment", decode)
+    monkeypatch.setattr(video.FrameUpscaler, "__init__", init)
+    monkeypatch.setattr(video, "from_rgb", from_rgb)
+    monkeypatch.setattr(video, "encode_segment", encode_segment)
+    monkeypatch.setattr(video_mux, "_segment_packets", segment_packets)
+
+
+def test_each_fault_fails_its_video_alone_and_the_batch_goes_on(checkpoint, tmp_path, monkeypatch):
+    """A decode error, an inference error, NaN from the model, an encoder error and a mux error, one per
+    video: each is that video's failed row with its reason, the good video and the image are done, no
+    output file appears for a failed video, and the exit code is 1."""
+    from PIL import Image
+
+    from hrx.runtime.report import read_report
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    good = _small_clip(folder / "good.mkv")
+    faults = ("decode", "encode", "infer", "mux", "nan")
+    for name in faults:
+        (folder / f"{name}.mkv").write_bytes(good.read_bytes())
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(folder / "still.png")
+    _faults(monkeypatch)
+    report = tmp_path / "report.jsonl"
+    r = _upscale(str(folder), "-o", str(out), "--model", str(checkpoint), "--report", str(report),
+                 "--segment-frames", "2")
+    assert r.exit_code == 1, r.output
+    src = {name: folder / f"{name}.mkv" for name in faults}
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {src['decode']}: InvalidDataError: [Errno 1094995529] Invalid data found when processing input",
+        f"error: {src['encode']}: RuntimeError: the encoder thread died",
+        f"error: {src['infer']}: RuntimeError: Exception from src/inference/src/infer_request.cpp: Infer failed",
+        f"error: {src['mux']}: OverflowError: timestamp out of range",
+        f"error: {src['nan']}: the model output 3 NaN and 0 Inf values (the whole image in one call, frame at pts 0 "
+        "of segment 0); nothing written",
+        "error: 5 of 6 videos failed"], r.stderr
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["good.mkv", "still.png"]
+    assert len(frames_of(out / "good.mkv")) == FRAMES
+    rows = read_report(report)
+    videos = {Path(row["source"]).stem: row for row in rows if row["type"] == "video"}
+    assert {k: v["status"] for k, v in videos.items()} == {"decode": "failed", "encode": "failed", "good": "done",
+                                                           "infer": "failed", "mux": "failed", "nan": "failed"}
+    assert [f"error: {videos[k]['reason']}" for k in faults] == errors[:5]
+    summary = rows[-1]
+    assert (summary["done"], summary["videos_done"], summary["videos_failed"]) == (1, 1, 5)
+
+
+def test_damaged_resume_state_fails_its_video_in_one_line(checkpoint, tmp_path, monkeypatch):
+    """A video that failed half-way keeps its finished segments; a corrupt ``lost.json`` and then a missing
+    timestamps file in that work folder each fail the video in one line naming the file (not a ValueError, not
+    "cannot write"), and the other video is done every time."""
+    import hrx.runtime.video as video
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _small_clip(folder / "a.mkv")
+    (folder / "b.mkv").write_bytes((folder / "a.mkv").read_bytes())
+    real = video.encode_segment
+
+    def encode_segment(backend, spec, plan, segment, *args, **kwargs):
+        if plan.source.endswith("a.mkv") and segment.index == 2:
+            raise RuntimeError("inference failed")
+        return real(backend, spec, plan, segment, *args, **kwargs)
+
+    args = [str(folder), "-o", str(out), "--model", str(checkpoint), "--segment-frames", "2"]
+    with monkeypatch.context() as m:
+        m.setattr(video, "encode_segment", encode_segment)
+        r = _upscale(*args)
+    assert r.exit_code == 1 and "error: 1 of 2 videos failed" in r.stderr, r.output
+    work = work_folder(out / "a.mkv")
+    assert sorted(p.name for p in work.glob("seg-*")) == ["seg-00000.json", "seg-00000.mkv", "seg-00001.json",
+                                                          "seg-00001.mkv"]
+    (work / "lost.json").write_text('{"0": 0, "1"')  # cut short
+    r = _upscale(*args, "--skip-existing")
+    assert r.exit_code == 1, r.output
+    assert [line for line in r.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {work / 'lost.json'}: the resume state is unreadable (JSONDecodeError: Expecting ':' delimiter: "
+        f"line 1 column 13 (char 12)); delete {work} to start this video again", "error: 1 of 2 videos failed"]
+    (work / "lost.json").unlink()
+    (work / "seg-00001.json").unlink()
+    r = _upscale(*args)
+    assert r.exit_code == 1, r.output
+    assert [line for line in r.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {work / 'seg-00001.json'}: the timestamps file of a finished segment is missing; delete {work} and "
+        "run again", "error: 1 of 2 videos failed"]
+    assert not (out / "a.mkv").exists() and len(frames_of(out / "b.mkv")) == FRAMES
+
+
+def test_a_damaged_tail_ends_decoding_with_the_frames_read():
+    """Demuxing that fails past some packets (a damaged tail) ends the segment's frames there (the caller
+    counts the rest as lost); --strict fails the video in one line. Never the demuxer's own exception."""
+    from types import SimpleNamespace
+
+    from hrx.runtime.video import _decoded
+
+    frames = [SimpleNamespace(pts=p, dts=None) for p in (0, 40, 80)]
+
+    class Container:
+        def demux(self, stream):
+            for f in frames:
+                yield SimpleNamespace(decode=lambda f=f: [f])
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+    stream = SimpleNamespace(codec_context=SimpleNamespace(decode=lambda packet: []))
+    assert [ts for ts, _ in _decoded(Container(), stream, Path("tail.mkv"), strict=False)] == [0, 40, 80]
+    with pytest.raises(HRXError, match=r"^tail.mkv: corrupt video data, demuxing stopped \(Invalid data found when "
+                                       r"processing input\); without --strict"):
+        list(_decoded(Container(), stream, Path("tail.mkv"), strict=True))
