@@ -277,9 +277,10 @@ def open_cpu_sessions(request: BackendRequest, threads: Sequence[int]) -> list[B
     compute = "bf16" if request.precision == "bf16" else "fp32"
     try:
         if openvino.CPU_PARALLELISM == "streams":
-            shared = openvino.OpenVINOBackend(engine, precision=compute, threads=sum(threads), streams=len(threads))
+            shared = openvino.OpenVINOBackend(engine, precision=compute, threads=sum(threads), streams=len(threads),
+                                              sha256=request.engine_sha256)
             return [shared] * len(threads)
-        return openvino.open_sessions(engine, threads, precision=compute)
+        return openvino.open_sessions(engine, threads, precision=compute, sha256=request.engine_sha256)
     except openvino.OpenVINOCompileError as e:
         if not request.fallback:
             raise

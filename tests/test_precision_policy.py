@@ -327,14 +327,14 @@ def test_gate_decides_on_recorded_numbers_on_every_cpu(tmp_path, monkeypatch):
     info = ModelInfo.from_onnx(path)
     fp32 = [np.full((3, 8, 8), 0.5, np.float32), np.zeros((3, 4, 4), np.float32)]
     bf16 = [fp32[0] + 1e-3, fp32[1] - 1e-3]  # squared error 1e-6 everywhere
-    monkeypatch.setattr(policy, "_gate_outputs", lambda p, i, pictures: ([fp32, bf16], 6))
+    monkeypatch.setattr(policy, "_gate_outputs", lambda p, i, pictures, sha256="": ([fp32, bf16], 6))
     gate = policy.measure_gate(path, info)
     assert gate.psnr == pytest.approx(60.0, abs=1e-4) and gate.tiles == 6 and gate.source == "the bundled photos"
 
     measured = []
 
     def recorded(psnr):
-        def measure(p, i, images=None):
+        def measure(p, i, images=None, sha256=""):
             measured.append(psnr)
             return policy.GateResult(psnr, 4, "the bundled photos")
         return measure

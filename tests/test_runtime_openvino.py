@@ -58,10 +58,17 @@ def test_f32_matches_onnxruntime_on_hrx_t(hrx_t_dynamic):
         np.testing.assert_allclose(out, ort.infer(batch), atol=1e-4)
     with pytest.raises(HRXError, match="expected tiles of shape"):
         ov.infer(x[:, :, :16])
-    # BF16 differs from f32 (the hint is honoured) and stays within a PSNR bound (measured 54.7 dB here)
+    # BF16 differs from f32 (the hint is honoured) and stays within a PSNR bound (measured 54.7 dB on an
+    # AVX512-BF16 CPU); a CPU without BF16 runs the bf16 request in f32, the same numbers
+    from hrx.runtime.precision_policy import bf16_native, cpu_flags
+
     with OpenVINOBackend(path, precision="bf16") as bf16:
-        psnr = metrics.psnr(np.clip(bf16.infer(x), 0, 1), np.clip(got, 0, 1))
-    assert 45.0 < psnr < 90.0, psnr
+        out = bf16.infer(x)
+    if bf16_native(cpu_flags()):
+        psnr = metrics.psnr(np.clip(out, 0, 1), np.clip(got, 0, 1))
+        assert 45.0 < psnr < 90.0, psnr
+    else:
+        np.testing.assert_allclose(out, got, atol=1e-5)
     ov.close()
     ov.close()  # idempotent
 
