@@ -92,6 +92,23 @@ class RealDegradation:
             if not 1 <= stage.jpeg_quality[0] <= stage.jpeg_quality[1] <= 100:
                 raise HRXError(f"JPEG quality range {stage.jpeg_quality} must lie in [1, 100]")
 
+    @classmethod
+    def for_scale(cls, scale: int, clean_share: float = 0.2) -> "RealDegradation":
+        """The ranges used for a scale. At x1 and x2 the chain runs at (or near) the input's own resolution,
+        where a blur or a downscale of the same sigma or factor removes far more of what the model must give
+        back than at x4: those scales draw lighter blur, resizing and noise (JPEG keeps its range: it is the
+        damage photos have most)."""
+        if scale >= 3:
+            return cls(scale, clean_share=clean_share)
+        first = Stage(blur_prob=0.5, blur_sigma=(0.2, 1.2), resize_probs=(0.2, 0.4, 0.4), resize_up=(1.0, 1.3),
+                      resize_down=(0.7, 1.0), noise_prob=0.5, gaussian_prob=0.7, gaussian_sigma=(1.0, 10.0),
+                      poisson_scale=(0.05, 1.0), gray_noise_prob=0.4, jpeg_prob=0.5, jpeg_quality=(35.0, 95.0))
+        second = Stage(blur_prob=0.3, blur_sigma=(0.2, 0.8), resize_probs=(0.2, 0.3, 0.5), resize_up=(1.0, 1.2),
+                       resize_down=(0.8, 1.0), noise_prob=0.3, gaussian_prob=0.7, gaussian_sigma=(1.0, 6.0),
+                       poisson_scale=(0.05, 0.6), gray_noise_prob=0.4, jpeg_prob=0.0, jpeg_quality=(40.0, 95.0))
+        return cls(scale, clean_share=clean_share, kernel_sizes=(7, 9, 11, 13), first=first, second_prob=0.3,
+                   second=second, sinc_prob=0.2)
+
     def as_dict(self) -> dict:
         return asdict(self)
 

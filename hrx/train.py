@@ -377,7 +377,7 @@ def make_degradation(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
     if cfg.degradation == "real":
         from hrx.degradations import RealDegradation
 
-        deg = RealDegradation(cfg.scale, clean_share=cfg.clean_share)
+        deg = RealDegradation.for_scale(cfg.scale, clean_share=cfg.clean_share)
         return deg, {"kind": "real", **deg.as_dict()}
     return Degradation(cfg.scale, cfg.blur, cfg.noise, cfg.jpeg), {
         "kind": "simple", "downscale": "bicubic antialias (torch), 8-bit", "blur": cfg.blur, "noise": cfg.noise,
