@@ -33,7 +33,8 @@ def upscale(
                                                  show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder; relative paths and stems are kept. For one video, a file name (out.mkv) instead.",
                                          show_default=False)],
-    engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Exported model: .onnx, or a TensorRT .engine / .plan. With neither --engine nor --model: the bundled default-x4 (shipped as ONNX).")] = None,
+    engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Exported model: .onnx, or a TensorRT .engine / .plan, or a bundled model's name (default-x1: restoration "
+                                                      "without resizing, default-x2, default-x4). With neither --engine nor --model: the bundled default-x4 (shipped as ONNX).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint (.pt / .safetensors) or bundled model name, run with PyTorch.")] = None,
     backend: Annotated[BackendChoice, typer.Option("--backend", "-b", help="Inference backend; auto picks the fastest available for the model and prints it: ONNX Runtime CUDA with a GPU, else OpenVINO on the CPU (ONNX Runtime CPU when OpenVINO is missing or cannot compile the graph). trt with an .onnx builds a cached TensorRT engine on first use.")] = BackendChoice.auto,
     precision: Annotated[PrecisionOption, typer.Option("--precision", "-p", help="CPU compute precision (OpenVINO; PyTorch: fp32 / bf16). auto: bf16 where the CPU has AMX-BF16 or AVX512-BF16 and the model passes the fidelity gate (BF16 vs FP32 PSNR >= --min-psnr on fixed photo tiles, measured once and cached), fp32 otherwise and for outputs deeper than 8 bits (16-bit images, 10-bit video); int8 for an INT8 Q/DQ file (hrx calibrate). The first line says what was chosen and why. --backend trt with an .onnx: the engine's build precision (fp32, fp16, bf16, int8; auto: the file's own, FP16 for an FP32 export).")] = PrecisionOption.auto,
@@ -111,6 +112,8 @@ def upscale(
             warned.add(line)
         typer.echo(f"warning: {line}", err=True)
 
+    if engine is not None and not engine.exists():
+        engine = _bundled_by_name(engine)
     run_id = new_run_id()
     options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value, outscale, width, height, warn,
                            run_id, print_traceback if debug_enabled(debug) else None, png_level)
@@ -340,6 +343,17 @@ def _auto_workers(cpu_sessions: bool, threads: int, jobs, engine: Optional[Path]
         if batches is not None:
             workers = max(1, min(workers, batches))
     return workers
+
+
+def _bundled_by_name(engine: Path) -> Path:
+    """``--engine default-x1``: a bundled model's name stands for its shipped ONNX file (or its export, made
+    once); any other missing path is left for the usual "not found" error."""
+    from hrx.checkpoint import bundled_models
+    from hrx.runtime.factory import default_engine
+
+    if str(engine) not in bundled_models():
+        return engine
+    return default_engine(str(engine))
 
 
 def _bundled_onnx() -> Path:
