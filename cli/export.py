@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from hrx.cli.common import Checkpoint, choices, handle_errors, needs
-from hrx.export.onnx_tools import FLOAT_PRECISIONS, IO_PRECISIONS
+from hrx.export.onnx_tools import FLOAT_PRECISIONS, GRAPH_TARGETS, IO_PRECISIONS
 
 
 Precision = choices("Precision", FLOAT_PRECISIONS)
 IOPrecision = choices("IOPrecision", IO_PRECISIONS)
+Target = choices("Target", GRAPH_TARGETS)
 
 
 class OpsMode(str, Enum):
@@ -40,8 +41,12 @@ def export(
     io: Annotated[IOPrecision, typer.Option("--io", help="Input/output type of an fp16 graph: fp32 (default: "
                                             "nothing changes for callers) or fp16 (for callers that feed half "
                                             "tensors).")] = IOPrecision.fp32,
-    no_passes: Annotated[bool, typer.Option("--no-passes", help="Skip the graph passes for ONNX Runtime's CPU path "
-                                                               "(constant folding, one LayerNormalization per channel LayerNorm).")] = False,
+    no_passes: Annotated[bool, typer.Option("--no-passes", help="Skip the graph passes for the CPU engines "
+                                                               "(channel LayerNorms, flips, transposes, GELU).")] = False,
+    target: Annotated[Optional[Target], typer.Option("--target", help="The engine the graph passes choose formulations "
+                                                     "for (recorded as graph_target): openvino (the default CPU engine; "
+                                                     "default for --ops native) or onnxruntime (default for --ops plugin). "
+                                                     "Either file runs on both.")] = None,
 ) -> None:
     """Fuse a checkpoint's re-parameterizable branches, freeze it to static shapes with top-1
     routing, export to ONNX, check and simplify it. Writes the model's metadata (scale, tile,
@@ -52,5 +57,5 @@ def export(
         output = Path(Path(checkpoint).name.split(".")[0] + ".onnx")
     result = export_onnx(checkpoint, output, tile=tile, batch=batch, ops=ops.value, opset=opset,
                          simplify_graph=not no_simplify, precision=precision.value, io=io.value,
-                         graph_passes=not no_passes)
+                         graph_passes=not no_passes, target=target.value if target else None)
     typer.echo(result.summary())

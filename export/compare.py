@@ -304,13 +304,15 @@ def _mark_all_outputs(proto) -> list[str]:
 def export_settings(info: ModelInfo) -> dict:
     """The :func:`~hrx.export.onnx_export.export_onnx` arguments that made the file ``info`` describes: tile,
     batch (or the dynamic axis), ops, opset, precision, I/O type, simplifier and graph passes (the metadata
-    names the last two only when they were off)."""
+    names the last two only when they were off) and the passes' target (``graph_target``; a file without
+    it predates the choice and has the onnxruntime passes)."""
     extra = info.extra
     return dict(tile=info.tile, batch="dynamic" if extra.get("batch_axis") == "dynamic" else info.batch,
                 ops=info.ops, opset=info.opset or 18,
                 precision=info.precision if info.precision in FLOAT_PRECISIONS else "fp32",
                 io=extra.get("io_precision", "fp32"), simplify_graph=extra.get("simplify", "true") != "false",
-                graph_passes=extra.get("graph_passes", "true") != "false")
+                graph_passes=extra.get("graph_passes", "true") != "false",
+                target=extra.get("graph_target", "onnxruntime"))
 
 
 def bisect_divergence(model_path: Path, checkpoint, x: np.ndarray, atol: float, rtol: float) -> str:

@@ -3,9 +3,9 @@
 Pipeline: load -> ``hrx.fuse`` -> trace at ``[batch, C, tile, tile]`` -> ``torch.onnx.export``
 (the current ``dynamo=True`` exporter; the legacy TorchScript exporter is deprecated) ->
 hrx local functions attached (plugin mode) -> ``onnx.checker`` (full) + shape inference ->
-onnxsim (onnxslim when onnxsim cannot take the graph) -> graph passes for ONNX Runtime's CPU path
-(:mod:`hrx.export.passes`: constant folding, channel LayerNorm as ``LayerNormalization``) -> metadata
--> atomic save.
+onnxsim (onnxslim when onnxsim cannot take the graph) -> each node's module scope as its ``hrx_scope``
+metadata -> graph passes for the CPU engine the file is for (:mod:`hrx.export.passes`, ``target``) ->
+metadata -> atomic save.
 
 ``ops="native"`` lowers the selective scan (chunked SSD, channels first: MatMul / CumSum / Exp) and the
 top-1 MoE (dense masked: ArgMax / Equal / Mul / ReduceSum) to standard ONNX ops.
@@ -226,6 +226,33 @@ def module_output_map(model: onnx.ModelProto) -> dict[str, str]:
     return last
 
 
+SCOPE_KEY = "hrx_scope"  # node metadata: the PyTorch module the node came from (benchmarks/profile_graph.py)
+
+
+def node_scopes(model: onnx.ModelProto) -> dict[str, str]:
+    """``{node name: module path}`` (the innermost module scope the exporter recorded on each node)."""
+    import ast
+
+    out: dict[str, str] = {}
+    for node in model.graph.node:
+        scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes")
+        try:
+            names = ast.literal_eval(scopes) if scopes else []
+        except (ValueError, SyntaxError):
+            continue
+        if node.name and len(names) > 2:
+            out[node.name] = names[-2]
+    return out
+
+
+def mark_scopes(model: onnx.ModelProto, scopes: dict[str, str]) -> None:
+    """Write each node's module path (``scopes``, by node name) as its ``hrx_scope`` metadata: the
+    simplifier drops the exporter's own node metadata but keeps the names."""
+    for node in model.graph.node:
+        if node.name in scopes and not any(p.key == SCOPE_KEY for p in node.metadata_props):
+            node.metadata_props.add(key=SCOPE_KEY, value=scopes[node.name])
+
+
 def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """onnxsim first; onnxslim where onnxsim fails or is missing. Returns (model, which ran); a
     simplifier that fails is reported in that string and logged on one line with its reason, e.g.
@@ -301,18 +328,28 @@ def check_output_folder(output: Path) -> None:
 def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.PathLike, tile: int = 256,
                 batch: int | str = 1, ops: str = "native", opset: int = DEFAULT_OPSET,
                 simplify_graph: bool = True, precision: str = "fp32", io: str = "fp32",
-                graph_passes: bool = True) -> ExportResult:
+                graph_passes: bool = True, target: str | None = None) -> ExportResult:
     """Export a checkpoint (path, bundled name or model) to a static-shape ONNX file; ``batch="dynamic"``
     leaves the batch axis symbolic (1..``MAX_DYNAMIC_BATCH``) for servers that batch requests.
 
     ``precision`` fp16/bf16 converts the graph with FP32 islands (:mod:`hrx.export.precision`);
-    ``io`` fp16 makes the graph's input and output half precision too."""
+    ``io`` fp16 makes the graph's input and output half precision too. ``target`` (``openvino`` or
+    ``onnxruntime``; default: openvino for native ops, the default CPU engine, onnxruntime for
+    ``--ops plugin``, which OpenVINO cannot run) picks the graph passes (:data:`hrx.export.passes.TARGET_PASSES`)
+    and is recorded in the metadata as ``graph_target``."""
     import hrx
     from hrx.export.onnx_tools import FLOAT_PRECISIONS, IO_PRECISIONS
     from hrx.export.precision import convert_precision
 
     start = time.perf_counter()
     check_choice("--ops", ops, OPS_MODES)
+    from hrx.export.onnx_tools import GRAPH_TARGETS
+    from hrx.export.passes import TARGET_PASSES
+
+    target = target or ("onnxruntime" if ops == "plugin" else "openvino")
+    check_choice("--target", target, GRAPH_TARGETS)
+    if ops == "plugin" and target == "openvino":
+        raise HRXError("--ops plugin files do not run on OpenVINO: export them with --target onnxruntime")
     if opset < 18:
         raise HRXError(f"opset {opset} is too old: the exporter needs opset 18 or newer")
     batch = parse_batch(batch)
@@ -337,16 +374,17 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     except onnx.checker.ValidationError as e:
         raise HRXError(f"exported graph failed onnx.checker: {str(e).splitlines()[0]}") from e
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    scopes = module_output_map(proto)
+    scopes, node_scope = module_output_map(proto), node_scopes(proto)
     simplifier = "none"
     if simplify_graph:
         proto, simplifier = simplify(proto)
         onnx.checker.check_model(proto, full_check=True)
+    mark_scopes(proto, node_scope)
     passes = "none"
     if graph_passes and precision == "fp32":  # the CPU path; fp16/bf16 keep the islands' patterns as exported
         from hrx.export.passes import optimize
 
-        passes = str(optimize(proto))
+        passes = str(optimize(proto, TARGET_PASSES[target]))
     produced = {o for n in proto.graph.node for o in n.output}
     scopes = {k: v for k, v in scopes.items() if v in produced}
     requirements = _requirements(model)
@@ -356,6 +394,8 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     # what `hrx verify --bisect` re-exports with to get the same graph (precision and io_precision: below);
     # recorded only when off, so a default export's metadata is what it always was
     extra.update({k: "false" for k, on in (("simplify", simplify_graph), ("graph_passes", graph_passes)) if not on})
+    if passes != "none":
+        extra["graph_target"] = target
     info = ModelInfo(arch=getattr(model, "arch", type(model).__name__), scale=model.scale, in_channels=model.in_channels,
                      out_channels=model.out_channels, tile=tile, batch=1 if dynamic_batch else batch,
                      size_multiple=model.size_multiple,

@@ -59,6 +59,7 @@ Precision = Literal["fp32", "fp16", "bf16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "int8")
 FLOAT_PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16")  # a float graph's compute type
 IO_PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16")  # a graph's input / output type
+GRAPH_TARGETS = ("openvino", "onnxruntime")  # hrx export --target: the engine the graph passes choose for
 PRECISION_ALIASES = {"int8-qdq": "int8", "int8-qdq-fp16": "int8", "float32": "fp32", "float16": "fp16",
                      "half": "fp16", "bfloat16": "bf16"}
 

@@ -1,6 +1,14 @@
-"""Graph passes on the exported ONNX model for ONNX Runtime's CPU path: time in arithmetic, not in
-moving data. Each pass keeps the model's weights and its math; ``hrx export`` runs them after the
-simplifier (``optimize``), and ``tests/test_passes.py`` holds each one against the unfused model.
+"""Graph passes on the exported ONNX model for the CPU engines: time in arithmetic, not in moving data.
+Each pass keeps the model's weights and its math; ``hrx export`` runs them after the simplifier
+(``optimize``), and ``tests/test_passes.py`` holds each one against the unfused model.
+
+Which passes run depends on the engine the file is exported for (``hrx export --target``, recorded as
+``graph_target`` in the metadata; :data:`TARGET_PASSES`): a formulation that one engine runs fast can
+be slow on the other. ``onnxruntime``: the channel LayerNorm as ``LayerNormalization`` between
+transposes, flips as ``Slice``. ``openvino``: the channel LayerNorm stays over axis 1 of NCHW, which
+OpenVINO's CPU plugin runs in the layout of its convolutions (the transposes around a
+``LayerNormalization`` cost it two layout conversions, ``Reorder``, of the whole map each), and flips are
+a ``Gather``, which it runs faster than a ``Slice`` with step -1 (``docs/cpu-engines.md``).
 
 - ``fuse_channel_layernorm``: the exporter's channel LayerNorm (``ReduceMean, Sub, Pow, ReduceMean,
   Add, Sqrt, Reciprocal, Mul`` over axis 1 of NCHW, eight passes over the map) becomes one
@@ -18,6 +26,11 @@ simplifier (``optimize``), and ``tests/test_passes.py`` holds each one against t
   a form ONNX Runtime's Gelu fusion does not match; ``(x * (1 + erf(x / sqrt 2))) * 0.5`` is the same
   value (a product by 0.5 is exact) and ORT runs it as one ``Gelu`` kernel. Standard ops either way.
 
+- ``layernorm_div`` (openvino): the exporter's ``s * Reciprocal(Sqrt(v + eps))`` of a LayerNorm becomes
+  ``s / Sqrt(v + eps)``, one node fewer.
+- ``flip_as_gather`` (openvino): a ``Slice`` that reverses one whole axis (step -1, ``torch.flip``)
+  becomes a ``Gather`` of that axis with the reversed indices (a constant). Exact.
+
 Constant folding is the simplifier's (:func:`hrx.export.onnx_export.simplify`); no pass repeats it.
 """
 from __future__ import annotations
@@ -29,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from hrx.export.onnx_tools import Graph, attr, drop_dead, drop_unused_initializers, opset, set_nodes
+from hrx.export.onnx_tools import GRAPH_TARGETS, Graph, attr, drop_dead, drop_unused_initializers, opset, set_nodes
 
 
 @dataclass
@@ -207,6 +220,12 @@ def fuse_channel_layernorm(model: onnx.ModelProto, opset_min: int = 17) -> int:
             return done
 
 
+def _same_scope(new: onnx.NodeProto, old: onnx.NodeProto) -> onnx.NodeProto:
+    """``new`` with ``old``'s node metadata (the module scope the exporter recorded); returns ``new``."""
+    new.metadata_props.extend(old.metadata_props)
+    return new
+
+
 def _rewrite_layernorm(g: Graph, ln: _LayerNormMatch) -> None:
     scale = g.add_init("ln_scale", np.ones(ln.channels, np.float32))
     bias = g.add_init("ln_bias", np.zeros(ln.channels, np.float32))
@@ -230,16 +249,16 @@ def _rewrite_layernorm(g: Graph, ln: _LayerNormMatch) -> None:
             t.output[0] = moved
             norm = helper.make_node("LayerNormalization", [moved, scale, bias], [out], axis=-1, epsilon=ln.eps,
                                     name=g.fresh("hrx_layernorm"))
-            insert[nodes.index(t)].append(norm)
+            insert[nodes.index(t)].append(_same_scope(norm, ln.nodes[-1]))
     else:
         perm = [a for a in range(ln.rank) if a != ln.axis] + [ln.axis]
         inverse = [perm.index(a) for a in range(ln.rank)]
         t_in, t_norm = g.fresh(ln.x + "_cl"), g.fresh(ln.y + "_cl")
-        insert[position] += [
+        insert[position] += [_same_scope(n, ln.nodes[-1]) for n in (
             helper.make_node("Transpose", [ln.x], [t_in], perm=perm, name=g.fresh("hrx_ln_to_cl")),
             helper.make_node("LayerNormalization", [t_in, scale, bias], [t_norm], axis=-1, epsilon=ln.eps,
                              name=g.fresh("hrx_layernorm")),
-            helper.make_node("Transpose", [t_norm], [ln.y], perm=inverse, name=g.fresh("hrx_ln_to_cf"))]
+            helper.make_node("Transpose", [t_norm], [ln.y], perm=inverse, name=g.fresh("hrx_ln_to_cf")))]
     out: list[onnx.NodeProto] = []
     for k, node in enumerate(nodes):
         if id(node) not in removed:
@@ -399,18 +418,94 @@ def gelu_for_ort(model: onnx.ModelProto) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# layernorm_div
 
 
-PASSES = ("fuse_channel_layernorm", "merge_transposes", "cancel_transposes", "gelu_for_ort")
+def layernorm_div(model: onnx.ModelProto) -> int:
+    """``Mul(s, Reciprocal(Sqrt(v + eps)))`` of every matched LayerNorm (:func:`_match_layernorm`)
+    becomes ``Div(s, Sqrt(v + eps))``. Returns how many."""
+    g = Graph(model)
+    done = 0
+    gone: set[int] = set()
+    for node in g.g.node:
+        ln = _match_layernorm(g, node)
+        if ln is None or node.op_type != "Mul":
+            continue
+        recip = next(n for n in ln.nodes if n.op_type == "Reciprocal")
+        sub = next(n for n in ln.nodes if n.op_type == "Sub")
+        node.op_type = "Div"
+        del node.input[:]
+        node.input.extend([sub.output[0], recip.input[0]])
+        gone.add(id(recip))
+        done += 1
+    if done:
+        set_nodes(model, [n for n in g.g.node if id(n) not in gone])
+    return done
+
+
+# ----------------------------------------------------------------------------------------------
+# flip_as_gather
+
+
+def _full_reverse_axis(g: Graph, node: onnx.NodeProto) -> int | None:
+    """The axis a ``Slice`` reverses whole (one axis, step -1, from the last element past the first), or None."""
+    if node.op_type != "Slice" or len(node.input) < 5 or not all(node.input[1:5]):
+        return None
+    starts, ends, axes, steps = (g.const(i) for i in node.input[1:5])
+    shape = g.shapes.get(node.input[0])
+    if any(v is None for v in (starts, ends, axes, steps)) or not shape or None in shape:
+        return None
+    starts, ends, axes, steps = (np.atleast_1d(v).astype(np.int64) for v in (starts, ends, axes, steps))
+    if len(axes) != 1 or int(steps[0]) != -1:
+        return None
+    axis = int(axes[0]) % len(shape)
+    n = int(shape[axis])
+    start, end = int(starts[0]), int(ends[0])
+    start = min(start + n if start < 0 else start, n - 1)
+    end = end + n if end < 0 else end
+    return axis if start == n - 1 and end < 0 else None
+
+
+def flip_as_gather(model: onnx.ModelProto) -> int:
+    """Every ``Slice`` that reverses a whole axis becomes ``Gather(x, [n-1 .. 0], axis)``. Returns how many."""
+    g = Graph(model)
+    done = 0
+    for node in g.g.node:
+        axis = _full_reverse_axis(g, node)
+        if axis is None:
+            continue
+        n = int(g.shapes[node.input[0]][axis])
+        index = g.add_init("reversed", np.arange(n - 1, -1, -1, dtype=np.int64))
+        data = node.input[0]
+        node.op_type = "Gather"
+        del node.input[:]
+        node.input.extend([data, index])
+        del node.attribute[:]
+        node.attribute.append(helper.make_attribute("axis", axis))
+        done += 1
+    if done:
+        drop_unused_initializers(model)
+    return done
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+TARGET_PASSES = {
+    "onnxruntime": ("fuse_channel_layernorm", "merge_transposes", "cancel_transposes", "gelu_for_ort"),
+    "openvino": ("layernorm_div", "flip_as_gather", "merge_transposes", "cancel_transposes", "gelu_for_ort"),
+}
+assert set(TARGET_PASSES) == set(GRAPH_TARGETS)
+PASSES = TARGET_PASSES["onnxruntime"]
+PASS_TABLE = {"fuse_channel_layernorm": fuse_channel_layernorm, "merge_transposes": merge_transposes,
+              "cancel_transposes": cancel_transposes, "gelu_for_ort": gelu_for_ort,
+              "layernorm_div": layernorm_div, "flip_as_gather": flip_as_gather}
 
 
 def optimize(model: onnx.ModelProto, passes: tuple[str, ...] = PASSES) -> PassReport:
     """Run the named passes in order, in place, and check the result. Returns what each did."""
-    table = {"fuse_channel_layernorm": fuse_channel_layernorm,
-             "merge_transposes": merge_transposes, "cancel_transposes": cancel_transposes,
-             "gelu_for_ort": gelu_for_ort}
     report = PassReport()
     for name in passes:
-        report.counts[name] = table[name](model)
+        report.counts[name] = PASS_TABLE[name](model)
     onnx.checker.check_model(model, full_check=True)
     return report

@@ -16,8 +16,8 @@ import hrx
 from conftest import randomize_params
 from hrx.export.onnx_export import export_onnx
 from hrx.export.onnx_tools import Graph
-from hrx.export.passes import (cancel_transposes, fuse_channel_layernorm, gelu_for_ort,
-                               merge_transposes, optimize)
+from hrx.export.passes import (TARGET_PASSES, cancel_transposes, flip_as_gather, fuse_channel_layernorm,
+                               gelu_for_ort, layernorm_div, merge_transposes, optimize)
 
 ATOL = 1e-4
 
@@ -122,9 +122,9 @@ def test_all_passes_match_unfused_model_and_run_by_export(unpassed, tmp_path):
     report = optimize(passed)
     assert report.counts["fuse_channel_layernorm"] > 0
     assert float(np.abs(_ort(passed, x) - ref).max()) <= ATOL
-    # hrx export runs them by default and says so
+    # hrx export --target onnxruntime runs them and says so
     out = tmp_path / "m.onnx"
-    result = export_onnx(model, out, tile=x.shape[-1])
+    result = export_onnx(model, out, tile=x.shape[-1], target="onnxruntime")
     assert "fuse_channel_layernorm" in result.passes
     exported = onnx.load(str(out))
     assert _ops(exported)["LayerNormalization"] == report.counts["fuse_channel_layernorm"] + _ops(base)["LayerNormalization"]
@@ -247,3 +247,119 @@ def test_layernorm_pass_keeps_a_layernorm_with_an_outside_consumer():
     expect = (x - mu) / np.sqrt(((x - mu) ** 2).mean(1, keepdims=True) + 1e-6) + x
     np.testing.assert_allclose(_ort(model, x), ref, atol=1e-5)
     np.testing.assert_allclose(_ort(model, x), expect, atol=1e-5)
+
+
+def _ov(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    return compiled.create_infer_request().infer({0: x})[0]
+
+
+def test_openvino_passes_match_unfused_model(unpassed):
+    """The openvino target: channel LayerNorms stay over axis 1 (as a Div, no transposes added), every
+    flip is a Gather; ONNX Runtime and OpenVINO (f32) against the unfused model."""
+    module, base, x, ref = unpassed
+    before = _ops(base)
+    flips = sum(1 for n in base.graph.node if _reverses(n, base))
+    from hrx.blocks.ssm import SSMixer
+
+    assert _layernorms(base) > 0 and (flips > 0) == any(isinstance(m, SSMixer) for m in module.modules())
+    model = copy.deepcopy(base)
+    report = optimize(model, TARGET_PASSES["openvino"])
+    ops = _ops(model)
+    assert report.counts["layernorm_div"] == _layernorms(base) and report.counts["flip_as_gather"] == flips
+    assert _layernorms(model) == _layernorms(base)  # still over the channel axis of NCHW
+    assert ops["Reciprocal"] == before["Reciprocal"] - _layernorms(base) and ops["Div"] == before["Div"] + _layernorms(base)
+    assert ops["LayerNormalization"] == before["LayerNormalization"] and ops["Transpose"] <= before["Transpose"]
+    assert ops["Slice"] == before["Slice"] - flips and ops["Gather"] == before["Gather"] + flips
+    for run in (_ort, _ov):
+        err = float(np.abs(run(model, x) - ref).max())
+        assert err <= ATOL, f"{run.__name__}: max abs error {err:.2e}"
+
+
+def _reverses(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
+    from hrx.export.passes import _full_reverse_axis
+
+    return _full_reverse_axis(Graph(model), node) is not None
+
+
+def _slice_graph(starts: list[int], ends: list[int], axes: list[int], steps: list[int]) -> onnx.ModelProto:
+    consts = [numpy_helper.from_array(np.array(v, dtype=np.int64), k)
+              for k, v in (("st", starts), ("en", ends), ("ax", axes), ("sp", steps))]
+    nodes = [helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"])]
+    out = [2, 3, 5]
+    for a, b, e, p in zip(axes, starts, ends, steps):
+        out[a] = len(range(*slice(b, e, p).indices(out[a])))
+    graph = helper.make_graph(nodes, "s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_flip_as_gather_takes_whole_reversals_only():
+    x = np.random.default_rng(7).standard_normal((2, 3, 5)).astype(np.float32)
+    for starts, ends, axes in (([-1], [-(2 ** 63)], [2]), ([4], [-6], [-1]), ([2 ** 62], [-(2 ** 62)], [1])):
+        model = _slice_graph(starts, ends, axes, [-1])
+        ref = _ort(model, x)
+        assert flip_as_gather(model) == 1 and _ops(model) == Counter({"Gather": 1})
+        onnx.checker.check_model(model, full_check=True)
+        np.testing.assert_array_equal(_ort(model, x), ref)
+        np.testing.assert_array_equal(ref, np.flip(x, axes[0]))
+    for starts, ends, axes, steps in (([3], [-(2 ** 63)], [2], [-1]),  # starts inside: a part only
+                                      ([-1], [0], [2], [-1]),  # stops before the first element
+                                      ([-1], [-(2 ** 63)], [2], [-2]),  # every second one
+                                      ([0], [5], [2], [1])):
+        model = _slice_graph(starts, ends, axes, steps)
+        assert flip_as_gather(model) == 0 and _ops(model) == Counter({"Slice": 1})
+
+
+def test_layernorm_div_leaves_other_products_alone():
+    from hrx.blocks.norm import LayerNorm2d
+    from hrx.export.onnx_export import DEFAULT_OPSET, simplify, trace_to_onnx
+
+    class NormTimesRsqrt(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = LayerNorm2d(8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.norm(x) * torch.rsqrt(x.abs() + 1)  # a Reciprocal that is not a LayerNorm's
+
+    module = NormTimesRsqrt().eval()
+    x = torch.randn(1, 8, 6, 6) * 3 + 2
+    with torch.no_grad():
+        ref = module(x).numpy()
+    model, _ = simplify(onnx.shape_inference.infer_shapes(trace_to_onnx(module, x, "native", DEFAULT_OPSET)))
+    assert _ops(model)["Reciprocal"] == 2
+    assert layernorm_div(model) == 1 and _ops(model)["Reciprocal"] == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert float(np.abs(_ort(model, x.numpy()) - ref).max()) <= ATOL
+
+
+def test_export_target_picks_the_passes_and_is_recorded(tmp_path):
+    torch.manual_seed(0)
+    model = hrx.create_model("hrx-t", scale=2).eval()
+    randomize_params(model, 0.05)
+    x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    props, ops = {}, {}
+    for target in ("openvino", "onnxruntime", None):
+        out = tmp_path / f"{target}.onnx"
+        result = export_onnx(model, out, tile=32, target=target)
+        proto = onnx.load(str(out))
+        props[target], ops[target] = {p.key: p.value for p in proto.metadata_props}, _ops(proto)
+        assert list(result.passes.split(", "))[0].split()[0] == TARGET_PASSES[target or "openvino"][0]
+        assert float(np.abs(_ort(proto, x) - ref).max()) <= ATOL
+        # every node names the module it came from (benchmarks/profile_graph.py's blocks)
+        scoped = [n for n in proto.graph.node if any(p.key == "hrx_scope" for p in n.metadata_props)]
+        assert len(scoped) >= 0.75 * len(proto.graph.node)
+    assert props[None]["graph_target"] == props["openvino"]["graph_target"] == "openvino"
+    assert props["onnxruntime"]["graph_target"] == "onnxruntime"
+    assert ops[None] == ops["openvino"] and ops["openvino"]["Transpose"] < ops["onnxruntime"]["Transpose"]
+    from hrx.errors import HRXError
+
+    with pytest.raises(HRXError, match="--target onnxruntime"):
+        export_onnx(model, tmp_path / "p.onnx", tile=32, ops="plugin", target="openvino")
