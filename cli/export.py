@@ -44,9 +44,9 @@ def export(
     no_passes: Annotated[bool, typer.Option("--no-passes", help="Skip the graph passes for the CPU engines "
                                                                "(channel LayerNorms, flips, transposes, GELU).")] = False,
     target: Annotated[Optional[Target], typer.Option("--target", help="The engine the graph passes choose formulations "
-                                                     "for (recorded as graph_target): openvino (the default CPU engine; "
-                                                     "default for --ops native) or onnxruntime (default for --ops plugin). "
-                                                     "Either file runs on both.")] = None,
+                                                     "for (recorded as graph_target): onnxruntime (the default) or openvino "
+                                                     "(channel LayerNorms and flips in the forms OpenVINO's CPU plugin "
+                                                     "prefers; --ops native only). Either file runs on both engines.")] = None,
 ) -> None:
     """Fuse a checkpoint's re-parameterizable branches, freeze it to static shapes with top-1
     routing, export to ONNX, check and simplify it. Writes the model's metadata (scale, tile,

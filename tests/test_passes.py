@@ -351,14 +351,14 @@ def test_export_target_picks_the_passes_and_is_recorded(tmp_path):
         result = export_onnx(model, out, tile=32, target=target)
         proto = onnx.load(str(out))
         props[target], ops[target] = {p.key: p.value for p in proto.metadata_props}, _ops(proto)
-        assert list(result.passes.split(", "))[0].split()[0] == TARGET_PASSES[target or "openvino"][0]
+        assert list(result.passes.split(", "))[0].split()[0] == TARGET_PASSES[target or "onnxruntime"][0]
         assert float(np.abs(_ort(proto, x) - ref).max()) <= ATOL
         # every node names the module it came from (benchmarks/profile_graph.py's blocks)
         scoped = [n for n in proto.graph.node if any(p.key == "hrx_scope" for p in n.metadata_props)]
         assert len(scoped) >= 0.75 * len(proto.graph.node)
-    assert props[None]["graph_target"] == props["openvino"]["graph_target"] == "openvino"
-    assert props["onnxruntime"]["graph_target"] == "onnxruntime"
-    assert ops[None] == ops["openvino"] and ops["openvino"]["Transpose"] < ops["onnxruntime"]["Transpose"]
+    assert props["openvino"]["graph_target"] == "openvino"
+    assert props[None]["graph_target"] == props["onnxruntime"]["graph_target"] == "onnxruntime"
+    assert ops[None] == ops["onnxruntime"] and ops["openvino"]["Transpose"] < ops["onnxruntime"]["Transpose"]
     from hrx.errors import HRXError
 
     with pytest.raises(HRXError, match="--target onnxruntime"):
