@@ -234,3 +234,13 @@ def test_a_data_folder_without_usable_images_is_one_line(tmp_path: Path):
                                  str(tmp_path / "m.pt")])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert re.fullmatch(r"error: \S+/junk/x\d\.png: not a readable image \(\w+\)", r.output.strip())
+
+
+def test_lighter_ranges_at_x1_and_x2_and_x4_unchanged():
+    assert RealDegradation.for_scale(4, 0.25) == RealDegradation(4, clean_share=0.25)
+    for scale in (1, 2):
+        light, full = RealDegradation.for_scale(scale), RealDegradation(scale)
+        assert light.first.blur_sigma[1] < full.first.blur_sigma[1]
+        assert light.first.resize_down[0] > full.first.resize_down[0]
+        assert light.first.gaussian_sigma[1] < full.first.gaussian_sigma[1]
+        assert light.final_jpeg_quality == full.final_jpeg_quality
