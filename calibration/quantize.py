@@ -39,11 +39,11 @@ import onnx
 
 from hrx.calibration.graph import float_plan, label, low_intensity_nodes, near_ends
 from hrx.errors import HRXError, check_choice
-from hrx.export.onnx_tools import COMPUTE_OPS, MOVE_OPS, QDQ_OPS, Graph, drop_dead
+from hrx.export.onnx_tools import COMPUTE_OPS, MOVE_OPS, QDQ_OPS, Graph, drop_dead, opset
 
 METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("trt", "cpu", "openvino")
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZED_OPS = tuple(sorted(COMPUTE_OPS))  # the ops INT8 quantizes: Conv, ConvTranspose, Gemm, MatMul
 CHUNK_PIXELS = 4 * 128 * 128  # input pixels per collect_data call (it holds every intermediate tensor)
 # --target cpu keeps float the Conv / Gemm / MatMul with fewer multiply-adds per activation element than
 # this (graph.intensity). Measured per conv with ONNX Runtime's profiler on default-x2 (AVX2, no VNNI,
@@ -267,7 +267,6 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target:
     rewired = guard_float_inputs(qdq, (excluded | _unquantized_compute(qdq)) - slow)
     g = Graph(qdq)
     quantized = [n for n in g.nodes if _is_quantized(g, n)]
-    opset = next((o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx")), 0)
     onnx.save(qdq, str(dst))
     return QuantResult(
         path=Path(dst), target=fmt, step=step,
@@ -275,7 +274,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target:
         kept_ops={r: Counter(_op(n) for n in nodes) for r, nodes in kept_nodes.items()},
         quantized=[label(g, n) for n in quantized], quantized_ops=Counter(n.op_type for n in quantized),
         qdq_nodes=sum(n.op_type in QDQ_OPS for n in qdq.graph.node),
-        rewired=rewired, opset=opset)
+        rewired=rewired, opset=opset(qdq))
 
 
 def _op(node: onnx.NodeProto) -> str:

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from hrx.errors import HRXError
-from hrx.export.onnx_tools import FLOAT_PRECISIONS
+from hrx.export.onnx_tools import FLOAT_PRECISIONS, metadata
 from hrx.metrics import psnr_from_mse
 from hrx.paths import image_files
 from hrx.interface import ModelInfo
@@ -282,7 +282,7 @@ def bisect_divergence(model_path: Path, checkpoint, x: np.ndarray, atol: float, 
         names = [o.name for o in sess.get_outputs()]
         results.append(dict(zip(names, sess.run(None, {"input": x}))))
     ref, bad = results
-    scopes = {v: k for k, v in json.loads({p.key: p.value for p in bad_proto.metadata_props}.get("hrx_bisect_map", "{}")).items()}
+    scopes = {v: k for k, v in json.loads(metadata(bad_proto).get("hrx_bisect_map", "{}")).items()}
     for node, name in bad_nodes:
         if name not in ref or name not in bad or ref[name].shape != bad[name].shape or ref[name].dtype.kind != "f":
             continue

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hrx.export.onnx_tools import PLUGIN_DOMAIN
+from hrx.export.onnx_tools import PLUGIN_DOMAIN, opset
 
 DOMAIN_VERSION = 1
 PLUGIN_ATTRS = ("plugin_version", "plugin_namespace")
@@ -160,10 +160,10 @@ def attach_functions(model: onnx.ModelProto) -> list[str]:
     """Add the local function of every hrx op the graph uses (once each); return their names."""
     used = sorted({n.op_type for n in model.graph.node if n.domain == PLUGIN_DOMAIN})
     have = {(f.domain, f.name) for f in model.functions}
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    version = opset(model)
     for name in used:
         if (PLUGIN_DOMAIN, name) not in have:
-            model.functions.append(FUNCTIONS[name](opset))
+            model.functions.append(FUNCTIONS[name](version))
     if used and not any(o.domain == PLUGIN_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, DOMAIN_VERSION))
     return used

@@ -83,7 +83,7 @@ class ModelInfo:
                 kw[k] = bounded_int(kw[k], cls.BOUNDS[k], source, k)
         for k in cls._BOOLS:
             if k in kw:
-                kw[k] = str(kw[k]).strip().lower() in ("true", "1", "yes")
+                kw[k] = parse_flag(kw[k])
         if kw["tile"] % kw["size_multiple"]:  # what hrx export writes, and the tiler needs
             raise HRXError(f"{source}: metadata key 'tile' = {kw['tile']} is not a multiple of size_multiple "
                            f"{kw['size_multiple']}")
@@ -158,6 +158,12 @@ def _proto_fields(buf, start: int, end: int) -> Iterator[tuple[int, tuple[int, i
         else:
             raise ValueError(f"protobuf wire type {wire}")
         yield field_number, value
+
+
+def parse_flag(value: object) -> bool:
+    """A boolean metadata value: ``true``, ``1`` or ``yes`` (any case, spaces around) is true, anything else
+    false. The one reading of ``square``, ``fp16``, ``bf16`` and the other flags a file carries."""
+    return str(value).strip().lower() in ("true", "1", "yes")
 
 
 def bounded_int(value: object, bounds: tuple[int, int], source: str, key: str) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hrx.errors import HRXError
-from hrx.export.onnx_tools import PRECISIONS
+from hrx.export.onnx_tools import PRECISIONS, declared_precision
 from hrx.interface import ModelInfo
 
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # fp16: TensorRT builds only (hrx.runtime.factory)
@@ -65,7 +65,8 @@ def flags_summary(flags: frozenset[str]) -> str:
 
 
 def is_int8(info: ModelInfo) -> bool:
-    return info.precision.startswith("int8")
+    """Whether the file's metadata declares an INT8 Q/DQ graph (``int8-qdq``, ``int8-qdq-fp16`` ...)."""
+    return declared_precision(info.precision) == "int8"
 
 
 @dataclass(frozen=True)

@@ -371,7 +371,7 @@ def test_fp16_precision_keeps_int8_convs_and_half_elsewhere(native_onnx, trt_int
     `hrx export --precision fp16` (softmax, norm statistics, scan decays), behind the same quality gate."""
     from onnx import TensorProto
 
-    from hrx.export.precision import compute_types, tensor_types
+    from tests.graphs import compute_types, tensor_types
 
     out = work / "tiny.int8-fp16.onnx"
     json_path = work / "tiny.int8.ranges.json"  # the ranges of trt_int8: same calibration, no images needed

@@ -17,10 +17,10 @@ from onnx import TensorProto
 
 import hrx
 from hrx.export.onnx_export import export_onnx
-from hrx.export.precision import NAIVE_RULES, compute_types, convert_precision, tensor_types
+from hrx.export.precision import NAIVE_RULES, convert_precision
 from hrx.export.reference import HalfReference
 from hrx.export.compare import _metrics
-from tests.graphs import norm_softmax_graph
+from tests.graphs import compute_types, norm_softmax_graph, tensor_types
 
 FP32, FP16, BF16 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16
 

@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hrx.errors import HRXError
-from hrx.export.onnx_tools import PLUGIN_DOMAIN, is_qdq, normalize_precision
+from hrx.export.onnx_tools import (PLUGIN_DOMAIN, float_precision, graph_precision, is_qdq, metadata,
+                                   normalize_precision)
+from hrx.interface import parse_flag
 from hrx.paths import atomic_write_bytes, file_sha256
 from hrx.runtime.trt.cache import EngineRecord, now_iso, sidecar_path, write_engine
 from hrx.runtime.trt.plugins import check_plugin_impl
@@ -81,19 +83,6 @@ class BuildReport:
 
 # --- pure helpers (tested without TensorRT) ------------------------------------------------------
 
-def graph_precision(model) -> str:
-    """The compute precision the graph's types say: ``fp16``/``bf16`` when its weights are half,
-    else ``fp32`` (the metadata's ``precision`` when it names one of these)."""
-    from onnx import TensorProto
-
-    types = {t.data_type for t in model.graph.initializer}
-    if TensorProto.BFLOAT16 in types:
-        return "bf16"
-    if TensorProto.FLOAT16 in types:
-        return "fp16"
-    return "fp32"
-
-
 @dataclass(frozen=True)
 class BuildPrecision:
     precision: str  # the record's precision: fp32, fp16, bf16 or int8
@@ -106,7 +95,7 @@ def resolve_precision(options: BuildOptions, model) -> BuildPrecision:
     if options.fp16 and options.bf16:
         raise HRXError("--fp16 and --bf16 exclude each other")
     qdq = is_qdq(model)
-    graph = graph_precision(model)
+    graph = float_precision(model)
     want = "fp16" if options.fp16 else "bf16" if options.bf16 else None
     if options.int8 and not qdq:
         raise HRXError("--int8 needs a quantized (Q/DQ) model from `hrx calibrate`; this model has no "
@@ -136,7 +125,7 @@ def precision_for(model, requested: str = "auto") -> str:
     half), then ``fp32``. An explicit ``fp32``/``fp16``/``bf16``/``int8`` is what the user asked for;
     :func:`resolve_precision` refuses the ones the graph cannot build in, and so does ``fp32`` on a graph
     that is half or quantized already (it would build in the graph's types, not FP32)."""
-    graph = "int8" if is_qdq(model) else graph_precision(model)
+    graph = graph_precision(model)
     if requested != "auto":
         want = normalize_precision(requested)
         if want == "fp32" and graph != "fp32":
@@ -145,8 +134,7 @@ def precision_for(model, requested: str = "auto") -> str:
         return want
     if graph != "fp32":
         return graph
-    props = {p.key: p.value for p in model.metadata_props}
-    return "fp32" if props.get("fp16", "True").strip().lower() == "false" else "fp16"
+    return "fp16" if parse_flag(metadata(model).get("fp16", "True")) else "fp32"
 
 
 def options_for(precision: str) -> dict[str, bool]:
@@ -282,15 +270,14 @@ def _model_info(model, source: Path) -> tuple[dict[str, str], list[str]]:
     from hrx.interface import ModelInfo
 
     try:
-        return ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, str(source)).to_props(), []
+        return ModelInfo.from_props(metadata(model), str(source)).to_props(), []
     except HRXError:
         return {}, ["not an HRX export: the engine has no tiling metadata (hrx upscale cannot use it)"]
 
 
 def _islands(model) -> dict[str, int]:
-    props = {p.key: p.value for p in model.metadata_props}
     try:
-        return {k: len(v) for k, v in json.loads(props.get("fp32_islands", "{}")).items() if v}
+        return {k: len(v) for k, v in json.loads(metadata(model).get("fp32_islands", "{}")).items() if v}
     except (ValueError, AttributeError, TypeError):
         return {}
 
@@ -299,8 +286,7 @@ def _prepare(model, choice: BuildPrecision, src: Path):
     """The model to parse: converted to ``choice.convert_to`` if asked."""
     if choice.convert_to is None:
         return model
-    props = {p.key: p.value for p in model.metadata_props}
-    if props.get(choice.convert_to, "True").lower() == "false":
+    if not parse_flag(metadata(model).get(choice.convert_to, "True")):
         raise HRXError(f"{src}: the model declares {choice.convert_to}=False (its architecture is known to misbehave "
                        f"in {choice.convert_to}); build it without --{choice.convert_to}")
     from hrx.export.precision import convert_precision

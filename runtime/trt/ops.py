@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable
 
-from hrx.export.onnx_tools import PLUGIN_DOMAIN
+from hrx.export.onnx_tools import PLUGIN_DOMAIN, opset
 from hrx.runtime.trt.plugins import PLUGINS
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -101,5 +101,7 @@ def opset_problems(model) -> list[str]:
     """The default-domain opset, if outside the range the operator list was written for."""
     model = _load(model)
     lo, hi = supported_ops().opset_range
-    versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
-    return [f"opset {v} is outside TensorRT's supported range {lo}-{hi}" for v in versions if not lo <= v <= hi]
+    version = opset(model)  # 0: the model imports no default domain, nothing to check
+    if version and not lo <= version <= hi:
+        return [f"opset {version} is outside TensorRT's supported range {lo}-{hi}"]
+    return []
