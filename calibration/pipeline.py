@@ -95,11 +95,13 @@ class CalibrationReport:
 
     @property
     def threshold(self) -> float:
+        """The PSNR drop the gate allows (``gate_drop`` when set, else ``max_drop``)."""
         return self.max_drop if self.gate_drop is None else self.gate_drop
     precision: str = "fp32"  # outside the INT8 convs
 
     @property
     def passed(self) -> bool:
+        """Whether a candidate was chosen and passed the gate."""
         return self.chosen is not None and self.chosen.quality.passed(self.threshold)
 
 
@@ -109,6 +111,7 @@ def gate_engine(target: str) -> str:
 
 
 def default_output(model: Path) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx`` beside it."""
     stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
     return model.with_name(stem + ".int8.onnx")
 

@@ -32,7 +32,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -40,6 +40,9 @@ import onnx
 from hrx.calibration.graph import float_plan, label, low_intensity_nodes, near_ends
 from hrx.errors import HRXError, check_choice
 from hrx.export.onnx_tools import COMPUTE_OPS, MOVE_OPS, QDQ_OPS, Graph, drop_dead, opset
+
+if TYPE_CHECKING:
+    from onnxruntime.quantization.calibrate import TensorsData
 
 METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("trt", "cpu", "openvino")
@@ -69,10 +72,12 @@ class TargetFormat:
 
     @property
     def short(self) -> str:
+        """A short name of the INT8 layout, e.g. ``S8sym-S8sym-per-channel``."""
         acts = ("S8" if self.signed_activations else "U8") + ("sym" if self.symmetric_activations else "asym")
         return f"{acts}-S8sym{'-per-channel' if self.per_channel else ''}"
 
     def describe(self) -> str:
+        """One line describing the target's activation and weight formats."""
         a = "signed" if self.signed_activations else "unsigned"
         s = "symmetric" if self.symmetric_activations else "asymmetric"
         return (f"{self.name}: {a} {s} INT8 activations, signed symmetric {'per-channel ' if self.per_channel else ''}"
@@ -170,6 +175,7 @@ class TileReader:
         self._it = iter(self.batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch as a feed dict; None when done."""
         x = next(self._it, None)
         return None if x is None else {self.input_name: x}
 
@@ -177,6 +183,7 @@ class TileReader:
         return len(self.batches)
 
     def set_range(self, start_index: int, end_index: int) -> None:
+        """Read only batches ``start_index`` to ``end_index`` from now on."""
         self._it = iter(self.batches[start_index:end_index])
 
 
@@ -224,7 +231,7 @@ def exclusions(model: onnx.ModelProto, step: LadderStep,
     return kept
 
 
-def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target: str, step: LadderStep = LADDER[0],
+def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges: TensorsData, target: str, step: LadderStep = LADDER[0],
                  method: str = "percentile") -> QuantResult:
     """Write the QDQ model of ``src`` to ``dst`` from ``ranges`` (``TensorsData`` of :func:`collect_ranges`,
     made with ``method``). The HRX metadata is stamped by :mod:`hrx.calibration.pipeline`."""

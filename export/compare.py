@@ -51,6 +51,7 @@ class BackendReport:
     output: str = "output"
 
     def line(self) -> str:
+        """One line: backend, PASS / FAIL, the errors and PSNR."""
         verdict = "PASS" if self.passed else "FAIL"
         return (f"{self.backend:14s} {verdict}  max_abs={self.max_abs:.3e}  max_rel={self.max_rel:.3e}  "
                 f"PSNR={self.psnr:.2f} dB  (output '{self.output}')")
@@ -67,6 +68,7 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
+        """Whether every backend passed (and there was one)."""
         return bool(self.reports) and all(r.passed for r in self.reports)
 
 
@@ -153,6 +155,7 @@ def image_tiles(folder: Path, info: ModelInfo, count: int, seed: int) -> list[np
 
 
 def make_inputs(info: ModelInfo, seed: int, random_count: int = 2, images: Path | None = None) -> list[dict]:
+    """Feeds for the comparison: ``random_count`` random batches, plus tiles of ``images`` when given."""
     rng = np.random.default_rng(seed)
     shape = (info.batch, info.in_channels, info.tile, info.tile)
     feeds = [{"input": rng.random(shape, dtype=np.float32)} for _ in range(random_count)]
@@ -251,7 +254,7 @@ def export_settings(info: ModelInfo) -> dict:
                 graph_passes=extra.get("graph_passes", "true") != "false")
 
 
-def bisect_divergence(model_path: Path, checkpoint, x: np.ndarray, atol: float, rtol: float) -> str:
+def bisect_divergence(model_path: Path, checkpoint: str | os.PathLike, x: np.ndarray, atol: float, rtol: float) -> str:
     """Name the first node of ``model_path`` whose output differs from a fresh, verified export of
     ``checkpoint``. A fresh export of the same checkpoint and settings has the same graph (exports
     are reproducible), so every intermediate tensor has a trusted counterpart."""

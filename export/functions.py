@@ -139,6 +139,7 @@ def selective_scan_function(opset: int = 18) -> onnx.FunctionProto:
 
 
 def moe_top1_function(opset: int = 18) -> onnx.FunctionProto:
+    """The ONNX local function of ``hrx::MoETop1`` (softmax, top-1 mask, weighted sum), in standard ops of ``opset``."""
     g = _Body()
     lf = g("Cast", "logits", to=TensorProto.FLOAT)
     probs = g("Softmax", lf, axis=1)

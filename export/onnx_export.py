@@ -55,6 +55,7 @@ class ExportResult:
     precision_line: str = "precision: fp32"
 
     def summary(self) -> str:
+        """The lines ``hrx export`` prints: file, model, input and output, node counts, MACs, precision."""
         top = ", ".join(f"{op} {n}" for op, n in self.node_counts.most_common(12))
         i = self.info
         return (f"wrote {self.path} ({self.file_size / 1e6:.2f} MB) in {self.seconds:.1f}s\n"
@@ -94,6 +95,7 @@ def parse_batch(batch: int | str) -> int | str:
 
 
 def check_tile(tile: int, size_multiple: int, min_size: int = 0) -> None:
+    """Raise :class:`HRXError` when ``tile`` is not a positive multiple of ``size_multiple`` or below ``min_size``."""
     if min_size and tile < min_size:
         raise HRXError(f"tile {tile} is smaller than the model's minimum input side {min_size}")
     if tile <= 0 or tile % size_multiple:

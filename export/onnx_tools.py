@@ -251,9 +251,11 @@ class Graph:
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
+        """The top-level nodes, in order (a copy of the list)."""
         return list(self.g.node)
 
     def is_const(self, name: str) -> bool:
+        """Whether ``name`` is an initializer or a ``Constant`` / ``ConstantOfShape`` output."""
         return name in self.constants
 
     def const(self, name: str) -> np.ndarray | None:

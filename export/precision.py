@@ -53,9 +53,11 @@ class PrecisionPlan:
 
     @property
     def fp32_nodes(self) -> set[str]:
+        """Names of every node kept in FP32, over all rules."""
         return {n for names in self.islands.values() for n in names}
 
     def summary(self) -> str:
+        """One line: the precision and the island sizes per rule."""
         if self.precision == "fp32":
             return "precision: fp32"
         counts = ", ".join(f"{rule} {len(names)}" for rule, names in self.islands.items() if names)

@@ -30,11 +30,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
 from hrx.errors import HRXError
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,15 @@ class ModelInfo:
               "min_size": (0, 16384), "max_batch": (0, 65536)}
 
     def to_props(self) -> dict[str, str]:
+        """The metadata as the ONNX file stores it: every field as text, ``extra`` keys included."""
         d = {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
         d.update(self.extra)
         return d
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelInfo":
+        """Parse and check metadata read from ``source``; one-line :class:`HRXError` naming it when a key is missing
+        or out of bounds."""
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         required = {"arch", "scale", "in_channels", "out_channels", "tile", "batch", "size_multiple", "tile_overlap"}
         missing = sorted(required - set(props))
@@ -182,7 +188,7 @@ def bounded_int(value: object, bounds: tuple[int, int], source: str, key: str) -
     return number
 
 
-def load_onnx(path: str | os.PathLike, **kwargs):
+def load_onnx(path: str | os.PathLike, **kwargs: Any) -> onnx.ModelProto:
     """``onnx.load`` with a one-line :class:`HRXError` naming the file when it is not ONNX."""
     import onnx
 
@@ -200,6 +206,7 @@ class Backend:
     any_tile: bool = False  # infer also takes sides other than info.tile (multiples of size_multiple)
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:  # pragma: no cover - every backend defines it
+        """One batch of tiles in, upscaled tiles out (shapes in the module doc)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement infer")
 
     def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

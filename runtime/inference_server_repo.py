@@ -57,6 +57,7 @@ class RepoModel:
 
     @property
     def filename(self) -> str:
+        """The file name Triton expects: ``model.plan`` for TensorRT, else ``model.onnx``."""
         return "model.plan" if self.backend == "tensorrt" else "model.onnx"
 
 

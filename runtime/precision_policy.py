@@ -56,6 +56,7 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
 
 
 def bf16_native(flags: frozenset[str]) -> bool:
+    """Whether ``flags`` include AMX-BF16 or AVX512-BF16."""
     return any(f in flags for f in BF16_FLAGS)
 
 
@@ -77,6 +78,7 @@ class PrecisionChoice:
 
     @property
     def line(self) -> str:
+        """The line the run prints: ``precision: <precision> (<reason>)``."""
         return f"precision: {self.precision} ({self.reason})"
 
 
@@ -88,6 +90,7 @@ class GateResult:
     cached: bool = False
 
     def passed(self, min_psnr: float) -> bool:
+        """Whether the measured PSNR reaches ``min_psnr``."""
         return self.psnr >= min_psnr
 
 
@@ -206,6 +209,7 @@ def fidelity_gate(path: str | os.PathLike, info: ModelInfo, *, images: str | os.
 
 
 def measure_gate(path: str | os.PathLike, info: ModelInfo, images: str | os.PathLike | None = None) -> GateResult:
+    """PSNR of ``path`` in BF16 against FP32 on the gate images (bundled photos or ``images``)."""
     from hrx.metrics import psnr_from_mse
 
     pictures, source = gate_images(info, images)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,11 +20,15 @@ from hrx.runtime.distributed import RayOptions, connect, default_actors
 from hrx.runtime.tiling import TileSpec
 from hrx.runtime.video import VideoOptions, VideoPlan, VideoResult, begin_video, finish_video, run_segment
 
+if TYPE_CHECKING:
+    from hrx.interface import ModelInfo
+    from hrx.runtime.factory import BackendRequest
+
 
 class SegmentActor:
     """Ray Data callable class: opens the backend once, then upscales one segment per row."""
 
-    def __init__(self, request, spec: TileSpec, plan: VideoPlan, work: str, options: VideoOptions) -> None:
+    def __init__(self, request: BackendRequest, spec: TileSpec, plan: VideoPlan, work: str, options: VideoOptions) -> None:
         from hrx.runtime.factory import open_backend
 
         self.backend = open_backend(request)
@@ -38,7 +43,7 @@ class SegmentActor:
         return {"index": np.array(indices, dtype=np.int64), "lost": np.array(lost, dtype=np.int64)}
 
 
-def upscale_video_ray(request, info, spec: TileSpec, source: Path, output: Path, options: VideoOptions,
+def upscale_video_ray(request: BackendRequest, info: ModelInfo, spec: TileSpec, source: Path, output: Path, options: VideoOptions,
                       ray_options: RayOptions = RayOptions(), model_id: str = "") -> VideoResult:
     """Upscale one video with its segments spread over Ray Data actors; resumes like a local run."""
     run = begin_video(info, spec, source, output, options, model_id)

@@ -30,7 +30,8 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
 
 from hrx.errors import HRXError
 from hrx.export.onnx_tools import (PLUGIN_DOMAIN, float_precision, graph_precision, is_qdq, metadata,
@@ -39,6 +40,9 @@ from hrx.interface import parse_flag
 from hrx.paths import atomic_write_bytes, file_sha256
 from hrx.runtime.trt.cache import EngineRecord, now_iso, sidecar_path, write_engine
 from hrx.runtime.trt.plugins import check_plugin_impl
+
+if TYPE_CHECKING:
+    import onnx
 
 Log = Callable[[str], None]
 
@@ -65,6 +69,7 @@ class BuildReport:
     notes: list[str] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
+        """The lines ``hrx build`` prints: engine, precision, layer types, notes."""
         r = self.record
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.precision_counts.items(), key=lambda kv: -kv[1]))
         lines = [
@@ -90,7 +95,7 @@ class BuildPrecision:
     notes: tuple[str, ...] = ()
 
 
-def resolve_precision(options: BuildOptions, model) -> BuildPrecision:
+def resolve_precision(options: BuildOptions, model: onnx.ModelProto) -> BuildPrecision:
     """What the build makes of the flags and the graph. Raises on contradictions."""
     if options.fp16 and options.bf16:
         raise HRXError("--fp16 and --bf16 exclude each other")
@@ -117,7 +122,7 @@ def resolve_precision(options: BuildOptions, model) -> BuildPrecision:
                                         "(as `hrx export --precision`)",))
 
 
-def precision_for(model, requested: str = "auto") -> str:
+def precision_for(model: onnx.ModelProto, requested: str = "auto") -> str:
     """The precision ``--backend trt`` builds an ONNX file in (the record's and the cache key's).
 
     ``auto`` reads the file: ``int8`` for a Q/DQ graph, the graph's own ``fp16``/``bf16`` types, and for an
@@ -172,6 +177,7 @@ def precision_counts(engine_info: dict[str, Any]) -> dict[str, int]:
 
 
 def default_engine_path(onnx_path: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model.engine`` beside it."""
     return Path(onnx_path).with_suffix(".engine")
 
 
@@ -215,7 +221,7 @@ def _version(trt) -> tuple[int, int]:
     return int(parts[0]), int(re.sub(r"\D.*", "", parts[1]) or 0)
 
 
-def network_flags(trt, use_plugins: bool, impl: str) -> int:
+def network_flags(trt: ModuleType, use_plugins: bool, impl: str) -> int:
     """STRONGLY_TYPED (TensorRT 10.12+; 11.x is strongly typed without it) and the plugin preference."""
     if _version(trt) < MIN_TENSORRT:
         raise HRXError(f"hrx build needs TensorRT >= 10.12 (strongly typed networks with the hrx plugins); this is "
@@ -316,7 +322,7 @@ def _plugin_model(model, hrx_nodes: dict[str, str], use_plugins: bool, src: Path
     return model
 
 
-def load_engine(trt, serialized, logger, source: Path) -> dict[str, int]:
+def load_engine(trt: ModuleType, serialized: Any, logger: Any, source: Path) -> dict[str, int]:
     """Deserialize a freshly built engine (it must load, or the build fails) and count its
     layers' output types from the inspector JSON."""
     runtime = trt.Runtime(logger)
