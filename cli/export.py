@@ -41,7 +41,8 @@ def export(
                                             "nothing changes for callers) or fp16 (for callers that feed half "
                                             "tensors).")] = IOPrecision.fp32,
     no_passes: Annotated[bool, typer.Option("--no-passes", help="Skip the graph passes for ONNX Runtime's CPU path "
-                                                               "(constant folding, one LayerNormalization per channel LayerNorm).")] = False,
+                                                               "(one LayerNormalization per channel LayerNorm, "
+                                                               "transposes merged, GELU as one kernel).")] = False,
 ) -> None:
     """Fuse a checkpoint's re-parameterizable branches, freeze it to static shapes with top-1
     routing, export to ONNX, check and simplify it. Writes the model's metadata (scale, tile,

@@ -4,8 +4,8 @@ Pipeline: load -> ``hrx.fuse`` -> trace at ``[batch, C, tile, tile]`` -> ``torch
 (the current ``dynamo=True`` exporter; the legacy TorchScript exporter is deprecated) ->
 hrx local functions attached (plugin mode) -> ``onnx.checker`` (full) + shape inference ->
 onnxsim (onnxslim when onnxsim cannot take the graph) -> graph passes for ONNX Runtime's CPU path
-(:mod:`hrx.export.passes`: constant folding, channel LayerNorm as ``LayerNormalization``) -> metadata
--> atomic save.
+(:mod:`hrx.export.passes`: channel LayerNorm as ``LayerNormalization``, transposes merged or cancelled,
+GELU in the form ONNX Runtime fuses; constant folding is the simplifier's) -> metadata -> atomic save.
 
 ``ops="native"`` lowers the selective scan (chunked SSD, channels first: MatMul / CumSum / Exp) and the
 top-1 MoE (dense masked: ArgMax / Equal / Mul / ReduceSum) to standard ONNX ops.

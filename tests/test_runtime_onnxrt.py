@@ -102,6 +102,7 @@ def hrx_t_export(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     return path, model
 
 
+@pytest.mark.slow
 def test_real_export_tiles_like_pytorch(hrx_t_export):
     path, model = hrx_t_export
     backend = OnnxRuntimeBackend(path)
