@@ -67,6 +67,8 @@ from typing import Callable
 
 import numpy as np
 
+from hrx.metrics import psnr_8bit
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -125,13 +127,6 @@ def photo_tiles(tile: int, count: int, seed: int = 0) -> list[np.ndarray]:
         y, x = rng.integers(0, img.shape[1] - tile + 1), rng.integers(0, img.shape[2] - tile + 1)
         out.append(np.ascontiguousarray(img[None, :, y:y + tile, x:x + tile]))
     return out
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    a8 = np.round(np.clip(a, 0, 1) * 255)
-    b8 = np.round(np.clip(b, 0, 1) * 255)
-    mse = float(np.mean((a8 - b8) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def finite(db: float) -> float | None:
@@ -325,7 +320,7 @@ def measure(model: Model, rows: list[str], tiles: list[np.ndarray], rounds: int,
             "vs_ort_fp32": round(ms["ort-1xN"] / ms[row], 3) if "ort-1xN" in ms else None,
             "vs_torch_eager": round(ms["torch-fp32"] / ms[row], 3) if "torch-fp32" in ms else None,
             "vs_default": round(ms["default"] / ms[row], 3) if "default" in ms else None,
-            "psnr_vs_fp32": finite(min(psnr(o, r) for o, r in zip(outs[row], reference))),  # None: identical
+            "psnr_vs_fp32": finite(min(psnr_8bit(o, r) for o, r in zip(outs[row], reference))),  # None: identical
             "off_by_2_levels": round(float(np.mean([off_by_more_than_one(o, r) for o, r in zip(outs[row], reference)])), 6),
             "note": notes.get(row, ""),
         })

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hrx.metrics import psnr
+
 
 def photo_tiles(tile: int, count: int) -> np.ndarray:
     import skimage.data as data
@@ -30,11 +32,6 @@ def photo_tiles(tile: int, count: int) -> np.ndarray:
         y, x = (img.shape[0] // 3 + 17 * k) // 8 * 8, (img.shape[1] // 3 + 29 * k) // 8 * 8
         tiles.append(img[y:y + tile, x:x + tile].transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(tiles))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 def bundled(names: list[str], tile: int, count: int, folder: Path) -> list[dict]:

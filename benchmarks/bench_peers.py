@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hrx.metrics import psnr_8bit
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # zoo: spandrel networks with perturbed weights
 
@@ -46,13 +48,6 @@ ARCHS = ("RRDBNet", "SRVGGNetCompact", "SPAN")
 # 2 x 2 tiles and Real-ESRGAN's tiling 2 x 2 tiles too (similar padded work: 1.3x-1.8x the photo's pixels).
 # RRDBNet (16.7M parameters, ~18 MMAC per input pixel) gets the small setting to fit on this 2-core machine.
 PRESETS = {"RRDBNet": (96, 64, 64), "SRVGGNetCompact": (224, 128, 128), "SPAN": (224, 128, 128)}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    a8 = np.round(np.clip(a, 0, 1) * 255)
-    b8 = np.round(np.clip(b, 0, 1) * 255)
-    mse = float(np.mean((a8 - b8) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def photo(size: int) -> np.ndarray:
@@ -192,7 +187,7 @@ def main() -> None:
             for k in paths:
                 speed = "" if not k.startswith("hrx") else \
                     f"{med['realesrgan-tiled'] / med[k]:.2f}x vs tiled, {med['spandrel-whole'] / med[k]:.2f}x vs whole"
-                q = psnr(outs[k], ref)
+                q = psnr_8bit(outs[k], ref)
                 label = f"hrx-default ({default})" if k == "hrx-default" else k
                 print(f"| {name} x{args.scale} | {params:,} | {size}x{size} | {label} | {tiles[k]} | {mp / med[k]:.4f} | {speed} | "
                       f"{'ref' if k == 'spandrel-whole' else f'{q:.1f} dB'} |", flush=True)

@@ -23,7 +23,6 @@ preset with random weights perturbed by ``--perturb`` (speed does not depend on 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time

@@ -23,7 +23,6 @@ second run). ``HRX_BENCH_RESULTS_DIR=/tmp/x`` keeps a smoke run's JSON out of ``
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hrx.metrics import psnr_from_mse
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ISLAND_TYPES = ("Softmax", "MVN", "RMS", "CumSum", "Reduce", "Subgraph", "Convolution", "FullyConnected", "MatMul")
@@ -123,7 +125,7 @@ def main() -> None:
             count = marked_ir(work / "m.xml", xml, which)
         outs, ms, kinds = run(xml, "bf16")
         se = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(outs, reference))
-        psnr = 10 * np.log10(n / se) if se else float("inf")
+        psnr = psnr_from_mse(se / n)
         rows.append({"variant": label, "nodes_marked": count, "psnr_vs_f32": round(psnr, 2), "ms_per_tile": round(ms, 2),
                      "runtime_precision": kinds})
         print(f"  {label:26s} marked {count:5d}  {psnr:6.2f} dB  {ms:7.1f} ms/tile  {kinds}")

@@ -16,7 +16,6 @@ its cell with one line; the row goes on.
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import sys
 import tempfile
@@ -25,15 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hrx.metrics import psnr_8bit
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # zoo: spandrel networks with perturbed weights
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    a8 = np.round(np.clip(a, 0, 1) * 255)
-    b8 = np.round(np.clip(b, 0, 1) * 255)
-    mse = float(np.mean((a8 - b8) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def photo(h: int, w: int) -> np.ndarray:
@@ -101,8 +95,8 @@ def row(name: str, scale: int, size: str, tile: int, work: Path, calib_dir: Path
 
     r["overlap"] = info.tile_overlap
     r["why"] = info.extra.get("overlap_rule", "")
-    r["tiled_psnr"] = psnr(tiled(info.tile_overlap), whole)
-    r["seam_psnr"] = psnr(tiled(0), whole)
+    r["tiled_psnr"] = psnr_8bit(tiled(info.tile_overlap), whole)
+    r["seam_psnr"] = psnr_8bit(tiled(0), whole)
     from hrx.calibration.pipeline import CalibrateOptions, calibrate
     from hrx.runtime.trt.ops import unsupported_ops
 

@@ -76,6 +76,7 @@ def _to8(x: np.ndarray) -> np.ndarray:
 
 
 def save(cache: RangesCache, json_path: Path, npz_path: Path) -> None:
+    """Write ``cache`` as its JSON description and ``.npz`` ranges."""
     from onnxruntime.quantization.calibrate import CalibrationCacheEncoder
 
     doc = {"format": FORMAT, "version": VERSION, **asdict(cache.key), "images": cache.images,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import onnx
 
-from hrx.export.onnx_tools import COMPUTE_OPS, SCAN_OPS, Graph, attr, quantized_ops
+from hrx.export.onnx_tools import COMPUTE_OPS, SCAN_OPS, Graph, attr, declared_precision, metadata, quantized_ops
 
 
 def label(g: Graph, node: onnx.NodeProto) -> str:
@@ -159,10 +159,11 @@ def near_ends(g: Graph, depth: int) -> list[onnx.NodeProto]:
 
 
 def is_quantized(model: onnx.ModelProto) -> str:
-    """A reason string when ``model`` already holds quantized ops or says so in its metadata, else ``""``."""
-    props = {p.key: p.value for p in model.metadata_props}
-    if props.get("precision", "fp32") not in ("fp32", ""):
-        return f"its metadata says precision={props['precision']}"
+    """A reason string when ``model`` already holds quantized ops or its metadata says it is INT8, else ``""``
+    (an FP16 / BF16 export is not quantized: :func:`hrx.export.onnx_tools.float_precision` tells it)."""
+    declared = metadata(model).get("precision", "fp32")
+    if declared_precision(declared) == "int8":
+        return f"its metadata says precision={declared}"
     ops = quantized_ops(model)
     if ops:
         return f"it already has {', '.join(ops)} nodes"

@@ -35,7 +35,8 @@ from hrx.calibration.data import FEW_IMAGES, augment, bicubic_down, image_count
 from hrx.calibration.quality import QualityReport, compare, run_model
 from hrx.calibration.quantize import LADDER, METHODS, TARGETS, QuantResult, quantize_qdq, trt_problems
 from hrx.errors import HRXError, check_choice
-from hrx.export.onnx_tools import FLOAT_PRECISIONS, QDQ_OPS
+from hrx.export.onnx_tools import (FLOAT_PRECISIONS, QDQ_OPS, declared_precision, float_precision, metadata, opset,
+                                   set_metadata)
 from hrx.paths import file_sha256
 
 DEFAULT_METHOD = "percentile"
@@ -94,11 +95,13 @@ class CalibrationReport:
 
     @property
     def threshold(self) -> float:
+        """The PSNR drop the gate allows (``gate_drop`` when set, else ``max_drop``)."""
         return self.max_drop if self.gate_drop is None else self.gate_drop
     precision: str = "fp32"  # outside the INT8 convs
 
     @property
     def passed(self) -> bool:
+        """Whether a candidate was chosen and passed the gate."""
         return self.chosen is not None and self.chosen.quality.passed(self.threshold)
 
 
@@ -108,12 +111,14 @@ def gate_engine(target: str) -> str:
 
 
 def default_output(model: Path) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx`` beside it."""
     stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
     return model.with_name(stem + ".int8.onnx")
 
 
 def check_model(path: Path):
-    """Load ``path`` and its :class:`ModelInfo`; refuse quantized, non-HRX and non-float32 models."""
+    """Load ``path`` and its :class:`ModelInfo`; refuse quantized, half-precision, non-HRX and non-float32
+    models."""
     import onnx
 
     from hrx.calibration.graph import is_quantized
@@ -125,7 +130,13 @@ def check_model(path: Path):
     reason = is_quantized(model)
     if reason:
         raise HRXError(f"{path}: already quantized ({reason}); calibrate the FP32 export from `hrx export`")
-    info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+    half = float_precision(model)
+    if half == "fp32" and declared_precision(metadata(model).get("precision", "fp32")) in ("fp16", "bf16"):
+        half = declared_precision(metadata(model)["precision"])
+    if half != "fp32":
+        raise HRXError(f"{path}: the graph is {half}; calibrate the FP32 export from `hrx export` "
+                       f"(`--precision {half}` keeps {half} outside the INT8 convolutions)")
+    info = ModelInfo.from_props(metadata(model), str(path))
     elem = model.graph.input[0].type.tensor_type.elem_type
     if elem != onnx.TensorProto.FLOAT:
         raise HRXError(f"{path}: input is {onnx.TensorProto.DataType.Name(elem)}; calibrate the float32 export")
@@ -201,10 +212,8 @@ def _write(attempt: Attempt, output: Path, props: dict[str, str]) -> None:
     from hrx.export.onnx_export import save_onnx
 
     model = onnx.load(str(attempt.quant.path))
-    kept = {p.key: p.value for p in model.metadata_props if p.key in ("fp32_islands", "io_precision")}
-    del model.metadata_props[:]
-    for k, v in {**props, **kept}.items():
-        model.metadata_props.add(key=k, value=v)
+    kept = {k: v for k, v in metadata(model).items() if k in ("fp32_islands", "io_precision")}
+    set_metadata(model, {**props, **kept})
     save_onnx(model, output)
 
 
@@ -218,9 +227,8 @@ def half_qdq(path: Path, precision: str) -> None:
     from hrx.export.precision import convert_precision
 
     model = onnx.load(str(path))
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     qdq = [n.name for n in model.graph.node if n.op_type in QDQ_OPS]
-    converted, _ = convert_precision(model, precision, extra_fp32=qdq if opset < 19 else ())
+    converted, _ = convert_precision(model, precision, extra_fp32=qdq if opset(model) < 19 else ())
     onnx.save(converted, str(path))
 
 

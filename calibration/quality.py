@@ -27,12 +27,15 @@ class QualityReport:
 
     @property
     def drop(self) -> float:
+        """PSNR-Y lost by INT8 against FP32, in dB."""
         return self.psnr_fp32 - self.psnr_int8
 
     def passed(self, max_drop: float) -> bool:
+        """Whether :attr:`drop` is at most ``max_drop``."""
         return self.drop <= max_drop
 
     def line(self) -> str:
+        """One line: the PSNR-Y of both models, the drop and INT8 against FP32."""
         return (f"PSNR-Y on {self.tiles} held-back tiles: FP32 {self.psnr_fp32:.3f} dB, INT8 {self.psnr_int8:.3f} dB "
                 f"(drop {self.drop:+.3f} dB); INT8 vs FP32 {self.psnr_int8_vs_fp32:.2f} dB")
 
@@ -75,4 +78,5 @@ def run_model(path: str | os.PathLike, tiles: np.ndarray, batch: int, threads: i
 
 
 def compare(fp32: np.ndarray, int8: np.ndarray, hr: np.ndarray, scale: int) -> QualityReport:
+    """PSNR-Y of the FP32 and INT8 outputs against the originals ``hr``, and of INT8 against FP32."""
     return QualityReport(len(hr), psnr_y(fp32, hr, scale), psnr_y(int8, hr, scale), psnr_y(int8, fp32, scale))

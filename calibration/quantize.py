@@ -32,18 +32,21 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
 
 from hrx.calibration.graph import float_plan, label, low_intensity_nodes, near_ends
 from hrx.errors import HRXError, check_choice
-from hrx.export.onnx_tools import COMPUTE_OPS, MOVE_OPS, QDQ_OPS, Graph, drop_dead
+from hrx.export.onnx_tools import COMPUTE_OPS, MOVE_OPS, QDQ_OPS, Graph, drop_dead, opset
+
+if TYPE_CHECKING:
+    from onnxruntime.quantization.calibrate import TensorsData
 
 METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("trt", "cpu", "openvino")
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZED_OPS = tuple(sorted(COMPUTE_OPS))  # the ops INT8 quantizes: Conv, ConvTranspose, Gemm, MatMul
 CHUNK_PIXELS = 4 * 128 * 128  # input pixels per collect_data call (it holds every intermediate tensor)
 # --target cpu keeps float the Conv / Gemm / MatMul with fewer multiply-adds per activation element than
 # this (graph.intensity). Measured per conv with ONNX Runtime's profiler on default-x2 (AVX2, no VNNI,
@@ -69,10 +72,12 @@ class TargetFormat:
 
     @property
     def short(self) -> str:
+        """A short name of the INT8 layout, e.g. ``S8sym-S8sym-per-channel``."""
         acts = ("S8" if self.signed_activations else "U8") + ("sym" if self.symmetric_activations else "asym")
         return f"{acts}-S8sym{'-per-channel' if self.per_channel else ''}"
 
     def describe(self) -> str:
+        """One line describing the target's activation and weight formats."""
         a = "signed" if self.signed_activations else "unsigned"
         s = "symmetric" if self.symmetric_activations else "asymmetric"
         return (f"{self.name}: {a} {s} INT8 activations, signed symmetric {'per-channel ' if self.per_channel else ''}"
@@ -170,6 +175,7 @@ class TileReader:
         self._it = iter(self.batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch as a feed dict; None when done."""
         x = next(self._it, None)
         return None if x is None else {self.input_name: x}
 
@@ -177,6 +183,7 @@ class TileReader:
         return len(self.batches)
 
     def set_range(self, start_index: int, end_index: int) -> None:
+        """Read only batches ``start_index`` to ``end_index`` from now on."""
         self._it = iter(self.batches[start_index:end_index])
 
 
@@ -224,7 +231,7 @@ def exclusions(model: onnx.ModelProto, step: LadderStep,
     return kept
 
 
-def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target: str, step: LadderStep = LADDER[0],
+def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges: TensorsData, target: str, step: LadderStep = LADDER[0],
                  method: str = "percentile") -> QuantResult:
     """Write the QDQ model of ``src`` to ``dst`` from ``ranges`` (``TensorsData`` of :func:`collect_ranges`,
     made with ``method``). The HRX metadata is stamped by :mod:`hrx.calibration.pipeline`."""
@@ -267,7 +274,6 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target:
     rewired = guard_float_inputs(qdq, (excluded | _unquantized_compute(qdq)) - slow)
     g = Graph(qdq)
     quantized = [n for n in g.nodes if _is_quantized(g, n)]
-    opset = next((o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx")), 0)
     onnx.save(qdq, str(dst))
     return QuantResult(
         path=Path(dst), target=fmt, step=step,
@@ -275,7 +281,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, ranges, target:
         kept_ops={r: Counter(_op(n) for n in nodes) for r, nodes in kept_nodes.items()},
         quantized=[label(g, n) for n in quantized], quantized_ops=Counter(n.op_type for n in quantized),
         qdq_nodes=sum(n.op_type in QDQ_OPS for n in qdq.graph.node),
-        rewired=rewired, opset=opset)
+        rewired=rewired, opset=opset(qdq))
 
 
 def _op(node: onnx.NodeProto) -> str:

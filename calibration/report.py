@@ -31,6 +31,7 @@ def _names(items: list[str], limit: int = 8) -> str:
 
 
 def summary_lines(report: CalibrationReport) -> list[str]:
+    """The lines ``hrx calibrate`` prints about ``report``: model, ranges, each attempt, the verdict."""
     i, c = report.info, report.cache
     chosen = report.chosen
     lines = [f"calibrate {report.model} ({i.arch} x{i.scale}, tile {i.tile}, batch {i.batch}, ops {i.ops}) "

@@ -34,6 +34,7 @@ _debug = {"on": False}  # `hrx --debug ...`, set by the root command for this in
 
 
 def set_debug(on: bool) -> None:
+    """Turn full tracebacks on or off for errors."""
     _debug["on"] = on
 
 
@@ -132,6 +133,7 @@ def handle_errors(fn: F) -> F:
 
 
 def is_interactive() -> bool:
+    """Whether stderr is a terminal (progress bars are drawn only then)."""
     return sys.stderr.isatty()
 
 

@@ -42,7 +42,8 @@ def export(
                                             "nothing changes for callers) or fp16 (for callers that feed half "
                                             "tensors).")] = IOPrecision.fp32,
     no_passes: Annotated[bool, typer.Option("--no-passes", help="Skip the graph passes for the CPU engines "
-                                                               "(channel LayerNorms, flips, transposes, GELU).")] = False,
+                                                               "(channel LayerNorms, flips, transposes merged or "
+                                                               "cancelled, GELU as one kernel).")] = False,
     target: Annotated[Optional[Target], typer.Option("--target", help="The engine the graph passes choose formulations "
                                                      "for (recorded as graph_target): onnxruntime (the default) or openvino "
                                                      "(channel LayerNorms and flips in the forms OpenVINO's CPU plugin "

@@ -50,6 +50,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
+    """The ``hrx`` console entry point."""
     app()
 
 

@@ -35,6 +35,7 @@ def export_bundled(names: list[str] | None = None, out_dir: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m hrx.export.bundle [NAMES] [-o DIR]``: :func:`export_bundled` from the command line."""
     parser = argparse.ArgumentParser(prog="python -m hrx.export.bundle", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="bundled models (default: all)")
     parser.add_argument("-o", "--out-dir", type=Path, default=None, help="folder (default: hrx/weights)")

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from hrx.errors import HRXError
-from hrx.export.onnx_tools import FLOAT_PRECISIONS
+from hrx.export.onnx_tools import FLOAT_PRECISIONS, metadata
 from hrx.metrics import psnr_from_mse
 from hrx.paths import image_files
 from hrx.interface import ModelInfo
@@ -53,6 +53,7 @@ class BackendReport:
     inf: int = 0
 
     def line(self) -> str:
+        """One line: backend, PASS / FAIL, the errors and PSNR."""
         verdict = "PASS" if self.passed else "FAIL"
         if self.nan or self.inf:
             finite = ("no finite value" if np.isnan(self.max_abs) else
@@ -88,6 +89,7 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
+        """Whether every backend passed (and there was one)."""
         return bool(self.reports) and all(r.passed for r in self.reports)
 
 
@@ -315,7 +317,7 @@ def export_settings(info: ModelInfo) -> dict:
                 target=extra.get("graph_target", "onnxruntime"))
 
 
-def bisect_divergence(model_path: Path, checkpoint, x: np.ndarray, atol: float, rtol: float) -> str:
+def bisect_divergence(model_path: Path, checkpoint: str | os.PathLike, x: np.ndarray, atol: float, rtol: float) -> str:
     """Name the first node of ``model_path`` whose output differs from a fresh, verified export of
     ``checkpoint``. A fresh export of the same checkpoint and settings has the same graph (exports
     are reproducible), so every intermediate tensor has a trusted counterpart."""
@@ -346,7 +348,7 @@ def bisect_divergence(model_path: Path, checkpoint, x: np.ndarray, atol: float, 
         names = [o.name for o in sess.get_outputs()]
         results.append(dict(zip(names, sess.run(None, {"input": x}))))
     ref, bad = results
-    scopes = {v: k for k, v in json.loads({p.key: p.value for p in bad_proto.metadata_props}.get("hrx_bisect_map", "{}")).items()}
+    scopes = {v: k for k, v in json.loads(metadata(bad_proto).get("hrx_bisect_map", "{}")).items()}
     for node, name in bad_nodes:
         if name not in ref or name not in bad or ref[name].shape != bad[name].shape or ref[name].dtype.kind != "f":
             continue

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hrx.export.onnx_tools import PLUGIN_DOMAIN
+from hrx.export.onnx_tools import PLUGIN_DOMAIN, opset
 
 DOMAIN_VERSION = 1
 PLUGIN_ATTRS = ("plugin_version", "plugin_namespace")
@@ -139,6 +139,7 @@ def selective_scan_function(opset: int = 18) -> onnx.FunctionProto:
 
 
 def moe_top1_function(opset: int = 18) -> onnx.FunctionProto:
+    """The ONNX local function of ``hrx::MoETop1`` (softmax, top-1 mask, weighted sum), in standard ops of ``opset``."""
     g = _Body()
     lf = g("Cast", "logits", to=TensorProto.FLOAT)
     probs = g("Softmax", lf, axis=1)
@@ -160,10 +161,10 @@ def attach_functions(model: onnx.ModelProto) -> list[str]:
     """Add the local function of every hrx op the graph uses (once each); return their names."""
     used = sorted({n.op_type for n in model.graph.node if n.domain == PLUGIN_DOMAIN})
     have = {(f.domain, f.name) for f in model.functions}
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    version = opset(model)
     for name in used:
         if (PLUGIN_DOMAIN, name) not in have:
-            model.functions.append(FUNCTIONS[name](opset))
+            model.functions.append(FUNCTIONS[name](version))
     if used and not any(o.domain == PLUGIN_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, DOMAIN_VERSION))
     return used

@@ -55,6 +55,7 @@ class ExportResult:
     precision_line: str = "precision: fp32"
 
     def summary(self) -> str:
+        """The lines ``hrx export`` prints: file, model, input and output, node counts, MACs, precision."""
         top = ", ".join(f"{op} {n}" for op, n in self.node_counts.most_common(12))
         i = self.info
         return (f"wrote {self.path} ({self.file_size / 1e6:.2f} MB) in {self.seconds:.1f}s\n"
@@ -94,6 +95,7 @@ def parse_batch(batch: int | str) -> int | str:
 
 
 def check_tile(tile: int, size_multiple: int, min_size: int = 0) -> None:
+    """Raise :class:`HRXError` when ``tile`` is not a positive multiple of ``size_multiple`` or below ``min_size``."""
     if min_size and tile < min_size:
         raise HRXError(f"tile {tile} is smaller than the model's minimum input side {min_size}")
     if tile <= 0 or tile % size_multiple:
@@ -289,15 +291,12 @@ def _onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def count_macs(model: onnx.ModelProto) -> int:
     """Multiply-accumulates of Conv and MatMul nodes, from inferred static shapes."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes: dict[str, list[int]] = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]  # a symbolic batch counts one tile
-        shapes[vi.name] = dims
-    inits = {t.name: list(t.dims) for t in inferred.graph.initializer}
-    shapes.update(inits)
+    from hrx.export.onnx_tools import Graph
+
+    # a symbolic batch counts one tile
+    shapes = {name: [d or 1 for d in dims] for name, dims in Graph(model).shapes.items()}
     macs = 0
-    for n in inferred.graph.node:
+    for n in model.graph.node:
         if n.op_type == "Conv" and n.output[0] in shapes and n.input[1] in shapes:
             w = shapes[n.input[1]]
             macs += int(np.prod(shapes[n.output[0]])) * int(np.prod(w[1:]))
@@ -338,7 +337,7 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     ``--ops plugin``, which OpenVINO cannot run) picks the graph passes (:data:`hrx.export.passes.TARGET_PASSES`)
     and is recorded in the metadata as ``graph_target``."""
     import hrx
-    from hrx.export.onnx_tools import FLOAT_PRECISIONS, IO_PRECISIONS
+    from hrx.export.onnx_tools import FLOAT_PRECISIONS, IO_PRECISIONS, metadata, set_metadata
     from hrx.export.precision import convert_precision
 
     start = time.perf_counter()
@@ -403,14 +402,11 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
                      tile_overlap=fit_overlap(model.tile_overlap, tile, model.size_multiple), ops=ops, opset=opset,
                      hrx_version=hrx.__version__, checkpoint_sha256=sha, precision=precision, extra=extra,
                      **requirements)
-    del proto.metadata_props[:]
-    for k, v in info.to_props().items():
-        proto.metadata_props.add(key=k, value=v)
-    proto.metadata_props.add(key="hrx_bisect_map", value=json.dumps(scopes, sort_keys=True))
+    set_metadata(proto, {**info.to_props(), "hrx_bisect_map": json.dumps(scopes, sort_keys=True)})
     proto, plan = convert_precision(proto, precision, io)
     if precision != "fp32":
         onnx.checker.check_model(proto, full_check=True)
-        info = ModelInfo.from_props({p.key: p.value for p in proto.metadata_props}, str(output))
+        info = ModelInfo.from_props(metadata(proto), str(output))
     proto.producer_name, proto.producer_version = "hrx", hrx.__version__
     save_onnx(proto, output)
     params = sum(p.numel() for p in deploy.parameters())

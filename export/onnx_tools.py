@@ -14,7 +14,10 @@ one graph helper, one op taxonomy, one precision vocabulary with its spellings, 
   spellings callers pass (``int8-qdq`` from ModelInfo, ``float16``, ``half`` ...) and
   :func:`normalize_precision`;
 * :func:`quantized_ops` / :func:`is_qdq`: the quantized ops a model holds, in its graph and its local
-  functions.
+  functions; :func:`graph_precision` / :func:`float_precision`: what a graph computes in, read from its
+  ops and weights; :func:`declared_precision`: what its metadata says;
+* :func:`opset`: the default-domain opset; :func:`metadata` / :func:`set_metadata` /
+  :func:`update_metadata`: the model's ``metadata_props`` as a dict.
 
 ``onnx`` is imported inside the functions that need it: the base install (no ``onnx`` package) reads
 the vocabulary from here.
@@ -85,6 +88,61 @@ def is_qdq(model: onnx.ModelProto) -> bool:
     return bool(set(quantized_ops(model)) & QDQ_OPS)
 
 
+def float_precision(model: onnx.ModelProto) -> Precision:
+    """The float type the graph's weights are in: ``bf16`` or ``fp16`` when any initializer is, else
+    ``fp32`` (a Q/DQ graph answers for the ops outside its INT8 convolutions)."""
+    from onnx import TensorProto
+
+    types = {t.data_type for t in model.graph.initializer}
+    if TensorProto.BFLOAT16 in types:
+        return "bf16"
+    if TensorProto.FLOAT16 in types:
+        return "fp16"
+    return "fp32"
+
+
+def graph_precision(model: onnx.ModelProto) -> Precision:
+    """What the graph computes in, read from the graph alone: ``int8`` when it holds Q/DQ nodes
+    (:func:`is_qdq`), else :func:`float_precision`. The one answer to "what precision is this graph";
+    :func:`declared_precision` is what the metadata claims."""
+    return "int8" if is_qdq(model) else float_precision(model)
+
+
+def declared_precision(precision: str) -> str:
+    """The ``precision`` a model's metadata declares, in the words of :data:`PRECISIONS`
+    (``int8-qdq`` and ``int8-qdq-fp16`` -> ``int8``); a value outside them comes back lower-cased as it
+    is (a file may say anything; callers compare, they do not refuse)."""
+    p = precision.strip().lower()
+    return "int8" if p.startswith("int8") else PRECISION_ALIASES.get(p, p)
+
+
+# --- metadata ------------------------------------------------------------------------------------
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The model's ``metadata_props`` as ``{key: value}`` (a key written twice: the last value). The one
+    reader of a loaded model's metadata; :func:`hrx.interface.read_onnx_metadata` reads a file's without
+    ``onnx``."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Replace the model's ``metadata_props`` by ``props``, in their order."""
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def update_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Set the keys of ``props`` in the model's ``metadata_props``: a key already there keeps its place
+    and takes the new value, a new key is appended."""
+    have = {p.key: p for p in model.metadata_props}
+    for k, v in props.items():
+        if k in have:
+            have[k].value = v
+        else:
+            model.metadata_props.add(key=k, value=v)
+
+
 # --- node helpers --------------------------------------------------------------------------------
 
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
@@ -98,7 +156,9 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
 
 
 def opset(model: onnx.ModelProto) -> int:
-    """The model's default-domain opset (0 when it imports none)."""
+    """The model's default-domain opset (``""`` or ``ai.onnx``; 0 when it imports none). The one
+    reader of it: a valid model imports the domain once, and a model that lists it more than once
+    (both spellings) is read as the newest, the version its ops were written against."""
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
@@ -192,9 +252,11 @@ class Graph:
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
+        """The top-level nodes, in order (a copy of the list)."""
         return list(self.g.node)
 
     def is_const(self, name: str) -> bool:
+        """Whether ``name`` is an initializer or a ``Constant`` / ``ConstantOfShape`` output."""
         return name in self.constants
 
     def const(self, name: str) -> np.ndarray | None:

@@ -37,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 from hrx.errors import HRXError, MissingDependencyError, check_choice
 from hrx.export.onnx_tools import (CHEAP_OPS, COMPUTE_OPS, FLOAT_PRECISIONS, IO_PRECISIONS, NORM_OPS, PLUGIN_DOMAIN,
                                    RESIZE_OPS, ROUTER_OPS, SCAN_OPS, SOFTMAX_OPS, Graph, attr, drop_dead,
-                                   name_nodes, rename_input)
+                                   metadata, name_nodes, opset, rename_input, set_metadata, update_metadata)
 
 FP16_MAX = 65504.0
 HEAVY_OPS = COMPUTE_OPS | {"Einsum"}  # where an island's walk back from a softmax / router / dt stops
@@ -53,9 +53,11 @@ class PrecisionPlan:
 
     @property
     def fp32_nodes(self) -> set[str]:
+        """Names of every node kept in FP32, over all rules."""
         return {n for names in self.islands.values() for n in names}
 
     def summary(self) -> str:
+        """One line: the precision and the island sizes per rule."""
         if self.precision == "fp32":
             return "precision: fp32"
         counts = ", ".join(f"{rule} {len(names)}" for rule, names in self.islands.items() if names)
@@ -301,10 +303,10 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", io: str =
     out.CopyFrom(model)
     if precision == "fp32":
         return out, plan
-    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if precision == "bf16" and opset < 22:
+    version = opset(out)
+    if precision == "bf16" and version < 22:
         raise HRXError(f"--precision bf16 needs opset 22 or newer (ONNX Conv takes bfloat16 from opset 22); "
-                       f"this graph is opset {opset}: export it with --opset 22")
+                       f"this graph is opset {version}: export it with --opset 22")
     if any(t.data_type == TensorProto.FLOAT16 for t in out.graph.initializer):
         raise HRXError("the model already holds FLOAT16 weights; convert an FP32 export")
     float16 = _import_converter()
@@ -321,7 +323,7 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", io: str =
         if n.op_type == "Cast" and n.name not in island and attr(n, "to") == TensorProto.FLOAT:
             next(a for a in n.attribute if a.name == "to").i = TensorProto.FLOAT16
     originals = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer if t.data_type == TensorProto.FLOAT}
-    meta = list(out.metadata_props)
+    meta = metadata(out)
     import warnings
 
     with warnings.catch_warnings():
@@ -335,40 +337,13 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", io: str =
     _plugin_half_io(out, TensorProto.FLOAT16)
     if precision == "bf16":
         _to_bf16(out, originals)
-    del out.metadata_props[:]
-    out.metadata_props.extend(meta)
+    set_metadata(out, meta)
     set_precision_props(out, plan)
     return out, plan
 
 
 def set_precision_props(model: onnx.ModelProto, plan: PrecisionPlan) -> None:
-    props = {p.key: p for p in model.metadata_props}
-    values = {"precision": plan.precision, "io_precision": plan.io,
-              "fp32_islands": json.dumps(plan.islands, sort_keys=True)}
-    for k, v in values.items():
-        if k in props:
-            props[k].value = v
-        else:
-            model.metadata_props.add(key=k, value=v)
+    """Record ``plan`` in the model's metadata: ``precision``, ``io_precision`` and ``fp32_islands``."""
+    update_metadata(model, {"precision": plan.precision, "io_precision": plan.io,
+                            "fp32_islands": json.dumps(plan.islands, sort_keys=True)})
 
-
-def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every typed tensor (after shape inference): value infos, I/O, initializers."""
-    return Graph(onnx.shape_inference.infer_shapes(model)).types
-
-
-def compute_types(model: onnx.ModelProto) -> dict[str, int]:
-    """``{node name: element type of its first float input}``: the type each node computes in."""
-    types = tensor_types(model)
-    out = {}
-    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
-    for n in model.graph.node:
-        t = next((types[i] for i in n.input if i in types and types[i] in floats), None)
-        if t is not None:
-            out[n.name] = t
-    return out
-
-
-def model_precision(model: onnx.ModelProto) -> str:
-    """``precision`` recorded in the metadata (``fp32`` when absent)."""
-    return {p.key: p.value for p in model.metadata_props}.get("precision", "fp32")

@@ -70,14 +70,17 @@ class HalfReference:
 
     @property
     def input_names(self) -> list[str]:
+        """The graph's input names."""
         return [i.name for i in self.model.graph.input]
 
     @property
     def input_dtype(self):
+        """The numpy dtype of the graph's first input."""
         t = self.model.graph.input[0].type.tensor_type.elem_type
         return _NP.get(t, np.float32)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Evaluate the graph on ``feeds`` (cast to the input dtype); the outputs in order."""
         feeds = {k: np.asarray(v).astype(self.input_dtype) for k, v in feeds.items()}
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return self.evaluator.run(None, feeds)

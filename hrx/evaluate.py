@@ -40,6 +40,7 @@ class EvalSummary:
 
     @property
     def gain(self) -> float:
+        """Mean PSNR of the model minus that of bicubic, in dB."""
         return self.psnr_model - self.psnr_bicubic
 
 
@@ -48,6 +49,7 @@ class EvalRow(EvalSummary):
     image: str = ""
 
     def as_dict(self) -> dict[str, float | str]:
+        """The row as a dict (``image`` first, ``gain`` last)."""
         d = asdict(self)
         return dict(image=d.pop("image"), **d, gain=self.gain)
 
@@ -112,6 +114,7 @@ def evaluate(model: nn.Module, images: list[tuple[str, torch.Tensor]], scale: in
 
 
 def summarize(rows: list[EvalRow]) -> EvalSummary:
+    """Means of the rows' PSNR and SSIM, model and bicubic."""
     n = max(1, len(rows))
     return EvalSummary(sum(r.psnr_bicubic for r in rows) / n, sum(r.psnr_model for r in rows) / n,
                        sum(r.ssim_bicubic for r in rows) / n, sum(r.ssim_model for r in rows) / n)

@@ -13,6 +13,8 @@ from torch import nn
 
 
 def fuse(model: nn.Module) -> nn.Module:
+    """An eval-mode deploy copy of ``model`` with every block's ``fuse()`` applied, innermost first; ``model`` is
+    untouched."""
     deploy = copy.deepcopy(model).eval()
     for module in reversed(list(deploy.modules())):
         if module is not deploy and callable(getattr(module, "fuse", None)):
@@ -26,4 +28,5 @@ def fuse(model: nn.Module) -> nn.Module:
 
 
 def count_convs(model: nn.Module) -> int:
+    """How many ``nn.Conv2d`` modules ``model`` holds."""
     return sum(isinstance(m, nn.Conv2d) for m in model.modules())

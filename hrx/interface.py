@@ -30,11 +30,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
 from hrx.errors import HRXError
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,15 @@ class ModelInfo:
               "min_size": (0, 16384), "max_batch": (0, 65536)}
 
     def to_props(self) -> dict[str, str]:
+        """The metadata as the ONNX file stores it: every field as text, ``extra`` keys included."""
         d = {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
         d.update(self.extra)
         return d
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelInfo":
+        """Parse and check metadata read from ``source``; one-line :class:`HRXError` naming it when a key is missing
+        or out of bounds."""
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         required = {"arch", "scale", "in_channels", "out_channels", "tile", "batch", "size_multiple", "tile_overlap"}
         missing = sorted(required - set(props))
@@ -83,7 +89,7 @@ class ModelInfo:
                 kw[k] = bounded_int(kw[k], cls.BOUNDS[k], source, k)
         for k in cls._BOOLS:
             if k in kw:
-                kw[k] = str(kw[k]).strip().lower() in ("true", "1", "yes")
+                kw[k] = parse_flag(kw[k])
         if kw["tile"] % kw["size_multiple"]:  # what hrx export writes, and the tiler needs
             raise HRXError(f"{source}: metadata key 'tile' = {kw['tile']} is not a multiple of size_multiple "
                            f"{kw['size_multiple']}")
@@ -160,6 +166,12 @@ def _proto_fields(buf, start: int, end: int) -> Iterator[tuple[int, tuple[int, i
         yield field_number, value
 
 
+def parse_flag(value: object) -> bool:
+    """A boolean metadata value: ``true``, ``1`` or ``yes`` (any case, spaces around) is true, anything else
+    false. The one reading of ``square``, ``fp16``, ``bf16`` and the other flags a file carries."""
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
 def bounded_int(value: object, bounds: tuple[int, int], source: str, key: str) -> int:
     """``value`` (text or a number read from a file) as an int in ``bounds``; one line naming the file and
     the key otherwise."""
@@ -176,7 +188,7 @@ def bounded_int(value: object, bounds: tuple[int, int], source: str, key: str) -
     return number
 
 
-def load_onnx(path: str | os.PathLike, **kwargs):
+def load_onnx(path: str | os.PathLike, **kwargs: Any) -> onnx.ModelProto:
     """``onnx.load`` with a one-line :class:`HRXError` naming the file when it is not ONNX."""
     import onnx
 
@@ -203,6 +215,7 @@ class Backend:
     thread_safe: bool = False  # infer may run on several threads at once (see above)
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:  # pragma: no cover - every backend defines it
+        """One batch of tiles in, upscaled tiles out (shapes in the module doc)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement infer")
 
     def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

@@ -7,6 +7,7 @@ from torch import nn
 
 
 def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error."""
     return (pred - target).abs().mean()
 
 

@@ -35,10 +35,12 @@ class ModelEntry:
 
     @property
     def model_cls(self) -> type[nn.Module]:
+        """The model class (imported on first use)."""
         return _resolve(self.model_ref)
 
     @property
     def config_cls(self) -> type:
+        """The config dataclass (imported on first use)."""
         return _resolve(self.config_ref)
 
 
@@ -55,16 +57,19 @@ def register_model(name: str, model_cls: type[nn.Module] | str, config_cls: type
 
 
 def list_models() -> list[str]:
+    """Registered architecture names, sorted."""
     return sorted(_REGISTRY)
 
 
 def get_entry(arch: str) -> ModelEntry:
+    """The registry entry of ``arch``; KeyError naming the known ones otherwise."""
     if arch not in _REGISTRY:
         raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[arch]
 
 
 def build_config(arch: str, **overrides: Any) -> Any:
+    """``arch``'s preset config with ``overrides`` applied; unknown fields raise."""
     entry = get_entry(arch)
     fields = {f.name for f in dataclasses.fields(entry.config_cls)}
     unknown = set(overrides) - fields

@@ -29,7 +29,8 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from hrx.errors import HRXError, MissingDependencyError, one_line
 from hrx.interface import ModelInfo
 from hrx.paths import ONNX_SUFFIXES, new_run_id, remove_temporaries
 from hrx.runtime.pipeline import BatchOptions, BatchReport, ImageResult, Job, NoProgress, Progress, run_batch
+
+if TYPE_CHECKING:
+    from hrx.runtime.factory import BackendRequest
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ def _result(row: dict) -> ImageResult:
     return ImageResult(**values)
 
 
-def actors_stopped(ray, timeout: float, class_name: str = "UpscaleActor") -> bool:
+def actors_stopped(ray: ModuleType, timeout: float, class_name: str = "UpscaleActor") -> bool:
     """Whether every actor of this job whose class is ``class_name`` has stopped (dead, after a kill or the
     end of the job), waiting up to ``timeout`` seconds; ``False`` when it cannot be told (no actor table).
     Ray Data names its actors ``MapWorker(MapBatches(CLASS))``."""
@@ -163,7 +167,7 @@ def actors_stopped(ray, timeout: float, class_name: str = "UpscaleActor") -> boo
         time.sleep(0.2)
 
 
-def run_batch_ray(request, jobs: Sequence[Job], overlap: int | None, merge: str, options: BatchOptions,
+def run_batch_ray(request: BackendRequest, jobs: Sequence[Job], overlap: int | None, merge: str, options: BatchOptions,
                   ray_options: RayOptions = RayOptions(), progress: Progress | None = None,
                   actor: type = UpscaleActor) -> BatchReport:
     """Upscale ``jobs`` on Ray Data actors (``actor``: :class:`UpscaleActor` or a subclass); the report lists

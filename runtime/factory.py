@@ -160,8 +160,9 @@ def _check_onnxruntime_precision(engine: Path, precision: str) -> None:
     if precision in ("auto", "fp32"):
         return
     from hrx.interface import ModelInfo
+    from hrx.runtime.precision_policy import is_int8
 
-    int8 = ModelInfo.from_onnx(engine).precision.startswith("int8")
+    int8 = is_int8(ModelInfo.from_onnx(engine))
     if precision == "bf16":
         raise HRXError("--precision bf16: ONNX Runtime has no BF16 path on the CPU; use --backend openvino (or auto)")
     if precision == "int8" and not int8:

@@ -67,14 +67,17 @@ class Picture:
 
     @property
     def height(self) -> int:
+        """Height in pixels."""
         return int(self.color.shape[0])
 
     @property
     def width(self) -> int:
+        """Width in pixels."""
         return int(self.color.shape[1])
 
     @property
     def megapixels(self) -> float:
+        """Width times height, in millions."""
         return self.height * self.width / 1e6
 
 
@@ -420,7 +423,7 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
 
 
-def write_tiff16(file, picture: Picture, level: int = DEFAULT_PNG_LEVEL) -> None:
+def write_tiff16(file: str | os.PathLike, picture: Picture, level: int = DEFAULT_PNG_LEVEL) -> None:
     """A 16-bit TIFF (deflate at zlib ``level``) with the ICC profile; alpha as an unassociated extra sample.
     (tifffile writes no EXIF IFD: EXIF is kept in 16-bit PNG and in 8-bit outputs.)"""
     import tifffile

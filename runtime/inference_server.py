@@ -301,6 +301,7 @@ class TritonBackend(Backend):
             raise down from e
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
+        """Send one batch to the server and wait for its result."""
         return self._finish(tiles)
 
     def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -331,6 +332,7 @@ class TritonBackend(Backend):
                     self._cancel(handle)
 
     def close(self) -> None:
+        """Close every client connection; idempotent."""
         with self._lock:
             clients, self._clients = self._clients, []
         self._local = threading.local()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hrx.errors import HRXError
+from hrx.export.onnx_tools import metadata
 from hrx.interface import ModelInfo, load_onnx
 
 PARAM_PREFIX = "hrx_"
@@ -56,6 +57,7 @@ class RepoModel:
 
     @property
     def filename(self) -> str:
+        """The file name Triton expects: ``model.plan`` for TensorRT, else ``model.onnx``."""
         return "model.plan" if self.backend == "tensorrt" else "model.onnx"
 
 
@@ -80,7 +82,7 @@ def _dims(shape) -> list[int | str]:
 def describe_onnx(path: Path, name: str, instances: int, kind: str) -> RepoModel:
     """Names, dtypes and dims from the ONNX graph; batching from its first axis."""
     model = load_onnx(path, load_external_data=False)
-    info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+    info = ModelInfo.from_props(metadata(model), str(path))
     initializers = {t.name for t in model.graph.initializer}
     values = [v for v in model.graph.input if v.name not in initializers], list(model.graph.output)
     shapes = [[_dims(v.type.tensor_type.shape) for v in group] for group in values]

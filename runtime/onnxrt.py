@@ -116,6 +116,7 @@ class OnnxRuntimeBackend(Backend):
             self._binding.bind_ortvalue_output(self._output, self._device_out)
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
+        """Run one batch of tiles (shape checked against the model's)."""
         if tuple(tiles.shape) != self.input_shape:
             raise HRXError(f"{self.path}: expected tiles of shape {list(self.input_shape)}, got {list(tiles.shape)}")
         tiles = np.ascontiguousarray(tiles, dtype=self._dtype)
@@ -132,5 +133,6 @@ class OnnxRuntimeBackend(Backend):
         return np.asarray(out, dtype=np.float32)
 
     def close(self) -> None:
+        """Drop the session; idempotent."""
         self._binding = None
         self.session = None

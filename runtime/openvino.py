@@ -78,6 +78,7 @@ def core() -> "openvino.Core":  # noqa: F821
 
 
 def openvino_version() -> str:
+    """The installed OpenVINO version."""
     return require_openvino().__version__
 
 
@@ -115,6 +116,7 @@ def open_sessions(path: str | os.PathLike, threads: Sequence[int], **options) ->
 
 
 def plugin_refusal(path: str | os.PathLike) -> str:
+    """The one-line reason OpenVINO cannot run ``path`` (it has ``hrx::`` plugin ops)."""
     return (f"{path}: OpenVINO cannot run hrx:: plugin ops (its ONNX frontend does not inline the file's "
             "local functions); export the model with `hrx export --ops native`")
 
@@ -219,6 +221,7 @@ class OpenVINOBackend(Backend):
         self._runner = ThreadPoolExecutor(self._count, thread_name_prefix="hrx-openvino") if self._count > 1 else None
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
+        """Run one batch of tiles (shape checked against the model's)."""
         if tuple(tiles.shape) != self.input_shape:
             raise HRXError(f"{self.path}: expected tiles of shape {list(self.input_shape)}, got {list(tiles.shape)}")
         request = self._requests.get()
@@ -229,6 +232,7 @@ class OpenVINOBackend(Backend):
             self._requests.put(request)
 
     def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Results of ``batches`` in order, several in flight when the backend has more than one request."""
         if self._runner is None:
             for batch in batches:
                 yield self.infer(batch)
@@ -246,6 +250,7 @@ class OpenVINOBackend(Backend):
                 future.cancel()
 
     def close(self) -> None:
+        """Stop the request threads and drop the compiled model."""
         runner = getattr(self, "_runner", None)
         if runner is not None:
             runner.shutdown(wait=True, cancel_futures=True)

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from hrx.interface import Backend
 from hrx.runtime.pipeline import (BatchOptions, BatchReport, ImageResult, Job, NoProgress, Progress, run_stream,
                                   skip_existing)
 from hrx.runtime.tiling import TileSpec
+
+if TYPE_CHECKING:
+    from hrx.interface import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Worker:
 
     @property
     def label(self) -> str:
+        """``kind:device``, as reports name the worker."""
         return f"{self.kind}:{self.device}"
 
 
@@ -97,7 +101,7 @@ def runs_cpu_sessions(engine: str | os.PathLike | None, model: str | None, backe
     return not cuda_available()
 
 
-def batches_in(image: str | os.PathLike, info, overlap: int | None = None) -> int | None:
+def batches_in(image: str | os.PathLike, info: ModelInfo, overlap: int | None = None) -> int | None:
     """Tile batches the model of ``info`` (:class:`hrx.interface.ModelInfo`) runs on ``image``, from its
     header only; ``None`` when it cannot be read (the pipeline reports that image later)."""
     import math
@@ -141,6 +145,7 @@ class SharedSessions(Backend):
         self._runner = ThreadPoolExecutor(len(self.backends), thread_name_prefix="hrx-session")
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
+        """Run one batch on the next idle session."""
         backend = self._idle.get()
         try:
             return backend.infer(tiles)
@@ -148,6 +153,7 @@ class SharedSessions(Backend):
             self._idle.put(backend)
 
     def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Results of ``batches`` in order, up to two per session in flight."""
         ahead = 2 * len(self.backends)
         pending: deque[Future] = deque()
         try:
@@ -166,6 +172,7 @@ class SharedSessions(Backend):
         self._runner.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
+        """Stop the threads and close every session."""
         self.stop()
         for b in self.backends:
             b.close()

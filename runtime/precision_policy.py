@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hrx.errors import HRXError
-from hrx.export.onnx_tools import PRECISIONS
+from hrx.export.onnx_tools import PRECISIONS, declared_precision
 from hrx.interface import ModelInfo
 
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # fp16: TensorRT builds only (hrx.runtime.factory)
@@ -57,6 +57,7 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
 
 
 def bf16_native(flags: frozenset[str]) -> bool:
+    """Whether ``flags`` include AMX-BF16 or AVX512-BF16."""
     return any(f in flags for f in BF16_FLAGS)
 
 
@@ -66,7 +67,8 @@ def flags_summary(flags: frozenset[str]) -> str:
 
 
 def is_int8(info: ModelInfo) -> bool:
-    return info.precision.startswith("int8")
+    """Whether the file's metadata declares an INT8 Q/DQ graph (``int8-qdq``, ``int8-qdq-fp16`` ...)."""
+    return declared_precision(info.precision) == "int8"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class PrecisionChoice:
 
     @property
     def line(self) -> str:
+        """The line the run prints: ``precision: <precision> (<reason>)``."""
         return f"precision: {self.precision} ({self.reason})"
 
 
@@ -88,6 +91,7 @@ class GateResult:
     cached: bool = False
 
     def passed(self, min_psnr: float) -> bool:
+        """Whether the measured PSNR reaches ``min_psnr``."""
         return self.psnr >= min_psnr
 
 
@@ -217,6 +221,7 @@ def fidelity_gate(path: str | os.PathLike, info: ModelInfo, *, images: str | os.
 
 def measure_gate(path: str | os.PathLike, info: ModelInfo, images: str | os.PathLike | None = None,
                  sha256: str = "") -> GateResult:
+    """PSNR of ``path`` in BF16 against FP32 on the gate images (bundled photos or ``images``)."""
     from hrx.metrics import psnr_from_mse
 
     pictures, source = gate_images(info, images)

@@ -81,6 +81,7 @@ class ReportWriter:
             os.fsync(self._fd)
 
     def close(self) -> None:
+        """Close the report file; idempotent."""
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)

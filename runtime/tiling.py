@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Generator, Iterable, Iterator
 
 import numpy as np
 
 from hrx.errors import HRXError, check_choice
+
+if TYPE_CHECKING:
+    from hrx.interface import ModelInfo
 
 MERGE_MODES = ("crop", "blend")
 InferFn = Callable[[np.ndarray], np.ndarray]  # float32 [batch, C, T, T] -> [batch, Co, T*s, T*s]
@@ -53,7 +56,7 @@ class TileSpec:
             raise HRXError(f"batch ({self.batch}) and scale ({self.scale}) must be >= 1")
 
     @classmethod
-    def from_info(cls, info, overlap: int | None = None, merge: str = "crop") -> "TileSpec":
+    def from_info(cls, info: ModelInfo, overlap: int | None = None, merge: str = "crop") -> "TileSpec":
         """The spec a model's metadata (:class:`hrx.interface.ModelInfo`) gives: its tile, scale, size
         multiple and batch, and its recommended overlap unless ``overlap`` is given."""
         return cls(info.tile, info.tile_overlap if overlap is None else overlap, info.scale, info.size_multiple,
@@ -76,6 +79,7 @@ class AxisPlan:
 
     @property
     def count(self) -> int:
+        """Number of tiles along the axis."""
         return len(self.starts)
 
 
@@ -105,6 +109,7 @@ def check_finite(result: np.ndarray, where: Callable[[int], str]) -> None:
 
 
 def plan_axis(length: int, spec: TileSpec) -> AxisPlan:
+    """Tile starts along one axis of ``length`` pixels (padded to a multiple of ``size_multiple``)."""
     m = max(1, spec.size_multiple)
     padded = max(spec.tile, math.ceil(length / m) * m)
     last = padded - spec.tile
@@ -113,6 +118,7 @@ def plan_axis(length: int, spec: TileSpec) -> AxisPlan:
 
 
 def tile_count(height: int, width: int, spec: TileSpec) -> int:
+    """Number of tiles an image of ``height`` x ``width`` takes."""
     return plan_axis(height, spec).count * plan_axis(width, spec).count
 
 

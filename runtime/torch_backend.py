@@ -55,6 +55,7 @@ class TorchBackend(Backend):
                               tile_overlap=min(int(getattr(model, "tile_overlap", 0)), tile // 2 // m * m), ops="torch")
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
+        """Run one batch of tiles through the PyTorch model."""
         import torch
 
         i = self.info
@@ -72,4 +73,5 @@ class TorchBackend(Backend):
             return y.float().contiguous().cpu().numpy()
 
     def close(self) -> None:
+        """Drop the model; idempotent."""
         self.model = None

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hrx.errors import HRXError
+
+if TYPE_CHECKING:
+    import av
 
 # AVColorSpace -> (Kr, Kb)
 _KR_KB = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 5: (0.299, 0.114), 6: (0.299, 0.114), 7: (0.212, 0.087),
@@ -43,6 +47,7 @@ class Layout:
 
     @property
     def dtype(self) -> type:
+        """The numpy dtype of one sample: uint8 up to 8 bits, else uint16."""
         return np.uint8 if self.bits <= 8 else np.uint16
 
 
@@ -78,24 +83,27 @@ class Color:
     range: int = 0  # 0: unspecified, 1: limited, 2: full
 
     def kr_kb(self, height: int) -> tuple[float, float]:
+        """The luma coefficients of the colour space (BT.709 from 720 lines up when unspecified, else BT.601)."""
         if self.space in _KR_KB:
             return _KR_KB[self.space]
         return _KR_KB[BT709 if height >= 720 else BT601]
 
     def full(self, fmt: Layout) -> bool:
+        """Whether samples use the full range (JPEG range, or a layout that has only full range)."""
         return fmt.full_range_only or self.range == JPEG
 
     @property
     def is_hdr(self) -> bool:
+        """Whether the transfer is PQ (SMPTE 2084) or HLG."""
         return self.trc in (16, 18)  # SMPTE 2084 (PQ), ARIB STD-B67 (HLG)
 
 
-def frame_color(frame) -> Color:
+def frame_color(frame: av.VideoFrame) -> Color:
     """The colour tags a decoded PyAV frame carries."""
     return Color(int(frame.colorspace), int(frame.color_primaries), int(frame.color_trc), int(frame.color_range))
 
 
-def read_planes(frame, fmt: Layout) -> list[np.ndarray]:
+def read_planes(frame: av.VideoFrame, fmt: Layout) -> list[np.ndarray]:
     """The planes of ``frame`` as integer arrays (no copy beyond dropping the row padding)."""
     out = []
     for plane in frame.planes:
@@ -161,7 +169,7 @@ def _apply(m: np.ndarray, x: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_rgb(frame, color: Color | None = None) -> np.ndarray:
+def to_rgb(frame: av.VideoFrame, color: Color | None = None) -> np.ndarray:
     """A decoded PyAV frame -> float32 ``[3, H, W]`` R'G'B' in [0, 1], at the frame's own depth."""
     fmt = layout(frame.format.name)
     if fmt is None:  # packed / semi-planar / alpha formats: FFmpeg unpacks them, depth kept
@@ -225,7 +233,7 @@ def from_rgb(rgb: np.ndarray, pix_fmt: str, color: Color):
     return frame
 
 
-def tag(target, color: Color) -> None:
+def tag(target: av.VideoFrame | av.codec.CodecContext, color: Color) -> None:
     """Set the colour tags on a frame or a codec context."""
     target.colorspace, target.color_primaries = color.space, color.primaries
     target.color_trc, target.color_range = color.trc, color.range
@@ -245,7 +253,7 @@ class HdrInfo:
         return bool(self.primaries or self.luminance or self.light)
 
 
-def hdr_info(frame) -> HdrInfo:
+def hdr_info(frame: av.VideoFrame) -> HdrInfo:
     """Read AVMasteringDisplayMetadata / AVContentLightMetadata from a decoded frame's side data."""
     primaries = luminance = light = None
     for item in frame.side_data:

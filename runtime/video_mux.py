@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import heapq
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from hrx.errors import HRXError, one_line
 from hrx.paths import VIDEO_SUFFIXES, atomic_write
+
+if TYPE_CHECKING:
+    import av
+
+    from hrx.runtime.video import VideoOptions, VideoPlan
 
 # containers written (AVI is read only: it holds no presentation timestamps, so its videos become .mkv)
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".nut": "nut",
@@ -34,6 +39,7 @@ SAR_CODECS = {"h264", "hevc"}
 
 
 def container_format(path: Path) -> str:
+    """The PyAV container format for ``path``'s suffix; one-line :class:`HRXError` for an unknown one."""
     fmt = CONTAINERS.get(path.suffix.lower())
     if fmt is None:
         raise HRXError(f"{path}: unknown video container {path.suffix or '(no suffix)'}; "
@@ -42,6 +48,7 @@ def container_format(path: Path) -> str:
 
 
 def supported_codecs(fmt: str) -> set[str]:
+    """Codec names the container format ``fmt`` can hold (asked of PyAV)."""
     import tempfile
 
     import av
@@ -71,12 +78,12 @@ def kept_streams(source: Path, fmt: str, video_index: int, video_codec: str) -> 
     return kept, dropped
 
 
-def internal(stream) -> bool:
+def internal(stream: av.stream.Stream) -> bool:
     """A stream the demuxer keeps for itself (mp4's chapter text track: the chapters are copied as chapters)."""
     return int(stream.discard) >= 48  # AVDISCARD_ALL
 
 
-def describe(stream) -> str:
+def describe(stream: av.stream.Stream) -> str:
     """``#2 subtitle ass (eng, "Signs")``: how a warning names a stream."""
     if stream.type == "attachment":
         return f"#{stream.index} attachment {stream.name} ({stream.mimetype})"
@@ -184,7 +191,7 @@ def _segment_packets(paths: list[Path], stream, time_base) -> Iterator[tuple[flo
                                "and run again")
 
 
-def join(plan, segments: list[Path], output: Path, options) -> list[str]:
+def join(plan: VideoPlan, segments: list[Path], output: Path, options: VideoOptions) -> list[str]:
     """Write ``output``: the segments' video and the input's other streams; returns the dropped ones."""
     import av
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,11 +21,15 @@ from hrx.runtime.tiling import TileSpec
 from hrx.runtime.video import (VideoOptions, VideoPlan, VideoResult, begin_video, finish_video, run_segment,
                               video_lock)
 
+if TYPE_CHECKING:
+    from hrx.interface import ModelInfo
+    from hrx.runtime.factory import BackendRequest
+
 
 class SegmentActor:
     """Ray Data callable class: opens the backend once, then upscales one segment per row."""
 
-    def __init__(self, request, spec: TileSpec, plan: VideoPlan, work: str, options: VideoOptions) -> None:
+    def __init__(self, request: BackendRequest, spec: TileSpec, plan: VideoPlan, work: str, options: VideoOptions) -> None:
         from hrx.runtime.factory import open_backend
 
         self.backend = open_backend(request)
@@ -39,7 +44,7 @@ class SegmentActor:
         return {"index": np.array(indices, dtype=np.int64), "lost": np.array(lost, dtype=np.int64)}
 
 
-def upscale_video_ray(request, info, spec: TileSpec, source: Path, output: Path, options: VideoOptions,
+def upscale_video_ray(request: BackendRequest, info: ModelInfo, spec: TileSpec, source: Path, output: Path, options: VideoOptions,
                       ray_options: RayOptions = RayOptions(), model_id: str = "") -> VideoResult:
     """Upscale one video with its segments spread over Ray Data actors; resumes like a local run. This
     process holds the output's lock (:func:`~hrx.runtime.video.video_lock`) until the join."""

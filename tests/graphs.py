@@ -5,6 +5,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from hrx.export.onnx_tools import Graph
+
 
 def norm_softmax_graph(opset: int, side: int = 4, tail_conv: bool = False) -> onnx.ModelProto:
     """``input -> Conv -> (x - mean)^2 norm statistics -> MatMul logits -> Softmax [-> 1x1 Conv] -> output``
@@ -32,3 +34,20 @@ def norm_softmax_graph(opset: int, side: int = 4, tail_conv: bool = False) -> on
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, side, side])
     return helper.make_model(helper.make_graph(nodes, "norm_softmax", [x], [y], inits),
                              opset_imports=[helper.make_opsetid("", opset)])
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every typed tensor (after shape inference): value infos, I/O, initializers."""
+    return Graph(onnx.shape_inference.infer_shapes(model)).types
+
+
+def compute_types(model: onnx.ModelProto) -> dict[str, int]:
+    """``{node name: element type of its first float input}``: the type each node computes in."""
+    types = tensor_types(model)
+    out = {}
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+    for n in model.graph.node:
+        t = next((types[i] for i in n.input if i in types and types[i] in floats), None)
+        if t is not None:
+            out[n.name] = t
+    return out

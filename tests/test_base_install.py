@@ -12,6 +12,7 @@ import sysconfig
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +41,7 @@ def _site_packages(venv: Path) -> Path:
     return Path(purelib)
 
 
+@pytest.mark.slow
 def test_base_install_upscales_a_photo_without_torch(tmp_path):
     from skimage import data
 

@@ -63,6 +63,7 @@ def test_shipped_default_x4_computes_what_its_checkpoint_does():
     assert float(np.abs(want - up).mean()) > 1e-3, "the reference is a trivial upscale: the check proves nothing"
 
 
+@pytest.mark.slow
 def test_shipped_onnx_matches_a_fresh_export_and_is_the_default(tmp_path, monkeypatch):
     """default-x2: the shipped file against the export that default_engine makes when no file is shipped
     (the same graph, weights and numbers); then the shipped file is what the default path opens."""

@@ -165,6 +165,7 @@ def trt_int8(work, native_onnx, photos) -> tuple[Path, str]:
     return out, _ok(_run(str(native_onnx), "--images", str(photos), "-o", str(out), "--target", "trt", *FAST))
 
 
+@pytest.mark.slow
 def test_trt_qdq_model_keeps_sensitive_ops_float_and_runs(native_onnx, trt_int8, photos):
     out, text = trt_int8
     model = onnx.load(str(out))
@@ -192,6 +193,7 @@ def test_trt_qdq_model_keeps_sensitive_ops_float_and_runs(native_onnx, trt_int8,
     assert "kept float" in text and "quantized (INT8)" in text and "PASS" in text
 
 
+@pytest.mark.slow
 def test_cpu_target_from_cache_without_images(work, native_onnx, trt_int8):
     json_path = work / "tiny.int8.ranges.json"
     assert json_path.is_file() and (work / "tiny.int8.heldout.npz").is_file()
@@ -210,6 +212,7 @@ def test_cpu_target_from_cache_without_images(work, native_onnx, trt_int8):
     assert "no images read" in text
 
 
+@pytest.mark.slow
 def test_cpu_target_keeps_low_intensity_convs_float_and_onnxruntime_fuses_the_int8_ones(work, native_onnx, trt_int8,
                                                                                    tmp_path):
     """--target cpu keeps float the convs with few multiply-adds per activation element (depthwise, small
@@ -253,6 +256,7 @@ def test_cpu_target_keeps_low_intensity_convs_float_and_onnxruntime_fuses_the_in
             assert p is None or p.op_type != "DequantizeLinear", n.name
 
 
+@pytest.mark.slow
 def test_plugin_nodes_and_their_functions_stay_float(plugin_onnx, photos, work):
     out = work / "tiny-plugin.int8.onnx"
     _ok(_run(str(plugin_onnx), "--images", str(photos), "-o", str(out), *FAST))
@@ -269,6 +273,7 @@ def test_plugin_nodes_and_their_functions_stay_float(plugin_onnx, photos, work):
     assert "--ops native" in line and not (work / "p.ov.onnx").exists()
 
 
+@pytest.mark.slow
 def test_gate_fails_on_unrepresentative_calibration(native_onnx, flat_folder, work):
     out = work / "flat.int8.onnx"
     args = [str(native_onnx), "--images", str(flat_folder), "-o", str(out), "--method", "minmax", *FAST,
@@ -288,6 +293,7 @@ def test_gate_fails_on_unrepresentative_calibration(native_onnx, flat_folder, wo
     assert json.loads(_props(out)["quant_psnr"])["drop"] <= 0.1
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_errors(native_onnx, trt_int8, photos, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -317,6 +323,7 @@ def test_images_smaller_than_a_tile_are_padded(tmp_path):
     assert set(tiles.calib_images).isdisjoint(tiles.held_back_images)
 
 
+@pytest.mark.slow
 def test_upscale_runs_the_int8_model_on_cpu(trt_int8, photos, tmp_path):
     from PIL import Image
 
@@ -336,6 +343,7 @@ def one_photo(work) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["cpu", "trt"])
 def test_one_photo_calibration_holds_on_unseen_photos(native_onnx, one_photo, work, target):
     """Calibrate on one photo, score on other, colourful photos the calibration never saw (the gate's
@@ -359,6 +367,7 @@ def test_one_photo_calibration_holds_on_unseen_photos(native_onnx, one_photo, wo
     assert min(drops) > -0.3, drops  # a real INT8 model: not FP32 in disguise, not broken
 
 
+@pytest.mark.slow
 def test_several_images_keep_the_full_gate(trt_int8):
     out, text = trt_int8
     gate = json.loads(_props(out)["quant_gate"])
@@ -366,12 +375,13 @@ def test_several_images_keep_the_full_gate(trt_int8):
     assert "warning: only" not in text
 
 
+@pytest.mark.slow
 def test_fp16_precision_keeps_int8_convs_and_half_elsewhere(native_onnx, trt_int8, photos, work):
     """`--precision fp16`: the same Q/DQ INT8 convs, half precision elsewhere with the FP32 islands of
     `hrx export --precision fp16` (softmax, norm statistics, scan decays), behind the same quality gate."""
     from onnx import TensorProto
 
-    from hrx.export.precision import compute_types, tensor_types
+    from tests.graphs import compute_types, tensor_types
 
     out = work / "tiny.int8-fp16.onnx"
     json_path = work / "tiny.int8.ranges.json"  # the ranges of trt_int8: same calibration, no images needed

@@ -52,6 +52,7 @@ def _unseen_pairs(n: int = 4) -> tuple[np.ndarray, np.ndarray]:
     return bicubic_down(np.ascontiguousarray(hr), 2), hr
 
 
+@pytest.mark.slow
 def test_openvino_int8_runs_int8_convs_within_the_gate_on_an_unseen_photo(files):
     from hrx.calibration.quality import compare, run_model
     from hrx.runtime.openvino import OpenVINOBackend

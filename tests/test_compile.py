@@ -13,6 +13,7 @@ import hrx
 from tests.conftest import randomize_params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["hrx-t"])  # hydra-t and the larger presets: one compile is minutes on 2 cores
 def test_torch_compile_of_fused_model_matches_eager(arch):
     torch.manual_seed(0)

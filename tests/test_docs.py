@@ -71,6 +71,7 @@ def readme_dir(tmp_path_factory):
     return work
 
 
+@pytest.mark.slow
 def test_readme_block_writes_what_it_says(readme_dir):
     from PIL import Image
 
@@ -81,6 +82,7 @@ def test_readme_block_writes_what_it_says(readme_dir):
             assert im.size == (128, 96)  # x2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where,code", [b for b in BLOCKS if not b[0].startswith("README.md:")],
                          ids=[b[0] for b in BLOCKS if not b[0].startswith("README.md:")])
 def test_doc_block_runs(where, code, readme_dir, tmp_path):

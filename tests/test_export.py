@@ -50,6 +50,7 @@ def cli_export(tmp_module):
     return ckpt, out, res.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ops", ["native", "plugin"])
 # every scale on hrx-t (the scale changes only the upsampler); hrx-s at x2 adds what hrx-t lacks: shifted
 # windows and several scans per stage, window 8, scan chunk 32
@@ -82,6 +83,7 @@ def test_onnxruntime_matches_unfused_pytorch(tmp_module, arch, scale, ops):
     assert result.simplifier in ("onnxsim", "onnxslim"), result.simplifier  # neither failed
 
 
+@pytest.mark.slow
 def test_plugin_nodes_carry_trt_attributes(tmp_module):
     from hrx.blocks.moe import SparseMoE
     from hrx.blocks.ssm import SSMixer
@@ -102,6 +104,7 @@ def test_plugin_nodes_carry_trt_attributes(tmp_module):
             assert attrs["chunk"] > 0 and len(node.input) == 6
 
 
+@pytest.mark.slow
 def test_simplified_equals_unsimplified_and_export_is_reproducible(tmp_module, cli_export):
     ckpt, a, _ = cli_export  # the CLI's export with its defaults
     b, raw = tmp_module / "b.onnx", tmp_module / "raw.onnx"
@@ -114,6 +117,7 @@ def test_simplified_equals_unsimplified_and_export_is_reproducible(tmp_module, c
     assert len(ga.node) < len(onnx.load(str(raw)).graph.node)
 
 
+@pytest.mark.slow
 def test_batch_and_channels(tmp_module):
     ckpt = _checkpoint(tmp_module, "hrx-t", 2, channels=4)
     out = tmp_module / "b2.onnx"
@@ -124,6 +128,7 @@ def test_batch_and_channels(tmp_module):
     assert np.abs(_ort(out, x) - ref).max() <= ATOL
 
 
+@pytest.mark.slow
 def test_cli_export_and_verify_pass_then_fail_on_corrupted_weight(tmp_module, cli_export):
     ckpt, out, output = cli_export
     assert "MACs per tile" in output and "onnxsim" in output
@@ -166,6 +171,7 @@ def _corrupt_a_stage3_weight(path: Path, bad: Path, factor: float = 1.5) -> tupl
     return bad, target.name
 
 
+@pytest.mark.slow
 def test_bisect_re_exports_with_the_files_own_settings(tmp_module):
     """An FP16 file exported without the simplifier: the bisect's trusted reference is a fresh export with
     those settings (an FP32, simplified re-export is another graph, with few tensors in common)."""
@@ -180,6 +186,7 @@ def test_bisect_re_exports_with_the_files_own_settings(tmp_module):
     assert "first divergence" in res.output and weight in res.output, res.output
 
 
+@pytest.mark.slow
 def test_verify_with_image_tiles(tmp_module, cli_export):
     from PIL import Image
 

@@ -240,6 +240,7 @@ def test_cli_new(tmp_path):
 
 # hydra-t x2 with its prompt; and hydra-t x4 laid out like hydra-base (no prompt, two blocks per stage, so
 # shifted windows too): the code paths of hydra-base at a fraction of its export time
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,scale,layout", [("hydra-t", 2, {}),
                                               ("hydra-t", 4, dict(prompt_dim=0, enc_depths=(2, 2, 2),
                                                                   dec_depths=(2, 2, 2)))], ids=["t-x2", "base-layout-x4"])

@@ -176,9 +176,8 @@ GOLDEN = Path(__file__).parent / "data" / "bundled_outputs.npz"
 
 def bundled_outputs() -> dict[str, np.ndarray]:
     """The bundled models on a 32 x 64 astronaut crop (h != w, so a swapped scan order shows):
-    default-x2's whole output, the centre 64 x 64 of default-x4's. ``GOLDEN`` holds what this
-    function returned at commit 4a51885 (before the channels-first scan), written with
-    ``np.savez_compressed(GOLDEN, input_crop=np.array([96, 128, 160, 224]), **bundled_outputs())``."""
+    default-x2's whole output, the centre 64 x 64 of default-x4's. ``GOLDEN`` holds these outputs, written
+    with ``np.savez_compressed(GOLDEN, input_crop=np.array([96, 128, 160, 224]), **bundled_outputs())``."""
     from skimage import data
 
     crop = data.astronaut()[96:128, 160:224]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -55,6 +54,7 @@ def _layernorms(model: onnx.ModelProto) -> int:
                and producer[n.input[1]].op_type == "ReduceMean")
 
 
+@pytest.mark.slow
 def test_layernorm_pass_matches_unfused_model(unpassed):
     _, base, x, ref = unpassed
     before = _layernorms(base)
@@ -116,6 +116,7 @@ def test_layernorm_pass_sinks_into_window_partition():
     assert float(np.abs(_ort(model, x.numpy()) - ref).max()) <= ATOL
 
 
+@pytest.mark.slow
 def test_all_passes_match_unfused_model_and_run_by_export(unpassed, tmp_path):
     model, base, x, ref = unpassed
     passed = copy.deepcopy(base)
@@ -131,6 +132,7 @@ def test_all_passes_match_unfused_model_and_run_by_export(unpassed, tmp_path):
     assert float(np.abs(_ort(exported, x) - ref).max()) <= ATOL
 
 
+@pytest.mark.slow
 def test_simplified_export_leaves_nothing_to_fold(tmp_path):
     """Constant folding is the simplifier's alone (no pass repeats it): a default export holds no node
     whose inputs are all constants and no Shape of a static tensor."""

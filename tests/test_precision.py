@@ -17,10 +17,10 @@ from onnx import TensorProto
 
 import hrx
 from hrx.export.onnx_export import export_onnx
-from hrx.export.precision import NAIVE_RULES, compute_types, convert_precision, tensor_types
+from hrx.export.precision import NAIVE_RULES, convert_precision
 from hrx.export.reference import HalfReference
 from hrx.export.compare import _metrics
-from tests.graphs import norm_softmax_graph
+from tests.graphs import compute_types, norm_softmax_graph, tensor_types
 
 FP32, FP16, BF16 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16
 
@@ -51,6 +51,7 @@ def x2_fp32_32(tmp_path_factory):
     return onnx.load(str(path))
 
 
+@pytest.mark.slow
 def test_fp16_export_types_read_from_the_graph(x2_fp16):
     path, result = x2_fp16
     model = onnx.load(str(path))
@@ -92,6 +93,7 @@ def test_fp16_export_types_read_from_the_graph(x2_fp16):
     assert result.info.precision == "fp16" and "FP32 islands" in result.summary()
 
 
+@pytest.mark.slow
 def test_fp16_reference_rounds_every_op(x2_fp16):
     path, _ = x2_fp16
     ref = HalfReference(path)
@@ -108,6 +110,7 @@ def test_fp16_reference_rounds_every_op(x2_fp16):
     assert halves and all(results[k].dtype == np.float16 for k in halves)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, tile, count", [("default-x2", 64, 2), ("default-x4", 32, 2)])
 def test_bundled_fp16_within_45_db_of_fp32_pytorch_on_photos(name, tile, count, x2_fp16, tmp_path):
     if name == "default-x2":
@@ -132,6 +135,7 @@ def test_bundled_fp16_within_45_db_of_fp32_pytorch_on_photos(name, tile, count, 
         assert _metrics(want, got.astype(np.float64))[0] > 0, "half precision changes something"
 
 
+@pytest.mark.slow
 def test_overflow_probe_naive_half_breaks_hrx_islands_hold(x2_fp32_32):
     """Inputs scaled x1000 drive the norm variances past 65504: a whole-graph half conversion
     gives inf/NaN, the islands keep the result finite and close to the FP32 graph."""
@@ -151,6 +155,7 @@ def test_overflow_probe_naive_half_breaks_hrx_islands_hold(x2_fp32_32):
     assert np.abs(good - want).max() / scale < 0.01
 
 
+@pytest.mark.slow
 def test_io_fp16_and_bf16_graphs(x2_fp32_32):
     half_io, plan = convert_precision(x2_fp32_32, "fp16", io="fp16")
     onnx.checker.check_model(half_io, full_check=True)
@@ -183,6 +188,7 @@ def test_bf16_graph_types_and_islands():
     assert "qk" in plan.islands["softmax"]
 
 
+@pytest.mark.slow
 def test_fp32_is_unchanged_and_bad_flags_are_one_line(x2_fp32_32, tmp_path):
     same, plan = convert_precision(x2_fp32_32, "fp32")
     assert same.SerializeToString() == x2_fp32_32.SerializeToString() and plan.islands == {}
@@ -195,6 +201,7 @@ def test_fp32_is_unchanged_and_bad_flags_are_one_line(x2_fp32_32, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.slow
 def test_plugin_nodes_get_their_plugin_types_and_still_run(tmp_path):
     """`--ops plugin --precision fp16`: hrx::SelectiveScan takes half x/B/C and FP32 dt/A/D and
     writes half; hrx::MoETop1 takes FP32 logits and half experts; ONNX Runtime (local functions)
@@ -230,6 +237,7 @@ def test_plugin_nodes_get_their_plugin_types_and_still_run(tmp_path):
         assert psnr >= 45.0 and psnr > floor + 10, (psnr, floor)
 
 
+@pytest.mark.slow
 def test_upscale_runs_an_fp16_onnx_unchanged_for_the_tiler(tmp_path):
     """`hrx upscale --engine m.fp16.onnx`: FP32 I/O, so the tiler sees no difference; the image
     matches the same tiling run with the FP32 PyTorch model (ONNX Runtime computes the half graph)."""

@@ -73,6 +73,7 @@ def _rows(report: dict) -> list[tuple]:
             for r in report["images"]]
 
 
+@pytest.mark.slow
 def test_ray_matches_plain_upscale_byte_for_byte(cluster, local, tmp_path):
     out = tmp_path / "ray"
     code, text = _run(str(local["images"]), "-r", "-o", str(out), "--engine", str(local["onnx"]), "--ray",
@@ -114,6 +115,7 @@ def _crashing_actor(marker: str):
     return CrashOnce
 
 
+@pytest.mark.slow
 def test_actor_killed_mid_write_is_restarted_and_outputs_are_whole(cluster, local, tmp_path):
     out = tmp_path / "ray"
     marker = tmp_path / "crashed"
@@ -132,6 +134,7 @@ def test_actor_killed_mid_write_is_restarted_and_outputs_are_whole(cluster, loca
     assert _outputs(out) == local["outputs"]  # every output whole and identical, no temporary left
 
 
+@pytest.mark.slow
 def test_a_failed_ray_job_returns_what_was_done_and_fails_the_rest(cluster, local, tmp_path):
     """An error outside the per-image handling (here: the actor raises on one image, every time) fails the
     Ray job: the images whose rows came back keep them, the others are failed rows that say why."""
@@ -157,6 +160,7 @@ def test_a_failed_ray_job_returns_what_was_done_and_fails_the_rest(cluster, loca
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_skip_existing_finishes_an_interrupted_run(cluster, local, tmp_path):
     out = tmp_path / "ray"
     (out / "sub").mkdir(parents=True)
@@ -187,6 +191,7 @@ def test_default_actors_never_take_every_core(cpus, gpus, asked, todo, expected)
         assert actors * per <= max(cpus - 1, 0.5)
 
 
+@pytest.mark.slow
 def test_ray_refuses_checkpoints_in_one_line(local, tmp_path):
     code, text = _run(str(local["images"]), "-o", str(tmp_path / "o"), "--model", "hrx-t", "--ray")
     lines = text.strip().splitlines()
@@ -194,6 +199,7 @@ def test_ray_refuses_checkpoints_in_one_line(local, tmp_path):
     assert os.listdir(tmp_path) == [] or not any((tmp_path / "o").rglob("*.png"))
 
 
+@pytest.mark.slow
 def test_video_segments_on_actors_equal_local_run(cluster, hrx_t_dynamic, tmp_path):
     """Segments of a video spread over two Ray Data actors, joined by the driver: the local run's output."""
     pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")

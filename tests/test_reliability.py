@@ -188,6 +188,7 @@ app()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_batch_leaves_valid_report_lines_and_resumes(models, tmp_path):
     """The whole process killed (SIGKILL) while images are in flight: every report line is JSON, every
     `done` row's output is whole, and a resume with --skip-existing and the report finishes the rest and

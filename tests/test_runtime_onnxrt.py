@@ -102,6 +102,7 @@ def hrx_t_export(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     return path, model
 
 
+@pytest.mark.slow
 def test_real_export_tiles_like_pytorch(hrx_t_export):
     path, model = hrx_t_export
     backend = OnnxRuntimeBackend(path)
@@ -129,7 +130,6 @@ def test_the_shared_cuda_io_binding_is_used_by_one_thread_at_a_time(tmp_path, mo
     """The Backend contract says ONNX Runtime's ``infer`` is thread-safe; on CUDA one IoBinding and one
     device output buffer serve every call, so bind, run and copy-out must not interleave. Simulated on the
     CPU: a binding whose run is slow; four threads each get their own tiles back."""
-    import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
 

@@ -43,6 +43,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HRX_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_f32_matches_onnxruntime_on_hrx_t(hrx_t_dynamic):
     _, path = hrx_t_dynamic
     ov, ort = OpenVINOBackend(path, precision="fp32"), OnnxRuntimeBackend(path)
@@ -73,6 +74,7 @@ def test_f32_matches_onnxruntime_on_hrx_t(hrx_t_dynamic):
     ov.close()  # idempotent
 
 
+@pytest.mark.slow
 def test_f32_matches_onnxruntime_on_spandrel_span(span_onnx):
     ov, ort = OpenVINOBackend(span_onnx, precision="fp32"), OnnxRuntimeBackend(span_onnx)
     x = _tiles(ov, 3)
@@ -141,6 +143,7 @@ def test_factory_opens_openvino(tmp_path):
         open_backend(BackendRequest(engine=path, backend="openvino", device=0))
 
 
+@pytest.mark.slow
 def test_verify_compares_openvino_with_pytorch(hrx_t_dynamic):
     from typer.testing import CliRunner
 

@@ -56,6 +56,7 @@ def exported(saved, tmp_path_factory):
     return {key: export_onnx(saved[key][2], root / f"{key[0]}_x{key[1]}.onnx", tile=32) for key in EXPORTED}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,scale", CASES)
 def test_load_pth_and_safetensors_match_spandrel(saved, name, scale):
     net, pth, st = saved[(name, scale)]
@@ -74,6 +75,7 @@ def test_load_pth_and_safetensors_match_spandrel(saved, name, scale):
             torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,scale", EXPORTED)
 def test_onnx_runtime_matches_spandrel(saved, exported, name, scale):
     import onnxruntime as ort
@@ -108,6 +110,7 @@ def _images(root):
     Image.fromarray(rgb).convert("RGBA").save(root / "rgba.png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,scale", EXPORTED)
 def test_upscale_engine_rgb_gray_rgba(exported, tmp_path, name, scale):
     _images(tmp_path / "in")
@@ -121,6 +124,7 @@ def test_upscale_engine_rgb_gray_rgba(exported, tmp_path, name, scale):
             assert np.asarray(im).std() > 0
 
 
+@pytest.mark.slow
 def test_span_conv3xc_fuses_within_1e5(saved):
     from hrx.spandrel_models.fuse import FusedConv3XC
 
@@ -138,6 +142,7 @@ def test_span_conv3xc_fuses_within_1e5(saved):
     torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_archs_without_reparam_pass_through(saved):
     from hrx.spandrel_models.fuse import fuse_reparam
 
@@ -149,6 +154,7 @@ def test_archs_without_reparam_pass_through(saved):
     assert all(torch.equal(deploy.state_dict()[k], v) for k, v in before.items())
 
 
+@pytest.mark.slow
 def test_tiled_equals_whole_within_receptive_field(saved):
     """Compact x2 (6 3x3 convs: r=6) gets overlap 4r=24, so blended tiles equal whole-image inference;
     with overlap 0 the seams differ."""
@@ -178,6 +184,7 @@ def test_unknown_checkpoint_one_line(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow
 def test_pickle_with_code_is_refused(tmp_path, saved):
     class Evil:
         def __reduce__(self):
@@ -190,6 +197,7 @@ def test_pickle_with_code_is_refused(tmp_path, saved):
         hrx.load_model(path)
 
 
+@pytest.mark.slow
 def test_wrapped_state_dict_loads(tmp_path, saved):
     """BasicSR / Real-ESRGAN files wrap the weights in ``params_ema``; chaiNNer-style ``module.`` prefixes."""
     net, _, _ = saved[("RRDBNet", 4)]
@@ -200,6 +208,7 @@ def test_wrapped_state_dict_loads(tmp_path, saved):
         torch.testing.assert_close(model(_x()), net(_x()), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_export_failure_names_arch_and_op(tmp_path, monkeypatch, saved):
     from hrx.errors import HRXError
     from hrx.export.onnx_export import export_onnx
@@ -263,6 +272,7 @@ def test_stand_in_rotate_fails_loudly():
         rotate(torch.rand(3, 4, 4), 90.0)
 
 
+@pytest.mark.slow
 def test_verify_and_upscale_model_take_a_spandrel_checkpoint(saved, exported, tmp_path):
     """hrx verify --checkpoint (Polygraphy, unfused spandrel model vs ONNX Runtime) and hrx upscale --model."""
     key = next(k for k in EXPORTED if k[0] == "SPAN")

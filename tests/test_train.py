@@ -159,6 +159,7 @@ def test_lr_schedule():
     assert lr_at(99, cfg) < 2e-5 and all(lr_at(i, cfg) >= lr_at(i + 1, cfg) for i in range(10, 99))
 
 
+@pytest.mark.slow
 def test_loss_decreases(image_dir: Path, tmp_path: Path):
     """Same crops every step (fixed batch) would overfit; use fresh crops, compare first and last window."""
     cfg = _cfg(image_dir, tmp_path / "m.pt", steps=40, batch=4, lr=3e-3, warmup=5, val_every=40, ckpt_every=40,
@@ -176,6 +177,7 @@ def test_loss_decreases(image_dir: Path, tmp_path: Path):
     assert {"val_psnr", "val_psnr_bicubic", "val_ssim"} <= set(extra)
 
 
+@pytest.mark.slow
 def test_resume_is_exact(image_dir: Path, tmp_path: Path):
     straight = train(_cfg(image_dir, tmp_path / "a.pt", steps=6))
     part = train(_cfg(image_dir, tmp_path / "b.pt", steps=6, stop_after=3))
@@ -193,6 +195,7 @@ def test_resume_is_exact(image_dir: Path, tmp_path: Path):
     assert any(not torch.equal(a[k], init[k]) for k in a if a[k].is_floating_point())
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_options(image_dir: Path, tmp_path: Path):
     train(_cfg(image_dir, tmp_path / "c.pt", steps=4, stop_after=2, ckpt_every=2))
     with pytest.raises(HRXError, match="different lr"):
@@ -206,6 +209,7 @@ def test_bad_patch_is_a_one_line_error(image_dir: Path, tmp_path: Path):
         train(_cfg(image_dir, tmp_path / "d.pt", patch=40))
 
 
+@pytest.mark.slow
 def test_cli_train(image_dir: Path, tmp_path: Path):
     from typer.testing import CliRunner
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import hrx
-from conftest import randomize_params
 from hrx.cli.main import app
 from hrx.interface import ModelInfo
 from hrx.runtime.inference_server_repo import info_from_parameters
@@ -51,6 +49,7 @@ def _graph_dims(value) -> list:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
 
 
+@pytest.mark.slow
 def test_dynamic_batch_export_runs_any_batch_like_pytorch(exports):
     import onnxruntime as ort
 
@@ -73,6 +72,7 @@ def test_dynamic_batch_export_runs_any_batch_like_pytorch(exports):
         session.run(None, {"input": np.zeros((1, 3, TILE + 16, TILE + 16), np.float32)})
 
 
+@pytest.mark.slow
 def test_repo_for_dynamic_onnx_parses_and_matches_the_graph(exports, tmp_path):
     path = exports["dynamic"]
     r = runner.invoke(app, ["triton-repo", str(path), "-o", str(tmp_path / "repo"), "--name", "hrx_t",
@@ -99,6 +99,7 @@ def test_repo_for_dynamic_onnx_parses_and_matches_the_graph(exports, tmp_path):
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["hrx_t", "t-2"]
 
 
+@pytest.mark.slow
 def test_repo_for_static_onnx_has_no_batcher(exports, tmp_path):
     path = exports["2"]
     r = runner.invoke(app, ["triton-repo", str(path), "-o", str(tmp_path), "--kind", "cpu"])
@@ -111,6 +112,7 @@ def test_repo_for_static_onnx_has_no_batcher(exports, tmp_path):
     assert [(g.count, g.kind) for g in cfg.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
 
 
+@pytest.mark.slow
 def test_repo_for_engine_records_compute_capability(exports, tmp_path):
     from hrx.runtime.trt.cache import EngineRecord, write_record
 
@@ -153,6 +155,7 @@ def test_repo_for_engine_declares_the_io_type_of_its_graph(tmp_path, io, dtype):
     assert [t.data_type for t in cfg.input] == [want] and [t.data_type for t in cfg.output] == [want]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["missing.onnx"], "no such model file"),
     (["{ckpt}"], "expected an .onnx"),
@@ -227,6 +230,7 @@ def _upscale(*args: str) -> tuple[int, str]:
     return r.exit_code, r.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_upscale_over_triton_matches_local_onnxruntime(exports, server, tmp_path, protocol):
     images = _images(tmp_path / "in")
@@ -248,6 +252,7 @@ def test_upscale_over_triton_matches_local_onnxruntime(exports, server, tmp_path
             f"{name}: max difference {np.abs(local - remote).max()} levels"
 
 
+@pytest.mark.slow
 def test_concurrent_clients_are_batched_and_get_their_own_tiles(exports, server):
     """8 clients x 3 one-tile requests at once: Triton merges them (fewer executions than requests, batches
     larger than 1 in its statistics) and every client gets the result of its own tile."""
@@ -296,6 +301,7 @@ def test_concurrent_clients_are_batched_and_get_their_own_tiles(exports, server)
     assert any(n > 0 for n in merged.values()), after[2]
 
 
+@pytest.mark.slow
 def test_triton_errors_are_one_line_exit_2(exports, server, tmp_path):
     images = _images(tmp_path / "in")
     silent = socket.socket()  # accepts connections and never answers: a hung server
@@ -382,6 +388,7 @@ def test_retries_breaker_and_cancel_without_a_server():
     assert [h[0] for h in server.cancelled] == [2, 3] and server.sent == 3
 
 
+@pytest.mark.slow
 def test_server_killed_mid_batch_fails_the_rest_at_once_exit_2(exports, server, tmp_path, monkeypatch):
     """Last in this module: it kills the server. SIGKILL of its whole process group once the report shows
     two finished images: the images done stay whole, the request in flight is retried then fails, the

@@ -25,6 +25,7 @@ def exports(tmp_path_factory) -> dict[str, onnx.ModelProto]:
     return loaded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["native", "plugin"])
 def test_every_op_is_on_tensorrts_list(exports, mode):
     model = exports[mode]
@@ -32,17 +33,20 @@ def test_every_op_is_on_tensorrts_list(exports, mode):
     assert ops.opset_problems(model) == []
 
 
+@pytest.mark.slow
 def test_plugin_export_decomposition_is_on_tensorrts_list(exports):
     """``hrx build --no-plugins`` feeds the local functions' bodies to the parser."""
     assert ops.unsupported_ops(exports["plugin"], plugins=False) == []
 
 
+@pytest.mark.slow
 def test_native_export_has_no_custom_domain(exports):
     model = exports["native"]
     assert plugins.plugin_nodes(model) == []
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
 
 
+@pytest.mark.slow
 def test_plugin_export_meets_the_parser_contract(exports):
     model = exports["plugin"]
     nodes = plugins.plugin_nodes(model)
@@ -57,6 +61,7 @@ def test_plugin_export_meets_the_parser_contract(exports):
         assert "aot" not in attrs
 
 
+@pytest.mark.slow
 def test_plugin_export_parses_as_plugins_or_as_decomposition(exports):
     model = exports["plugin"]
     stripped = plugins.strip_plugin_functions(model)

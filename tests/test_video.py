@@ -127,6 +127,7 @@ def packets_of(path: Path, kind: str) -> list[list[tuple]]:
         return list(out.values())
 
 
+@pytest.mark.slow
 def test_streams_timestamps_metadata_kept(backend, tmp_path):
     src = make_clip(tmp_path / "clip.mkv")
     out = tmp_path / "out" / "clip.mkv"
@@ -195,6 +196,7 @@ def test_mkv_output_keeps_frame_times_of_another_time_base(backend, tmp_path):
     assert len(got) == len(want) and max(abs(a - b) for a, b in zip(got, want)) <= 0.0005 + 1e-9, (got, want)
 
 
+@pytest.mark.slow
 def test_ffv1_equals_image_path(backend, tmp_path):
     """FFV1 in 10-bit GBR (lossless RGB) equals the image pipeline on the same decoded frames (16-bit PNGs)."""
     from hrx.runtime.images import Picture, read_image, write_image
@@ -223,6 +225,7 @@ def test_ffv1_equals_image_path(backend, tmp_path):
     assert np.abs(read_image(jobs[0].output).color.transpose(2, 0, 1) - bicubic[0].numpy()).max() > 0.02  # not bicubic
 
 
+@pytest.mark.slow
 def test_frames_batched_in_one_call_equal_one_at_a_time(backend, tmp_path):
     """--batch 3 with a backend that takes whole frames: three frames per call (the last call two), the
     same frames as one call each (10-bit GBR FFV1, within a quarter of an 8-bit level)."""
@@ -242,6 +245,7 @@ def test_frames_batched_in_one_call_equal_one_at_a_time(backend, tmp_path):
     assert worst * 255 <= 0.25, worst
 
 
+@pytest.mark.slow
 def test_ten_bit_stays_ten_bit(backend, tmp_path):
     src = make_clip(tmp_path / "deep.mkv", pix_fmt="yuv420p10le", audio=(), subtitles=False, chapters=False,
                     color=Color(9, 9, 14, 1))  # BT.2020, 10-bit transfer, limited
@@ -256,6 +260,7 @@ def test_ten_bit_stays_ten_bit(backend, tmp_path):
     assert len(np.unique(luma)) > 256 and luma.max() <= 940 and luma.min() >= 64
 
 
+@pytest.mark.slow
 def test_hdr_tags_and_mastering_metadata_kept(backend, tmp_path):
     """PQ BT.2020 10-bit HEVC with mastering display and light level SEI: the output (libx265, the input's
     family) carries the same tags and metadata, read back from its decoded frames."""
@@ -275,6 +280,7 @@ def test_hdr_tags_and_mastering_metadata_kept(backend, tmp_path):
     assert after == before and after.light == (1000, 400) and after.luminance == (0.005, 1000.0)
 
 
+@pytest.mark.slow
 def test_interlaced_input_is_named_in_a_warning(backend, tmp_path):
     from hrx.runtime.video import probe
 
@@ -307,6 +313,7 @@ def _autorotate(frame, a: np.ndarray) -> np.ndarray:
     return a[::-1] if m[4] < 0 else a
 
 
+@pytest.mark.slow
 def test_display_matrices_are_turned_upright_as_ffmpeg_shows_them(tmp_path):
     """The eight display matrices (quarter turns, with or without a mirror) as PyAV writes them: the plan turns
     the frames as the ffmpeg command's autorotate does, and the output size follows."""
@@ -329,6 +336,7 @@ def test_display_matrices_are_turned_upright_as_ffmpeg_shows_them(tmp_path):
     assert len(seen) == 8  # every orientation once
 
 
+@pytest.mark.slow
 def test_rotated_phone_video_comes_out_upright(backend, tmp_path, capsys):
     """An mp4 with a 90° display matrix, in three segments: every frame equals the same frames stored upright
     (lossless RGB in and out, so nothing but the turn can differ) and each decoded frame turned by numpy, then
@@ -366,6 +374,7 @@ def test_rotated_phone_video_comes_out_upright(backend, tmp_path, capsys):
                                "")  # segments of a run that did not turn the frames are not resumed
 
 
+@pytest.mark.slow
 def test_sample_aspect_ratio_kept(backend, tmp_path):
     """Anamorphic 16:15 stays 16:15: in H.264's own stream (any container) and in mp4's pasp (any codec);
     square pixels stay 1:1; Matroska with FFV1 cannot hold it, and a warning says so."""
@@ -412,6 +421,7 @@ def _hashes(path: Path) -> list[tuple]:
     return [(pts, hashlib.sha256(arr.tobytes()).hexdigest()) for pts, _, _, arr in frames_of(path)]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_frames(backend, tmp_path):
     src = make_clip(tmp_path / "clip.mkv", audio=("aac",), subtitles=False, chapters=False)
     options = VideoOptions(codec="ffv1", segment_frames=2)
@@ -452,6 +462,7 @@ def _upscale(*args: str, tile: int = 64):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_cli_folder_of_videos_and_images_with_bad_files(checkpoint, tmp_path):
     from PIL import Image
 
@@ -479,6 +490,7 @@ def test_cli_folder_of_videos_and_images_with_bad_files(checkpoint, tmp_path):
     assert len(frames_of(out / "clip.mkv")) == FRAMES
 
 
+@pytest.mark.slow
 def test_cli_one_output_file_range_and_streams_it_cannot_hold(checkpoint, tmp_path):
     src = make_clip(tmp_path / "clip.mkv", audio=("aac",))
     out = tmp_path / "cut.mp4"
@@ -498,6 +510,7 @@ def test_cli_one_output_file_range_and_streams_it_cannot_hold(checkpoint, tmp_pa
         assert c.streams.video[0].codec_context.name == "h264"
 
 
+@pytest.mark.slow
 def test_cli_corrupt_packet_is_a_counted_lost_frame(checkpoint, tmp_path):
     src = make_clip(tmp_path / "clip.mkv", audio=(), subtitles=False, chapters=False,
                     codec_options={"level": "3", "slicecrc": "1"})  # FFV1 with checksums
@@ -519,6 +532,7 @@ def test_cli_corrupt_packet_is_a_counted_lost_frame(checkpoint, tmp_path):
     assert [f[0] for f in frames_of(out / "bad.mkv")] == VFR_PTS[:4] + VFR_PTS[5:]
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_identical_frames(checkpoint, tmp_path):
     """SIGKILL in the middle of a run (a real process): only closed segments survive, no output file; the
     same command then finishes from them, frame for frame equal to an uninterrupted run."""
@@ -571,6 +585,7 @@ def test_ranges_segments_and_colour_plans():
     assert output_color(Color(9, 9, 16, 1), "yuv420p10le", "yuv420p10le", 64) == Color(9, 9, 16, 1)
 
 
+@pytest.mark.slow
 def test_cli_h264_with_b_frames_in_mp4_to_av1_in_mkv(checkpoint, tmp_path):
     """H.264 with B-frames and AAC (priming packets before 0) in mp4, two segments of SVT-AV1 joined into
     mkv: every frame time and every audio packet where it was."""
@@ -600,6 +615,7 @@ def _statuses(rows: list[dict]) -> list[tuple]:
     return [(row["type"], row.get("status")) for row in rows]
 
 
+@pytest.mark.slow
 def test_report_has_a_row_per_video_done_or_failed(checkpoint, tmp_path):
     from hrx.runtime.report import read_report, unfinished_runs
 
@@ -627,6 +643,7 @@ def test_report_has_a_row_per_video_done_or_failed(checkpoint, tmp_path):
     assert summary["interrupted"] is False and "videos" not in summary and unfinished_runs(rows) == []
 
 
+@pytest.mark.slow
 def test_report_rows_of_images_and_videos_and_the_resumed_run(checkpoint, tmp_path):
     from PIL import Image
 
@@ -660,6 +677,7 @@ def test_report_rows_of_images_and_videos_and_the_resumed_run(checkpoint, tmp_pa
     assert unfinished_runs(rows) == []
 
 
+@pytest.mark.slow
 def test_report_rows_are_on_disk_as_each_video_finishes(checkpoint, tmp_path, monkeypatch):
     """Ctrl-C during the second video: its report already held the start line and the first video's row,
     and ends with an interrupted summary (an unfinished run for the resume)."""

@@ -34,6 +34,7 @@ class HaarBandMix(nn.Module):
         self.pixel_mix: nn.Conv2d | None = None  # set by fuse()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> the same shape: each Haar band mixed across channels, then inverted."""
         if self.pixel_mix is not None:
             return F.pixel_shuffle(self.pixel_mix(x), 2)
         bands = haar_dwt(x)  # [B, 4, C, H/2, W/2]
@@ -43,6 +44,7 @@ class HaarBandMix(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Replace the DWT, per-band mix and inverse DWT by one stride-2 conv and a PixelShuffle (idempotent)."""
         if self.pixel_mix is not None:
             return
         c = self.channels

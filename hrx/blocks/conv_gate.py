@@ -18,8 +18,10 @@ class ConvGate(nn.Module):
         self.dw = RepDWConv3(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x * sigmoid(depthwise(x))``; shape kept."""
         return x * torch.sigmoid(self.dw(x))
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Fuse the re-parameterized depthwise conv (idempotent)."""
         self.dw.fuse()

@@ -27,6 +27,7 @@ class DetailBlock(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> the same shape, with the block's residual added."""
         h = self.dw(self.pw_in(x))  # [B, 2C, H, W]
         if self.noise is not None:
             h = self.noise(h)
@@ -35,6 +36,7 @@ class DetailBlock(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Fuse the depthwise and mixing convs and drop the training noise (idempotent)."""
         self.dw.fuse()
         self.mix.fuse()
         self.noise = None

@@ -41,6 +41,7 @@ class FreqSplit(nn.Module):
         self.register_buffer("taps", torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0, persistent=False)
 
     def low_pass(self, x: torch.Tensor) -> torch.Tensor:
+        """The low band of ``x`` at full resolution (Haar: 2x2 block means; Laplacian: 5-tap blur)."""
         if self.mode == "haar":
             # inverse Haar of the LL band alone == mean of each 2x2 block, repeated
             b, c, h, w = x.shape
@@ -53,5 +54,6 @@ class FreqSplit(nn.Module):
         return F.conv2d(F.pad(x, (0, 0, 2, 2), mode="reflect"), ky, groups=c)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` -> ``(low, high)`` with ``low + high == x`` exactly."""
         lf = self.low_pass(x)
         return lf, x - lf

@@ -35,6 +35,7 @@ class FreqSplitGate(nn.Module):
         return torch.softmax(self.lowpass_logits, dim=1).view(self.channels, 1, k, k)
 
     def low_pass(self, x: torch.Tensor) -> torch.Tensor:
+        """The learned low-pass of ``x`` (reflect-padded depthwise conv), shape kept."""
         p = self.kernel // 2
         xp = F.pad(x, (p, p, p, p), mode="reflect")
         if self.lowpass is not None:
@@ -42,6 +43,7 @@ class FreqSplitGate(nn.Module):
         return F.conv2d(xp, self.lowpass_kernel().to(x.dtype), groups=self.channels)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` -> ``((1 - g) * low, g * high)`` with the learned gate ``g`` in [0, 1]."""
         lf = self.low_pass(x)  # [B, C, H, W]
         hf = x - lf
         g = torch.sigmoid(self.gate(x))  # in [0, 1]
@@ -49,6 +51,7 @@ class FreqSplitGate(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Freeze the softmax-normalised kernel into a plain depthwise conv (idempotent)."""
         if self.lowpass is not None:
             return
         w = self.lowpass_kernel()

@@ -22,9 +22,11 @@ class GatedFFN(nn.Module):
         self.project_out = nn.Conv2d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Gated feed-forward (GDFN): ``[B, C, H, W]`` -> the same shape (the caller adds the residual)."""
         a, b = self.dw(self.project_in(self.norm(x))).chunk(2, dim=1)  # [B, hidden, H, W] each
         return self.project_out(F.gelu(a) * b)
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Fold the norm into the input projection."""
         fold_norm_into(self.norm, self.project_in)

@@ -6,6 +6,8 @@ Contract: ``[B, C, H, W] -> [B, C, H, W]``, H and W multiples of ``window``.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -25,6 +27,7 @@ class HarmonicBlock(nn.Module):
         self.ffn = GatedFFN(channels, ffn_expansion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """NAF block, window attention, the SSM mixer when present, gated FFN; each residual."""
         x = self.naf(x)
         x = self.attn.residual(x)  # x + attn(x)
         if self.ssm is not None:
@@ -33,7 +36,7 @@ class HarmonicBlock(nn.Module):
 
 
 def harmonic_stage(channels: int, depth: int, heads: int, window: int, ssm_every: int, first_index: int = 0,
-                   **kw) -> nn.Sequential:
+                   **kw: Any) -> nn.Sequential:
     """``depth`` blocks; shifted windows on odd blocks; an SSM mixer in every ``ssm_every``-th block
     (counted from ``first_index`` across stages, 0 disables)."""
     blocks = []

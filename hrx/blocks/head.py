@@ -44,6 +44,7 @@ class BicubicUpsample(nn.Module):
         self.register_buffer("kernel", k.repeat(channels, 1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, C, H * scale, W * scale]``, equal to ``F.interpolate(mode="bicubic")``."""
         if self.scale == 1:
             return x
         y = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), self.kernel.to(x.dtype), groups=self.channels)
@@ -64,4 +65,5 @@ class ReconstructionHead(nn.Module):
         nn.init.zeros_(self.refine.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features -> the upscaled image residual ``[B, out_channels, H * scale, W * scale]``."""
         return self.refine(self.upscale(self.to_full(x)))

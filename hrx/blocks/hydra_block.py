@@ -29,6 +29,7 @@ class HydraBlock(nn.Module):
         self.ffn = GatedFFN(channels, ffn_expansion) if attention else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """NAF block, large-kernel branch, then window attention and gated FFN when enabled; each residual."""
         x = self.naf(x)
         x = x + self.plk(x) * self.plk_scale
         if self.attn is not None:

@@ -13,6 +13,7 @@ class Implementations:
         self.what, self.attr, self.fns = what, attr, dict(fns)
 
     def register(self, name: str, fn: Callable) -> None:
+        """Add ``fn`` under ``name`` (a later registration of the same name replaces it)."""
         self.fns[name] = fn
 
     def __getitem__(self, name: str) -> Callable:

@@ -40,6 +40,7 @@ class DilatedConvExpert(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=3, dilation=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two dilated 3x3 convs with GELU between; shape kept."""
         return self.conv2(F.gelu(self.conv1(x)))
 
 
@@ -52,6 +53,7 @@ class RepLKExpert(nn.Module):
         self.pw = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Re-parameterizable large-kernel depthwise conv, GELU, pointwise conv; shape kept."""
         return self.pw(F.gelu(self.lk(x)))
 
 
@@ -82,6 +84,8 @@ class Router(nn.Module):
         self.cond: nn.Linear | None = nn.Linear(cond_dim, hidden) if cond_dim > 0 else None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Expert logits ``[B, E, H, W]`` from the features, their texture cues and, for a conditioned
+        router, ``cond [B, cond_dim]``."""
         h = self.fc1(torch.cat([x, texture_cues(x)], 1))  # [B, hidden, H, W]
         if self.cond is not None:
             if cond is None:
@@ -142,6 +146,7 @@ class SparseMoE(nn.Module):
         self.combine_impl = "reference"  # a name in the combine table; see use_combine_impl
 
     def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert applied to ``x``: ``[B, E, C, H, W]``."""
         return torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, C, H, W]
 
     def combine(self, logits: torch.Tensor, outs: torch.Tensor) -> torch.Tensor:
@@ -162,12 +167,14 @@ class SparseMoE(nn.Module):
         return y
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` plus the routed expert mix, scaled; ``cond`` steers a conditioned router."""
         logits = self.router(x, cond)
         outs = self.expert_outputs(x)
         return x + self.combine(logits, outs) * self.scale
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Freeze routing to top-1 with no jitter (what deploy runs)."""
         self.top1 = True
         self.jitter = 0.0
 

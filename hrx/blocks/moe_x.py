@@ -38,6 +38,7 @@ class TextureExpert(nn.Module):
         self.conv2 = nn.Conv2d(channels // 2, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two 3x3 convs with GELU between; shape kept."""
         return self.conv2(F.gelu(self.conv1(x)))
 
 
@@ -50,6 +51,7 @@ class DenoiseExpert(nn.Module):
         self.pw_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pointwise in, smoothing depthwise conv, gate, pointwise out; shape kept."""
         return self.pw_out(self.gate(self.smooth(self.pw_in(x))))
 
 
@@ -63,6 +65,7 @@ class ArtifactExpert(nn.Module):
         self.shuffle = nn.PixelShuffle(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Works at half resolution (unshuffle, depthwise, shuffle back); shape kept."""
         h = self.dw(self.pw_in(self.unshuffle(x)))  # [B, C, H/2, W/2]
         return self.shuffle(self.pw_out(F.gelu(h)))  # [B, C, H, W]
 

@@ -47,10 +47,12 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels * 4, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, C', H/2, W/2]``."""
         return self.conv(self.unshuffle(x))
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Turn PixelUnshuffle + conv into one stride-2 conv on the full-resolution map (idempotent)."""
         if isinstance(self.unshuffle, nn.PixelUnshuffle):
             self.conv = unshuffle_conv(self.conv, self.unshuffle.downscale_factor)
             self.unshuffle = nn.Identity()
@@ -63,6 +65,7 @@ class Upsample(nn.Module):
         self.shuffle = nn.PixelShuffle(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, C', 2H, 2W]`` (conv, then PixelShuffle)."""
         return self.shuffle(self.conv(x))
 
 
@@ -76,6 +79,7 @@ class GatedFuse(nn.Module):
         self.gate_skip: nn.Conv2d | None = None  # set by fuse(): gate = gate(x) + gate_skip(skip)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``x`` plus the projected ``skip`` weighted by a clamped sigmoid gate; equal shapes required."""
         if x.shape != skip.shape:
             raise ValueError(f"GatedFuse needs equal shapes, got {tuple(x.shape)} and {tuple(skip.shape)}")
         logits = self.gate(torch.cat([x, skip], 1)) if self.gate_skip is None else self.gate(x) + self.gate_skip(skip)
@@ -84,6 +88,7 @@ class GatedFuse(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Split the gate conv over ``cat([x, skip])`` into one conv per input (idempotent)."""
         if self.gate_skip is not None:
             return
         c = self.proj.in_channels

@@ -18,6 +18,7 @@ class SimpleGate(nn.Module):
     """Split channels in two halves and multiply them: ``[B, 2C, H, W] -> [B, C, H, W]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Split the channels in two halves and multiply them: ``[B, 2C, H, W]`` -> ``[B, C, H, W]``."""
         a, b = x.chunk(2, dim=1)
         return a * b
 
@@ -36,12 +37,14 @@ class RepDWConv3(nn.Module):
         self.fused: nn.Conv2d | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Depthwise 3x3 + 1x1 + identity branches (one fused conv after :meth:`fuse`)."""
         if self.fused is not None:
             return self.fused(x)
         return self.conv3(x) + self.conv1(x) + self.identity(x)
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Merge the conv+BN branches and the identity into one depthwise 3x3 conv (idempotent)."""
         if self.fused is not None:
             return
         w3, b3 = conv_bn_weights(*self.conv3)
@@ -71,6 +74,7 @@ class NAFBlock(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """NAF conv-gated block with simplified channel attention and its FFN; each residual."""
         y = self.gate(self.dw(self.pw_in(self.norm1(x))))  # [B, dw/2, H, W]
         y = y * self.sca(y)
         x = x + self.pw_out(y) * self.beta
@@ -79,6 +83,7 @@ class NAFBlock(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Fold both norms into the convs after them and fuse the depthwise conv."""
         fold_norm_into(self.norm1, self.pw_in)
         fold_norm_into(self.norm2, self.ffn_in)
         self.dw.fuse()

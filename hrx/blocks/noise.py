@@ -22,9 +22,11 @@ class NoiseInjection(nn.Module):
 
     @property
     def active(self) -> bool:
+        """Whether noise is added: training, enabled and not removed by :meth:`fuse`."""
         return self.training and self.enabled and not self.removed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` plus learned-strength Gaussian noise when :attr:`active`, else ``x``."""
         if not self.active:
             return x
         b, _, h, w = x.shape
@@ -33,5 +35,6 @@ class NoiseInjection(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Remove the noise for good (deploy)."""
         self.enabled = False
         self.removed = True

@@ -17,6 +17,7 @@ class LayerNorm2d(nn.Module):
         self.bias: nn.Parameter | None = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Layer norm over the channels of ``[B, C, H, W]``, computed in float32, returned in the input dtype."""
         dtype = x.dtype
         x = x.float()
         mu = x.mean(1, keepdim=True)

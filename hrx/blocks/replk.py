@@ -30,6 +30,7 @@ class RepLK(nn.Module):
         self.fused: nn.Conv2d | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of the large, small and strip kernel branches and the identity (one conv after :meth:`fuse`)."""
         if self.fused is not None:
             return self.fused(x)
         out = self.identity(x)
@@ -39,6 +40,7 @@ class RepLK(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Merge every conv+BN branch and the identity into one kxk depthwise conv (idempotent)."""
         if self.fused is not None:
             return
         k = self.kernel

@@ -126,7 +126,8 @@ def use_scan_impl(model: nn.Module, name: str) -> nn.Module:
     return SCANS.use(model, SSMixer, name)
 
 
-def selective_scan(x, dt, A, B, C, D, chunk: int = 32, impl: str = "chunked") -> torch.Tensor:
+def selective_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor, chunk: int = 32, impl: str = "chunked") -> torch.Tensor:
     """Dispatch to the named implementation (default: chunked)."""
     return SCANS[impl](x, dt, A, B, C, D, chunk)
 
@@ -158,6 +159,7 @@ class SSMixer(nn.Module):
         self.out_proj = nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Selective scan over the four scan orders, gated and projected: ``[B, C, H, W]`` -> the same shape."""
         b, _, h, w = x.shape
         L, H, P, N = h * w, self.heads, self.head_dim, self.d_state
         u, z = self.in_proj(self.norm(x)).chunk(2, dim=1)  # [B, inner, h, w]
@@ -183,4 +185,5 @@ class SSMixer(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Fold the norm into the input projection."""
         fold_norm_into(self.norm, self.in_proj)

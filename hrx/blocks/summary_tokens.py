@@ -40,6 +40,7 @@ class GlobalSummaryTokens(nn.Module):
         self.proj = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels attend to a few learned summary tokens of the whole map: ``[B, C, H, W]`` -> the same shape."""
         b, c, h, w = x.shape
         t = self.norm(x).flatten(2).transpose(1, 2)  # [B, L, C]
         q_pix, k, v = self.to_qkv(t).chunk(3, dim=-1)  # [B, L, C] each
@@ -50,4 +51,5 @@ class GlobalSummaryTokens(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Fold the norm into the qkv projection."""
         fold_norm_into(self.norm, self.to_qkv)

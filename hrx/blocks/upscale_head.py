@@ -22,4 +22,5 @@ class UpscaleHead(nn.Module):
         nn.init.zeros_(self.refine.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features -> upscaled output (upscale, then the refine conv)."""
         return self.refine(self.upscale(x))

@@ -103,6 +103,7 @@ class WindowAttention(nn.Module):
         self.tokens_layout = False  # set by fuse(): the deploy layout (module docstring), q scale in qkv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(Shifted) window self-attention with relative position bias: ``[B, C, H, W]`` -> the same shape."""
         if self.tokens_layout:
             return self._forward_tokens(x)
         b, c, h, w = x.shape
@@ -179,6 +180,7 @@ class WindowAttention(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
+        """Fold the norm and the query scale into qkv and switch to the deploy token layout (once)."""
         fold_norm_into(self.norm, self.qkv)
         if not self.tokens_layout:  # the query scale into the q rows of qkv (once)
             c = self.channels

@@ -5,13 +5,23 @@ define ``size_multiple`` and ``tile_overlap`` from their own structure.
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
 from hrx.blocks.moe import SparseMoE
 
 
-def check_io_config(cfg) -> None:
+class IOConfig(Protocol):
+    """What :func:`check_io_config` reads of a model config."""
+
+    scale: int
+    in_channels: int
+    out_channels: int | None
+
+
+def check_io_config(cfg: IOConfig) -> None:
     """Shared config rules: out_channels defaults to in_channels; scale 1-4; channels 1, 3 or 4."""
     if cfg.out_channels is None:
         cfg.out_channels = cfg.in_channels
@@ -40,21 +50,26 @@ class RestorationModel(nn.Module):
 
     @property
     def scale(self) -> int:
+        """Upscale factor."""
         return self.config.scale
 
     @property
     def in_channels(self) -> int:
+        """Input channels."""
         return self.config.in_channels
 
     @property
     def out_channels(self) -> int:
+        """Output channels."""
         return int(self.config.out_channels)
 
     @property
     def size_multiple(self) -> int:  # pragma: no cover - every architecture defines it
+        """Input sides must be multiples of this."""
         raise NotImplementedError
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError when the input sides are not multiples of :attr:`size_multiple`."""
         m = self.size_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"input sides {tuple(x.shape[-2:])} must be multiples of size_multiple={m}; pad first")

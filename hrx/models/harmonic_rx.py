@@ -108,6 +108,8 @@ class HarmonicRX(RestorationModel):
             self.stem = nn.Sequential(self.stem[0], unshuffle_conv(self.stem[2], self.stem[1].downscale_factor))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_channels, H, W]`` -> ``[B, out_channels, H * scale, W * scale]``; sides multiples of
+        ``size_multiple``."""
         self.check_input(x)
         f0 = self.stem(x)  # [B, C, H/2, W/2]
         f1 = self.stage1(f0)

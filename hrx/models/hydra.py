@@ -82,6 +82,7 @@ class HydraConfig:
 
     @property
     def num_scales(self) -> int:
+        """Number of encoder scales."""
         return len(self.enc_depths)
 
     def width(self, stage: int) -> int:
@@ -111,6 +112,7 @@ class EncoderStage(nn.Module):
         self.moe = MoEX(c, cfg.kernel, cfg.prompt_dim, cfg.moe_jitter) if stage in cfg.moe_stages else None
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
+        """Downsample (all but the first stage), then the stage's blocks; ``prompt`` steers the MoE-X router."""
         if self.down is not None:
             x = self.down(x)
         x = self.blocks(x)
@@ -131,6 +133,7 @@ class Bottleneck(nn.Module):
         self.moe = MoEX(c, cfg.kernel, cfg.prompt_dim, cfg.moe_jitter) if cfg.moe_bottleneck else None
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
+        """The bottleneck block, summary tokens and MoE-X at the lowest scale."""
         x = self.block(x)
         if self.summary is not None:
             x = x + self.summary(x)
@@ -150,6 +153,7 @@ class DecoderStage(nn.Module):
         self.blocks = _blocks(cfg, stage, cfg.dec_depths[cfg.num_scales - stage])
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Upsample (all but the last stage), fuse the gated skip, then the stage's blocks."""
         if self.up is not None:
             x = self.up(x)
         return self.blocks(self.gate(self.skip_fuse(x, skip)))
@@ -165,6 +169,7 @@ class HFRefiner(nn.Module):
         self.blocks = nn.Sequential(*[DetailBlock(cfg.dim, cfg.texture_mode) for _ in range(cfg.refiner_blocks)])
 
     def forward(self, hf: torch.Tensor, structure: torch.Tensor) -> torch.Tensor:
+        """Refine the high band ``hf`` guided by the low band's ``structure``."""
         return self.blocks(self.context(hf, structure))
 
 
@@ -240,6 +245,8 @@ class HydraFusionIR(RestorationModel):
         return p.reshape(-1, self.config.prompt_dim).expand(x.shape[0], -1)
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, in_channels, H, W]`` -> ``[B, out_channels, H * scale, W * scale]``; ``prompt`` overrides the
+        frozen degradation prompt."""
         self.check_input(x)
         p = self._condition(x, prompt)  # [B, P] or None
         f0 = self.stem(x)  # [B, C, H, W]

@@ -22,6 +22,7 @@ class FusedConv3XC(nn.Module):
         self.has_relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused conv, then leaky ReLU when the original block had one."""
         out = self.conv(x)
         return F.leaky_relu(out, negative_slope=0.05) if self.has_relu else out
 

@@ -65,6 +65,8 @@ def receptive_radius(arch: str, net: nn.Module) -> tuple[int | None, str]:
 
 
 def overlap_rule(arch: str, net: nn.Module, size_multiple: int) -> OverlapChoice:
+    """Tile overlap for a spandrel network: four times its receptive radius, rounded up to ``size_multiple`` and
+    capped."""
     radius, how = receptive_radius(arch, net)
     cap = _round_up(MAX_OVERLAP, size_multiple)
     if radius is None:
@@ -122,6 +124,7 @@ class SpandrelModel(nn.Module):
         return x, h, w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad to the network's size requirements, run it, crop back to ``scale`` times the input."""
         x, h, w = self._pad(x)
         out = self._call(self.net, x)
         if out.shape[-2:] != (h * self.scale, w * self.scale):

@@ -20,7 +20,10 @@ import importlib
 import sys
 import threading
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 SPANDREL_RANGE = (">=0.4.2", "<0.5")  # the versions whose architecture set and torchvision use were checked
 INSTALL_HINT = 'pip install --no-deps "spandrel>=0.4.2,<0.5" einops  (--no-deps: spandrel\'s torchvision is not needed)'
@@ -42,7 +45,7 @@ class InterpolationMode(enum.Enum):
     LANCZOS = "lanczos"
 
 
-def normalize(tensor, mean, std, inplace: bool = False):
+def normalize(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float], inplace: bool = False) -> torch.Tensor:
     """``torchvision.transforms.functional.normalize`` for tensors: ``(x - mean) / std`` per channel."""
     import torch
 
@@ -53,6 +56,7 @@ def normalize(tensor, mean, std, inplace: bool = False):
 
 
 def rotate(*args: Any, **kwargs: Any):
+    """Stand-in for ``torchvision.transforms.functional.rotate``: raises, naming what is missing."""
     raise RuntimeError("torchvision is not available here (hrx put a stand-in in its place); the spandrel "
                        "architecture that called torchvision.transforms.functional.rotate (LaMa) needs the real one")
 

@@ -41,6 +41,7 @@ class _Slot:
 
 
 def check_tiles(tiles: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Raise :class:`HRXError` when ``tiles`` are not of the engine's ``shape``."""
     if tuple(tiles.shape) != tuple(shape):
         raise HRXError(f"TensorRT engine expects tiles of shape {list(shape)}, got {list(tiles.shape)} "
                        "(pad the last batch to the engine's batch size)")
@@ -205,6 +206,7 @@ class TensorRTBackend(Backend):
         slot.busy = False
 
     def close(self) -> None:
+        """Wait for the device, then drop the engine, its context and buffers; idempotent."""
         if getattr(self, "_slots", None) is None:
             return
         import torch

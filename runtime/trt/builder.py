@@ -30,13 +30,19 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
 
 from hrx.errors import HRXError
-from hrx.export.onnx_tools import PLUGIN_DOMAIN, is_qdq, normalize_precision
+from hrx.export.onnx_tools import (PLUGIN_DOMAIN, float_precision, graph_precision, is_qdq, metadata,
+                                   normalize_precision)
+from hrx.interface import parse_flag
 from hrx.paths import atomic_write_bytes, file_sha256
 from hrx.runtime.trt.cache import EngineRecord, now_iso, sidecar_path, write_engine
 from hrx.runtime.trt.plugins import check_plugin_impl
+
+if TYPE_CHECKING:
+    import onnx
 
 Log = Callable[[str], None]
 
@@ -63,6 +69,7 @@ class BuildReport:
     notes: list[str] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
+        """The lines ``hrx build`` prints: engine, precision, layer types, notes."""
         r = self.record
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.precision_counts.items(), key=lambda kv: -kv[1]))
         lines = [
@@ -81,19 +88,6 @@ class BuildReport:
 
 # --- pure helpers (tested without TensorRT) ------------------------------------------------------
 
-def graph_precision(model) -> str:
-    """The compute precision the graph's types say: ``fp16``/``bf16`` when its weights are half,
-    else ``fp32`` (the metadata's ``precision`` when it names one of these)."""
-    from onnx import TensorProto
-
-    types = {t.data_type for t in model.graph.initializer}
-    if TensorProto.BFLOAT16 in types:
-        return "bf16"
-    if TensorProto.FLOAT16 in types:
-        return "fp16"
-    return "fp32"
-
-
 @dataclass(frozen=True)
 class BuildPrecision:
     precision: str  # the record's precision: fp32, fp16, bf16 or int8
@@ -101,12 +95,12 @@ class BuildPrecision:
     notes: tuple[str, ...] = ()
 
 
-def resolve_precision(options: BuildOptions, model) -> BuildPrecision:
+def resolve_precision(options: BuildOptions, model: onnx.ModelProto) -> BuildPrecision:
     """What the build makes of the flags and the graph. Raises on contradictions."""
     if options.fp16 and options.bf16:
         raise HRXError("--fp16 and --bf16 exclude each other")
     qdq = is_qdq(model)
-    graph = graph_precision(model)
+    graph = float_precision(model)
     want = "fp16" if options.fp16 else "bf16" if options.bf16 else None
     if options.int8 and not qdq:
         raise HRXError("--int8 needs a quantized (Q/DQ) model from `hrx calibrate`; this model has no "
@@ -128,7 +122,7 @@ def resolve_precision(options: BuildOptions, model) -> BuildPrecision:
                                         "(as `hrx export --precision`)",))
 
 
-def precision_for(model, requested: str = "auto") -> str:
+def precision_for(model: onnx.ModelProto, requested: str = "auto") -> str:
     """The precision ``--backend trt`` builds an ONNX file in (the record's and the cache key's).
 
     ``auto`` reads the file: ``int8`` for a Q/DQ graph, the graph's own ``fp16``/``bf16`` types, and for an
@@ -136,7 +130,7 @@ def precision_for(model, requested: str = "auto") -> str:
     half), then ``fp32``. An explicit ``fp32``/``fp16``/``bf16``/``int8`` is what the user asked for;
     :func:`resolve_precision` refuses the ones the graph cannot build in, and so does ``fp32`` on a graph
     that is half or quantized already (it would build in the graph's types, not FP32)."""
-    graph = "int8" if is_qdq(model) else graph_precision(model)
+    graph = graph_precision(model)
     if requested != "auto":
         want = normalize_precision(requested)
         if want == "fp32" and graph != "fp32":
@@ -145,8 +139,7 @@ def precision_for(model, requested: str = "auto") -> str:
         return want
     if graph != "fp32":
         return graph
-    props = {p.key: p.value for p in model.metadata_props}
-    return "fp32" if props.get("fp16", "True").strip().lower() == "false" else "fp16"
+    return "fp16" if parse_flag(metadata(model).get("fp16", "True")) else "fp32"
 
 
 def options_for(precision: str) -> dict[str, bool]:
@@ -184,6 +177,7 @@ def precision_counts(engine_info: dict[str, Any]) -> dict[str, int]:
 
 
 def default_engine_path(onnx_path: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model.engine`` beside it."""
     return Path(onnx_path).with_suffix(".engine")
 
 
@@ -227,7 +221,7 @@ def _version(trt) -> tuple[int, int]:
     return int(parts[0]), int(re.sub(r"\D.*", "", parts[1]) or 0)
 
 
-def network_flags(trt, use_plugins: bool, impl: str) -> int:
+def network_flags(trt: ModuleType, use_plugins: bool, impl: str) -> int:
     """STRONGLY_TYPED (TensorRT 10.12+; 11.x is strongly typed without it) and the plugin preference."""
     if _version(trt) < MIN_TENSORRT:
         raise HRXError(f"hrx build needs TensorRT >= 10.12 (strongly typed networks with the hrx plugins); this is "
@@ -282,15 +276,14 @@ def _model_info(model, source: Path) -> tuple[dict[str, str], list[str]]:
     from hrx.interface import ModelInfo
 
     try:
-        return ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, str(source)).to_props(), []
+        return ModelInfo.from_props(metadata(model), str(source)).to_props(), []
     except HRXError:
         return {}, ["not an HRX export: the engine has no tiling metadata (hrx upscale cannot use it)"]
 
 
 def _islands(model) -> dict[str, int]:
-    props = {p.key: p.value for p in model.metadata_props}
     try:
-        return {k: len(v) for k, v in json.loads(props.get("fp32_islands", "{}")).items() if v}
+        return {k: len(v) for k, v in json.loads(metadata(model).get("fp32_islands", "{}")).items() if v}
     except (ValueError, AttributeError, TypeError):
         return {}
 
@@ -299,8 +292,7 @@ def _prepare(model, choice: BuildPrecision, src: Path):
     """The model to parse: converted to ``choice.convert_to`` if asked."""
     if choice.convert_to is None:
         return model
-    props = {p.key: p.value for p in model.metadata_props}
-    if props.get(choice.convert_to, "True").lower() == "false":
+    if not parse_flag(metadata(model).get(choice.convert_to, "True")):
         raise HRXError(f"{src}: the model declares {choice.convert_to}=False (its architecture is known to misbehave "
                        f"in {choice.convert_to}); build it without --{choice.convert_to}")
     from hrx.export.precision import convert_precision
@@ -330,7 +322,7 @@ def _plugin_model(model, hrx_nodes: dict[str, str], use_plugins: bool, src: Path
     return model
 
 
-def load_engine(trt, serialized, logger, source: Path) -> dict[str, int]:
+def load_engine(trt: ModuleType, serialized: Any, logger: Any, source: Path) -> dict[str, int]:
     """Deserialize a freshly built engine (it must load, or the build fails) and count its
     layers' output types from the inspector JSON."""
     runtime = trt.Runtime(logger)

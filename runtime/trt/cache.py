@@ -57,13 +57,16 @@ class EngineRecord:
     engine_sha256: str = ""  # the engine file this record describes (checked on load; empty in older records)
 
     def info(self) -> ModelInfo:
+        """The model's :class:`ModelInfo` as recorded at build time."""
         return ModelInfo.from_props(self.model_info, source="engine record")
 
     def to_json(self) -> str:
+        """The record as indented JSON, keys sorted."""
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = "engine record") -> "EngineRecord":
+        """Parse a record; one-line :class:`HRXError` naming ``source`` when it is not one."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -120,15 +123,18 @@ def current_env() -> RuntimeEnv:
 
 
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
+    """The record file beside an engine: ``model.engine`` -> ``model.engine.json``."""
     p = Path(engine_path)
     return p.with_name(p.name + ".json")
 
 
 def now_iso() -> str:
+    """The current UTC time, ISO 8601, to the second."""
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def write_record(engine_path: str | os.PathLike, record: EngineRecord) -> Path:
+    """Write ``record`` beside ``engine_path`` atomically; returns its path."""
     side = sidecar_path(engine_path)
     atomic_write_bytes(side, record.to_json().encode())
     return side
@@ -145,6 +151,7 @@ def write_engine(engine_path: str | os.PathLike, engine: bytes, record: EngineRe
 
 
 def read_record(engine_path: str | os.PathLike) -> EngineRecord:
+    """The build record beside ``engine_path``; one-line :class:`HRXError` when it is missing or unreadable."""
     side = sidecar_path(engine_path)
     if not side.is_file():
         raise HRXError(f"{engine_path}: no build record ({side.name} is missing), so it cannot be checked "
@@ -154,6 +161,7 @@ def read_record(engine_path: str | os.PathLike) -> EngineRecord:
 
 def rebuild_command(onnx_path: str | os.PathLike | None, precision: str,
                     engine_path: str | os.PathLike | None = None, plugin_impl: str = "") -> str:
+    """The ``hrx build`` command line that rebuilds an engine in ``precision``."""
     parts = ["hrx build", str(onnx_path) if onnx_path else "MODEL.onnx", _PRECISION_FLAG.get(precision, "")]
     if plugin_impl == "aot":
         parts.append("--plugin-impl aot")

@@ -133,6 +133,7 @@ def require_tensorrt(need_gpu: bool = True, what: str = "the TensorRT backend") 
 
 
 def require_gpu(what: str = "the TensorRT backend") -> GpuInfo:
+    """The CUDA GPU's description; MissingDependencyError with one line when there is none."""
     info = gpu_info()
     if info is None:
         raise MissingDependencyError(f"{what} is unavailable: {gpu_problem()}")
@@ -140,6 +141,7 @@ def require_gpu(what: str = "the TensorRT backend") -> GpuInfo:
 
 
 def require_torch_cuda(what: str = "the TensorRT backend") -> None:
+    """Raise MissingDependencyError with one line unless PyTorch sees a CUDA device."""
     reason = torch_cuda_problem()
     if reason is not None:
         raise MissingDependencyError(f"{what} needs PyTorch with CUDA: {reason}")

@@ -224,6 +224,7 @@ def compile_selective_scan(x_shape: tuple[int, ...], N: int, chunk: int, io_dtyp
 
 def compile_moe_top1(experts_shape: tuple[int, ...], logits_dtype: str = "fp32", io_dtype: str = "fp32",
                      compute_capability: str | None = None) -> CompiledKernel:
+    """The MoETop1 Triton kernel compiled for ``experts_shape [B, E, C, H, W]`` and the given dtypes."""
     Bn, E, Cc, Hh, W = experts_shape
     pointers = {"logits_ptr": _PTR[logits_dtype], "experts_ptr": _PTR[io_dtype], "out_ptr": _PTR[io_dtype]}
     constexprs = {"E": E, "C": Cc, "HW": Hh * W, "BLOCK": MOE_BLOCK}

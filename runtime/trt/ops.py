@@ -14,10 +14,13 @@ import json
 import os
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from hrx.export.onnx_tools import PLUGIN_DOMAIN
+from hrx.export.onnx_tools import PLUGIN_DOMAIN, opset
 from hrx.runtime.trt.plugins import PLUGINS
+
+if TYPE_CHECKING:
+    import onnx
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -86,7 +89,7 @@ def _walk(nodes, functions: dict, plugins: bool, seen: set[tuple[str, str]]) -> 
             yield from _walk(g.node, functions, plugins, seen)
 
 
-def unsupported_ops(model, plugins: bool = True) -> list[str]:
+def unsupported_ops(model: onnx.ModelProto | str | os.PathLike, plugins: bool = True) -> list[str]:
     """Sorted names of the ops TensorRT's ONNX parser cannot take in ``model`` (path or ModelProto).
 
     ``hrx::SelectiveScan``/``hrx::MoETop1`` count as supported plugin ops when ``plugins`` is
@@ -97,9 +100,11 @@ def unsupported_ops(model, plugins: bool = True) -> list[str]:
     return sorted(set(_walk(model.graph.node, functions, plugins, set())))
 
 
-def opset_problems(model) -> list[str]:
+def opset_problems(model: onnx.ModelProto | str | os.PathLike) -> list[str]:
     """The default-domain opset, if outside the range the operator list was written for."""
     model = _load(model)
     lo, hi = supported_ops().opset_range
-    versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
-    return [f"opset {v} is outside TensorRT's supported range {lo}-{hi}" for v in versions if not lo <= v <= hi]
+    version = opset(model)  # 0: the model imports no default domain, nothing to check
+    if version and not lo <= version <= hi:
+        return [f"opset {version} is outside TensorRT's supported range {lo}-{hi}"]
+    return []

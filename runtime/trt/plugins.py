@@ -33,13 +33,16 @@ This module deliberately has no ``from __future__ import annotations``: ``tensor
 reads the decorated functions' annotations as objects.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from hrx.errors import HRXError, MissingDependencyError
 from hrx.export.onnx_tools import PLUGIN_DOMAIN, PLUGIN_VERSION
+
+if TYPE_CHECKING:
+    import onnx
 
 PLUGIN_IMPLS = ("jit", "aot")
 
@@ -56,6 +59,7 @@ class PluginSpec:
 
     @property
     def plugin_id(self) -> str:
+        """``namespace::name``, as TensorRT registers it."""
         return f"{self.namespace}::{self.name}"
 
 
@@ -71,12 +75,12 @@ PLUGINS = {s.name: s for s in (SELECTIVE_SCAN, MOE_TOP1)}
 IntAttr = npt.NDArray[np.int32]
 
 
-def attr_int(value) -> int:
+def attr_int(value: "int | npt.ArrayLike") -> int:
     """An INT plugin attribute as a Python int, whether it arrives as an int or a (1,) array."""
     return int(np.asarray(value).reshape(-1)[0])
 
 
-def plugin_nodes(model) -> list:
+def plugin_nodes(model: "onnx.ModelProto") -> "list[onnx.NodeProto]":
     """The ``hrx``-domain nodes of the main graph (``onnx.NodeProto``)."""
     return [n for n in model.graph.node if n.domain == PLUGIN_DOMAIN]
 
@@ -92,7 +96,7 @@ def _attribute_type(where: str, key: str, a, kind: int, missing: str, want: str)
     return None
 
 
-def node_problems(node) -> List[str]:
+def node_problems(node: "onnx.NodeProto") -> List[str]:
     """Why an ``hrx::`` node would not resolve to its TensorRT plugin ([] when it will)."""
     import onnx
 
@@ -122,7 +126,7 @@ def node_problems(node) -> List[str]:
     return problems
 
 
-def contract_problems(model) -> List[str]:
+def contract_problems(model: "onnx.ModelProto") -> List[str]:
     """Every way the plugin export breaks the parser contract (empty list: TensorRT will map it)."""
     problems = [p for n in plugin_nodes(model) for p in node_problems(n)]
     functions = {(f.domain, f.name) for f in model.functions}
@@ -135,7 +139,7 @@ def contract_problems(model) -> List[str]:
     return problems
 
 
-def strip_plugin_functions(model):
+def strip_plugin_functions(model: "onnx.ModelProto") -> "onnx.ModelProto":
     """A copy of ``model`` without the FunctionProtos of ops that are built as plugins."""
     import onnx
 
@@ -284,6 +288,7 @@ def _define_moe_top1(trt, trtp) -> None:
 
 
 def check_plugin_impl(impl: str) -> str:
+    """``impl`` when it is one of :data:`PLUGIN_IMPLS`; one-line :class:`HRXError` otherwise."""
     if impl not in PLUGIN_IMPLS:
         raise HRXError(f"unknown plugin implementation {impl!r}; choose one of {', '.join(PLUGIN_IMPLS)}")
     return impl
