@@ -159,7 +159,7 @@ def pick_device(name: str) -> torch.device:
 
 def cpu_bf16() -> bool:
     """Whether this CPU computes BF16 natively (AVX512-BF16 or AMX): where autocast to bf16 pays."""
-    from hrx.runtime.precision_policy import bf16_native, cpu_flags
+    from hrx.cpu import bf16_native, cpu_flags
 
     return bf16_native(cpu_flags())
 

@@ -27,38 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
+from hrx.cpu import BF16_FLAGS, bf16_native, cpu_flags  # noqa: F401 - the policy reads the flags through these
 from hrx.errors import HRXError
 from hrx.export.onnx_tools import PRECISIONS, declared_precision
 from hrx.interface import ModelInfo
 
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # fp16: TensorRT builds only (hrx.runtime.factory)
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # either runs BF16 natively (AMX tiles or AVX-512 dot products)
 REPORTED_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512f")
 DEFAULT_MIN_PSNR = 50.0
 GATE_PHOTOS = Path(__file__).parent / "gate_photos"
 GATE_IMAGES = 4  # photos taken from --images
 GATE_SIDE = 128  # centre crops of that side (at most)
 GATE_MERGE = "blend"  # how the gate's tiles are joined
-
-
-def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
-    """The CPU's feature flags (first ``flags`` line of ``/proc/cpuinfo``, or of ``cpuinfo`` given as text).
-    Empty where there is no /proc/cpuinfo (not Linux): then nothing is assumed."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return frozenset()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
-
-
-def bf16_native(flags: frozenset[str]) -> bool:
-    """Whether ``flags`` include AMX-BF16 or AVX512-BF16."""
-    return any(f in flags for f in BF16_FLAGS)
 
 
 def flags_summary(flags: frozenset[str]) -> str:

@@ -123,3 +123,34 @@ def test_a_shipped_file_from_other_weights_is_not_used(tmp_path, monkeypatch):
     with pytest.raises(MissingDependencyError):  # another tile than the shipped one: the same
         factory.default_engine("default-x4", tile=64)
     assert not (tmp_path / "cache").exists()
+
+
+def test_default_x4_by_name_on_a_jpeg_beats_bicubic(tmp_path):
+    """`hrx upscale photo.jpg --engine default-x4`: the bundled model named, from its shipped ONNX file, on a
+    held-out photo downscaled and saved as JPEG q70: closer to the photo than Pillow's bicubic of the same JPEG
+    (measured +0.49 dB PSNR-Y)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from hrx.cli.main import app
+    from hrx.data import skimage_photos
+    from hrx.metrics import psnr_y
+
+    photo = next(r for r in skimage_photos() if r.name == "astronaut")  # held out of the bundled models' training
+    clean = Image.open(photo.path).convert("RGB")
+    (tmp_path / "in").mkdir()
+    clean.resize((128, 128), Image.Resampling.BICUBIC).save(tmp_path / "in" / "a.jpg", quality=70)
+    r = CliRunner().invoke(app, ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--engine",
+                                 "default-x4", "--precision", "fp32", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    jpeg = Image.open(tmp_path / "in" / "a.jpg").convert("RGB")
+    out = np.asarray(Image.open(tmp_path / "out" / "a.png").convert("RGB"))
+    bicubic = np.asarray(jpeg.resize((512, 512), Image.Resampling.BICUBIC))
+    assert out.shape == bicubic.shape == (512, 512, 3)
+
+    def batch(a: np.ndarray) -> np.ndarray:
+        return a.astype(np.float32)[None].transpose(0, 3, 1, 2) / 255
+
+    ref = batch(np.asarray(clean))
+    gain = psnr_y(batch(out), ref, 4) - psnr_y(batch(bicubic), ref, 4)
+    assert gain > 0.25, gain

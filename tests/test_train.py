@@ -224,6 +224,9 @@ def test_cli_train(image_dir: Path, tmp_path: Path):
     assert r.exit_code == 1 and "no such data folder" in r.output and "Traceback" not in r.output
 
 
+REAL_DEGRADATION_MODELS = ("default-x4",)  # trained with --degradation real (docs/training.md)
+
+
 def test_bundled_models_load():
     from hrx.checkpoint import bundled_models
 
@@ -234,6 +237,11 @@ def test_bundled_models_load():
         assert model.scale == scale
         extra = model.checkpoint_extra
         assert extra["val_psnr"] > extra["val_psnr_bicubic"]
+        if name in REAL_DEGRADATION_MODELS:
+            assert extra["degradation"]["kind"] == "real"
+            assert set(extra["val_conditions"]) == {"jpeg40", "jpeg70", "noise6+jpeg80"}
+            for cond in extra["val_conditions"].values():  # better than bicubic on every degraded input
+                assert cond["psnr"] > cond["psnr_input"], (name, extra["val_conditions"])
         assert bundled[name].stat().st_size < 8 * 2**20
 
 
