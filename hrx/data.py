@@ -15,7 +15,6 @@ HR -> LR degradation.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,19 +204,6 @@ def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     return t[0]
 
 
-def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
-    """``[3, H, W]`` in [0, 1] through a JPEG encode/decode at ``quality`` (PIL)."""
-    from PIL import Image
-
-    arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as im:
-        out = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(out.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
 def _uniform(gen: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=gen))
 
@@ -232,7 +218,9 @@ def degrade(hr: torch.Tensor, deg: Degradation, gen: torch.Generator) -> torch.T
         sigmas = torch.rand((lr.shape[0], 1, 1, 1), generator=gen) * (deg.noise / 255.0)
         lr = quantize(lr + torch.randn(lr.shape, generator=gen) * sigmas)
     if deg.jpeg > 0:
-        lr = torch.stack([_jpeg(im, round(_uniform(gen, deg.jpeg, 95))) for im in lr])
+        from hrx.degradations import jpeg
+
+        lr = torch.stack([jpeg(im, round(_uniform(gen, deg.jpeg, 95))) for im in lr])
     return lr
 
 
