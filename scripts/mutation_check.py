@@ -103,7 +103,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              '        config: dict[str, object] = {"NUM_STREAMS": str(streams)}\n'
              '        if precision == "bf16":\n            config["INFERENCE_PRECISION_HINT"] = HINTS[precision]\n',
              ("tests/test_runtime_openvino.py", "-k", "pinned or spandrel")),
-    Mutation("policy-bf16-needs-both-flags", "runtime/precision_policy.py",
+    Mutation("policy-bf16-needs-both-flags", "hrx/cpu.py",
              "    return any(f in flags for f in BF16_FLAGS)\n", "    return all(f in flags for f in BF16_FLAGS)\n", POLICY),
     Mutation("policy-gate-mse-not-averaged", "runtime/precision_policy.py",
              "    return GateResult(psnr_from_mse(sq / n), tiles, source)\n",
