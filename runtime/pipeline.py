@@ -427,10 +427,22 @@ def skip_existing(jobs: Sequence[Job], options: BatchOptions, record: Callable[[
     todo: list[Job] = []
     for job in jobs:
         if options.skip_existing and job.output.exists():
+            clear_stale_lock(job.output)
             record(ImageResult(str(job.source), str(job.output), "skipped", "output exists"))
         else:
             todo.append(job)
     return todo
+
+
+def clear_stale_lock(output: Path) -> None:
+    """Remove the lock file of a finished ``output`` that a run left when it was killed between writing the
+    output and letting the lock go (nobody holds it); one held by another run stays."""
+    if not lock_name(output).exists():
+        return
+    try:
+        hold_lock(lock_name(output), output).release()
+    except (OutputBusy, OSError):
+        pass
 
 
 def run_stream(backend: Backend, next_job: Callable[[], Job | None], spec: TileSpec, options: BatchOptions,
