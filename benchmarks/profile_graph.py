@@ -79,6 +79,19 @@ def scope_of(name: str, scopes: dict[str, str]) -> str:
     return ""
 
 
+def top_rows(rows: list[dict], top: int) -> list[dict]:
+    """The totals and the first ``top`` rows of each (file, engine, kind), in order: what RESULTS.md shows
+    (every op type's count is printed by ``--no-save`` runs too)."""
+    seen: Counter = Counter()
+    out = []
+    for r in rows:
+        key = (r["file"], r["engine"], r["kind"])
+        if r["what"] == "total" or seen[key] < top:
+            out.append(r)
+            seen[key] += r["what"] != "total"
+    return out
+
+
 def block(scope: str, depth: int) -> str:
     return ".".join(scope.split(".")[:depth]) if scope else "(graph)"
 
@@ -251,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         from results import save
 
-        save(args.name, rows, params={k: v for k, v in vars(args).items() if k not in ("no_save", "top")})
+        save(args.name, top_rows(rows, args.top), params={k: v for k, v in vars(args).items() if k != "no_save"})
     return 0
 
 

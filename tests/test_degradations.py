@@ -14,8 +14,8 @@ from PIL import Image
 
 import hrx
 from hrx.data import PatchSampler, bicubic_downscale, detail
-from hrx.degradations import (EVAL_CONDITIONS, KERNEL_KINDS, RESIZE_MODES, RealDegradation, blur_kernel,
-                              sinc_kernel)
+from hrx.degradations import (EVAL_CONDITIONS, KERNEL_KINDS, RESIZE_MODES, RealDegradation, apply,
+                              blur_kernel, sinc_kernel)
 from hrx.errors import HRXError
 from hrx.synthetic import KINDS, synthetic_images
 from hrx.train import TrainConfig, ema_update, init_from, train, train_dtype
@@ -236,11 +236,20 @@ def test_a_data_folder_without_usable_images_is_one_line(tmp_path: Path):
     assert re.fullmatch(r"error: \S+/junk/x\d\.png: not a readable image \(\w+\)", r.output.strip())
 
 
-def test_lighter_ranges_at_x1_and_x2_and_x4_unchanged():
+def test_photo_chain_at_x1_and_x2_and_x4_unchanged():
     assert RealDegradation.for_scale(4, 0.25) == RealDegradation(4, clean_share=0.25)
     for scale in (1, 2):
         light, full = RealDegradation.for_scale(scale), RealDegradation(scale)
-        assert light.first.blur_sigma[1] < full.first.blur_sigma[1]
-        assert light.first.resize_down[0] > full.first.resize_down[0]
-        assert light.first.gaussian_sigma[1] < full.first.gaussian_sigma[1]
-        assert light.final_jpeg_quality == full.final_jpeg_quality
+        assert light.first.blur_prob < full.first.blur_prob and light.first.blur_sigma[1] < full.first.blur_sigma[1]
+        assert light.second_prob == 0.0 and light.sinc_prob == 0.0
+        assert light.first.noise_prob > 0 and light.final_jpeg_prob >= full.final_jpeg_prob
+        # the only resize goes straight to the input size, so the noise and JPEG are drawn at that size
+        gen = torch.Generator().manual_seed(scale)
+        hr = torch.rand(3, 32, 32)
+        for _ in range(50):
+            d = light.draw(gen)
+            if d.clean:
+                continue
+            (st,) = d.stages
+            assert st.resize in (1.0, 1.0 / scale)
+            assert apply(hr, d, scale).shape == (3, 32 // scale, 32 // scale)
