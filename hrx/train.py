@@ -301,17 +301,25 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     return model
 
 
+REFINE_PREFIX = "head.refine."  # the last conv of the reconstruction head (hrx.blocks.head)
+
+
 def init_from(model: nn.Module, ref: str, arch: str) -> int:
     """Copy the tensors of checkpoint ``ref`` (a path or bundled name, of architecture ``arch`` like
-    ``model``) whose names and shapes match ``model``'s (fine-tuning; another scale's head does not match
-    and stays as initialised). Returns how many tensors were copied; none is an error."""
+    ``model``) whose names and shapes match ``model``'s (fine-tuning, or another scale's body). From another
+    scale, the head's last conv (``head.refine``) stays at zero, as initialised: it reads the upsampler's
+    output, which another scale computes differently (its own upsampler does not match and stays as
+    initialised; at x1 there is none), so the model starts as bicubic and not as a wrong residual.
+    Returns how many tensors were copied; none is an error."""
     from hrx.checkpoint import read_checkpoint
 
-    their_arch, _, state, _ = read_checkpoint(ref)
+    their_arch, config, state, _ = read_checkpoint(ref)
     if their_arch != arch:
         raise HRXError(f"{ref}: a {their_arch} checkpoint cannot initialise {arch}; --init needs the same architecture")
     own = model.state_dict()
-    match = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    other_scale = config.get("scale") != getattr(model, "scale", config.get("scale"))
+    match = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
+             and not (other_scale and k.startswith(REFINE_PREFIX))}
     if not match:
         raise HRXError(f"{ref}: no tensor matches this model's names and shapes; --init needs the same architecture")
     model.load_state_dict(match, strict=False)
