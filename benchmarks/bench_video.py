@@ -109,7 +109,7 @@ def phases(backend, spec, clip: Path, options) -> dict[str, float]:
     import av
 
     from hrx.runtime.video import FrameUpscaler, decode_segment, open_encoder, probe
-    from hrx.runtime.video_color import from_rgb
+    from hrx.runtime.video.color import from_rgb
 
     plan = probe(clip, options, backend.info.scale)
     t0 = time.perf_counter()

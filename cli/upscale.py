@@ -297,7 +297,7 @@ def _deep_videos(videos, pix_fmt: Optional[str]) -> bool:
     it) an input stream has them (the output keeps the input's depth). Unreadable videos are reported later."""
     if not videos:
         return False
-    from hrx.runtime.video_color import bits_of
+    from hrx.runtime.video.color import bits_of
 
     if pix_fmt:
         try:

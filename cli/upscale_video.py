@@ -36,7 +36,7 @@ def is_video_output(output: Path) -> bool:
 def split_inputs(inputs: Sequence[Path], output: Path, recursive: bool) -> tuple[list[VideoJob], list[Path]]:
     """``(video jobs, inputs left for the image pipeline)``: video files as given and those in the folders;
     a folder stays an image input when it holds images."""
-    from hrx.runtime.video_mux import default_output
+    from hrx.runtime.video.mux import default_output
 
     single = is_video_output(output)
     out_dir = output.parent if single else output
@@ -244,7 +244,7 @@ def _run_videos_on_ray(request, videos: Sequence[VideoJob], overlap: Optional[in
     plans and joins each video; Ray Data actors open the model and upscale the segments."""
     from hrx.runtime.distributed import exported_model_info
     from hrx.runtime.tiling import TileSpec
-    from hrx.runtime.video_ray import upscale_video_ray
+    from hrx.runtime.video.ray import upscale_video_ray
 
     request = dataclasses.replace(request, engine=Path(request.engine).resolve())  # the same file on every node
     engine = request.engine

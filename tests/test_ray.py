@@ -208,7 +208,7 @@ def test_video_segments_on_actors_equal_local_run(cluster, hrx_t_dynamic, tmp_pa
     from hrx.runtime.factory import open_backend
     from hrx.runtime.tiling import TileSpec
     from hrx.runtime.video import VideoOptions, upscale_video
-    from hrx.runtime.video_ray import upscale_video_ray
+    from hrx.runtime.video.ray import upscale_video_ray
 
     src = make_clip(tmp_path / "clip.mkv", audio=("aac",))
     options = VideoOptions(codec="ffv1", segment_frames=2)
@@ -233,7 +233,7 @@ def test_videos_on_ray_open_no_backend_on_the_driver(tmp_path, monkeypatch):
     engine build, no precision gate) to learn the tile and scale: only the actors do."""
     pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")
     import hrx.runtime.factory as factory
-    import hrx.runtime.video_ray as video_ray
+    import hrx.runtime.video.ray as video_on_ray
     from runtime_support import write_toy
     from test_video import make_clip
 
@@ -253,7 +253,7 @@ def test_videos_on_ray_open_no_backend_on_the_driver(tmp_path, monkeypatch):
         return result
 
     monkeypatch.setattr(factory, "open_backend", counted)
-    monkeypatch.setattr(video_ray, "upscale_video_ray", on_actors)
+    monkeypatch.setattr(video_on_ray, "upscale_video_ray", on_actors)
     toy = write_toy(tmp_path / "toy.onnx", tile=16, batch=2, overlap=4)
     src = make_clip(tmp_path / "clip.mkv", audio=(), subtitles=False, chapters=False)
     code, text = _run(str(src), "-o", str(tmp_path / "out"), "--engine", str(toy), "--backend", "onnxrt-cpu", "--ray")

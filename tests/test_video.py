@@ -20,7 +20,7 @@ from hrx.runtime.torch_backend import TorchBackend
 from hrx.errors import HRXError
 from hrx.runtime.video import (UPRIGHT, VideoOptions, _select, output_color, parse_frames, plan_segments,
                                upscale_video, work_folder)
-from hrx.runtime.video_color import Color, from_rgb, tag, to_rgb
+from hrx.runtime.video.color import Color, from_rgb, tag, to_rgb
 
 av = pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")
 
@@ -264,7 +264,7 @@ def test_ten_bit_stays_ten_bit(backend, tmp_path):
 def test_hdr_tags_and_mastering_metadata_kept(backend, tmp_path):
     """PQ BT.2020 10-bit HEVC with mastering display and light level SEI: the output (libx265, the input's
     family) carries the same tags and metadata, read back from its decoded frames."""
-    from hrx.runtime.video_color import hdr_info
+    from hrx.runtime.video.color import hdr_info
 
     master = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
     src = make_clip(tmp_path / "hdr.mkv", pix_fmt="yuv420p10le", codec="libx265", audio=(), subtitles=False,
@@ -712,7 +712,7 @@ def test_report_rows_are_on_disk_as_each_video_finishes(checkpoint, tmp_path, mo
 def _faults(monkeypatch) -> None:
     """Each video named after a fault fails there (files ``decode``, ``infer``, ``nan``, ``encode``, ``mux``)."""
     import hrx.runtime.video as video
-    import hrx.runtime.video_mux as video_mux
+    import hrx.runtime.video.mux as mux
 
     def named(path, fault: str) -> bool:
         return Path(str(path)).name.split(".")[0] == fault or f".{fault}." in str(path)
@@ -758,7 +758,7 @@ def _faults(monkeypatch) -> None:
         encoding[0] = named(plan.source, "encode")
         return real_encode(backend, spec, plan, *args, **kwargs)
 
-    real_packets = video_mux._segment_packets
+    real_packets = mux._segment_packets
 
     def segment_packets(paths, stream, time_base):
         if named(paths[0].parent, "mux"):
@@ -769,7 +769,7 @@ def _faults(monkeypatch) -> None:
     monkeypatch.setattr(video.FrameUpscaler, "__init__", init)
     monkeypatch.setattr(video, "from_rgb", from_rgb)
     monkeypatch.setattr(video, "encode_segment", encode_segment)
-    monkeypatch.setattr(video_mux, "_segment_packets", segment_packets)
+    monkeypatch.setattr(mux, "_segment_packets", segment_packets)
 
 
 def test_each_fault_fails_its_video_alone_and_the_batch_goes_on(checkpoint, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ joined by bounded queues (memory does not grow with the video's length)::
 Every output frame keeps its input frame's pts in the input's time base (variable frame rate stays
 variable). A finished segment is renamed into the work folder ``.NAME.hrx-work`` beside the output; a
 run that is killed or interrupted leaves the finished segments there, and the same command continues
-from them. When every segment is there, :func:`hrx.runtime.video_mux.join` writes the output (the
+from them. When every segment is there, :func:`hrx.runtime.video.mux.join` writes the output (the
 segments' video with every other stream of the input copied) to a temporary name and renames it: only
 a complete file ever appears at the output path. One run makes an output at a time: its work folder
 carries an exclusive lock (``flock``, :func:`video_lock`), and a second run on the same output fails that
@@ -42,7 +42,7 @@ from hrx.interface import Backend
 from hrx.runtime.pipeline import BatchOptions, output_size, resample_planes, upscale_picture
 from hrx.runtime.images import Picture
 from hrx.runtime.tiling import NonFiniteOutput, TileSpec, check_finite, upscale_tiled, upscale_whole
-from hrx.runtime.video_color import (BT601, BT709, JPEG, MPEG, Color, HdrInfo, bits_of, frame_color, from_rgb,
+from hrx.runtime.video.color import (BT601, BT709, JPEG, MPEG, Color, HdrInfo, bits_of, frame_color, from_rgb,
                                      hdr_encoder_options, hdr_info, layout, tag, to_rgb)
 
 DEFAULT_SEGMENT_FRAMES = 240
@@ -843,7 +843,7 @@ def _read_lost(path: Path) -> dict[str, int]:
 
 def finish_video(run: VideoRun, options: VideoOptions) -> VideoResult:
     """Join the finished segments into the output, remove the work folder; the video's result."""
-    from hrx.runtime.video_mux import join
+    from hrx.runtime.video.mux import join
 
     result, plan = run.result, run.plan
     result.lost_frames = sum(run.lost.get(str(s.index), 0) for s in plan.segments)
