@@ -185,10 +185,30 @@ def _say_resumable(job: VideoJob, progress: FrameProgress) -> None:
                        f"{work_folder(job.output)}: the same command continues from them")
 
 
+def parse_frames(text: str) -> tuple[int, int | None]:
+    """``"A:B"`` (``B`` excluded; either may be empty) -> ``(A, B or None)``."""
+    try:
+        a, b = text.split(":")
+        return int(a or 0), (int(b) if b else None)
+    except ValueError:
+        raise HRXError(f"--frames {text!r}: expected A:B (frame numbers, B excluded), e.g. 0:100") from None
+
+
+def parse_codec_options(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """``--video-opt KEY=VALUE`` items -> ``((KEY, VALUE), ...)`` in their order."""
+    out = []
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HRXError(f"--video-opt {item!r}: expected KEY=VALUE (e.g. tune=film)")
+        out.append((key, value))
+    return tuple(out)
+
+
 def video_options(codec: Optional[str], crf: Optional[int], preset: Optional[str], pix_fmt: Optional[str],
                   video_opt: Optional[list[str]], frames: Optional[str], start: Optional[float], end: Optional[float],
                   segment_frames: int, strict: bool, resize, warn: Callable[[str], None]):
-    from hrx.runtime.video import VideoOptions, parse_codec_options, parse_frames
+    from hrx.runtime.video import VideoOptions
 
     return VideoOptions(codec, crf, preset, pix_fmt, parse_codec_options(video_opt),
                         parse_frames(frames) if frames else None, start, end, segment_frames, strict,

@@ -135,7 +135,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("fuse-bn-variance-not-square-rooted", "hrx/blocks/fusion.py",
              "    std = torch.sqrt(bn.running_var + bn.eps)\n", "    std = bn.running_var + bn.eps\n", FUSE),
     # video
-    Mutation("video-encoder-pts-frame-index", "runtime/video/__init__.py",
+    Mutation("video-encoder-pts-frame-index", "runtime/video/codec.py",
              "                    frame.pts, frame.time_base = pts, plan.time_base\n",
              "                    frame.pts, frame.time_base = written[0], plan.time_base\n", VIDEO_PTS),
     Mutation("video-join-drops-exact-pts", "runtime/video/mux.py",

@@ -18,8 +18,9 @@ from conftest import randomize_params
 from hrx.runtime.tiling import TileSpec
 from hrx.runtime.torch_backend import TorchBackend
 from hrx.errors import HRXError
-from hrx.runtime.video import (UPRIGHT, VideoOptions, _select, output_color, parse_frames, plan_segments,
-                               upscale_video, work_folder)
+from hrx.cli.upscale_video import parse_frames
+from hrx.runtime.video import UPRIGHT, VideoOptions, output_color, plan_segments, upscale_video, work_folder
+from hrx.runtime.video.planning import _select
 from hrx.runtime.video.color import Color, from_rgb, tag, to_rgb
 
 av = pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")
@@ -157,6 +158,7 @@ def test_frames_reach_the_encoder_with_their_input_pts(backend, tmp_path, monkey
     VFR gaps included). Checked at the encoder, segment by segment: a wrong pts fails this assertion, where
     in a whole run it can first make the join refuse the segments' timestamps."""
     import hrx.runtime.video as video
+    import hrx.runtime.video.codec as codec
 
     seen = []
     real_open = video.open_encoder
@@ -170,7 +172,7 @@ def test_frames_reach_the_encoder_with_their_input_pts(backend, tmp_path, monkey
                 seen.append((frame.pts, frame.time_base))
             return self.stream.encode(frame)
 
-    monkeypatch.setattr(video, "open_encoder", lambda out, plan, options: RecordingEncoder(real_open(out, plan, options)))
+    monkeypatch.setattr(codec, "open_encoder", lambda out, plan, options: RecordingEncoder(real_open(out, plan, options)))
     src = make_clip(tmp_path / "clip.mkv", audio=(), subtitles=False, chapters=False)
     options = VideoOptions(codec="ffv1", segment_frames=3)
     plan = video.probe(src, options, backend.info.scale)
@@ -343,7 +345,8 @@ def test_rotated_phone_video_comes_out_upright(backend, tmp_path, capsys):
     upscaled; the output has no display matrix; the fingerprint that resumes segments holds the turn."""
     from hrx.cli.upscale_video import VideoJob, run_videos
     from hrx.metrics import psnr
-    from hrx.runtime.video import FrameUpscaler, _fingerprint, probe
+    from hrx.runtime.video import FrameUpscaler, probe
+    from hrx.runtime.video.segments import _fingerprint
 
     def upright(i: int, w: int, h: int) -> np.ndarray:
         return np.ascontiguousarray(np.rot90(pattern(i), axes=(1, 2)))  # counter-clockwise, as players turn it
@@ -712,7 +715,9 @@ def test_report_rows_are_on_disk_as_each_video_finishes(checkpoint, tmp_path, mo
 def _faults(monkeypatch) -> None:
     """Each video named after a fault fails there (files ``decode``, ``infer``, ``nan``, ``encode``, ``mux``)."""
     import hrx.runtime.video as video
+    import hrx.runtime.video.codec as codec
     import hrx.runtime.video.mux as mux
+    import hrx.runtime.video.segments as segments
 
     def named(path, fault: str) -> bool:
         return Path(str(path)).name.split(".")[0] == fault or f".{fault}." in str(path)
@@ -742,7 +747,7 @@ def _faults(monkeypatch) -> None:
         fault = next((f for f in ("infer", "nan") if named(plan.source, f)), None)
         real_init(self, Broken(backend, fault) if fault else backend, spec, plan)
 
-    real_from_rgb = video.from_rgb
+    real_from_rgb = codec.from_rgb
 
     def from_rgb(rgb, pix_fmt, color):
         if threading.current_thread().name == "hrx-video-encode" and encoding[0]:
@@ -765,10 +770,10 @@ def _faults(monkeypatch) -> None:
             raise OverflowError("timestamp out of range")
         return real_packets(paths, stream, time_base)
 
-    monkeypatch.setattr(video, "decode_segment", decode)
+    monkeypatch.setattr(codec, "decode_segment", decode)
     monkeypatch.setattr(video.FrameUpscaler, "__init__", init)
-    monkeypatch.setattr(video, "from_rgb", from_rgb)
-    monkeypatch.setattr(video, "encode_segment", encode_segment)
+    monkeypatch.setattr(codec, "from_rgb", from_rgb)
+    monkeypatch.setattr(segments, "encode_segment", encode_segment)
     monkeypatch.setattr(mux, "_segment_packets", segment_packets)
 
 
@@ -818,6 +823,7 @@ def test_damaged_resume_state_fails_its_video_in_one_line(checkpoint, tmp_path, 
     timestamps file in that work folder each fail the video in one line naming the file (not a ValueError, not
     "cannot write"), and the other video is done every time."""
     import hrx.runtime.video as video
+    import hrx.runtime.video.segments as segments
 
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
@@ -832,7 +838,7 @@ def test_damaged_resume_state_fails_its_video_in_one_line(checkpoint, tmp_path, 
 
     args = [str(folder), "-o", str(out), "--model", str(checkpoint), "--segment-frames", "2"]
     with monkeypatch.context() as m:
-        m.setattr(video, "encode_segment", encode_segment)
+        m.setattr(segments, "encode_segment", encode_segment)
         r = _upscale(*args)
     assert r.exit_code == 1 and "error: 1 of 2 videos failed" in r.stderr, r.output
     work = work_folder(out / "a.mkv")
@@ -859,7 +865,7 @@ def test_a_damaged_tail_ends_decoding_with_the_frames_read():
     counts the rest as lost); --strict fails the video in one line. Never the demuxer's own exception."""
     from types import SimpleNamespace
 
-    from hrx.runtime.video import _decoded
+    from hrx.runtime.video.codec import _decoded
 
     frames = [SimpleNamespace(pts=p, dts=None) for p in (0, 40, 80)]
 
