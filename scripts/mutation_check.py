@@ -136,8 +136,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    std = torch.sqrt(bn.running_var + bn.eps)\n", "    std = bn.running_var + bn.eps\n", FUSE),
     # video
     Mutation("video-encoder-pts-frame-index", "runtime/video/codec.py",
-             "                    frame.pts, frame.time_base = pts, plan.time_base\n",
-             "                    frame.pts, frame.time_base = written[0], plan.time_base\n", VIDEO_PTS),
+             "                frame.pts, frame.time_base = pts, plan.time_base\n",
+             "                frame.pts, frame.time_base = written.frames, plan.time_base\n", VIDEO_PTS),
     Mutation("video-join-drops-exact-pts", "runtime/video/mux.py",
              "                packet.pts, packet.dts, packet.duration = pts, dts, duration\n", "                pass\n",
              VIDEO_PTS),

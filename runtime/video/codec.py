@@ -6,6 +6,7 @@ import itertools
 import os
 import queue
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -208,92 +209,121 @@ class FrameUpscaler:
         return [self._sized(out[:, :h * s, :w * s]) for out in y]
 
 
+@dataclass
+class _Lanes:
+    """What a segment's three threads share: the queues between them, the stop flag and the errors of the
+    decode and encode threads (the first one is raised)."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    decoded: queue.Queue = field(default_factory=lambda: queue.Queue(DECODED_FRAMES))
+    upscaled: queue.Queue = field(default_factory=lambda: queue.Queue(UPSCALED_FRAMES))
+    errors: list[BaseException] = field(default_factory=list)
+
+    def fail(self, e: BaseException) -> None:
+        """Keep ``e`` for the caller and stop the other threads."""
+        self.errors.append(e)
+        self.stop.set()
+
+
+@dataclass
+class _Written:
+    """What the encode thread wrote: frames, and every packet's ``(pts, dts, duration)`` (stream time base)."""
+
+    frames: int = 0
+    packets: list[tuple[int | None, int | None, int]] = field(default_factory=list)
+
+    def mux(self, out, packets) -> None:
+        """Write ``packets`` into ``out``, noting their timestamps first."""
+        for packet in packets:
+            self.packets.append((packet.pts, packet.dts, packet.duration or 0))
+            out.mux(packet)
+
+
+def _decode_into(plan: VideoPlan, segment: Segment, strict: bool, lanes: _Lanes) -> None:
+    """The decode thread: the segment's frames into ``lanes.decoded``, then the end mark."""
+    try:
+        for item in decode_segment(plan, segment, strict):
+            _put(lanes.decoded, item, lanes.stop)
+        _put(lanes.decoded, _END, lanes.stop)
+    except _Stop:
+        pass
+    except BaseException as e:  # noqa: BLE001 - handed to the model thread
+        lanes.fail(e)
+
+
+def _encode_from(plan: VideoPlan, options: VideoOptions, target: str, lanes: _Lanes, written: _Written) -> None:
+    """The encode thread: the upscaled frames of ``lanes.upscaled`` into the segment file ``target``."""
+    import av
+
+    try:
+        with av.open(target, "w", format=SEGMENT_FORMAT) as out:
+            stream = open_encoder(out, plan, options)
+            while (item := _get(lanes.upscaled, lanes.stop)) is not _END:
+                pts, rgb = item
+                frame = from_rgb(rgb, plan.pix_fmt, plan.out_color)
+                frame.pts, frame.time_base = pts, plan.time_base
+                written.mux(out, stream.encode(frame))
+                written.frames += 1
+            written.mux(out, stream.encode(None))
+    except _Stop:
+        pass
+    except av.FFmpegError as e:
+        lanes.fail(HRXError(f"{plan.source}: the {plan.codec} encoder failed ({ffmpeg_reason(e)})"))
+    except BaseException as e:  # noqa: BLE001
+        lanes.fail(e)
+
+
+def _upscale_frames(model: FrameUpscaler, segment: Segment, per_call: int, lanes: _Lanes,
+                    progress: VideoProgress) -> None:
+    """The model, on the calling thread: the decoded frames, up to ``per_call`` in one call, upscaled into
+    ``lanes.upscaled``, then the end mark."""
+    ended = False
+    while not ended:
+        items = []
+        while len(items) < per_call:
+            item = _get(lanes.decoded, lanes.stop)
+            if item is _END:
+                ended = True
+                break
+            items.append(item)
+        if items:
+            try:
+                outs = model.many([rgb for _, rgb in items])
+            except NonFiniteOutput as e:  # which frame: its timestamp (the first of a batch of frames)
+                raise e.at(f"frame at pts {items[0][0]} of segment {segment.index}") from e
+            for (pts, _), out in zip(items, outs):
+                _put(lanes.upscaled, (pts, out), lanes.stop)
+            progress.advance_frames(len(items))
+        del items
+    _put(lanes.upscaled, _END, lanes.stop)
+
+
 def encode_segment(backend: Backend, spec: TileSpec, plan: VideoPlan, segment: Segment, target: str,
                    options: VideoOptions, progress: VideoProgress | None = None) -> tuple[int, list]:
     """Upscale ``segment`` into the file ``target`` (decode, model and encode overlapping on three
     threads); returns the number of frames written and every packet's ``(pts, dts, duration)`` in the
     input's time base (the segment container rounds them to milliseconds; the join restores them)."""
-    import av
-
     progress = progress or NoVideoProgress()
-    stop = threading.Event()
-    decoded: queue.Queue = queue.Queue(DECODED_FRAMES)
-    upscaled: queue.Queue = queue.Queue(UPSCALED_FRAMES)
-    errors: list[BaseException] = []
-    written = [0]
-    stamps: list[tuple[int | None, int | None, int]] = []  # (pts, dts, duration) of every packet, stream time base
-
-    def mux(out, packets) -> None:
-        for packet in packets:
-            stamps.append((packet.pts, packet.dts, packet.duration or 0))
-            out.mux(packet)
-
-    def decode() -> None:
-        try:
-            for item in decode_segment(plan, segment, options.strict):
-                _put(decoded, item, stop)
-            _put(decoded, _END, stop)
-        except _Stop:
-            pass
-        except BaseException as e:  # noqa: BLE001 - handed to the model thread
-            errors.append(e)
-            stop.set()
-
-    def encode() -> None:
-        try:
-            with av.open(target, "w", format=SEGMENT_FORMAT) as out:
-                stream = open_encoder(out, plan, options)
-                while (item := _get(upscaled, stop)) is not _END:
-                    pts, rgb = item
-                    frame = from_rgb(rgb, plan.pix_fmt, plan.out_color)
-                    frame.pts, frame.time_base = pts, plan.time_base
-                    mux(out, stream.encode(frame))
-                    written[0] += 1
-                mux(out, stream.encode(None))
-        except _Stop:
-            pass
-        except av.FFmpegError as e:
-            errors.append(HRXError(f"{plan.source}: the {plan.codec} encoder failed ({ffmpeg_reason(e)})"))
-            stop.set()
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-            stop.set()
-
-    threads = [threading.Thread(target=decode, name="hrx-video-decode", daemon=True),
-               threading.Thread(target=encode, name="hrx-video-encode", daemon=True)]
+    lanes, written = _Lanes(), _Written()
+    threads = [threading.Thread(target=_decode_into, args=(plan, segment, options.strict, lanes),
+                                name="hrx-video-decode", daemon=True),
+               threading.Thread(target=_encode_from, args=(plan, options, target, lanes, written),
+                                name="hrx-video-encode", daemon=True)]
     model = FrameUpscaler(backend, spec, plan)
     for t in threads:
         t.start()
     per_call = model.frames_per_call
     try:
-        ended = False
-        while not ended:
-            items = []
-            while len(items) < per_call:
-                item = _get(decoded, stop)
-                if item is _END:
-                    ended = True
-                    break
-                items.append(item)
-            if items:
-                try:
-                    outs = model.many([rgb for _, rgb in items])
-                except NonFiniteOutput as e:  # which frame: its timestamp (the first of a batch of frames)
-                    raise e.at(f"frame at pts {items[0][0]} of segment {segment.index}") from e
-                for (pts, _), out in zip(items, outs):
-                    _put(upscaled, (pts, out), stop)
-                progress.advance_frames(len(items))
-            del items
-        _put(upscaled, _END, stop)
+        _upscale_frames(model, segment, per_call, lanes, progress)
     except _Stop:
         pass
     except BaseException:
-        stop.set()
+        lanes.stop.set()
         raise
     finally:
         for t in threads:
             while t.is_alive():
                 t.join(0.1)
-    if errors:
-        raise errors[0]
-    return written[0], stamps
+    if lanes.errors:
+        raise lanes.errors[0]
+    return written.frames, written.packets
