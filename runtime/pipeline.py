@@ -509,7 +509,9 @@ def _upscale_one(backend: Backend, picture: Picture, spec: TileSpec, options: Ba
     if picture.bits == 16 and result.bits == 8 and options.warn is not None:
         options.warn(f"16-bit inputs are written with 8 bits per channel: --format {options.fmt} holds no more "
                      "(png or tiff keep 16)")
-    if size[0] <= picture.width and size[1] <= picture.height:  # not larger: the model would only be undone
+    # an upscaling model asked for an output no larger than its input would only be undone by the resize;
+    # an x1 (restoration) model always runs
+    if info.scale > 1 and size[0] <= picture.width and size[1] <= picture.height:
         progress.start_image(job, 0)
         upscaled, result.resample = resample_picture(picture, size)
     else:
