@@ -176,14 +176,15 @@ GOLDEN = Path(__file__).parent / "data" / "bundled_outputs.npz"
 
 def bundled_outputs() -> dict[str, np.ndarray]:
     """The bundled models on a 32 x 64 astronaut crop (h != w, so a swapped scan order shows):
-    default-x2's whole output, the centre 64 x 64 of default-x4's. ``GOLDEN`` holds these outputs, written
+    default-x1's and default-x2's whole outputs, the centre 64 x 64 of default-x4's. ``GOLDEN`` holds these outputs, written
     with ``np.savez_compressed(GOLDEN, input_crop=np.array([96, 128, 160, 224]), **bundled_outputs())``."""
     from skimage import data
 
     crop = data.astronaut()[96:128, 160:224]
     x = torch.from_numpy(crop.astype(np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
-        return {"default-x2": hrx.load_model("default-x2").eval()(x)[0].numpy(),
+        return {"default-x1": hrx.load_model("default-x1").eval()(x)[0].numpy(),
+                "default-x2": hrx.load_model("default-x2").eval()(x)[0].numpy(),
                 "default-x4": hrx.load_model("default-x4").eval()(x)[0, :, 32:96, 96:160].numpy()}
 
 

@@ -224,15 +224,15 @@ def test_cli_train(image_dir: Path, tmp_path: Path):
     assert r.exit_code == 1 and "no such data folder" in r.output and "Traceback" not in r.output
 
 
-REAL_DEGRADATION_MODELS = ("default-x4",)  # trained with --degradation real (docs/training.md)
+REAL_DEGRADATION_MODELS = ("default-x1", "default-x2", "default-x4")  # trained with --degradation real (docs/training.md)
 
 
 def test_bundled_models_load():
     from hrx.checkpoint import bundled_models
 
     bundled = bundled_models()
-    assert {"default-x2", "default-x4"} <= set(bundled)
-    for name, scale in (("default-x2", 2), ("default-x4", 4)):
+    assert {"default-x1", "default-x2", "default-x4"} <= set(bundled)
+    for name, scale in (("default-x1", 1), ("default-x2", 2), ("default-x4", 4)):
         model = hrx.load_model(name)
         assert model.scale == scale
         extra = model.checkpoint_extra
