@@ -253,10 +253,17 @@ class HdrInfo:
         return bool(self.primaries or self.luminance or self.light)
 
 
+def side_data(frame) -> list:
+    """The side-data entries of a decoded frame (PyAV's container is a mapping of type -> entry; iterating it
+    gives the entries up to PyAV 18.1.0 and the types from 18.1.1, ``values()`` the entries in both)."""
+    container = frame.side_data
+    return list(container.values() if hasattr(container, "values") else container)
+
+
 def hdr_info(frame: av.VideoFrame) -> HdrInfo:
     """Read AVMasteringDisplayMetadata / AVContentLightMetadata from a decoded frame's side data."""
     primaries = luminance = light = None
-    for item in frame.side_data:
+    for item in side_data(frame):
         name = getattr(item.type, "name", str(item.type))
         raw = bytes(item)
         if name == "MASTERING_DISPLAY_METADATA" and len(raw) >= 88:

@@ -12,7 +12,7 @@ import numpy as np
 
 from hrx.errors import HRXError
 from hrx.runtime.pipeline import output_size
-from hrx.runtime.video.color import (BT601, BT709, JPEG, MPEG, Color, HdrInfo, bits_of, frame_color,
+from hrx.runtime.video.color import (BT601, BT709, JPEG, MPEG, Color, HdrInfo, bits_of, frame_color, side_data,
                                      hdr_encoder_options, hdr_info, layout)
 from hrx.runtime.video.options import FALLBACK_CODEC, SAME_FAMILY, VideoOptions
 
@@ -295,7 +295,7 @@ def orientation_of(matrix, source: Path, warn) -> Orientation:
 
 def display_matrix(frame) -> tuple[int, ...] | None:
     """The frame's display matrix (9 integers, FFmpeg's layout), None when it has none."""
-    for item in frame.side_data:
+    for item in side_data(frame):
         if getattr(item.type, "name", str(item.type)) == "DISPLAYMATRIX":
             raw = bytes(item)
             return tuple(int(v) for v in np.frombuffer(raw[:36], "<i4")) if len(raw) >= 36 else None
