@@ -45,9 +45,12 @@ def export(
                                                                "(channel LayerNorms, flips, transposes merged or "
                                                                "cancelled, GELU as one kernel).")] = False,
     target: Annotated[Optional[Target], typer.Option("--target", help="The engine the graph passes choose formulations "
-                                                     "for (recorded as graph_target): onnxruntime (the default) or openvino "
-                                                     "(channel LayerNorms and flips in the forms OpenVINO's CPU plugin "
-                                                     "prefers; --ops native only). Either file runs on both engines.")] = None,
+                                                     "for (recorded as graph_target): openvino (channel LayerNorms and flips in "
+                                                     "the forms OpenVINO's CPU plugin prefers; --ops native only) or "
+                                                     "onnxruntime. Default: openvino for an FP32 file of native ops (the "
+                                                     "default CPU engine), onnxruntime for --ops plugin and fp16 / bf16 "
+                                                     "files (GPU engines). Either file runs on both engines.",
+                                                     show_default=False)] = None,
 ) -> None:
     """Fuse a checkpoint's re-parameterizable branches, freeze it to static shapes with top-1
     routing, export to ONNX, check and simplify it. Writes the model's metadata (scale, tile,

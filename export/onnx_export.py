@@ -333,20 +333,18 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
 
     ``precision`` fp16/bf16 converts the graph with FP32 islands (:mod:`hrx.export.precision`);
     ``io`` fp16 makes the graph's input and output half precision too. ``target`` (``openvino`` or
-    ``onnxruntime``; default: openvino for native ops, the default CPU engine, onnxruntime for
-    ``--ops plugin``, which OpenVINO cannot run) picks the graph passes (:data:`hrx.export.passes.TARGET_PASSES`)
-    and is recorded in the metadata as ``graph_target``."""
+    ``onnxruntime``; default: :func:`hrx.export.onnx_tools.default_target`) picks the graph passes
+    (:data:`hrx.export.passes.TARGET_PASSES`) and is recorded in the metadata as ``graph_target``."""
     import hrx
     from hrx.export.onnx_tools import FLOAT_PRECISIONS, IO_PRECISIONS, metadata, set_metadata
     from hrx.export.precision import convert_precision
 
     start = time.perf_counter()
     check_choice("--ops", ops, OPS_MODES)
-    from hrx.export.onnx_tools import GRAPH_TARGETS
+    from hrx.export.onnx_tools import GRAPH_TARGETS, default_target
     from hrx.export.passes import TARGET_PASSES
 
-    # onnxruntime (today's graph) stays the default until the openvino forms are timed on an idle machine
-    target = target or "onnxruntime"
+    target = target or default_target(ops, precision)
     check_choice("--target", target, GRAPH_TARGETS)
     if ops == "plugin" and target == "openvino":
         raise HRXError("--ops plugin files do not run on OpenVINO: export them with --target onnxruntime")

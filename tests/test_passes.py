@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import hrx
 from conftest import randomize_params
 from hrx.export.onnx_export import export_onnx
-from hrx.export.onnx_tools import Graph
+from hrx.export.onnx_tools import Graph, default_target
 from hrx.export.passes import (TARGET_PASSES, cancel_transposes, flip_as_gather, fuse_channel_layernorm,
                                gelu_for_ort, layernorm_div, merge_transposes, optimize)
 
@@ -353,14 +353,19 @@ def test_export_target_picks_the_passes_and_is_recorded(tmp_path):
         result = export_onnx(model, out, tile=32, target=target)
         proto = onnx.load(str(out))
         props[target], ops[target] = {p.key: p.value for p in proto.metadata_props}, _ops(proto)
-        assert list(result.passes.split(", "))[0].split()[0] == TARGET_PASSES[target or "onnxruntime"][0]
+        assert list(result.passes.split(", "))[0].split()[0] == TARGET_PASSES[target or "openvino"][0]
         assert float(np.abs(_ort(proto, x) - ref).max()) <= ATOL
         # every node names the module it came from (benchmarks/profile_graph.py's blocks)
         scoped = [n for n in proto.graph.node if any(p.key == "hrx_scope" for p in n.metadata_props)]
         assert len(scoped) >= 0.75 * len(proto.graph.node)
     assert props["openvino"]["graph_target"] == "openvino"
-    assert props[None]["graph_target"] == props["onnxruntime"]["graph_target"] == "onnxruntime"
-    assert ops[None] == ops["onnxruntime"] and ops["openvino"]["Transpose"] < ops["onnxruntime"]["Transpose"]
+    assert props["onnxruntime"]["graph_target"] == "onnxruntime"
+    # no --target: an FP32 file of native ops is for OpenVINO, the default CPU engine; plugin ops and half
+    # precision files are for ONNX Runtime (and the GPU engines)
+    assert props[None]["graph_target"] == "openvino" and ops[None] == ops["openvino"]
+    assert ops["openvino"]["Transpose"] < ops["onnxruntime"]["Transpose"]
+    assert [default_target(o, p) for o, p in (("native", "fp16"), ("native", "bf16"), ("plugin", "fp32"))] == \
+        ["onnxruntime"] * 3
     from hrx.errors import HRXError
 
     with pytest.raises(HRXError, match="--target onnxruntime"):
