@@ -12,7 +12,8 @@ free view): ``x [b, H, P, L]``, ``dt [b, H, L]`` (positive), ``A [H]`` (negative
 
 Two implementations that tests hold equal: :func:`selective_scan_ref` (sequential, readable) and
 :func:`selective_scan_chunked` (chunked, all matmuls / cumsums / exps; exports to standard ONNX ops).
-The scan is always computed in float32.
+The scan is always computed in float32. The fused mixer scans each sequence both ways in place
+(:func:`selective_scan_bidirectional`, the deploy graph: no flips).
 """
 from __future__ import annotations
 
