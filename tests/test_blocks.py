@@ -17,7 +17,8 @@ from hrx.blocks.moe_x import ArtifactExpert
 from hrx.blocks.msg import Downsample, unshuffle_conv
 from hrx.blocks.naf import NAFBlock, RepDWConv3
 from hrx.blocks.replk import RepLK
-from hrx.blocks.ssm import SSMixer, selective_scan_chunked, selective_scan_ref, use_scan_impl
+from hrx.blocks.ssm import (SSMixer, selective_scan_bidirectional, selective_scan_chunked, selective_scan_ref,
+                            use_scan_impl)
 from hrx.blocks.window_attention import WindowAttention
 from hrx.fusion import count_convs
 
@@ -200,6 +201,48 @@ def test_ssm_mixer_batch_matches_one_image_at_a_time():
     scale = batched.abs().max().item()
     assert (batched - single).abs().max().item() < 1e-5 * max(1.0, scale)
     assert (batched[0] - batched[1]).abs().max().item() > 1e-2 * scale
+
+
+@pytest.mark.parametrize("chunk", [4, 16, 64])
+def test_selective_scan_bidirectional_equals_forward_plus_flipped_scan(chunk):
+    """Both directions in place (mirrored masks and carry, L = 50 padded to whole chunks) against two
+    sequential scans, the second of the flipped sequence with its own dt, B, C."""
+    g = torch.Generator().manual_seed(4)
+    n, L, H, P, N = 2, 50, 3, 4, 5
+    x = torch.randn(n, H, P, L, generator=g)
+    dt = torch.rand(n, 2, H, L, generator=g) * 0.7 + 0.01
+    A = -(torch.rand(H, generator=g) * 3 + 0.1)
+    B, C = torch.randn(n, 2, N, L, generator=g), torch.randn(n, 2, N, L, generator=g)
+    D = torch.randn(H, generator=g)
+    forward = selective_scan_ref(x, dt[:, 0], A, B[:, 0], C[:, 0], D)
+    flipped = selective_scan_ref(x.flip(-1), dt[:, 1].flip(-1), A, B[:, 1].flip(-1), C[:, 1].flip(-1), D).flip(-1)
+    out = selective_scan_bidirectional(x, dt, A, B, C, D, chunk)
+    assert (out - (forward + flipped)).abs().max().item() < 1e-5 * max(1.0, out.abs().max().item())
+    assert (out - 2 * forward).abs().max().item() > 1e-1  # the reversed direction really differs
+
+
+@pytest.mark.parametrize("b, h, w, chunk", [(2, 8, 12, 8), (1, 10, 7, 16)])
+def test_fused_ssm_mixer_scans_in_place_as_the_flipped_orders(b, h, w, chunk):
+    """The deploy form (fuse(): rows and columns each scanned both ways in place, nothing flipped) equals
+    the four flipped orders and the sequential reference; another scan implementation (a plugin's) still
+    gets the four flipped orders; fuse() adds nothing to the state dict."""
+    m = SSMixer(8, d_state=4, head_dim=4, chunk=chunk).eval()
+    randomize_params(m, 0.2)
+    with torch.no_grad():
+        m.dt_bias.copy_(torch.linspace(-2.0, 1.0, m.dt_bias.numel()))  # every order's bias differs
+    keys = set(m.state_dict())
+    x = torch.randn(b, 8, h, w)
+    fused = copy.deepcopy(m)
+    fused.fuse()
+    flipped = copy.deepcopy(fused)
+    flipped.bidirectional = False
+    reference = use_scan_impl(copy.deepcopy(fused), "reference")
+    with torch.no_grad():
+        y, want, ref = fused(x), flipped(x), reference(x)
+    scale = max(1.0, want.abs().max().item())
+    assert fused.bidirectional and set(fused.state_dict()) <= keys  # fuse() folds the norm, adds nothing
+    assert (y - want).abs().max().item() < FUSE_ATOL * scale
+    assert (y - ref).abs().max().item() < FUSE_ATOL * scale
 
 
 def test_haar_reconstructs_input():

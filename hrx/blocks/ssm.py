@@ -12,7 +12,8 @@ free view): ``x [b, H, P, L]``, ``dt [b, H, L]`` (positive), ``A [H]`` (negative
 
 Two implementations that tests hold equal: :func:`selective_scan_ref` (sequential, readable) and
 :func:`selective_scan_chunked` (chunked, all matmuls / cumsums / exps; exports to standard ONNX ops).
-The scan is always computed in float32.
+The scan is always computed in float32. The fused mixer scans each sequence both ways in place
+(:func:`selective_scan_bidirectional`, the deploy graph: no flips).
 """
 from __future__ import annotations
 
@@ -115,6 +116,61 @@ def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
     return (y + D.view(1, H, 1, 1) * x[..., :L]).to(dtype)
 
 
+def selective_scan_bidirectional(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                                 C: torch.Tensor, D: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """Each sequence scanned both ways, summed: ``x [n, H, P, L]``, ``dt [n, 2, H, L]``, ``B, C [n, 2, N, L]``
+    (direction 0 forward, 1 reversed, each with its own ``dt, B, C``), ``A, D [H]`` -> ``[n, H, P, L]``,
+    equal to ``scan(x, dt[:, 0], ..) + flip(scan(flip(x), flip(dt[:, 1]), ..))`` (:func:`selective_scan_chunked`)
+    with no flip of any tensor: the reversed scan is the chunked form with the masks and the segment sums
+    mirrored (upper-triangular decay inside a chunk, the carry matrix transposed between chunks).
+
+    The data takes one block transpose in (``[n, H, P, c, T] -> [n, H, c, P, T]``, shared by both
+    directions) and one out, after the directions are summed."""
+    dtype = x.dtype
+    n, H, P, L = x.shape
+    N = B.shape[2]
+    x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
+    pad = (-L) % chunk
+    if pad:  # trailing zeros: dt = 0 injects nothing, in either direction
+        x, dt, B, C = F.pad(x, (0, pad)), F.pad(dt, (0, pad)), F.pad(B, (0, pad)), F.pad(C, (0, pad))
+    c = (L + pad) // chunk
+    # per direction constants, shaped for [n, 2, H, c, T]: forward / reversed selectors and the sign of time
+    fwd = torch.tensor([1.0, 0.0], device=x.device).view(1, 2, 1, 1, 1)
+    rev, sign = 1.0 - fwd, 2.0 * fwd - 1.0
+    xc = x.view(n, H, P, c, chunk).transpose(2, 3)  # [n, H, c, P, T]
+    xs = xc.unsqueeze(1) * dt.view(n, 2, H, c, 1, chunk)  # [n, 2, H, c, P, T]
+    a = dt.view(n, 2, H, c, chunk) * A.view(1, 1, H, 1, 1)  # [n, 2, H, c, T]
+    a_cum = torch.cumsum(a, dim=-1)
+    # time coordinate q: forward the inclusive sums, reversed the exclusive ones; the decay between
+    # positions j and i is exp(sign * (q_i - q_j)) on the causal side of each direction, 0 on the other
+    q = a_cum - a * rev
+    last = a_cum[..., -1:]  # [n, 2, H, c, 1]: the chunk's total
+    Bt = B.view(n, 2, N, c, chunk).permute(0, 1, 3, 4, 2)  # [n, 2, c, T, N]
+    Cc = C.view(n, 2, N, c, chunk).transpose(2, 3)  # [n, 2, c, N, T]
+
+    # 1) within chunks: y^T[p, i] = sum_j xs^T[p, j] (B_j . C_i) decay[j, i]
+    T = chunk
+    neg = torch.full((T, T), float("-inf"), dtype=x.dtype, device=x.device)
+    mask = torch.stack([neg.tril(-1), neg.triu(1)]).view(1, 2, 1, 1, T, T)  # forward: j <= i; reversed: j >= i
+    decay = torch.exp(sign.unsqueeze(-1) * (q.unsqueeze(-2) - q.unsqueeze(-1)) + mask)  # [n, 2, H, c, T, T]
+    y_diag = xs @ ((Bt @ Cc).unsqueeze(2) * decay)  # [n, 2, H, c, P, T]
+
+    # 2) each chunk's state at the edge it hands on (forward: its end, reversed: its start)
+    to_edge = torch.exp(sign * (last * fwd - q))  # [n, 2, H, c, T]
+    states = (xs * to_edge.unsqueeze(-2)) @ Bt.unsqueeze(2)  # [n, 2, H, c, P, N]
+
+    # 3) carry states across chunks: forward from the chunks before, reversed from those after
+    seg = _segsum_exp(F.pad(last.squeeze(-1), (1, 0)))[..., :-1, 1:]  # [n, 2, H, c, c]: [k, j] = exp(sum totals[j+1 .. k-1])
+    carry = seg * fwd + seg.transpose(-1, -2) * rev
+    prev = (carry @ states.reshape(n, 2, H, c, P * N)).view(n, 2, H, c, P, N)
+
+    # 4) contribution of the carried state to each position
+    y_off = (prev @ Cc.unsqueeze(2)) * torch.exp(sign * (q - last * rev)).unsqueeze(-2)  # [n, 2, H, c, P, T]
+
+    y = (y_diag + y_off).sum(1).transpose(2, 3).reshape(n, H, P, c * chunk)[..., :L]  # [n, H, P, L]
+    return (y + 2.0 * D.view(1, H, 1, 1) * x[..., :L]).to(dtype)
+
+
 SCANS = Implementations("scan", "scan_impl", chunked=selective_scan_chunked, reference=selective_scan_ref)
 register_scan_impl = SCANS.register  # the exporter's custom-op variant, a Triton kernel
 
@@ -148,6 +204,7 @@ class SSMixer(nn.Module):
         assert inner % head_dim == 0, "inner width must be divisible by head_dim"
         self.inner, self.heads, self.head_dim, self.d_state, self.chunk = inner, inner // head_dim, head_dim, d_state, chunk
         self.scan_impl = "chunked"  # a name in the implementation table; see use_scan_impl
+        self.bidirectional = False  # set by fuse(): with the chunked scan, no flips (see _forward_bidirectional)
         self.norm = LayerNorm2d(channels)
         self.in_proj = nn.Conv2d(channels, inner * 2, 1)
         self.dw = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
@@ -164,6 +221,8 @@ class SSMixer(nn.Module):
         L, H, P, N = h * w, self.heads, self.head_dim, self.d_state
         u, z = self.in_proj(self.norm(x)).chunk(2, dim=1)  # [B, inner, h, w]
         u = F.silu(self.dw(u))
+        if self.bidirectional and self.scan_impl == "chunked":
+            return self.out_proj(self._scan_bidirectional(u).to(z.dtype) * F.silu(z))
         # sequences in 4 orders (rows, rows reversed, columns, columns reversed) as channel groups: [B, 4, inner, L]
         row, col = u.flatten(2), u.transpose(2, 3).flatten(2)
         seq_u = torch.stack([row, row.flip(-1), col, col.flip(-1)], 1)
@@ -183,7 +242,24 @@ class SSMixer(nn.Module):
         y = y_row.view(b, -1, h, w) + y_col  # [B, inner, h, w]
         return self.out_proj(y.to(z.dtype) * F.silu(z))
 
+    def _scan_bidirectional(self, u: torch.Tensor) -> torch.Tensor:
+        """The four scan orders of ``u [B, inner, h, w]`` summed, ``[B, inner, h, w]``, as :meth:`forward`
+        computes them but with nothing flipped: rows and columns are two sequences, each scanned forward
+        and reversed in place (:func:`selective_scan_bidirectional`). The deploy graph's form."""
+        b, _, h, w = u.shape
+        L, H, P, N = h * w, self.heads, self.head_dim, self.d_state
+        seq_u = torch.stack([u.flatten(2), u.transpose(2, 3).flatten(2)], 1)  # [B, 2, inner, L]: rows, columns
+        # the projections of orders 2s and 2s+1 read sequence s in its own order: a grouped 1x1 conv, two groups
+        seq_p = F.conv2d(seq_u.view(b, 2 * self.inner, 1, L), self.x_proj.weight, self.x_proj.bias, groups=2)
+        dt_raw, Bm, Cm = seq_p.view(b * 2, 2, H + 2 * N, L).split([H, N, N], dim=2)
+        dt = F.softplus(dt_raw.float() + self.dt_bias.view(2, 2, H, 1).repeat(b, 1, 1, 1))  # [2B, 2, H, L]
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan_bidirectional(seq_u.view(b * 2, H, P, L), dt, A, Bm, Cm, self.D.float(), self.chunk)
+        y_row, y_col = y.view(b, 2, self.inner, L).unbind(1)
+        return y_row.view(b, -1, h, w) + y_col.view(b, -1, w, h).transpose(2, 3)  # [B, inner, h, w]
+
     @torch.no_grad()
     def fuse(self) -> None:
-        """Fold the norm into the input projection."""
+        """Fold the norm into the input projection; deploy scans each order both ways in place (idempotent)."""
         fold_norm_into(self.norm, self.in_proj)
+        self.bidirectional = True
