@@ -11,7 +11,7 @@ from hrx.cli.common import (ProgressBars, choices, debug_enabled, fail, handle_e
                             print_traceback)
 from hrx.runtime.factory import BACKENDS  # the choices come from the runtime's tuples (light modules: numpy)
 from hrx.runtime.images import DEFAULT_PNG_LEVEL, FORMATS
-from hrx.runtime.pipeline import ALPHA_MODES
+from hrx.runtime.picture import ALPHA_MODES
 from hrx.runtime.precision_policy import DEFAULT_MIN_PSNR, PRECISION_CHOICES
 from hrx.runtime.tiling import MERGE_MODES
 from hrx.runtime.upscale_run import UpscaleView
