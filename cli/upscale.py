@@ -87,9 +87,11 @@ def upscale(
     if device is not None and devices is not None:
         raise fail("pass either --device or --devices, not both")
     request = UpscaleRequest(
-        tuple(inputs), output, recursive, engine, model, backend.value, precision.value, min_psnr, gate_images, tile,
-        batch, url, model_name, timeout, overlap, merge.value, fmt.value, quality, png_level, alpha.value, outscale,
-        width, height, skip_existing, max_pixels,
+        tuple(inputs), output, recursive, engine=engine, model=model, backend=backend.value,
+        precision=precision.value, min_psnr=min_psnr, gate_images=gate_images, tile=tile, batch=batch, url=url,
+        model_name=model_name, timeout=timeout, overlap=overlap, merge=merge.value, fmt=fmt.value, quality=quality,
+        png_level=png_level, alpha=alpha.value, outscale=outscale, width=width, height=height,
+        skip_existing=skip_existing, max_pixels=max_pixels,
         devices=tuple(parse_devices(devices)) if devices is not None else ((device,) if device is not None else None),
         workers=workers, threads=threads, ray=ray, ray_address=ray_address, ray_actors=ray_actors,
         json_path=json_path, report_path=report_path, html=html, video_codec=video_codec, crf=crf, preset=preset,

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from hrx.runtime.factory import BackendRequest
     from hrx.runtime.pool import Worker
     from hrx.runtime.report import ReportRows
-    from hrx.runtime.video import VideoOptions
     from hrx.runtime.video.batch import VideoJob
 
 
@@ -193,7 +192,7 @@ def run_upscale(request: UpscaleRequest, view: UpscaleView | None = None) -> Ups
         raise _error("--ray runs exported models: pass --engine model.onnx (or .engine), not --model / --backend "
                      f"{request.backend}", 2)
     plan = _plan(request, view)
-    videos = video_options(request, plan.options) if plan.videos else None
+    video_opts = video_options(request, plan.options) if plan.videos else None
     writer = (open_report(request.report_path, plan.run_id, request.skip_existing, plan.jobs, len(plan.videos))
               if request.report_path is not None else None)
     rows = ReportRows(writer)
@@ -201,7 +200,8 @@ def run_upscale(request: UpscaleRequest, view: UpscaleView | None = None) -> Ups
     video_results, ran = [], None
     try:
         if plan.videos:
-            video_results = upscale_videos(request, plan.backend, plan.pool, plan.videos, videos, view, rows.video)
+            video_results = upscale_videos(request, plan.backend, plan.pool, plan.videos, video_opts, view,
+                                           rows.video)
         if plan.jobs or not plan.videos:
             ran = _run_images(request, plan, view, rows)
     except BaseException as e:  # the report says what was done before the run ended
