@@ -1,10 +1,7 @@
 """``hrx upscale``: upscale files and folders of images with an ONNX / TensorRT engine or a checkpoint."""
 from __future__ import annotations
 
-import dataclasses
-import json
-import sys
-import threading
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,13 +9,12 @@ import typer
 
 from hrx.cli.common import (ProgressBars, choices, debug_enabled, fail, handle_errors, is_interactive,
                             print_traceback)
-from hrx.errors import HRXError
 from hrx.runtime.factory import BACKENDS  # the choices come from the runtime's tuples (light modules: numpy)
 from hrx.runtime.images import DEFAULT_PNG_LEVEL, FORMATS
-from hrx.runtime.pipeline import ALPHA_MODES
+from hrx.runtime.picture import ALPHA_MODES
 from hrx.runtime.precision_policy import DEFAULT_MIN_PSNR, PRECISION_CHOICES
-from hrx.runtime.report import ReportWriter
 from hrx.runtime.tiling import MERGE_MODES
+from hrx.runtime.upscale_run import UpscaleView
 
 BackendChoice = choices("BackendChoice", BACKENDS)
 FormatChoice = choices("FormatChoice", FORMATS)
@@ -85,397 +81,104 @@ def upscale(
 
     Example: hrx upscale photos/ -r -o out/ --engine model.onnx; hrx upscale clip.mkv -o out/ (docs/video.md)
     """
-    from hrx.cli.upscale_video import split_inputs
-    from hrx.paths import new_run_id
-    from hrx.runtime.factory import BackendRequest
-    from hrx.runtime.images import configure_pillow
-    from hrx.runtime.pipeline import BatchOptions, check_inputs, plan_jobs
-    from hrx.runtime.pool import parse_devices, plan_workers, runs_cpu_sessions
+    from hrx.runtime.pool import parse_devices
+    from hrx.runtime.upscale_run import UpscaleRequest, run_upscale
 
     if device is not None and devices is not None:
         raise fail("pass either --device or --devices, not both")
-    if html is not None:  # before any work
-        from hrx.pages import check_page_path
-
-        check_page_path(html)
-
-    if (ray or ray_address) and (model is not None or backend.value in ("torch", "triton") or url or model_name):
-        raise fail("--ray runs exported models: pass --engine model.onnx (or .engine), not --model / --backend "
-                   f"{backend.value}", 2)
-    warned: set[str] = set()
-    warn_lock = threading.Lock()
-
-    def warn(line: str) -> None:  # once per run, from any worker
-        with warn_lock:
-            if line in warned:
-                return
-            warned.add(line)
-        typer.echo(f"warning: {line}", err=True)
-
-    if engine is not None and not engine.exists():
-        engine = _bundled_by_name(engine)
-    run_id = new_run_id()
-    options = BatchOptions(fmt.value, quality, skip_existing, max_pixels, alpha.value, outscale, width, height, warn,
-                           run_id, print_traceback if debug_enabled(debug) else None, png_level)
-    device_list = parse_devices(devices) if devices is not None else ([device] if device is not None else None)
-    videos, inputs = split_inputs(inputs, output, recursive)  # videos: hrx.cli.upscale_video
-    jobs = plan_jobs(inputs, output, fmt.value, recursive) if inputs else []
-    if workers == 0:
-        cpu = device_list is None and url is None and model_name is None and not (ray or ray_address)
-        workers = _auto_workers(cpu and runs_cpu_sessions(engine, model, backend.value), threads, jobs,
-                                engine if engine is not None or model is not None else _bundled_onnx(), overlap)
-    pool = plan_workers(device_list, workers, threads)
-    if jobs:
-        check_inputs(jobs, output)  # before any model work (a first run exports the bundled model: slow)
-    configure_pillow(max_pixels)
-    if videos:  # before any model work (the precision gate runs models)
-        from hrx.extras import require
-
-        require("video", f"upscaling videos ({videos[0].source})")
-    log = None if quiet else _once(lambda line: typer.echo(line, err=True))
-    deep = precision.value == "auto" and backend.value in ("auto", "openvino") and (
-        _sixteen_bit_images(jobs, fmt.value) or _deep_videos(videos, pix_fmt))
-    request = BackendRequest(engine, model, backend.value, tile, batch, 0, log=log, url=url, model_name=model_name,
-                             timeout=timeout, precision=precision.value, min_psnr=min_psnr, gate_images=gate_images,
-                             deep_output=deep)
-    bundled = engine is None and model is None and url is None and model_name is None  # named so in the lines below
-    request = _named(lambda: _resolve(request, quiet), engine or model)
-    if videos:
-        from hrx.cli.upscale_video import finish_videos, run_videos_here, video_options
-
-        vopts = video_options(video_codec, crf, preset, pix_fmt, video_opt, frames, start, end, segment_frames, strict,
-                              options, warn)
-        ray_options = None
-        if ray or ray_address:
-            from hrx.runtime.distributed import RayOptions
-
-            ray_options = RayOptions(address=ray_address, actors=ray_actors)
-    rows = _Rows(_open_report(report_path, run_id, skip_existing, jobs, len(videos)) if report_path is not None
-                 else None)
-    settings = dict(outscale=outscale, width=width, height=height)
-    videos_only = bool(videos) and not jobs
-    try:
-        if videos:
-            video_results = run_videos_here(request, pool, videos, overlap, merge.value, vopts, quiet, skip_existing,
-                                            ray_options, on_result=rows.video, on_error=options.on_error)
-        if not videos_only:
-            if ray or ray_address:  # Ray Data actors: hrx.runtime.distributed
-                report, info, spec, source = _run_on_ray(request, jobs, overlap, merge.value, options, ray_address,
-                                                         ray_actors, quiet, rows, bundled)
-            else:
-                report, info, spec, source = _run_here(request, pool, jobs, overlap, merge.value, options, quiet,
-                                                       rows, bundled)
-    except BaseException as e:  # the report says what was done before the run ended
-        rows.finish(json_path, request.backend, settings, interrupted=isinstance(e, (KeyboardInterrupt, SystemExit)),
-                    error=e)
-        raise
-    if videos_only:
-        rows.finish(None, request.backend, settings)  # the report's summary line; --json and the exit below
-        _gallery(html, rows, request.backend, request.precision, request.engine or request.model, quiet)
-        return finish_videos(video_results, json_path)
-    summary = report.to_dict()
-    summary.update(model=str(source), model_scale=info.scale, tile=spec.tile, overlap=spec.tile - spec.stride,
-                   merge=spec.merge, **settings)
-    if videos:
-        summary["videos"] = [r.to_dict() for r in video_results]
-    rows.finish(json_path, summary=summary)
-    _gallery(html, rows, report.backend, request.precision if request.precision != "auto" else info.precision, source,
-             quiet, report.seconds)
-    if not quiet:
+    request = UpscaleRequest(
+        tuple(inputs), output, recursive, engine=engine, model=model, backend=backend.value,
+        precision=precision.value, min_psnr=min_psnr, gate_images=gate_images, tile=tile, batch=batch, url=url,
+        model_name=model_name, timeout=timeout, overlap=overlap, merge=merge.value, fmt=fmt.value, quality=quality,
+        png_level=png_level, alpha=alpha.value, outscale=outscale, width=width, height=height,
+        skip_existing=skip_existing, max_pixels=max_pixels,
+        devices=tuple(parse_devices(devices)) if devices is not None else ((device,) if device is not None else None),
+        workers=workers, threads=threads, ray=ray, ray_address=ray_address, ray_actors=ray_actors,
+        json_path=json_path, report_path=report_path, html=html, video_codec=video_codec, crf=crf, preset=preset,
+        pix_fmt=pix_fmt, video_opt=tuple(video_opt or ()), frames=frames, start=start, end=end,
+        segment_frames=segment_frames, strict=strict)
+    outcome = run_upscale(request, _View(quiet, print_traceback if debug_enabled(debug) else None))
+    report, summary = outcome.report, outcome.summary
+    if report is not None and not quiet:
         typer.echo(f"{summary['done']} done, {summary['failed']} failed, {summary['skipped']} skipped in "
                    f"{report.seconds:.1f} s: {summary['input_megapixels_per_second']:.3f} MP/s in, "
                    f"{report.output_megapixels / max(report.seconds, 1e-9):.2f} MP/s out, backend {report.backend}",
                    err=True)
-    if videos:
-        finish_videos(video_results, None, raise_failed=not summary["failed"])
-    if summary["failed"]:
-        failed = [r for r in report.results if r.status == "failed"]
+    failed = outcome.failed_images
+    if failed:
         not_run = [r for r in failed if not r.attempted]
         why = f" ({len(not_run)} not run)" if not_run else ""
-        raise fail(f"{summary['failed']} of {len(jobs)} images failed{why}", max(r.exit_code or 1 for r in failed))
+        raise fail(f"{len(failed)} of {outcome.images} images failed{why}", max(r.exit_code or 1 for r in failed))
+    if outcome.failed_videos:
+        raise fail(f"{outcome.failed_videos} of {len(outcome.videos)} videos failed")
 
 
-def _gallery(html: Optional[Path], rows: "_Rows", backend: str, precision: str, model, quiet: bool,
-             seconds: float = 0.0) -> None:
-    """``--html``: the page of every image and video finished (hrx.runtime.gallery)."""
-    if html is None:
-        return
-    from hrx.runtime.gallery import RunFacts, write_gallery
+class _View(UpscaleView):
+    """Lines through typer on stderr; progress bars (rich) while stderr is a terminal and not --quiet."""
 
-    seconds = seconds or sum(r.seconds for r in (*rows.results, *rows.videos))
-    written = write_gallery(html, rows.results, rows.videos, RunFacts(backend, precision, str(model), seconds))
-    if not quiet:
-        typer.echo(f"page: {written}", err=True)
+    def echo(self, line: str) -> None:
+        typer.echo(line, err=True)
 
+    def image_display(self, total: int) -> "ImageBars":
+        return ImageBars(total, enabled=not self.quiet and is_interactive())
 
-def _open_report(path: Path, run_id: str, resume: bool, jobs, videos: int = 0) -> ReportWriter:
-    """The ``--report`` writer, its first line counting the run's ``jobs`` (images) and ``videos``; resuming
-    (``--skip-existing``) appends, and first removes the temporary files the unfinished runs of that report
-    left beside this run's image outputs (a video resumes from its work folder instead)."""
-    from hrx.paths import remove_temporaries
-    from hrx.runtime.report import read_report, unfinished_runs
-
-    writer = ReportWriter(path, run_id, append=resume)
-    if resume:
-        for run in unfinished_runs(read_report(path)):
-            remove_temporaries([j.output for j in jobs], run)
-    writer.start(len(jobs), videos)
-    return writer
+    def video_display(self) -> "FrameProgress":
+        return FrameProgress(enabled=not self.quiet and is_interactive())
 
 
-class _Rows:
-    """Every finished image and video, as it finishes: kept for an interrupted run's summary, and appended to
-    the ``--report`` file (flushed to disk) when there is one."""
+class ImageBars(ProgressBars):
+    """Files and tiles bars on stderr (rich); error lines printed above the bars."""
 
-    def __init__(self, writer: "ReportWriter | None") -> None:
-        self.writer, self.results, self.videos, self.lock = writer, [], [], threading.Lock()
-
-    def __call__(self, result) -> None:
-        with self.lock:
-            self.results.append(result)
-        if self.writer is not None:
-            self.writer.image(result)
-
-    def video(self, result) -> None:
-        with self.lock:
-            self.videos.append(result)
-        if self.writer is not None:
-            self.writer.video(result)
-
-    def finish(self, json_path: Optional[Path], backend: str = "", settings: Optional[dict] = None,
-               summary: Optional[dict] = None, interrupted: bool = False, error: BaseException | None = None) -> None:
-        """The summary line and ``--json``: the run's own summary, or (a run of videos only, or one that
-        ended early) one built from the images and videos finished so far."""
-        from hrx.runtime.pipeline import BatchReport
-
-        if summary is None:
-            with self.lock:
-                summary = BatchReport(backend, list(self.results)).to_dict()
-                if self.videos:
-                    summary["videos"] = [r.to_dict() for r in self.videos]
-            summary.update(settings or {})
-            summary["interrupted"] = interrupted
-            if error is not None and not interrupted:
-                summary["error"] = str(error) if isinstance(error, HRXError) else type(error).__name__
-        else:
-            summary = dict(summary, interrupted=False)
-        try:
-            if self.writer is not None:
-                self.writer.summary(summary)
-        finally:
-            if self.writer is not None:
-                self.writer.close()
-        if json_path is not None:
-            _write_json(json_path, summary)
-
-
-def _once(echo):
-    """``echo`` that prints each distinct line once (workers opening backends repeat the same notes)."""
-    seen: set[str] = set()
-    lock = threading.Lock()
-
-    def log(line: str) -> None:
-        with lock:
-            if line in seen:
-                return
-            seen.add(line)
-        echo(line)
-
-    return log
-
-
-def _sixteen_bit_images(jobs, fmt: str) -> bool:
-    """Whether an image will be written with 16 bits per channel: a 16-bit input in a format that keeps
-    them (headers only)."""
-    from hrx.runtime.images import EIGHT_BIT_FORMATS, sixteen_bit
-
-    return fmt not in EIGHT_BIT_FORMATS and any(sixteen_bit(job.source) for job in jobs)
-
-
-def _deep_videos(videos, pix_fmt: Optional[str]) -> bool:
-    """Whether a video will be written with more than 8 bits per sample: ``--pix-fmt`` says so, or (without
-    it) an input stream has them (the output keeps the input's depth). Unreadable videos are reported later."""
-    if not videos:
-        return False
-    from hrx.runtime.video.color import bits_of
-
-    if pix_fmt:
-        try:
-            return bits_of(pix_fmt) > 8
-        except ValueError:  # not a pixel format: the video path reports it in one line
-            return False
-    from hrx.runtime.video import open_input, video_stream
-
-    for job in videos:
-        try:
-            with open_input(job.source) as container:  # the stream upscaled, not a cover picture before it
-                fmt = video_stream(container, job.source).codec_context.format
-                if fmt is not None and bits_of(fmt.name) > 8:
-                    return True
-        except (HRXError, IndexError, ValueError, OSError):
-            continue
-    return False
-
-
-def _resolve(request, quiet: bool):
-    """Backend and precision decided once for every worker; the precision line comes first."""
-    from hrx.runtime.factory import resolve_request
-
-    request, choice = resolve_request(request)
-    if choice is not None and not quiet:
-        typer.echo(choice.line, err=True)
-    return request
-
-
-def _auto_workers(cpu_sessions: bool, threads: int, jobs, engine: Optional[Path], overlap: Optional[int]) -> int:
-    """One single-thread session per core for OpenVINO and ONNX Runtime CPU; but one image of fewer tile batches than
-    that gets as many sessions as it has batches (one small image: one session with every core)."""
-    from hrx.runtime.pool import auto_workers, batches_in
-
-    workers = auto_workers(cpu_sessions, threads)
-    if workers > 1 and len(jobs) == 1 and engine is not None and engine.is_file():
-        from hrx.interface import ModelInfo
-
-        try:
-            batches = batches_in(jobs[0].source, ModelInfo.from_onnx(engine), overlap)
-        except HRXError:  # not an HRX export: opening it fails later with the full message
-            batches = None
-        if batches is not None:
-            workers = max(1, min(workers, batches))
-    return workers
-
-
-def _bundled_by_name(engine: Path) -> Path:
-    """``--engine default-x1``: a bundled model's name stands for its shipped ONNX file (or its export, made
-    once); any other missing path is left for the usual "not found" error."""
-    from hrx.checkpoint import bundled_models
-    from hrx.runtime.factory import default_engine
-
-    if str(engine) not in bundled_models():
-        return engine
-    return default_engine(str(engine))
-
-
-def _bundled_onnx() -> Path:
-    """The shipped ONNX file of the default model (its tile and batch are those of any export of it)."""
-    from hrx.checkpoint import bundled_onnx
-    from hrx.runtime.factory import DEFAULT_MODEL
-
-    return bundled_onnx(DEFAULT_MODEL)
-
-
-def _named(step, source):
-    """``step()``, with its one-line error naming the model file ``source`` when it does not already (an
-    error found while opening or gating a model is about that file)."""
-    from hrx.errors import MissingDependencyError
-
-    try:
-        return step()
-    except HRXError as e:
-        if source is None or str(source) in str(e) or str(e).startswith("--") or isinstance(e, MissingDependencyError):
-            raise  # named already, about a flag, or about what to install
-        named = HRXError(f"{source}: {e}")
-        named.exit_code = e.exit_code
-        raise named from e
-
-
-def _run_here(request, pool, jobs, overlap, merge, options, quiet, rows, bundled: bool = False):
-    """This process: one backend per worker of ``pool``."""
-    from hrx.runtime.factory import DEFAULT_MODEL
-    from hrx.runtime.pool import run_pool
-    from hrx.runtime.tiling import TileSpec
-
-    from hrx.runtime.pool import open_workers
-
-    runners = _named(lambda: open_workers(request, pool), request.engine or request.model)
-
-    def spec_for(runner) -> TileSpec:
-        return TileSpec.from_info(runner.info, overlap, merge)
-
-    try:
-        source = f"bundled {DEFAULT_MODEL}" if bundled else (request.engine or request.model or
-                                                             f"{request.model_name} at {request.url}")
-        try:
-            info, spec = runners[0].info, spec_for(runners[0])
-        except HRXError as e:  # the model's tile / overlap (from its file) do not make a tiling
-            raise HRXError(f"{source}: {e}") from e
-        where = f", {len(pool)} workers ({', '.join(w.label for w in pool)})" if len(pool) > 1 else ""
-        if not quiet:
-            typer.echo(f"backend: {runners[0].name} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
-                       f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge}{where})",
-                       err=True)
-        with _Progress(len(jobs), enabled=not quiet and is_interactive(), on_result=rows) as progress:
-            report = run_pool(runners, pool, jobs, spec_for, options, progress)
-    finally:
-        for runner in runners:
-            runner.close()
-    return report, info, spec, source
-
-
-def _run_on_ray(request, jobs, overlap, merge, options, address, actors, quiet, rows, bundled: bool = False):
-    """Ray Data actors (hrx.runtime.distributed); the driver reads the model's metadata only."""
-    from hrx.runtime.distributed import RayOptions, exported_model_info, run_batch_ray
-    from hrx.runtime.factory import DEFAULT_MODEL, default_engine
-    from hrx.runtime.tiling import TileSpec
-
-    source = f"bundled {DEFAULT_MODEL}" if bundled or request.engine is None else request.engine
-    if request.engine is None:  # export the bundled model once here, not once per actor
-        request = dataclasses.replace(request, engine=default_engine(DEFAULT_MODEL, log=request.log))
-    engine = Path(request.engine)
-    if not engine.is_file():
-        raise fail(f"{engine}: no such engine file")
-    info = exported_model_info(engine)
-    request = dataclasses.replace(request, engine=engine.resolve())
-    spec = TileSpec.from_info(info, overlap, merge)
-    where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-    if not quiet:
-        typer.echo(f"backend: ray on {where} ({source}: {info.arch} x{info.scale}, {info.in_channels} channels, "
-                   f"tile {spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge})", err=True)
-    ray_options = RayOptions(address=address, actors=actors)
-    report = run_batch_ray(request, jobs, overlap, merge, options, ray_options,
-                           _Progress(len(jobs), enabled=False, on_result=rows))
-    return report, info, spec, source
-
-
-class _Progress(ProgressBars):
-    """Files and tiles bars on stderr (rich); errors printed above the bars, one line each."""
-
-    def __init__(self, total: int, enabled: bool, on_result=None) -> None:
+    def __init__(self, total: int, enabled: bool) -> None:
         super().__init__(enabled)
-        self.on_result, self.not_run_shown = on_result, False
         if enabled:
             self.files = self.bars.add_task("images", total=total)
             self.tiles = self.bars.add_task("tiles", total=1)
 
     def start_image(self, job, tiles: int) -> None:
+        """The tiles bar starts over for ``job``."""
         if self.enabled:
             self.bars.reset(self.tiles, total=tiles, description=f"tiles of {job.source.name}")
 
     def advance_tiles(self, n: int) -> None:
+        """``n`` more tiles done."""
         if self.enabled:
             self.bars.advance(self.tiles, n)
 
-    def finish_image(self, result) -> None:
-        if self.on_result is not None:
-            self.on_result(result)
-        if result.status == "failed" and not result.attempted:  # images never tried: the first one's line only
-            if self.not_run_shown:
-                return self._advance()
-            self.not_run_shown = True
-        if result.status == "failed":
-            self.print(f"error: {result.reason}")
-        self._advance()
-
-    def _advance(self) -> None:
+    def advance_file(self) -> None:
+        """One more image finished."""
         if self.enabled:
             self.bars.advance(self.files)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    if str(path) == "-":
-        sys.stdout.write(text)
-        return
-    from hrx.paths import atomic_write_bytes
+class FrameProgress(ProgressBars):
+    """Frames, fps and ETA of the video being upscaled (rich, on stderr), when interactive."""
 
-    atomic_write_bytes(path, text.encode())
+    def __init__(self, enabled: bool) -> None:
+        super().__init__(enabled)
+        self.task = None
+        self.started = 0.0
+        self.done = 0
+
+    def columns(self) -> list:
+        """What is done, the bar, frames done of total, fps, time taken, time left."""
+        from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+
+    def start_video(self, source: Path, frames: int) -> None:
+        """A new frames bar for ``source``."""
+        if self.enabled:
+            if self.task is not None:
+                self.bars.remove_task(self.task)
+            self.task = self.bars.add_task(f"frames of {source.name}", total=frames, fps="")
+            self.started, self.done = time.perf_counter(), 0
+
+    def advance_frames(self, n: int) -> None:
+        """``n`` more frames done; the fps so far."""
+        if self.enabled:
+            self.done += n
+            fps = self.done / max(time.perf_counter() - self.started, 1e-9)
+            self.bars.update(self.task, advance=n, fps=f"{fps:.2f} fps")

@@ -10,6 +10,7 @@ Public API (imported lazily: ``import hrx.runtime`` loads neither onnxruntime, t
     plan_jobs(inputs, out_dir, fmt, recursive) / run_batch(backend, jobs, spec, options) -> BatchReport
     plan_workers(devices, workers, threads) / open_pool(open_one, workers) / run_pool(backends, workers, jobs, ...)
     upscale_video(backend, spec, source, output, VideoOptions(...)) -> VideoResult   # PyAV (hrx[video])
+    run_upscale(UpscaleRequest(inputs, output, ...), view) -> UpscaleOutcome   # the whole `hrx upscale` run
 
 Heavy backends (onnxruntime, tensorrt, torch) are imported inside the functions that need them.
 """
@@ -37,6 +38,8 @@ _LAZY = {
     "run_batch": "hrx.runtime.pipeline",
     "VideoOptions": "hrx.runtime.video",
     "upscale_video": "hrx.runtime.video",
+    "UpscaleRequest": "hrx.runtime.upscale_run",
+    "run_upscale": "hrx.runtime.upscale_run",
     "Worker": "hrx.runtime.pool",
     "plan_workers": "hrx.runtime.pool",
     "open_pool": "hrx.runtime.pool",

@@ -234,6 +234,16 @@ def default_engine(name: str = DEFAULT_MODEL, tile: int = DEFAULT_TILE_CPU,
     return path
 
 
+def engine_by_name(engine: Path) -> Path:
+    """``--engine default-x1``: a bundled model's name, where no such file is, stands for its shipped ONNX
+    file (or its export, made once); any other path is returned as it is (a missing one fails when opened)."""
+    from hrx.checkpoint import bundled_models
+
+    if engine.exists() or str(engine) not in bundled_models():
+        return engine
+    return default_engine(str(engine))
+
+
 def _open_onnx(path: Path, request: BackendRequest) -> Backend:
     from hrx.runtime.onnxrt import OnnxRuntimeBackend, cuda_available
 

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -125,6 +126,23 @@ def auto_workers(cpu_sessions: bool, threads: int = 0) -> int:
     one large image alike (benchmarks/bench_workers.py), and for OpenVINO (one stream per core in its
     streams mode); 1 for every other backend (GPUs, PyTorch, whose CPU threads are process-wide)."""
     return max(1, threads or available_cores()) if cpu_sessions else 1
+
+
+def workers_for(jobs: Sequence[Job], cpu_sessions: bool, threads: int = 0, onnx: Path | None = None,
+                overlap: int | None = None) -> int:
+    """:func:`auto_workers` for a run of ``jobs``; but one image of fewer tile batches of the model file
+    ``onnx`` than that gets as many sessions as it has batches (one small image: one session with every core)."""
+    workers = auto_workers(cpu_sessions, threads)
+    if workers > 1 and len(jobs) == 1 and onnx is not None and onnx.is_file():
+        from hrx.interface import ModelInfo
+
+        try:
+            batches = batches_in(jobs[0].source, ModelInfo.from_onnx(onnx), overlap)
+        except HRXError:  # not an HRX export: opening it fails later with the full message
+            batches = None
+        if batches is not None:
+            workers = max(1, min(workers, batches))
+    return workers
 
 
 class SharedSessions(Backend):

@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hrx.errors import HRXError
 from hrx.paths import is_run_id
@@ -122,3 +123,75 @@ def unfinished_runs(rows: list[dict]) -> list[str]:
     started = [r["run"] for r in rows if r.get("type") == "run" and is_run_id(r.get("run"))]
     finished = {r.get("run") for r in rows if r.get("type") == "summary" and not r.get("interrupted")}
     return [run for run in dict.fromkeys(started) if run not in finished]
+
+
+def open_report(path: Path, run_id: str, resume: bool, jobs: Sequence[Any], videos: int = 0) -> ReportWriter:
+    """The ``--report`` writer, its first line counting the run's ``jobs`` (images) and ``videos``; resuming
+    (``--skip-existing``) appends, and first removes the temporary files the unfinished runs of that report
+    left beside this run's image outputs (a video resumes from its work folder instead)."""
+    from hrx.paths import remove_temporaries
+
+    writer = ReportWriter(path, run_id, append=resume)
+    if resume:
+        for run in unfinished_runs(read_report(path)):
+            remove_temporaries([j.output for j in jobs], run)
+    writer.start(len(jobs), videos)
+    return writer
+
+
+class ReportRows:
+    """Every finished image and video, as it finishes: kept for an interrupted run's summary, and appended to
+    the ``--report`` file (flushed to disk) when there is one."""
+
+    def __init__(self, writer: ReportWriter | None) -> None:
+        self.writer, self.results, self.videos, self.lock = writer, [], [], threading.Lock()
+
+    def __call__(self, result: Any) -> None:
+        with self.lock:
+            self.results.append(result)
+        if self.writer is not None:
+            self.writer.image(result)
+
+    def video(self, result: Any) -> None:
+        """One finished video: kept, and its report line written."""
+        with self.lock:
+            self.videos.append(result)
+        if self.writer is not None:
+            self.writer.video(result)
+
+    def finish(self, json_path: Path | None, backend: str = "", settings: dict | None = None,
+               summary: dict | None = None, interrupted: bool = False, error: BaseException | None = None) -> None:
+        """The summary line and ``--json``: the run's own summary, or (a run of videos only, or one that
+        ended early) one built from the images and videos finished so far."""
+        from hrx.runtime.pipeline import BatchReport
+
+        if summary is None:
+            with self.lock:
+                summary = BatchReport(backend, list(self.results)).to_dict()
+                if self.videos:
+                    summary["videos"] = [r.to_dict() for r in self.videos]
+            summary.update(settings or {})
+            summary["interrupted"] = interrupted
+            if error is not None and not interrupted:
+                summary["error"] = str(error) if isinstance(error, HRXError) else type(error).__name__
+        else:
+            summary = dict(summary, interrupted=False)
+        try:
+            if self.writer is not None:
+                self.writer.summary(summary)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        if json_path is not None:
+            write_json(json_path, summary)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """``--json``: ``data`` indented, to stdout when ``path`` is ``-``, else written atomically."""
+    text = json.dumps(data, indent=2) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
+    from hrx.paths import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())

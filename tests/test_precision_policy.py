@@ -80,7 +80,8 @@ def test_auto_without_bf16_flags_is_fp32_without_measuring(tmp_path, monkeypatch
 
 def test_deep_outputs_are_found_from_headers(tmp_path):
     """16-bit images (kept by PNG / TIFF, not JPEG) and 10-bit videos (unless --pix-fmt says 8) ask for FP32."""
-    from hrx.cli.upscale import _deep_videos as deep_videos, _sixteen_bit_images as sixteen_bit_output
+    from hrx.runtime.upscale_run import sixteen_bit_images as sixteen_bit_output
+    from hrx.runtime.video.batch import deep_videos
 
     from hrx.runtime.images import Picture, write_image
     from hrx.runtime.pipeline import plan_jobs
@@ -91,7 +92,7 @@ def test_deep_outputs_are_found_from_headers(tmp_path):
     jobs = plan_jobs([folder], tmp_path / "o", "png", False)
     assert sixteen_bit_output(jobs, "png") and sixteen_bit_output(jobs, "tiff") and not sixteen_bit_output(jobs, "jpeg")
     av = pytest.importorskip("av", reason="PyAV (pip install 'hrx[video]')")
-    from hrx.cli.upscale_video import VideoJob
+    from hrx.runtime.video.batch import VideoJob
 
     clips = {}
     for pix_fmt in ("yuv420p", "yuv420p10le"):
@@ -361,8 +362,8 @@ def test_a_cover_picture_before_the_video_does_not_hide_ten_bits(tmp_path, monke
     from types import SimpleNamespace
 
     import hrx.runtime.video as video
-    from hrx.cli.upscale import _deep_videos as deep_videos
-    from hrx.cli.upscale_video import VideoJob
+    from hrx.runtime.video.batch import deep_videos
+    from hrx.runtime.video.batch import VideoJob
 
     def stream(fmt: str, disposition: int):
         return SimpleNamespace(disposition=disposition, codec_context=SimpleNamespace(format=SimpleNamespace(name=fmt)))

@@ -18,7 +18,7 @@ from conftest import randomize_params
 from hrx.runtime.tiling import TileSpec
 from hrx.runtime.torch_backend import TorchBackend
 from hrx.errors import HRXError
-from hrx.cli.upscale_video import parse_frames
+from hrx.runtime.video.options import parse_frames
 from hrx.runtime.video import UPRIGHT, VideoOptions, output_color, plan_segments, upscale_video, work_folder
 from hrx.runtime.video.planning import _select
 from hrx.runtime.video.color import Color, from_rgb, tag, to_rgb
@@ -343,7 +343,7 @@ def test_rotated_phone_video_comes_out_upright(backend, tmp_path, capsys):
     """An mp4 with a 90° display matrix, in three segments: every frame equals the same frames stored upright
     (lossless RGB in and out, so nothing but the turn can differ) and each decoded frame turned by numpy, then
     upscaled; the output has no display matrix; the fingerprint that resumes segments holds the turn."""
-    from hrx.cli.upscale_video import VideoJob, run_videos
+    from hrx.runtime.video.batch import VideoJob, run_videos
     from hrx.metrics import psnr
     from hrx.runtime.video import FrameUpscaler, probe
     from hrx.runtime.video.segments import _fingerprint

@@ -30,6 +30,8 @@ The modules, one job each (the names below are re-exported here):
 * :mod:`~hrx.runtime.video.color`: frames <-> float RGB with the stream's matrix, range and depth; HDR metadata;
 * :mod:`~hrx.runtime.video.mux`: output containers and the final join (the other streams copied);
 * :mod:`~hrx.runtime.video.ray`: the segments of a video spread over Ray Data actors (imported on demand).
+* :mod:`~hrx.runtime.video.batch`: the videos of an ``hrx upscale`` run: which inputs are videos, their run one
+  after the other (imported on demand).
 """
 from __future__ import annotations
 

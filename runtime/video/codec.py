@@ -15,7 +15,7 @@ import numpy as np
 from hrx.errors import HRXError
 from hrx.interface import Backend
 from hrx.runtime.images import Picture
-from hrx.runtime.pipeline import resample_planes, upscale_picture
+from hrx.runtime.picture import resample_planes, upscale_picture
 from hrx.runtime.tiling import NonFiniteOutput, TileSpec, check_finite, upscale_tiled, upscale_whole
 from hrx.runtime.video.color import from_rgb, hdr_encoder_options, tag, to_rgb
 from hrx.runtime.video.options import NoVideoProgress, VideoOptions, VideoProgress

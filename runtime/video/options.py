@@ -1,10 +1,11 @@
-"""What a caller hands the video pipeline: :class:`VideoOptions` (encoder, range, segments, resize), the
-encoder family each input codec maps to, and the progress protocol a run reports to."""
+"""What a caller hands the video pipeline: :class:`VideoOptions` (encoder, range, segments, resize) and the
+parsing of its ``--frames`` / ``--video-opt`` text, the encoder family each input codec maps to, and the
+progress protocol a run reports to."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from hrx.errors import HRXError
 from hrx.runtime.pipeline import BatchOptions
@@ -39,6 +40,26 @@ class VideoOptions:
         if self.frames is not None and (self.frames[0] < 0 or (self.frames[1] is not None
                                                                 and self.frames[1] <= self.frames[0])):
             raise HRXError(f"--frames {self.frames[0]}:{self.frames[1]}: expected A:B with 0 <= A < B")
+
+
+def parse_frames(text: str) -> tuple[int, int | None]:
+    """``--frames "A:B"`` (``B`` excluded; either may be empty) -> ``(A, B or None)``."""
+    try:
+        a, b = text.split(":")
+        return int(a or 0), (int(b) if b else None)
+    except ValueError:
+        raise HRXError(f"--frames {text!r}: expected A:B (frame numbers, B excluded), e.g. 0:100") from None
+
+
+def parse_codec_options(items: Sequence[str] | None) -> tuple[tuple[str, str], ...]:
+    """``--video-opt KEY=VALUE`` items -> ``((KEY, VALUE), ...)`` in their order."""
+    out = []
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HRXError(f"--video-opt {item!r}: expected KEY=VALUE (e.g. tune=film)")
+        out.append((key, value))
+    return tuple(out)
 
 
 class VideoProgress(Protocol):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hrx.errors import HRXError
-from hrx.runtime.pipeline import output_size
+from hrx.runtime.picture import output_size
 from hrx.runtime.video.color import (BT601, BT709, JPEG, MPEG, Color, HdrInfo, bits_of, frame_color, side_data,
                                      hdr_encoder_options, hdr_info, layout)
 from hrx.runtime.video.options import FALLBACK_CODEC, SAME_FAMILY, VideoOptions
