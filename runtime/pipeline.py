@@ -24,8 +24,7 @@ from hrx.paths import IMAGE_SUFFIXES, OutputLock, hold_lock, is_image_file, lock
 from hrx.interface import Backend
 from hrx.runtime.images import (DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL, EIGHT_BIT_FORMATS, FORMATS, Picture, quantize,
                                 read_image, write_image)
-from hrx.runtime.picture import (ALPHA_MODES, model_passes, output_size, resample_picture,  # noqa: F401 (also here)
-                                 resample_planes, upscale_picture)
+from hrx.runtime.picture import model_passes, output_size, resample_picture, upscale_picture
 from hrx.runtime.tiling import TileSpec, tile_count, upscale_tiled, upscale_whole
 
 

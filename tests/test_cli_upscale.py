@@ -231,7 +231,7 @@ def test_outscale_width_height_exact_sizes(tmp_path):
 
 def test_outscale_resamples_the_model_output(tmp_path):
     """--outscale 1.5 with an x4 model is the x4 output shrunk by area averaging (not a plain resize of the input)."""
-    from hrx.runtime.pipeline import resample_planes
+    from hrx.runtime.picture import resample_planes
 
     arr = RNG.integers(0, 256, (16, 24, 3), dtype=np.uint8)
     Image.fromarray(arr).save(tmp_path / "a.png")

@@ -10,7 +10,8 @@ from hrx.errors import HRXError
 from hrx.runtime.images import Picture, read_image
 from hrx.interface import Backend, ModelInfo
 from hrx.runtime.onnxrt import OnnxRuntimeBackend
-from hrx.runtime.pipeline import BatchOptions, plan_jobs, run_batch, upscale_picture
+from hrx.runtime.picture import upscale_picture
+from hrx.runtime.pipeline import BatchOptions, plan_jobs, run_batch
 from hrx.runtime.tiling import TileSpec
 from runtime_support import write_toy
 

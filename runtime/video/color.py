@@ -254,10 +254,10 @@ class HdrInfo:
 
 
 def side_data(frame) -> list:
-    """The side-data entries of a decoded frame (PyAV's container is a mapping of type -> entry; iterating it
-    gives the entries up to PyAV 18.1.0 and the types from 18.1.1, ``values()`` the entries in both)."""
+    """The side-data entries of a decoded frame. PyAV's container is a mapping of type -> entry; iterating it
+    gives the entries up to PyAV 18.1.0 (whose ``values()`` then fails) and the types from 18.1.1."""
     container = frame.side_data
-    return list(container.values() if hasattr(container, "values") else container)
+    return [item if hasattr(item, "type") else container[item] for item in container]
 
 
 def hdr_info(frame: av.VideoFrame) -> HdrInfo:
