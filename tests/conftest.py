@@ -42,20 +42,62 @@ def randomize_params(model: torch.nn.Module, std: float = 0.05) -> None:
     randomize_bn(model)
 
 
+def perturbed_hrx_t(scale: int = 2, seed: int = 0) -> torch.nn.Module:
+    """hrx-t with every parameter perturbed (std 0.05) after ``torch.manual_seed(seed)``, in eval mode."""
+    import hrx
+
+    torch.manual_seed(seed)
+    model = hrx.create_model("hrx-t", scale=scale)
+    randomize_params(model, 0.05)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
-def hrx_t_dynamic(tmp_path_factory):
-    """hrx-t x2 with perturbed weights, exported once per session with ``--batch dynamic`` at tile 32:
-    ``(checkpoint, onnx)``. Shared by the Triton and Ray tests (an export takes tens of seconds here)."""
+def hrx_t_x2(tmp_path_factory):
+    """The checkpoint of :func:`perturbed_hrx_t` x2 (seed 0), saved once per session; load it with
+    ``hrx.load_model`` for the PyTorch reference."""
+    import hrx
+
+    return hrx.save_model(perturbed_hrx_t(), tmp_path_factory.mktemp("hrx_t_x2") / "hrx-t-x2.pt")
+
+
+def _export_hrx_t_x2(ckpt, tmp_path_factory, ops: str, target: str | None = None):
+    from hrx.export.onnx_export import export_onnx
+
+    name = f"hrx-t-x2-{ops}" + (f"-{target}" if target else "")
+    return export_onnx(ckpt, tmp_path_factory.mktemp(name) / f"{name}.onnx", tile=32, ops=ops, target=target)
+
+
+@pytest.fixture(scope="session")
+def hrx_t_x2_native(hrx_t_x2, tmp_path_factory):
+    """``hrx_t_x2`` exported once per session as ``export_onnx`` does by default (native ops, tile 32, batch 1,
+    simplified, the default target's graph passes): its ``ExportResult``. Shared by the export, passes and
+    TensorRT parser tests (each export takes tens of seconds here); read it, never write it."""
+    return _export_hrx_t_x2(hrx_t_x2, tmp_path_factory, "native")
+
+
+@pytest.fixture(scope="session")
+def hrx_t_x2_plugin(hrx_t_x2, tmp_path_factory):
+    """``hrx_t_x2`` exported once per session with ``ops="plugin"`` (otherwise as ``hrx_t_x2_native``)."""
+    return _export_hrx_t_x2(hrx_t_x2, tmp_path_factory, "plugin")
+
+
+@pytest.fixture(scope="session")
+def hrx_t_x2_onnxruntime(hrx_t_x2, tmp_path_factory):
+    """``hrx_t_x2`` exported once per session with ``target="onnxruntime"`` (otherwise as ``hrx_t_x2_native``)."""
+    return _export_hrx_t_x2(hrx_t_x2, tmp_path_factory, "native", "onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def hrx_t_dynamic(hrx_t_x2, tmp_path_factory):
+    """``hrx_t_x2`` exported once per session with ``--batch dynamic`` at tile 32: ``(checkpoint, onnx)``.
+    Shared by the Triton and Ray tests (an export takes tens of seconds here)."""
     from typer.testing import CliRunner
 
-    import hrx
     from hrx.cli.main import app
 
     tmp = tmp_path_factory.mktemp("hrx_t_dynamic")
-    torch.manual_seed(0)
-    model = hrx.create_model("hrx-t", scale=2)
-    randomize_params(model, 0.05)
-    ckpt = hrx.save_model(model, tmp / "t.pt")
+    ckpt = hrx_t_x2
     onnx_path = tmp / "t-dynamic.onnx"
     r = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(onnx_path), "--tile", "32", "--batch", "dynamic"])
     assert r.exit_code == 0, r.output

@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import hrx
-from conftest import randomize_params
+from conftest import perturbed_hrx_t, randomize_params
 from hrx.export.onnx_export import export_onnx
 from hrx.export.onnx_tools import Graph, default_target
 from hrx.export.passes import (TARGET_PASSES, cancel_transposes, flip_as_gather, fuse_channel_layernorm,
@@ -34,10 +34,14 @@ def _ops(model: onnx.ModelProto) -> Counter:
 
 @pytest.fixture(scope="module", params=["hrx-t", "hydra-t"])
 def unpassed(request, tmp_path_factory):
-    """(unfused model, export without passes, input, unfused output) for a perturbed tiny preset."""
-    torch.manual_seed(0)
-    model = hrx.create_model(request.param, scale=2).eval()
-    randomize_params(model, 0.05)
+    """(unfused model, export without passes, input, unfused output) for a perturbed tiny preset (hrx-t: the
+    model of the session's ``hrx_t_x2`` exports)."""
+    if request.param == "hrx-t":
+        model = perturbed_hrx_t()
+    else:
+        torch.manual_seed(0)
+        model = hrx.create_model(request.param, scale=2).eval()
+        randomize_params(model, 0.05)
     tile = 2 * model.size_multiple
     path = tmp_path_factory.mktemp("passes") / f"{request.param}.onnx"
     export_onnx(model, path, tile=tile, graph_passes=False)
@@ -117,15 +121,20 @@ def test_layernorm_pass_sinks_into_window_partition():
 
 
 @pytest.mark.slow
-def test_all_passes_match_unfused_model_and_run_by_export(unpassed, tmp_path):
+def test_all_passes_match_unfused_model_and_run_by_export(unpassed, request, tmp_path):
     model, base, x, ref = unpassed
     passed = copy.deepcopy(base)
     report = optimize(passed)
     assert report.counts["fuse_channel_layernorm"] > 0
     assert float(np.abs(_ort(passed, x) - ref).max()) <= ATOL
-    # hrx export --target onnxruntime runs them and says so
-    out = tmp_path / "m.onnx"
-    result = export_onnx(model, out, tile=x.shape[-1], target="onnxruntime")
+    # hrx export --target onnxruntime runs them and says so (hrx-t: the session's export of this model)
+    if model.arch == "hrx-t":
+        result = request.getfixturevalue("hrx_t_x2_onnxruntime")
+        assert (result.info.tile, result.info.ops, result.info.batch) == (x.shape[-1], "native", 1)
+        out = result.path
+    else:
+        out = tmp_path / "m.onnx"
+        result = export_onnx(model, out, tile=x.shape[-1], target="onnxruntime")
     assert "fuse_channel_layernorm" in result.passes
     exported = onnx.load(str(out))
     assert _ops(exported)["LayerNormalization"] == report.counts["fuse_channel_layernorm"] + _ops(base)["LayerNormalization"]
@@ -133,15 +142,12 @@ def test_all_passes_match_unfused_model_and_run_by_export(unpassed, tmp_path):
 
 
 @pytest.mark.slow
-def test_simplified_export_leaves_nothing_to_fold(tmp_path):
+def test_simplified_export_leaves_nothing_to_fold(hrx_t_x2_native):
     """Constant folding is the simplifier's alone (no pass repeats it): a default export holds no node
     whose inputs are all constants and no Shape of a static tensor."""
-    torch.manual_seed(0)
-    model = hrx.create_model("hrx-t", scale=2).eval()
-    path = tmp_path / "m.onnx"
-    result = export_onnx(model, path, tile=32)
+    result = hrx_t_x2_native
     assert result.simplifier.startswith(("onnxsim", "onnxslim")), result.simplifier
-    g = Graph(onnx.load(str(path)))
+    g = Graph(onnx.load(str(result.path)))
     foldable = [n.name for n in g.nodes if n.op_type == "Shape"
                 or (n.input and all(g.is_const(i) for i in n.input if i) and n.op_type != "Constant")]
     assert not foldable, foldable[:5]
@@ -377,18 +383,16 @@ def test_layernorm_div_leaves_other_products_alone():
     assert float(np.abs(_ort(model, x.numpy()) - ref).max()) <= ATOL
 
 
-def test_export_target_picks_the_passes_and_is_recorded(tmp_path):
-    torch.manual_seed(0)
-    model = hrx.create_model("hrx-t", scale=2).eval()
-    randomize_params(model, 0.05)
+def test_export_target_picks_the_passes_and_is_recorded(hrx_t_x2, hrx_t_x2_native, hrx_t_x2_onnxruntime, tmp_path):
+    model = hrx.load_model(hrx_t_x2).eval()
     x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     props, ops = {}, {}
+    shared = {"onnxruntime": hrx_t_x2_onnxruntime, None: hrx_t_x2_native}  # the session's exports of this model
     for target in ("openvino", "onnxruntime", None):
-        out = tmp_path / f"{target}.onnx"
-        result = export_onnx(model, out, tile=32, target=target)
-        proto = onnx.load(str(out))
+        result = shared.get(target) or export_onnx(model, tmp_path / f"{target}.onnx", tile=32, target=target)
+        proto = onnx.load(str(result.path))
         props[target], ops[target] = {p.key: p.value for p in proto.metadata_props}, _ops(proto)
         assert list(result.passes.split(", "))[0].split()[0] == TARGET_PASSES[target or "openvino"][0]
         assert float(np.abs(_ort(proto, x) - ref).max()) <= ATOL

@@ -238,25 +238,20 @@ def test_plugin_nodes_get_their_plugin_types_and_still_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_upscale_runs_an_fp16_onnx_unchanged_for_the_tiler(tmp_path):
+def test_upscale_runs_an_fp16_onnx_unchanged_for_the_tiler(half_files, tmp_path):
     """`hrx upscale --engine m.fp16.onnx`: FP32 I/O, so the tiler sees no difference; the image
     matches the same tiling run with the FP32 PyTorch model (ONNX Runtime computes the half graph)."""
     from PIL import Image
     from typer.testing import CliRunner
 
-    from conftest import randomize_params
     from hrx.cli.main import app
 
-    model = hrx.create_model("hrx-t", scale=2).eval()
-    randomize_params(model)
-    tile = 2 * model.size_multiple
-    hrx.save_model(model, tmp_path / "m.pt")
-    export_onnx(model, tmp_path / "m.fp16.onnx", tile=tile, precision="fp16")
+    engine, ckpt, tile = half_files["fp16"], half_files["checkpoint"], half_files["tile"]
+    assert tile == 2 * hrx.load_model(ckpt).size_multiple
     img = (photo_tiles(48, 1)[0].transpose(1, 2, 0) * 255).round().astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "in.png")
     outs = {}
-    for name, how in (("torch", ["--model", str(tmp_path / "m.pt"), "--tile", str(tile)]),
-                      ("fp16", ["--engine", str(tmp_path / "m.fp16.onnx")])):
+    for name, how in (("torch", ["--model", str(ckpt), "--tile", str(tile)]), ("fp16", ["--engine", str(engine)])):
         res = CliRunner().invoke(app, ["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / name), *how])
         assert res.exit_code == 0, res.output
         outs[name] = np.asarray(Image.open(tmp_path / name / "in.png"), dtype=np.float32) / 255
@@ -277,22 +272,21 @@ def test_a_model_that_misbehaves_in_fp16_is_refused_before_tracing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def half_files(tmp_path_factory):
-    """hrx-t x2 (random weights) exported in FP16 and BF16 at opset 22, with its FP32 PyTorch output on a tile."""
-    from conftest import randomize_params
-
-    model = hrx.create_model("hrx-t", scale=2).eval()
-    randomize_params(model)
-    tile = model.size_multiple
+def half_files(hrx_t_x2, tmp_path_factory):
+    """The session's perturbed hrx-t x2 exported in FP16 and BF16 at opset 22, tile 32 (two tiles' worth of
+    size_multiple, so the tiler has room for its overlap), with its FP32 PyTorch output on a tile: ``{"fp16": path,
+    "bf16": path, "checkpoint": path, "tile": 32, "x": tile, "want": output}``."""
+    model = hrx.load_model(hrx_t_x2).eval()
+    tile = 2 * model.size_multiple
     folder = tmp_path_factory.mktemp("half")
-    files = {}
+    out = {"checkpoint": hrx_t_x2, "tile": tile}
     for precision in ("fp16", "bf16"):
-        files[precision] = folder / f"t.{precision}.onnx"
-        export_onnx(model, files[precision], tile=tile, opset=22, precision=precision)
-    x = photo_tiles(tile, 1)
+        out[precision] = folder / f"t.{precision}.onnx"
+        export_onnx(hrx_t_x2, out[precision], tile=tile, opset=22, precision=precision)
+    out["x"] = photo_tiles(tile, 1)
     with torch.no_grad():
-        want = model(torch.from_numpy(x)).numpy()
-    return files, x, want
+        out["want"] = model(torch.from_numpy(out["x"])).numpy()
+    return out
 
 
 @pytest.mark.parametrize("flags", ["", "avx512f avx512_bf16"])
@@ -306,8 +300,8 @@ def test_fp16_and_bf16_exports_run_through_auto_as_written(half_files, precision
 
     pytest.importorskip("openvino")
     monkeypatch.setattr(precision_policy, "cpu_flags", lambda cpuinfo=None: frozenset(flags.split()))
-    files, x, want = half_files
-    request = BackendRequest(engine=files[precision], backend="openvino")
+    x, want = half_files["x"], half_files["want"]
+    request = BackendRequest(engine=half_files[precision], backend="openvino")
     resolved, choice = resolve_request(request)
     assert (choice.precision, choice.compute, resolved.precision) == (precision, "fp32", "fp32")
     with open_backend(request) as backend:

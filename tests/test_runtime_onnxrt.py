@@ -9,8 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-import hrx
-from conftest import assert_not_bicubic, randomize_params
+from conftest import assert_not_bicubic, perturbed_hrx_t
 from hrx import metrics
 from hrx.errors import HRXError, MissingDependencyError
 from hrx.runtime.onnxrt import OnnxRuntimeBackend, create_session, cuda_available
@@ -93,10 +92,7 @@ def hrx_t_export(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     """A real export (hrx.export.export_onnx) of a randomized hrx-t x2, tile 32, batch 2."""
     from hrx.export import export_onnx
 
-    torch.manual_seed(0)
-    model = hrx.create_model("hrx-t", scale=2)
-    randomize_params(model, 0.05)
-    model.eval()
+    model = perturbed_hrx_t()
     path = tmp_path_factory.mktemp("runtime_export") / "hrx-t.onnx"
     export_onnx(model, path, tile=32, batch=2)
     return path, model

@@ -1,6 +1,7 @@
 """Real ``hrx-t`` exports (both ops modes) against TensorRT's parser contract, without TensorRT.
 
-Exporting takes most of this file's time, so both exports are made once for the module.
+The exports are the session's ``hrx_t_x2_native`` / ``hrx_t_x2_plugin`` (tile 32, batch 1): exporting
+takes most of this file's time.
 """
 from __future__ import annotations
 
@@ -11,18 +12,9 @@ from hrx.runtime.trt import ops, plugins
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> dict[str, onnx.ModelProto]:
-    import hrx
-    from hrx.export import export_onnx
-
-    out = tmp_path_factory.mktemp("exports")
-    model = hrx.create_model("hrx-t", scale=2).eval()
-    loaded = {}
-    for mode in ("native", "plugin"):
-        path = out / f"hrx-t-{mode}.onnx"
-        export_onnx(model, path, tile=32, batch=1, ops=mode)
-        loaded[mode] = onnx.load(str(path))
-    return loaded
+def exports(hrx_t_x2_native, hrx_t_x2_plugin) -> dict[str, onnx.ModelProto]:
+    return {mode: onnx.load(str(result.path)) for mode, result in (("native", hrx_t_x2_native),
+                                                                     ("plugin", hrx_t_x2_plugin))}
 
 
 @pytest.mark.slow
