@@ -8,7 +8,8 @@ machine where times cannot be taken.
 
 A compiled node's scope is that of the ONNX node or tensor it is named after (as in ``profile_graph.py``).
 ``--block ssm`` exports a fused ``SSMixer`` on a ``[1, C, side, side]`` map for each ``--target``.
-The data-movement line sums the op types of ``profile_graph.MOVE_TYPES``.
+The data-movement line sums the op types of ``profile_graph.MOVE_TYPES``. Both tables are saved
+(``benchmarks/results.py``, name ``graph_counts`` or ``--name``) unless ``--no-save``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from profile_graph import MOVE_TYPES, node_scopes, scope_of  # noqa: E402
+from results import save  # noqa: E402
 
 
 def onnx_counts(path: str, scope: str = "") -> Counter:
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", action="append", choices=("openvino", "onnxruntime"),
                     help="--block: the graph passes' target (repeatable; default both)")
     ap.add_argument("--keep", help="--block: write the exported files to this folder")
+    ap.add_argument("--name", default="graph_counts", help="results name")
+    ap.add_argument("--no-save", action="store_true", help="print only")
     args = ap.parse_args(argv)
     files = list(args.files)
     folder = args.keep or tempfile.mkdtemp(prefix="hrx-graph-counts-")
@@ -111,11 +115,29 @@ def main(argv: list[str] | None = None) -> int:
                   for t in args.target or ("openvino", "onnxruntime")]
     if not files:
         ap.error("give ONNX files or --block")
+    graphs = {"onnx": {f: onnx_counts(f, args.scope) for f in files},
+              "openvino": {f: openvino_counts(f, args.scope) for f in files}}
     print("ONNX nodes")
-    print(table({f: onnx_counts(f, args.scope) for f in files}))
+    print(table(graphs["onnx"]))
     print("\nOpenVINO compiled (CPU, f32)")
-    print(table({f: openvino_counts(f, args.scope) for f in files}))
+    print(table(graphs["openvino"]))
+    if not args.no_save:
+        save(args.name, result_rows(graphs), params={k: v for k, v in vars(args).items() if k != "no_save"})
     return 0
+
+
+def result_rows(graphs: dict[str, dict[str, Counter]]) -> list[dict]:
+    """One row per graph kind and op type, a column per file (its name), then the totals and data movement."""
+    rows = []
+    for kind, columns in graphs.items():
+        kinds = sorted({k for c in columns.values() for k in c})
+        for op in kinds + ["total", "data movement"]:
+            row = {"graph": kind, "op": op}
+            for f, c in columns.items():
+                row[Path(f).name] = (sum(c.values()) if op == "total" else
+                                     sum(v for k, v in c.items() if k in MOVE_TYPES) if op == "data movement" else c[op])
+            rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":
