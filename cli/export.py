@@ -47,9 +47,10 @@ def export(
     target: Annotated[Optional[Target], typer.Option("--target", help="The engine the graph passes choose formulations "
                                                      "for (recorded as graph_target): openvino (channel LayerNorms and flips in "
                                                      "the forms OpenVINO's CPU plugin prefers; --ops native only) or "
-                                                     "onnxruntime. Default: openvino for an FP32 file of native ops (the "
-                                                     "default CPU engine), onnxruntime for --ops plugin and fp16 / bf16 "
-                                                     "files (GPU engines). Either file runs on both engines.",
+                                                     "onnxruntime. Default: openvino for an FP32 file of native ops with a "
+                                                     "static batch (the default CPU engine), onnxruntime for --ops plugin, "
+                                                     "fp16 / bf16 files (GPU engines) and --batch dynamic (servers). "
+                                                     "Either file runs on both engines.",
                                                      show_default=False)] = None,
 ) -> None:
     """Fuse a checkpoint's re-parameterizable branches, freeze it to static shapes with top-1

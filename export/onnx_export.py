@@ -344,14 +344,14 @@ def export_onnx(checkpoint: str | os.PathLike | nn.Module, output: str | os.Path
     from hrx.export.onnx_tools import GRAPH_TARGETS, default_target
     from hrx.export.passes import TARGET_PASSES
 
-    target = target or default_target(ops, precision)
+    batch = parse_batch(batch)
+    dynamic_batch = batch == DYNAMIC
+    target = target or default_target(ops, precision, dynamic_batch)
     check_choice("--target", target, GRAPH_TARGETS)
     if ops == "plugin" and target == "openvino":
         raise HRXError("--ops plugin files do not run on OpenVINO: export them with --target onnxruntime")
     if opset < 18:
         raise HRXError(f"opset {opset} is too old: the exporter needs opset 18 or newer")
-    batch = parse_batch(batch)
-    dynamic_batch = batch == DYNAMIC
     check_choice("--precision", precision, FLOAT_PRECISIONS)
     check_choice("--io", io, IO_PRECISIONS)
     if io != "fp32" and precision == "fp32":

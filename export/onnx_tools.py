@@ -67,14 +67,15 @@ PRECISION_ALIASES = {"int8-qdq": "int8", "int8-qdq-fp16": "int8", "float32": "fp
                      "half": "fp16", "bfloat16": "bf16"}
 
 
-def default_target(ops: str, precision: str) -> str:
+def default_target(ops: str, precision: str, dynamic_batch: bool = False) -> str:
     """``hrx export``'s ``--target`` when none is given: the engine the file will most likely run on.
-    An FP32 file of native ops runs on the default CPU engine, OpenVINO: ``openvino``. ``--ops plugin``
-    files (OpenVINO cannot run them) and FP16 / BF16 files (made for the GPU engines, ONNX Runtime CUDA and
-    TensorRT, which have a LayerNormalization kernel): ``onnxruntime``. Each target's forms are the faster
-    ones on their own engine (the ``profile_graph`` section of benchmarks/RESULTS.md: both files on both
-    engines)."""
-    return "openvino" if ops == "native" and precision == "fp32" else "onnxruntime"
+    An FP32 file of native ops with a static batch runs on the default CPU engine, OpenVINO: ``openvino``.
+    ``--ops plugin`` files (OpenVINO cannot run them), FP16 / BF16 files (made for the GPU engines, ONNX
+    Runtime CUDA and TensorRT, which have a LayerNormalization kernel) and ``--batch dynamic`` files (made
+    for servers: Triton's ONNX Runtime and TensorRT backends): ``onnxruntime``. Each target's forms are the
+    faster ones on their own engine (the ``profile_graph`` section of benchmarks/RESULTS.md: both files on
+    both engines)."""
+    return "openvino" if ops == "native" and precision == "fp32" and not dynamic_batch else "onnxruntime"
 
 
 def normalize_precision(precision: str) -> Precision:

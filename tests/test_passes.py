@@ -266,6 +266,7 @@ def _ov(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return compiled.create_infer_request().infer({0: x})[0]
 
 
+@pytest.mark.slow
 def test_openvino_passes_match_unfused_model(unpassed):
     """The openvino target: channel LayerNorms stay over axis 1 (as a Div, no transposes added), every
     flip (none left in these models) is a Gather; ONNX Runtime and OpenVINO (f32) against the unfused model."""
@@ -296,6 +297,7 @@ def _ov_layers(model: onnx.ModelProto) -> Counter:
     return Counter(op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops())
 
 
+@pytest.mark.slow
 def test_ssm_mixer_deploy_graph_moves_less_data(tmp_path):
     """A fused SSMixer alone (an 8 x 6 map, 48 positions: the last chunk padded), exported for openvino: the
     in-place form (SSMixer.fuse) leaves no flip or select Gather and fewer Reorders in OpenVINO's compiled
@@ -383,6 +385,7 @@ def test_layernorm_div_leaves_other_products_alone():
     assert float(np.abs(_ort(model, x.numpy()) - ref).max()) <= ATOL
 
 
+@pytest.mark.slow
 def test_export_target_picks_the_passes_and_is_recorded(hrx_t_x2, hrx_t_x2_native, hrx_t_x2_onnxruntime, tmp_path):
     model = hrx.load_model(hrx_t_x2).eval()
     x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
@@ -407,6 +410,7 @@ def test_export_target_picks_the_passes_and_is_recorded(hrx_t_x2, hrx_t_x2_nativ
     assert ops["openvino"]["Transpose"] < ops["onnxruntime"]["Transpose"]
     assert [default_target(o, p) for o, p in (("native", "fp16"), ("native", "bf16"), ("plugin", "fp32"))] == \
         ["onnxruntime"] * 3
+    assert default_target("native", "fp32", dynamic_batch=True) == "onnxruntime"  # servers: Triton's ORT / TRT
     from hrx.errors import HRXError
 
     with pytest.raises(HRXError, match="--target onnxruntime"):
