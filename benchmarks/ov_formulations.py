@@ -9,7 +9,11 @@ Each graph is ``Conv 1x1 -> the op -> Conv 1x1`` on a ``[1, 32, 64, 64]`` map, o
   (``--target openvino``); ``ln_recip``: the exporter's own ``* Reciprocal(Sqrt(..))``;
 * ``flip_slice``: a flip of the flattened map as ``Slice`` with step -1 (``--target onnxruntime``);
   ``flip_gather``: the same flip as a ``Gather`` of reversed indices (``--target openvino``);
-  ``flip_none``: the reshapes alone.
+  ``flip_none``: the reshapes alone;
+* ``cumsum_op``: a cumulative sum over runs of 32 (the scan's chunks) as ``CumSum``; ``cumsum_matmul``: the
+  same sum as a ``MatMul`` with an upper-triangular matrix of ones;
+* ``softmax_op``: a softmax over rows of 64 (an 8x8 attention window's logits) as ``Softmax``;
+  ``softmax_exp``: the same as ``ReduceMax / Sub / Exp / ReduceSum / Div``.
 
 Prints, per graph, the layer types of OpenVINO's compiled graph (``Reorder`` = a layout conversion it
 inserted) and the 10th-percentile ms of each engine. Saved as ``ov_formulations`` (``benchmarks/results.py``).
@@ -71,8 +75,36 @@ def graphs() -> dict[str, object]:
             nodes.append(helper.make_node("Identity", ["r"], ["f"]))
         return model(nodes + [helper.make_node("Reshape", ["f", "map"], ["mid"])], inits)
 
+    def cumsum(kind: str):
+        T = 32
+        nodes = [helper.make_node("Reshape", ["c1", "runs"], ["r"])]
+        inits = [const("runs", np.array([1, C, H * W // T, T], np.int64)), const("map", np.array([1, C, H, W], np.int64))]
+        if kind == "op":
+            nodes.append(helper.make_node("CumSum", ["r", "last"], ["f"]))
+            inits.append(const("last", np.array(-1, np.int64)))
+        else:  # f[..., i] = sum_j r[..., j] U[j, i], U[j, i] = 1 for j <= i
+            nodes.append(helper.make_node("MatMul", ["r", "upper"], ["f"]))
+            inits.append(const("upper", np.triu(np.ones((T, T), np.float32))))
+        return model(nodes + [helper.make_node("Reshape", ["f", "map"], ["mid"])], inits)
+
+    def softmax(kind: str):
+        N = 64
+        nodes = [helper.make_node("Reshape", ["c1", "rows"], ["r"])]
+        inits = [const("rows", np.array([C * H * W // (N * N), N, N], np.int64)),
+                 const("map", np.array([1, C, H, W], np.int64))]
+        if kind == "op":
+            nodes.append(helper.make_node("Softmax", ["r"], ["f"], axis=-1))
+        else:
+            inits.append(const("last", np.array([-1], np.int64)))
+            nodes += [helper.make_node("ReduceMax", ["r", "last"], ["m"]), helper.make_node("Sub", ["r", "m"], ["d"]),
+                      helper.make_node("Exp", ["d"], ["e"]), helper.make_node("ReduceSum", ["e", "last"], ["z"]),
+                      helper.make_node("Div", ["e", "z"], ["f"])]
+        return model(nodes + [helper.make_node("Reshape", ["f", "map"], ["mid"])], inits)
+
     return {"ln_cl": ln_cl(), "ln_div": ln_axis1(True), "ln_recip": ln_axis1(False),
-            "flip_slice": flip("slice"), "flip_gather": flip("gather"), "flip_none": flip("none")}
+            "flip_slice": flip("slice"), "flip_gather": flip("gather"), "flip_none": flip("none"),
+            "cumsum_op": cumsum("op"), "cumsum_matmul": cumsum("matmul"),
+            "softmax_op": softmax("op"), "softmax_exp": softmax("exp")}
 
 
 def main(argv: list[str] | None = None) -> int:
