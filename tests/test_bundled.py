@@ -46,6 +46,7 @@ def test_shipped_onnx_names_the_bundled_checkpoint(name):
     assert factory.DEFAULT_TILE_CPU == BUNDLED_TILE
 
 
+@pytest.mark.slow
 def test_shipped_default_x4_computes_what_its_checkpoint_does():
     """default-x4 against PyTorch (default-x2 is compared with a fresh export below)."""
     name = "default-x4"

@@ -148,6 +148,7 @@ def test_cli_export_and_verify_pass_then_fail_on_corrupted_weight(tmp_module, cl
     assert res.exit_code == 1 and "upscale:onnxrt-cpu" in res.output and "FAIL" in res.output
 
 
+@pytest.mark.slow
 def test_cli_verify_html_page(tmp_module, cli_export):
     """--html: the page carries the terminal's verdict and one section per tile and backend; the numbers are
     those of the outputs (a corrupted weight: FAIL, several 8-bit levels off)."""

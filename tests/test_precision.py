@@ -289,6 +289,7 @@ def half_files(hrx_t_x2, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", ["", "avx512f avx512_bf16"])
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_fp16_and_bf16_exports_run_through_auto_as_written(half_files, precision, flags, monkeypatch):

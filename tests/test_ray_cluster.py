@@ -68,6 +68,7 @@ def _statuses(results: list[ImageResult]) -> dict[str, str]:
     return {Path(r.source).name: r.status for r in results}
 
 
+@pytest.mark.slow
 def test_a_multi_node_cluster_writes_what_a_local_run_writes(cluster, local, tmp_path):
     out = tmp_path / "ray"
     jobs = plan_jobs([local["images"]], out)
@@ -93,6 +94,7 @@ def _slow_actor(marks: str):
     return Slow
 
 
+@pytest.mark.slow
 def test_a_worker_node_killed_mid_batch_loses_and_doubles_nothing(cluster, local, tmp_path):
     nodes, workers = cluster
     out, marks = tmp_path / "ray", tmp_path / "marks"

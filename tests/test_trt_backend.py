@@ -134,6 +134,7 @@ def zero_plugin(src, dst, op: str) -> None:
     onnx.save(model, str(dst))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op", ["SelectiveScan", "MoETop1"])
 def test_the_engine_check_fails_on_a_plugin_that_returns_zeros(exported, tmp_path, op):
     """On the CPU: the plugin graph with one plugin stand-in returning zeros, run by ONNX Runtime, fails
