@@ -381,21 +381,29 @@ def _run_images(request: UpscaleRequest, plan: _Plan, view: UpscaleView, rows: R
     return report, info, spec, source
 
 
-def _images_on_ray(request: UpscaleRequest, plan: _Plan, view: UpscaleView, rows: ReportRows) -> tuple:
-    """Ray Data actors (hrx.runtime.distributed); this process reads the model's metadata only."""
-    from hrx.runtime.distributed import RayOptions, exported_model_info, run_batch_ray
+def ray_model(backend: BackendRequest) -> tuple[BackendRequest, Any]:
+    """``--ray``: the exported file every node opens, as an absolute path in ``backend``, and its metadata
+    (:class:`hrx.interface.ModelInfo`). The bundled default is exported here once, not once per actor; this
+    process opens no backend."""
+    from hrx.runtime.distributed import exported_model_info
     from hrx.runtime.factory import DEFAULT_MODEL, default_engine
-    from hrx.runtime.tiling import TileSpec
 
-    backend = plan.backend
-    source = f"bundled {DEFAULT_MODEL}" if plan.bundled or backend.engine is None else backend.engine
-    if backend.engine is None:  # export the bundled model once here, not once per actor
+    if backend.engine is None:
         backend = dataclasses.replace(backend, engine=default_engine(DEFAULT_MODEL, log=backend.log))
     engine = Path(backend.engine)
     if not engine.is_file():
         raise HRXError(f"{engine}: no such engine file")
-    info = exported_model_info(engine)
-    backend = dataclasses.replace(backend, engine=engine.resolve())
+    return dataclasses.replace(backend, engine=engine.resolve()), exported_model_info(engine)
+
+
+def _images_on_ray(request: UpscaleRequest, plan: _Plan, view: UpscaleView, rows: ReportRows) -> tuple:
+    """Ray Data actors (hrx.runtime.distributed); this process reads the model's metadata only."""
+    from hrx.runtime.distributed import RayOptions, run_batch_ray
+    from hrx.runtime.factory import DEFAULT_MODEL
+    from hrx.runtime.tiling import TileSpec
+
+    source = f"bundled {DEFAULT_MODEL}" if plan.bundled or plan.backend.engine is None else plan.backend.engine
+    backend, info = ray_model(plan.backend)
     spec = TileSpec.from_info(info, request.overlap, request.merge)
     address = request.ray_address
     where = f"the Ray cluster at {address}" if address else "a local Ray cluster"

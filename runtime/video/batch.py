@@ -261,17 +261,14 @@ def _on_ray(request: UpscaleRequest, backend: BackendRequest, videos: Sequence[V
             view: UpscaleView, on_result: Callable) -> list:
     """``--ray``: this process reads the model's metadata only (no backend, compile or engine build here),
     plans and joins each video; Ray Data actors open the model and upscale the segments."""
-    from hrx.runtime.distributed import RayOptions, exported_model_info
+    from hrx.runtime.distributed import RayOptions
     from hrx.runtime.tiling import TileSpec
+    from hrx.runtime.upscale_run import ray_model
     from hrx.runtime.video.ray import upscale_video_ray
 
-    backend = dataclasses.replace(backend, engine=Path(backend.engine).resolve())  # the same file on every node
-    engine = backend.engine
-    if not engine.is_file():
-        raise HRXError(f"{engine}: no such engine file")
-    i = exported_model_info(engine)
+    backend, i = ray_model(backend)  # the same file on every node
     spec = TileSpec.from_info(i, request.overlap, request.merge)
-    ident = model_id(engine, None)
+    ident = model_id(backend.engine, None)
     if not view.quiet:
         view.echo(f"backend: ray for {len(videos)} video{'s' * (len(videos) != 1)} ({i.arch} x{i.scale}, tile "
                   f"{spec.tile}, batch {spec.batch}, overlap {spec.tile - spec.stride}, {spec.merge})")
